@@ -1,0 +1,167 @@
+"""Command-line parsing, and nothing else: every subcommand hands a validated value to a module.
+
+    rsst-tune run --config CONFIG.json            one trial of the prune loop
+    rsst-tune run --arch vit_tiny --struct rsst   the same, with the research code's flag names
+    rsst-tune tune --space vit_head_mlp           a Ray Tune + Optuna sweep (also tune_main.py)
+    rsst-tune report EXPERIMENT_DIR               the best-config report of a sweep
+    rsst-tune export CHECKPOINT --out DIR         a physically pruned model
+
+Bad input is one line on stderr and exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rsst_tune.config import TrialConfig
+from rsst_tune.errors import ConfigError
+
+# Spellings of the research code (seeds/) that map onto config fields.
+FLAG_ALIASES: dict[str, list[str]] = {
+    "model": ["--arch"],
+    "method": ["--struct"],
+    "target": ["--vit_prune_target", "--vit-prune-target"],
+    "mlp_ratio": ["--mlp_prune_ratio", "--mlp-prune-ratio"],
+    "warmup_epochs": ["--warmup"],
+    "pruning_times": ["--states"],
+}
+NO_FLAG = {"extra"}
+
+
+def _bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in ("none", "null", "") else float(text)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrialConfig field (`--lr` and `--lr`, `--head_ratio` and `--head-ratio`)."""
+    group = parser.add_argument_group("trial config (defaults: TrialConfig)")
+    for f in dataclasses.fields(TrialConfig):
+        if f.name in NO_FLAG:
+            continue
+        names = [f"--{f.name}"]
+        if "_" in f.name:
+            names.append(f"--{f.name.replace('_', '-')}")
+        names += FLAG_ALIASES.get(f.name, [])
+        default = f.default
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        if f.name == "decreasing_lr":
+            kwargs.update(type=int, nargs="+", metavar="EPOCH")
+        elif isinstance(default, bool):
+            kwargs.update(type=_bool, nargs="?", const=True, metavar="BOOL")
+        elif f.name in ("rate", "head_ratio", "mlp_ratio", "filter_ratio"):
+            kwargs.update(type=_optional_float)
+        elif f.name == "val_size":
+            kwargs.update(type=int)
+        elif isinstance(default, float):
+            kwargs.update(type=float)
+        elif isinstance(default, int):
+            kwargs.update(type=int)
+        else:
+            kwargs.update(type=str)
+        group.add_argument(*names, **kwargs)
+    # accepted for compatibility with the research code; structure comes from --method/--target
+    group.add_argument("--vit_structured", "--vit-structured", action="store_true",
+                       help=argparse.SUPPRESS)
+    group.add_argument("--gpu", type=int, default=argparse.SUPPRESS,
+                       help="shorthand for --device cuda:N")
+
+
+def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> TrialConfig:
+    """The trial config: `base` (e.g. from --config) overridden by the flags given."""
+    data = dict(base or {})
+    for f in dataclasses.fields(TrialConfig):
+        if hasattr(args, f.name):
+            data[f.name] = getattr(args, f.name)
+    if getattr(args, "gpu", None) is not None:
+        data["device"] = f"cuda:{args.gpu}" if "device" not in data else data["device"]
+    return TrialConfig.from_dict(data)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (plus the usage) and exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rsst-tune", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run one trial of the prune loop",
+                         description="Run the iterative prune loop once and report every state.")
+    run.add_argument("--config", help="a TrialConfig JSON (flags override it)")
+    run.add_argument("--out", "--save_dir", "--save-dir", dest="out", default=None,
+                     help="output directory (default: runs/<model>_<method>_<dataset>_s<seed>)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the interrupted run in --out from its last state")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the results of an earlier run in --out")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(run)
+
+    try:
+        from rsst_tune.tune.cli import add_tune_parsers
+    except ImportError:  # pragma: no cover - the tune package is part of the install
+        add_tune_parsers = None
+    if add_tune_parsers is not None:
+        add_tune_parsers(sub)
+
+    export = sub.add_parser("export", help="physically remove pruned units from a checkpoint")
+    export.add_argument("checkpoint", help="a state_XX.pt written by `rsst-tune run`")
+    export.add_argument("--out", required=True, help="directory for the exported model")
+    export.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from rsst_tune.run import run_command
+
+        base: dict[str, Any] = {}
+        if args.config:
+            base = TrialConfig.from_json_file(args.config).to_dict()
+        cfg = None
+        if args.config or any(hasattr(args, f.name) for f in dataclasses.fields(TrialConfig)):
+            cfg = config_from_args(args, base)
+        return run_command(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
+                           progress=not args.quiet)
+    if args.command == "export":
+        from rsst_tune.pruning.export import export_command
+
+        return export_command(args.checkpoint, args.out, device=args.device)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
+    )
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"rsst-tune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rsst-tune: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

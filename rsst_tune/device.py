@@ -1,0 +1,45 @@
+"""Device choice and what the device supports (AMP, compile). Never hard-codes `.cuda()`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from rsst_tune.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA, then Apple MPS, then CPU; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available; use --device auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' asked for, but MPS is not available; use --device auto")
+    return torch.device(name)
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bf16 autocast where the device runs it natively (CUDA with bf16); else None (fp32)."""
+    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    if dtype is None:
+        yield
+    else:
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            yield
+
+
+def can_compile(device: torch.device) -> bool:
+    return device.type == "cuda"

@@ -1,0 +1,154 @@
+"""Training and evaluation of one pruning state: the hot path.
+
+Data stay on the device; masks and the RSST pull are one fused op each per step; the loss is
+accumulated on the device and read once per epoch; evaluation runs at a large batch under
+`inference_mode`. AMP (bf16) only where the device has it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from rsst_tune.config import TrialConfig
+from rsst_tune.data import DeviceData
+from rsst_tune.device import autocast
+from rsst_tune.pruning.masks import MaskEnforcer
+from rsst_tune.pruning.regularizer import TargetPull, lam
+
+EpochHook = Callable[[int, float], None]  # (epochs done, mean train loss)
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    steps: int
+    train_loss: float
+    lambda_reached: float
+
+
+def build_optimizer(model: nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer:
+    """Weight decay on matrices and kernels only (not on biases, norms, embeddings' tokens)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
+
+
+def lr_factor(cfg: TrialConfig, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of the base LR at optimizer step `step` (pure function: linear warm-up, then
+    cosine to zero, multistep ×0.1 at each epoch of `decreasing_lr`, or constant)."""
+    total = cfg.epochs * steps_per_epoch
+    warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.lr_schedule == "cosine":
+        progress = (step - warm) / max(total - warm, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    if cfg.lr_schedule == "multistep":
+        epoch = step // steps_per_epoch
+        return 0.1 ** sum(epoch >= m for m in cfg.decreasing_lr)
+    return 1.0
+
+
+def train_state(
+    model: nn.Module,
+    forward: Callable[[Tensor], Tensor],
+    data: DeviceData,
+    cfg: TrialConfig,
+    *,
+    generator: torch.Generator,
+    enforcer: MaskEnforcer,
+    pull: TargetPull | None,
+    amp: torch.dtype | None,
+    on_epoch: EpochHook | None = None,
+) -> TrainStats:
+    """Train `cfg.epochs` epochs with M enforced after every step and, in RSST states, the pull."""
+    device = next(model.parameters()).device
+    steps_per_epoch = data.num_batches(cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    opt = build_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_factor(cfg, step, steps_per_epoch)
+    )
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    model.train()
+    enforcer.apply()
+    step = 0
+    lam_value = 0.0
+    mean_loss = float("nan")
+    for epoch in range(cfg.epochs):
+        loss_sum = torch.zeros((), device=device)
+        for x, y in data.train_batches(cfg.batch_size, generator, augment=cfg.augment):
+            if pull is not None:
+                lam_value = lam(
+                    cfg.RST_schedule, (step + 1) / total, cfg.reg_granularity_prune, cfg.exponents
+                )
+            loss_sum += train_step(
+                forward, x, y, opt=opt, loss_fn=loss_fn, enforcer=enforcer, pull=pull,
+                lam_value=lam_value, amp=amp,
+            )
+            sched.step()
+            step += 1
+        mean_loss = float(loss_sum) / steps_per_epoch  # one host sync per epoch
+        if on_epoch is not None:
+            on_epoch(epoch + 1, mean_loss)
+    return TrainStats(step, mean_loss, lam_value)
+
+
+def train_step(
+    forward: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    *,
+    opt: torch.optim.Optimizer,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    enforcer: MaskEnforcer,
+    pull: TargetPull | None,
+    lam_value: float,
+    amp: torch.dtype | None,
+) -> Tensor:
+    """One optimizer step: forward, backward, RSST pull on T, step, re-apply M.
+
+    Returns the detached loss, still on the device (no host synchronisation).
+    """
+    with autocast(x.device, amp):
+        loss = loss_fn(forward(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if pull is not None:
+        pull.apply(lam_value)
+    opt.step()
+    enforcer.apply()
+    return loss.detach()
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    forward: Callable[[Tensor], Tensor],
+    data: DeviceData,
+    batch_size: int,
+    amp: torch.dtype | None,
+) -> float:
+    """Top-1 accuracy, counted on the device and read once."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    n = 0
+    for x, y in data.eval_batches(batch_size):
+        with autocast(device, amp):
+            out = forward(x)
+        correct += (out.argmax(dim=1) == y).sum()
+        n += y.numel()
+    model.train(was_training)
+    return float(correct) / max(n, 1)

@@ -1,0 +1,228 @@
+"""Tests for the model registry and the built-in models (real models, no mocks)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+
+from rsst_tune.errors import ConfigError
+from rsst_tune.models import (
+    canonical_name,
+    create_model,
+    is_registered,
+    list_models,
+    register_model,
+    unregister_model,
+)
+from rsst_tune.models.cifar_resnet import BasicBlock, CifarResNet, PadShortcut
+from rsst_tune.models.vgg import CifarVGG
+
+BUILTIN = [
+    "resnet20",
+    "resnet32",
+    "resnet56",
+    "vgg16_bn",
+    "vit_base",
+    "vit_digits",
+    "vit_small",
+    "vit_tiny",
+]
+
+# (model, in_chans, img_size): each built-in model at the shape of the data it is meant for.
+SHAPES = [
+    ("vit_tiny", 3, 32),
+    ("vit_small", 3, 32),
+    ("vit_base", 3, 32),
+    ("vit_digits", 1, 8),
+    ("resnet20", 3, 32),
+    ("resnet32", 3, 32),
+    ("resnet56", 3, 32),
+    ("vgg16_bn", 3, 32),
+    ("vgg16_bn", 1, 8),
+    ("resnet20", 1, 8),
+    ("vit_tiny", 1, 8),
+]
+
+
+def n_params(model: nn.Module) -> int:
+    """Number of parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_builtin_models_are_registered() -> None:
+    """Every built-in model (and alias) is listed and resolvable."""
+    assert set(BUILTIN) <= set(list_models())
+    assert list_models() == sorted(list_models())
+    for name in BUILTIN:
+        assert is_registered(name)
+    for alias, name in [("res20s", "resnet20"), ("res32s", "resnet32"), ("res56s", "resnet56")]:
+        assert is_registered(alias)
+        assert canonical_name(alias) == name
+        assert alias not in list_models()
+
+
+def test_unknown_model_lists_choices() -> None:
+    """An unknown name is a one-line ConfigError naming the valid choices."""
+    with pytest.raises(ConfigError) as info:
+        create_model("resnet21", num_classes=10, in_chans=3, img_size=32)
+    message = str(info.value)
+    assert "resnet21" in message and "\n" not in message
+    for name in BUILTIN:
+        assert name in message
+    assert "timm:" in message
+    assert not is_registered("resnet21")
+
+
+def test_unknown_timm_model_is_config_error() -> None:
+    """A ``timm:`` name timm does not know is a ConfigError with suggestions."""
+    with pytest.raises(ConfigError, match="unknown timm model 'deit_tinyy_patch16_224'"):
+        create_model("timm:deit_tinyy_patch16_224", num_classes=10, in_chans=3, img_size=32)
+    assert not is_registered("timm:deit_tinyy_patch16_224")
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_bad_shape_is_config_error(value: int) -> None:
+    """Non-positive class/channel/size counts are rejected."""
+    with pytest.raises(ConfigError, match="num_classes"):
+        create_model("resnet20", num_classes=value, in_chans=3, img_size=32)
+
+
+def test_builtin_has_no_pretrained_weights() -> None:
+    """Pretrained weights are only for timm: names."""
+    with pytest.raises(ConfigError, match="timm:"):
+        create_model("vit_tiny", num_classes=10, in_chans=3, img_size=32, pretrained=True)
+
+
+def test_vit_patch_must_divide_image() -> None:
+    """A ViT whose patch does not tile the image is a ConfigError."""
+    with pytest.raises(ConfigError, match="divisible"):
+        create_model("vit_tiny", num_classes=10, in_chans=3, img_size=30)
+
+
+@pytest.mark.parametrize(
+    ("name", "in_chans", "img_size", "expected"),
+    [
+        ("vit_tiny", 3, 32, 2_697_610),
+        ("vit_digits", 1, 8, 136_138),
+        ("resnet20", 3, 32, 269_722),
+    ],
+)
+def test_param_counts(name: str, in_chans: int, img_size: int, expected: int) -> None:
+    """The reference architectures have exactly their published parameter counts."""
+    model = create_model(name, num_classes=10, in_chans=in_chans, img_size=img_size)
+    assert n_params(model) == expected
+
+
+def test_vit_tiny_architecture() -> None:
+    """vit_tiny is timm's VisionTransformer with the documented shape and no dropout."""
+    model = create_model("vit_tiny", num_classes=10, in_chans=3, img_size=32)
+    assert isinstance(model, VisionTransformer)
+    assert len(model.blocks) == 9
+    assert model.embed_dim == 192
+    assert model.patch_embed.patch_size == (4, 4)
+    block = model.blocks[0]
+    assert isinstance(block, Block)
+    assert block.attn.num_heads == 3
+    assert isinstance(block.mlp.fc1, nn.Linear) and block.mlp.fc1.out_features == 384
+    assert not [m for m in model.modules() if isinstance(m, nn.Dropout) and m.p > 0]
+
+
+def test_vit_digits_follows_dataset_shape() -> None:
+    """img_size/in_chans come from the dataset; the patch size stays."""
+    model = create_model("vit_digits", num_classes=10, in_chans=3, img_size=16)
+    assert isinstance(model, VisionTransformer)
+    assert model.patch_embed.patch_size == (2, 2)
+    assert model.patch_embed.num_patches == 64
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_resnet_option_a_shortcut() -> None:
+    """CIFAR ResNets: stem conv1, 16/32/64 channels, parameter-free shortcuts, 1x1 convs absent."""
+    model = create_model("res56s", num_classes=10, in_chans=3, img_size=32)
+    assert isinstance(model, CifarResNet)
+    assert isinstance(model.conv1, nn.Conv2d) and model.conv1.out_channels == 16
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 1 + 2 * 27
+    assert all(c.kernel_size == (3, 3) for c in convs)
+    assert {c.out_channels for c in convs} == {16, 32, 64}
+    for block in [model.layer2[0], model.layer3[0]]:
+        assert isinstance(block, BasicBlock) and isinstance(block.shortcut, PadShortcut)
+        assert n_params(block.shortcut) == 0
+
+
+def test_vgg_runs_on_tiny_images() -> None:
+    """vgg16_bn skips pools that would go below 1x1, keeping the same module layout."""
+    small = create_model("vgg16_bn", num_classes=10, in_chans=1, img_size=8)
+    big = create_model("vgg16_bn", num_classes=10, in_chans=1, img_size=32)
+    assert isinstance(small, CifarVGG) and isinstance(big, CifarVGG)
+    assert len(small.features) == len(big.features)
+    pools = [m for m in small.features if isinstance(m, nn.MaxPool2d)]
+    assert len(pools) == 3
+    assert sum(isinstance(m, nn.Conv2d) for m in small.features) == 13
+    assert small.classifier.in_features == 512
+
+
+@pytest.mark.parametrize(("name", "in_chans", "img_size"), SHAPES)
+def test_forward_shapes(name: str, in_chans: int, img_size: int) -> None:
+    """Each model maps [N, C, H, W] to [N, num_classes]; at 8x8, backprop reaches the stem."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=7, in_chans=in_chans, img_size=img_size)
+    model.train()
+    out = model(torch.randn(2, in_chans, img_size, img_size))
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+    if img_size == 8:
+        out.sum().backward()
+        first = next(p for p in model.parameters() if p.dim() == 4)
+        assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+def test_timm_model_builds_offline() -> None:
+    """``timm:NAME`` builds any timm model at the dataset's shape, without weights."""
+    try:
+        model = create_model("timm:deit_tiny_patch16_224", num_classes=10, in_chans=3, img_size=32)
+    except (
+        OSError,
+        ConfigError,
+    ) as err:  # pragma: no cover - needs no network when pretrained=False
+        pytest.skip(f"timm model needs the network here: {err}")
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert is_registered("timm:deit_tiny_patch16_224")
+
+
+def test_timm_model_without_img_size() -> None:
+    """timm models that take no img_size (CNNs) are built without it."""
+    model = create_model("timm:resnet10t", num_classes=5, in_chans=1, img_size=32)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 5)
+
+
+def test_user_registered_model() -> None:
+    """A model registered with @register_model is creatable by name and alias."""
+
+    @register_model("test_user_mlp", "test_user_mlp_alias")
+    def test_user_mlp(
+        *, num_classes: int, in_chans: int, img_size: int, pretrained: bool = False
+    ) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_chans * img_size * img_size, num_classes))
+
+    try:
+        assert "test_user_mlp" in list_models()
+        for name in ["test_user_mlp", "test_user_mlp_alias"]:
+            model = create_model(name, num_classes=4, in_chans=2, img_size=5)
+            assert model(torch.randn(3, 2, 5, 5)).shape == (3, 4)
+
+        def other(
+            *, num_classes: int, in_chans: int, img_size: int, pretrained: bool = False
+        ) -> nn.Module:
+            return nn.Identity()
+
+        with pytest.raises(ConfigError, match="already registered"):
+            register_model("test_user_mlp")(other)
+        with pytest.raises(ConfigError, match="already registered"):
+            register_model("fresh_name", "res20s")(other)
+        assert not is_registered("fresh_name")
+    finally:
+        unregister_model("test_user_mlp")
+    assert not is_registered("test_user_mlp") and not is_registered("test_user_mlp_alias")
