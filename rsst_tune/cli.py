@@ -60,7 +60,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         if f.name == "decreasing_lr":
             kwargs.update(type=int, nargs="+", metavar="EPOCH")
-        elif isinstance(default, bool):
+        elif isinstance(default, bool) or f.name == "augment":
             kwargs.update(type=_bool, nargs="?", const=True, metavar="BOOL")
         elif f.name in ("rate", "head_ratio", "mlp_ratio", "filter_ratio"):
             kwargs.update(type=_optional_float)
@@ -74,10 +74,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs.update(type=str)
         group.add_argument(*names, **kwargs)
     # accepted for compatibility with the research code; structure comes from --method/--target
-    group.add_argument("--vit_structured", "--vit-structured", action="store_true",
-                       help=argparse.SUPPRESS)
-    group.add_argument("--gpu", type=int, default=argparse.SUPPRESS,
-                       help="shorthand for --device cuda:N")
+    group.add_argument(
+        "--vit_structured", "--vit-structured", action="store_true", help=argparse.SUPPRESS
+    )
+    group.add_argument(
+        "--gpu", type=int, default=argparse.SUPPRESS, help="shorthand for --device cuda:N"
+    )
 
 
 def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> TrialConfig:
@@ -87,7 +89,7 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
         if hasattr(args, f.name):
             data[f.name] = getattr(args, f.name)
     if getattr(args, "gpu", None) is not None:
-        data["device"] = f"cuda:{args.gpu}" if "device" not in data else data["device"]
+        data.setdefault("device", f"cuda:{args.gpu}")
     return TrialConfig.from_dict(data)
 
 
@@ -100,15 +102,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="run one trial of the prune loop",
-                         description="Run the iterative prune loop once and report every state.")
+    run = sub.add_parser(
+        "run",
+        help="run one trial of the prune loop",
+        description="Run the iterative prune loop once and report every state.",
+    )
     run.add_argument("--config", help="a TrialConfig JSON (flags override it)")
-    run.add_argument("--out", "--save_dir", "--save-dir", dest="out", default=None,
-                     help="output directory (default: runs/<model>_<method>_<dataset>_s<seed>)")
-    run.add_argument("--resume", action="store_true",
-                     help="continue the interrupted run in --out from its last state")
-    run.add_argument("--overwrite", action="store_true",
-                     help="replace the results of an earlier run in --out")
+    run.add_argument(
+        "--out",
+        "--save_dir",
+        "--save-dir",
+        dest="out",
+        default=None,
+        help="output directory (default: runs/<model>_<method>_<dataset>_s<seed>)",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out from its last state",
+    )
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace the results of an earlier run in --out"
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(run)
 
@@ -136,8 +151,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = None
         if args.config or any(hasattr(args, f.name) for f in dataclasses.fields(TrialConfig)):
             cfg = config_from_args(args, base)
-        return run_command(cfg, args.out, resume=args.resume, overwrite=args.overwrite,
-                           progress=not args.quiet)
+        return run_command(
+            cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet
+        )
     if args.command == "export":
         from rsst_tune.pruning.export import export_command
 

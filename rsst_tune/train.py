@@ -47,7 +47,7 @@ def lr_factor(cfg: TrialConfig, step: int, steps_per_epoch: int) -> float:
     """Multiplier of the base LR at optimizer step `step` (pure function: linear warm-up, then
     cosine to zero, multistep ×0.1 at each epoch of `decreasing_lr`, or constant)."""
     total = cfg.epochs * steps_per_epoch
-    warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+    warm = round(cfg.warmup_epochs * steps_per_epoch)
     if step < warm:
         return (step + 1) / warm
     if cfg.lr_schedule == "cosine":
@@ -87,14 +87,25 @@ def train_state(
     mean_loss = float("nan")
     for epoch in range(cfg.epochs):
         loss_sum = torch.zeros((), device=device)
-        for x, y in data.train_batches(cfg.batch_size, generator, augment=cfg.augment):
+        for x, y in data.train_batches(
+            cfg.batch_size,
+            generator,
+            augment=data.spec.augment_default if cfg.augment is None else cfg.augment,
+        ):
             if pull is not None:
                 lam_value = lam(
                     cfg.RST_schedule, (step + 1) / total, cfg.reg_granularity_prune, cfg.exponents
                 )
             loss_sum += train_step(
-                forward, x, y, opt=opt, loss_fn=loss_fn, enforcer=enforcer, pull=pull,
-                lam_value=lam_value, amp=amp,
+                forward,
+                x,
+                y,
+                opt=opt,
+                loss_fn=loss_fn,
+                enforcer=enforcer,
+                pull=pull,
+                lam_value=lam_value,
+                amp=amp,
             )
             sched.step()
             step += 1

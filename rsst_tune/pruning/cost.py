@@ -37,7 +37,7 @@ class CostModel:
         head_qkv = {f"{g.name}.qkv": g.name for g in structure.by_kind("head")}
         handles = []
 
-        def hook(name: str, mod: nn.Module):  # noqa: ANN202
+        def hook(name: str, mod: nn.Module):
             def fn(_m: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
                 x = args[0]
                 if isinstance(mod, nn.Linear):
@@ -84,7 +84,7 @@ class CostModel:
             tokens = self._tokens.get(g.name, 0)
             heads = alive_counts.get(g.name, g.num_units)
             macs += 2 * tokens * tokens * g.unit_dim * heads
-        return Cost(int(round(params)), int(round(macs)))
+        return Cost(round(params), round(macs))
 
     def fractions(self, alive_counts: Mapping[str, int]) -> tuple[Cost, float, float]:
         c = self.cost(alive_counts)

@@ -89,4 +89,4 @@ class MaskEnforcer:
     @torch.no_grad()
     def apply(self) -> None:
         if self._params:
-            torch._foreach_mul_(self._params, self._masks)
+            torch._foreach_mul_(self._params, self._masks)  # type: ignore[arg-type]
