@@ -67,7 +67,7 @@ class TrialConfig:
     lr: float = 3e-3
     momentum: float = 0.9
     weight_decay: float = 0.05
-    warmup_epochs: float = 2.0
+    warmup_epochs: float = 2.0  # linear warm-up; capped at the state's length
     lr_schedule: str = "cosine"
     decreasing_lr: tuple[int, ...] = ()
     batch_size: int = 64
@@ -128,10 +128,8 @@ class TrialConfig:
             raise ConfigError(
                 f"rewind_epoch must be in [0, epochs={self.epochs}], got {self.rewind_epoch}"
             )
-        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
-            raise ConfigError(
-                f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}"
-            )
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lr_schedule == "multistep" and not self.decreasing_lr:

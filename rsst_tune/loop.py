@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from rsst_tune import checkpoint as ckpt
 from rsst_tune.config import TrialConfig
 from rsst_tune.data import DataBundle, DeviceData, load_dataset, make_generator
+from rsst_tune.dense_cache import DenseCache, dense_key
 from rsst_tune.device import amp_dtype, can_compile, resolve_device
 from rsst_tune.errors import ConfigError
 from rsst_tune.models import create_model
@@ -37,7 +38,7 @@ from rsst_tune.pruning.select import (
     select_units,
 )
 from rsst_tune.pruning.structure import Structure, UnitGroup, find_structure
-from rsst_tune.train import evaluate, train_state
+from rsst_tune.train import TrainStats, evaluate, train_state
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,10 @@ class PruneLoop:
         *,
         data: DataBundle | None = None,
         on_epoch: EpochCallback | None = None,
+        dense_cache: DenseCache | None = None,
     ) -> None:
         self.cfg = cfg
+        self.dense_cache = dense_cache
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.on_epoch = on_epoch
         self.device = resolve_device(cfg.device)
@@ -129,6 +132,7 @@ class PruneLoop:
             self.structure, self.method.structured
         )
         self._warned: set[str] = set()
+        self._dense_trained_here = False
 
     # ------------------------------------------------------------------ validation
     def _check_prunable(self) -> None:
@@ -194,18 +198,31 @@ class PruneLoop:
             self.theta_r = _state_dict(self.model)
         if self.on_epoch is not None:
             self.on_epoch(s, 0, cfg.epochs, float("nan"))  # the state starts
-        # 1. train
-        stats = train_state(
-            self.model,
-            self.forward,
-            self.train_data,
-            cfg,
-            generator=gen,
-            enforcer=enforcer,
-            pull=pull,
-            amp=self.amp,
-            on_epoch=epoch_done,
-        )
+
+        # 1. train (state 0 may come from the shared dense cache)
+        def train(heartbeat: Callable[[], None] | None = None) -> TrainStats:
+            def on_epoch(epoch: int, loss: float) -> None:
+                epoch_done(epoch, loss)
+                if heartbeat is not None:
+                    heartbeat()
+
+            return train_state(
+                self.model,
+                self.forward,
+                self.train_data,
+                cfg,
+                generator=gen,
+                enforcer=enforcer,
+                pull=pull,
+                amp=self.amp,
+                on_epoch=on_epoch,
+            )
+
+        if s == 0 and self.dense_cache is not None:
+            stats = self._shared_dense_state(train)
+            epochs_trained = cfg.epochs if self._dense_trained_here else 0
+        else:
+            stats, epochs_trained = train(), cfg.epochs
         result: dict[str, Any] = {"state": s, "method": cfg.method}
         # 2. RSST: impose the structure (M ← R)
         if pull is not None and self.R is not None:
@@ -218,6 +235,7 @@ class PruneLoop:
         result["val_acc"] = self._eval(self.val_data)
         result["test_acc"] = self._eval(self.test_data)
         result["train_loss"] = stats.train_loss
+        result["epochs_trained"] = epochs_trained
         result.update(self._ticket_stats)
         result.update(self._measure())
         # 4–5. score, prune, rewind (not after the last state)
@@ -229,6 +247,27 @@ class PruneLoop:
         self.next_state = s + 1
         self._save()
         return result
+
+    def _shared_dense_state(self, train: Callable[[Callable[[], None]], TrainStats]) -> TrainStats:
+        """State 0 from the dense cache: train it once per key, load it everywhere else."""
+        assert self.dense_cache is not None
+
+        def train_and_pack(heartbeat: Callable[[], None]) -> dict[str, Any]:
+            st = train(heartbeat)
+            return {
+                "model": _to_cpu(_state_dict(self.model)),
+                "theta_r": _to_cpu(self.theta_r) if self.theta_r is not None else None,
+                "steps": st.steps,
+                "train_loss": st.train_loss,
+            }
+
+        payload, trained_here = self.dense_cache.get_or_train(dense_key(self.cfg), train_and_pack)
+        if not trained_here:
+            self.model.load_state_dict(payload["model"])
+            if payload["theta_r"] is not None:
+                self.theta_r = {k: v.to(self.device) for k, v in payload["theta_r"].items()}
+        self._dense_trained_here = trained_here
+        return TrainStats(int(payload["steps"]), float(payload["train_loss"]), 0.0)
 
     def _eval(self, data: DeviceData) -> float:
         return evaluate(self.model, self.forward, data, self.cfg.eval_batch_size, self.amp)

@@ -47,7 +47,7 @@ def lr_factor(cfg: TrialConfig, step: int, steps_per_epoch: int) -> float:
     """Multiplier of the base LR at optimizer step `step` (pure function: linear warm-up, then
     cosine to zero, multistep ×0.1 at each epoch of `decreasing_lr`, or constant)."""
     total = cfg.epochs * steps_per_epoch
-    warm = round(cfg.warmup_epochs * steps_per_epoch)
+    warm = min(round(cfg.warmup_epochs * steps_per_epoch), total)
     if step < warm:
         return (step + 1) / warm
     if cfg.lr_schedule == "cosine":

@@ -1,0 +1,83 @@
+"""Shared dense training (issue 4): identical state-0 trials train it once, also concurrently."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rsst_tune.config import TrialConfig
+from rsst_tune.dense_cache import DenseCache, dense_key
+from rsst_tune.loop import PruneLoop
+
+BASE = dict(epochs=1, pruning_times=2, head_ratio=0.25, mlp_ratio=0.5, batch_size=128)
+
+
+def test_key_ignores_pruning_settings_but_not_training_ones() -> None:
+    a = TrialConfig(**BASE)
+    assert dense_key(a) == dense_key(a.replace(method="refill", criteria="magnitude", rate=0.3))
+    assert dense_key(a) == dense_key(a.replace(reg_granularity_prune=10.0, head_ratio=0.5))
+    assert dense_key(a) != dense_key(a.replace(lr=1e-3))
+    assert dense_key(a) != dense_key(a.replace(seed=1))
+    assert dense_key(a.replace(prune_type="rewind_lt", rewind_epoch=1)) != dense_key(
+        a.replace(prune_type="rewind_lt", rewind_epoch=0)
+    )
+
+
+def test_second_trial_reuses_state0_and_matches_a_solo_run(tmp_path: Path) -> None:
+    cache = DenseCache(tmp_path / "cache")
+    first = PruneLoop(TrialConfig(**BASE), dense_cache=cache).run()
+    other = TrialConfig(**{**BASE, "method": "refill", "head_ratio": 0.5})
+    shared = PruneLoop(other, dense_cache=cache).run()
+    solo = PruneLoop(other).run()
+    assert [r["epochs_trained"] for r in first] == [1, 1]
+    assert [r["epochs_trained"] for r in shared] == [0, 1]  # state 0 came from the cache
+    assert shared[0]["test_acc"] == first[0]["test_acc"]
+    for a, b in zip(shared, solo, strict=True):  # reusing changes nothing downstream
+        assert a["val_acc"] == b["val_acc"] and a["test_acc"] == b["test_acc"]
+        assert a["heads"] == b["heads"] and a["sparsity"] == b["sparsity"]
+
+
+def _run(cfg: dict[str, Any], cache_dir: str, out: Any) -> None:
+    results = PruneLoop(TrialConfig(**cfg), dense_cache=DenseCache(cache_dir, poll_s=0.1)).run()
+    out.put([(r["epochs_trained"], r["test_acc"]) for r in results])
+
+
+@pytest.mark.slow
+def test_concurrent_trials_train_state0_once(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    cfgs = [{**BASE, "epochs": 2}, {**BASE, "epochs": 2, "method": "refill"}]
+    procs = [ctx.Process(target=_run, args=(c, str(tmp_path), out)) for c in cfgs]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    state0 = sorted(g[0] for g in got)
+    assert [epochs for epochs, _ in state0] == [0, 2]  # exactly one process trained it
+    assert state0[0][1] == state0[1][1]  # and both evaluated the same weights
+    assert not list(tmp_path.glob("*.lock"))
+
+
+def test_stale_lock_is_taken_over(tmp_path: Path) -> None:
+    cache = DenseCache(tmp_path, poll_s=0.01, stale_after=0.0)
+    (tmp_path / "k.lock").write_text("dead owner\n")
+    payload, trained = cache.get_or_train("k", lambda beat: {"x": 1})
+    assert trained and payload == {"x": 1}
+    assert cache.get_or_train("k", lambda beat: {"x": 2}) == ({"x": 1}, False)
+
+
+def test_failed_training_releases_the_lock(tmp_path: Path) -> None:
+    cache = DenseCache(tmp_path)
+
+    def boom(beat: Any) -> dict[str, Any]:
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        cache.get_or_train("k", boom)
+    assert not (tmp_path / "k.lock").exists()
+    assert cache.get_or_train("k", lambda beat: {"ok": True}) == ({"ok": True}, True)
