@@ -42,8 +42,9 @@ def bench(model_name: str, batch: int, steps: int, repeats: int, device: torch.d
     structure = find_structure(model, target="both")
     params = dict(model.named_parameters())
     M = mk.full_masks(model, structure.maskable_names)
-    U = magnitude_prune({n: params[n] for n in structure.weight_names}, M, 0.2,
-                        torch.Generator().manual_seed(0))
+    U = magnitude_prune(
+        {n: params[n] for n in structure.weight_names}, M, 0.2, torch.Generator().manual_seed(0)
+    )
     for n in structure.maskable_names:
         U.setdefault(n, M[n].clone())
     keep = {}
@@ -65,8 +66,17 @@ def bench(model_name: str, batch: int, steps: int, repeats: int, device: torch.d
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(steps):
-            train_step(model, x, y, opt=opt, loss_fn=loss_fn, enforcer=enforcer,
-                       pull=pull if with_pull else None, lam_value=0.5, amp=None)
+            train_step(
+                model,
+                x,
+                y,
+                opt=opt,
+                loss_fn=loss_fn,
+                enforcer=enforcer,
+                pull=pull if with_pull else None,
+                lam_value=0.5,
+                amp=None,
+            )
         _sync(device)
         return (time.perf_counter() - t0) / steps
 
@@ -77,8 +87,10 @@ def bench(model_name: str, batch: int, steps: int, repeats: int, device: torch.d
         plain.append(run(False))
         rsst.append(run(True))
     p, r = statistics.median(plain), statistics.median(rsst)
-    print(f"{model_name:>10} batch {batch:>4}: plain {1e3 * p:8.2f} ms  rsst {1e3 * r:8.2f} ms  "
-          f"ratio {r / p:.3f}x (goal <= 1.02x)")
+    print(
+        f"{model_name:>10} batch {batch:>4}: plain {1e3 * p:8.2f} ms  rsst {1e3 * r:8.2f} ms  "
+        f"ratio {r / p:.3f}x (goal <= 1.02x)"
+    )
     return r / p
 
 

@@ -35,6 +35,8 @@ def load(path: str | Path) -> Any:
         raise ConfigError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means 'corrupt'
+    except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"checkpoint {path} is corrupt or not an rsst-tune checkpoint: {first}") from None
+        raise ConfigError(
+            f"checkpoint {path} is corrupt or not an rsst-tune checkpoint: {first}"
+        ) from None

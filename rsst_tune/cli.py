@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from rsst_tune.config import TrialConfig
@@ -148,6 +149,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         base: dict[str, Any] = {}
         if args.config:
             base = TrialConfig.from_json_file(args.config).to_dict()
+        elif args.resume and args.out and (Path(args.out) / "config.json").is_file():
+            base = TrialConfig.from_json_file(Path(args.out) / "config.json").to_dict()
         cfg = None
         if args.config or any(hasattr(args, f.name) for f in dataclasses.fields(TrialConfig)):
             cfg = config_from_args(args, base)

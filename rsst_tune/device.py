@@ -19,7 +19,9 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but CUDA is not available; use --device auto")
+        raise ConfigError(
+            f"device {name!r} asked for, but CUDA is not available; use --device auto"
+        )
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device 'mps' asked for, but MPS is not available; use --device auto")
     return torch.device(name)

@@ -65,5 +65,7 @@ class TargetPull:
         """‖T‖: the L2 norm of the weights in the target set."""
         if not self._params:
             return 0.0
-        sq = torch.stack([(p * m).pow(2).sum() for p, m in zip(self._params, self._masks, strict=True)])
+        sq = torch.stack(
+            [(p * m).pow(2).sum() for p, m in zip(self._params, self._masks, strict=True)]
+        )
         return float(sq.sum().sqrt())

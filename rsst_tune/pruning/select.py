@@ -109,8 +109,12 @@ def select_units(
             normed.append(n)
         left = total - sum(int(f.sum()) for f in floors)
         cand = torch.cat(
-            [torch.where(a & ~f, n, torch.full_like(n, -math.inf))
-             for n, a, f in zip(normed, (alive[groups[i].name] for i in idx), floors, strict=True)]
+            [
+                torch.where(a & ~f, n, torch.full_like(n, -math.inf))
+                for n, a, f in zip(
+                    normed, (alive[groups[i].name] for i in idx), floors, strict=True
+                )
+            ]
         )
         chosen = torch.zeros_like(cand, dtype=torch.bool)
         if left > 0:
@@ -126,7 +130,9 @@ def select_units(
 
 
 def _top_alive(scores: Tensor, alive: Tensor, k: int, generator: torch.Generator) -> Tensor:
-    masked = torch.where(alive, scores.float(), torch.full_like(scores, -math.inf, dtype=torch.float))
+    masked = torch.where(
+        alive, scores.float(), torch.full_like(scores, -math.inf, dtype=torch.float)
+    )
     keep = torch.zeros_like(alive)
     if k > 0:
         order = ranked(masked, generator)[:k]

@@ -270,8 +270,10 @@ def _with_couplings(model: nn.Module, groups: list[UnitGroup], example: Tensor) 
         import torch.fx as fx
 
         traced = fx.symbolic_trace(model)
-    except Exception as exc:  # noqa: BLE001 - any trace failure means 'unknown couplings'
-        log.warning("cannot trace %s (%s): filters count as not removable", type(model).__name__, exc)
+    except Exception as exc:
+        log.warning(
+            "cannot trace %s (%s): filters count as not removable", type(model).__name__, exc
+        )
         return groups
     modules = dict(traced.named_modules())
     by_target = {g.name: g for g in groups}
@@ -302,7 +304,9 @@ def _with_couplings(model: nn.Module, groups: list[UnitGroup], example: Tensor) 
     return sorted(out, key=lambda g: order[g.name])
 
 
-def _trace_consumers(node: object, modules: dict[str, nn.Module], channels: int) -> list[Member] | None:
+def _trace_consumers(
+    node: object, modules: dict[str, nn.Module], channels: int
+) -> list[Member] | None:
     """Follow channel-preserving ops from a conv to the single layer that reads its channels."""
     frontier = list(node.users)  # type: ignore[attr-defined]
     consumers: list[Member] = []

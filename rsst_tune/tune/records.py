@@ -19,6 +19,18 @@ class Objective:
 
     metric: str  # a key of the per-state result dict, e.g. "test_acc", "macs_frac"
     mode: str  # "max" | "min"
+    # A budgeted objective ("val_acc@macs<=0.5"): only states whose `budget_metric` is at most
+    # `budget` count; see `rsst_tune.tune.objectives.trial_value` for the exact definition.
+    budget_metric: str | None = None
+    budget: float | None = None
+
+    @property
+    def key(self) -> str:
+        """The name of the objective, and its key in every reported result."""
+        if self.budget_metric is None or self.budget is None:
+            return self.metric
+        short = self.budget_metric.removesuffix("_frac").removesuffix("_total")
+        return f"{self.metric}@{short}<={self.budget:g}"
 
 
 @dataclass(frozen=True)
