@@ -122,6 +122,7 @@ class PruneLoop:
         self.theta0 = _state_dict(self.model)  # never modified (clone of the init)
         self.theta_r: dict[str, Tensor] | None = None
         self.M = mk.full_masks(self.model, self.structure.maskable_names)
+        self.U: mk.Masks | None = None  # the last unstructured mask (kept for the checkpoint)
         self.R: mk.Masks | None = None  # structure to impose at step 2 of the next RSST state
         self.T: mk.Masks = {}
         self.alive = {
@@ -328,6 +329,7 @@ class PruneLoop:
                 after = sum(int(self.alive[g.name].sum()) for g in self.structure.by_kind(kind))
                 stats[f"{KIND_RATIO[kind]}_effective"] = 1.0 - after / max(before[kind], 1)
             stats["density_R"] = mk.density(R, wnames)
+        self.U = U
         self.M, self.T = self.method.policy(U, R)
         self.R = mk.clone(R) if self.method.regularized else None
         return stats
@@ -423,6 +425,7 @@ class PruneLoop:
             "theta0": THETA0_FILE,
             "theta_r": _to_cpu(self.theta_r) if self.theta_r is not None else None,
             "M": mk.to_cpu(self.M),
+            "U": mk.to_cpu(self.U) if self.U is not None else None,
             "R": mk.to_cpu(self.R) if self.R is not None else None,
             "T": mk.to_cpu(self.T),
             "alive": mk.to_cpu(self.alive),
@@ -479,6 +482,7 @@ class PruneLoop:
                 {k: v.to(dev) for k, v in state["theta_r"].items()} if state["theta_r"] else None
             )
             self.M = mk.to_device(state["M"], dev)
+            self.U = mk.to_device(state["U"], dev) if state["U"] is not None else None
             self.R = mk.to_device(state["R"], dev) if state["R"] is not None else None
             self.T = mk.to_device(state["T"], dev)
             self.alive = mk.to_device(state["alive"], dev)
