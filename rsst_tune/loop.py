@@ -8,6 +8,7 @@ worker may run many trials in one process.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -241,6 +242,7 @@ class PruneLoop:
         result["epochs_trained"] = epochs_trained
         result.update(self._ticket_stats)
         result.update(self._measure())
+        ticket = _to_cpu(_state_dict(self.model)) if self.out_dir is not None else None
         # 4–5. score, prune, rewind (not after the last state)
         if s < cfg.pruning_times - 1:
             self._ticket_stats = self._prune(s)
@@ -248,7 +250,7 @@ class PruneLoop:
         result["wall_time_s"] = time.perf_counter() - t0
         self.results.append(result)
         self.next_state = s + 1
-        self._save()
+        self._save(ticket)
         return result
 
     def _shared_dense_state(self, train: Callable[[Callable[[], None]], TrainStats]) -> TrainStats:
@@ -413,15 +415,19 @@ class PruneLoop:
         return out
 
     # ------------------------------------------------------------------ checkpoints (§5)
-    def _save(self) -> None:
+    def _save(self, ticket: dict[str, Tensor] | None) -> None:
         if self.out_dir is None:
             return
+        model = _to_cpu(_state_dict(self.model))
         state = {
             "version": CHECKPOINT_VERSION,
             "config": self.cfg.to_dict(),
             "next_state": self.next_state,
             "optimizer_step": 0,  # the optimizer and LR schedule restart each state
-            "model": _to_cpu(_state_dict(self.model)),
+            "model": model,  # the weights the next state starts from (rewound, masked)
+            # the ticket this state evaluated (what `rsst-tune export` exports)
+            "ticket": model if self.next_state >= self.cfg.pruning_times else ticket,
+            "spec": dataclasses.asdict(self.spec),
             "theta0": THETA0_FILE,
             "theta_r": _to_cpu(self.theta_r) if self.theta_r is not None else None,
             "M": mk.to_cpu(self.M),

@@ -1,0 +1,115 @@
+"""Inference latency of two models measured side by side (ALGORITHMS.md §7).
+
+`compare_latency(dense, pruned, sample_shape, device, batch_sizes)` times both models on the
+same random input, alternating runs (dense, pruned, dense, ...) so that drift in the machine's
+load hits both alike, and reports the median time per forward of each. Every run is under
+`torch.inference_mode()` in eval mode, after a warm-up; on CUDA the device is synchronised
+before and after each timed run (and nowhere else). A run repeats the forward enough times
+to last at least `min_run_s`, so batch-1 timings are not dominated by timer noise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Latency", "compare_latency", "time_forward"]
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Median milliseconds per forward of the dense and the pruned model on one setting."""
+
+    device: str
+    batch: int
+    dense_ms: float
+    pruned_ms: float
+    repeats: int
+    inner: int  # forwards per timed run
+
+    @property
+    def speedup(self) -> float:
+        """dense time / pruned time (> 1 means the pruned model is faster)."""
+        return self.dense_ms / self.pruned_ms if self.pruned_ms > 0 else math.inf
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return {**asdict(self), "speedup": self.speedup}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def time_forward(model: nn.Module, x: Tensor, inner: int) -> float:
+    """Seconds per forward of `model(x)`, averaged over `inner` forwards (one timed run)."""
+    device = x.device
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(inner):
+        model(x)
+    _sync(device)
+    return (time.perf_counter() - t0) / inner
+
+
+def compare_latency(
+    dense: nn.Module,
+    pruned: nn.Module,
+    sample_shape: Sequence[int],
+    device: torch.device,
+    batch_sizes: Sequence[int] = (1, 64),
+    *,
+    repeats: int = 11,
+    warmup: int = 2,
+    min_run_s: float = 0.02,
+) -> list[Latency]:
+    """Latency of `dense` and `pruned` on `device` at each batch size (models are not moved).
+
+    `sample_shape` is one input's shape without the batch dimension, e.g. (3, 32, 32).
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    modes = (dense.training, pruned.training)
+    dense.eval()
+    pruned.eval()
+    gen = torch.Generator().manual_seed(0)
+    out: list[Latency] = []
+    try:
+        with torch.inference_mode():
+            for batch in batch_sizes:
+                x = torch.randn(batch, *sample_shape, generator=gen).to(device)
+                for _ in range(warmup):
+                    time_forward(dense, x, 1)
+                    time_forward(pruned, x, 1)
+                single = time_forward(dense, x, 1)
+                inner = max(1, math.ceil(min_run_s / max(single, 1e-9)))
+                d_times: list[float] = []
+                p_times: list[float] = []
+                for _ in range(repeats):
+                    d_times.append(time_forward(dense, x, inner))
+                    p_times.append(time_forward(pruned, x, inner))
+                lat = Latency(
+                    device=str(device),
+                    batch=batch,
+                    dense_ms=1e3 * statistics.median(d_times),
+                    pruned_ms=1e3 * statistics.median(p_times),
+                    repeats=repeats,
+                    inner=inner,
+                )
+                log.debug("latency %s", lat)
+                out.append(lat)
+    finally:
+        dense.train(modes[0])
+        pruned.train(modes[1])
+    return out

@@ -1,0 +1,336 @@
+"""Tests for the best-config report: real records, a real Optuna study, real files on disk."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.study import StudyDirection
+
+from rsst_tune.config import TrialConfig
+from rsst_tune.report import (
+    BUDGETS,
+    Ticket,
+    best_at_budget,
+    collect_tickets,
+    param_importances,
+    pareto_front,
+    rank_trials,
+    reproduce_config,
+    ticket_front,
+    write_report,
+)
+from rsst_tune.tune.records import Experiment, Objective, TrialRecord
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+OBJECTIVES = (Objective("val_acc", "max"), Objective("macs_frac", "min"))
+DENSE_PARAMS, DENSE_MACS = 136_138, 2_380_928
+
+
+def state(s: int, val: float, test: float, macs: float, params: float | None = None,
+          heads: int = 16, neurons: int = 512) -> dict[str, Any]:
+    """A per-state result with the keys `PruneLoop._run_state` reports (digits ViT shapes)."""
+    params = macs if params is None else params
+    out: dict[str, Any] = {
+        "state": s, "method": "rsst", "val_acc": val, "test_acc": test, "train_loss": 0.4,
+        "rate": 0.0 if s == 0 else 0.27, "density_U": 1.0 - 0.27 * s, "density_R": 1.0 - 0.27 * s,
+        "sparsity": 1.0 - params, "density_total": params, "heads": heads,
+        "heads_per_layer": [heads // 4] * 4, "neurons": neurons,
+        "neurons_per_layer": [neurons // 4] * 4, "params": round(DENSE_PARAMS * params),
+        "macs": round(DENSE_MACS * macs), "params_frac": params, "macs_frac": macs,
+        "wall_time_s": 1.9,
+    }
+    if s > 0:
+        out.update(acc_before_structure=val - 0.01, t_norm=1.7, lambda_reached=1.0)
+    return out
+
+
+def config(seed: int, head_ratio: float, mlp_ratio: float, states: int = 3) -> dict[str, Any]:
+    return TrialConfig(seed=seed, head_ratio=head_ratio, mlp_ratio=mlp_ratio,
+                       pruning_times=states, epochs=40).to_dict()
+
+
+def trial(tid: str, status: str, hr: float, mr: float, states: list[dict[str, Any]],
+          error: str | None = None, seed: int = 0) -> TrialRecord:
+    return TrialRecord(tid, status, config(seed, hr, mr), {"head_ratio": hr, "mlp_ratio": mr},
+                       states, error=error)
+
+
+def told_study(multi: bool) -> optuna.Study:
+    """A real in-memory study whose told trials vary two parameters (one matters)."""
+    directions = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE][: 2 if multi else 1]
+    study = optuna.create_study(directions=directions,
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(12):
+        t = study.ask()
+        hr = t.suggest_float("head_ratio", 0.0, 0.6)
+        mr = t.suggest_float("mlp_ratio", 0.0, 0.6)
+        acc = 0.97 - 0.3 * mr**2 + 0.001 * hr
+        study.tell(t, [acc, 1.0 - 0.5 * mr] if multi else acc)
+    pruned = study.ask()
+    pruned.suggest_float("head_ratio", 0.0, 0.6)
+    study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    return study
+
+
+def make_sweep() -> Experiment:
+    """Three trials: complete (3 states), pruned by ASHA (2 states), error (no state)."""
+    a = trial("t_a", "complete", 0.3, 0.3, [
+        state(0, 0.970, 0.962, 1.0), state(1, 0.960, 0.950, 0.73, 0.74, 12, 360),
+        state(2, 0.940, 0.990, 0.48, 0.50, 8, 252)])  # test highest at state 2: never chooses
+    b = trial("t_b", "pruned", 0.5, 0.5, [
+        state(0, 0.965, 0.960, 1.0), state(1, 0.950, 0.945, 0.45, 0.47, 8, 256)], seed=1)
+    c = trial("t_c", "error", 0.1, 0.1, [], error="RuntimeError: CUDA out of memory\ntrace...")
+    return Experiment(name="smoke", path="/tmp/exp/smoke", space="vit_head_mlp",
+                      objectives=OBJECTIVES, trials=(a, b, c),
+                      command="python tune_main.py --space vit_head_mlp --preset smoke",
+                      study=told_study(multi=True))
+
+
+@pytest.fixture
+def sweep() -> Experiment:
+    return make_sweep()
+
+
+# ------------------------------------------------------------------ pure computation
+def dominated(p: tuple[float, float], q: tuple[float, float]) -> bool:
+    """q dominates p for (accuracy up, cost down)."""
+    return q[0] >= p[0] and q[1] <= p[1] and (q[0] > p[0] or q[1] < p[1])
+
+
+def test_pareto_front_is_exactly_the_non_dominated_set() -> None:
+    points: list[tuple[float | None, float | None]] = [
+        (0.90, 0.50),  # 0 front
+        (0.90, 0.50),  # 1 identical tie: stays on the front
+        (0.90, 0.60),  # 2 same accuracy, more cost: dominated by 0
+        (0.85, 0.50),  # 3 same cost, less accuracy: dominated by 0
+        (0.95, 0.80),  # 4 front
+        (0.80, 0.30),  # 5 front
+        (0.70, 0.90),  # 6 dominated by everything
+        (math.nan, 0.10),  # 7 NaN: never a candidate
+        (0.99, None),  # 8 missing cost: never a candidate
+    ]
+    assert pareto_front(points, (True, False)) == [0, 1, 4, 5]
+    assert pareto_front([], (True, False)) == []
+    assert pareto_front([(math.nan, math.inf)], (True, False)) == []
+
+
+def test_pareto_front_matches_brute_force_on_random_points() -> None:
+    rng = random.Random(0)
+    # coarse grid values so that ties on one or both axes are common
+    points = [(rng.randint(0, 8) / 8, rng.randint(0, 8) / 8) for _ in range(200)]
+    expected = [i for i, p in enumerate(points)
+                if not any(dominated(p, q) for q in points)]
+    assert pareto_front(points, (True, False)) == expected
+    assert len(expected) >= 2
+
+
+def test_ticket_front_uses_validation_accuracy(sweep: Experiment) -> None:
+    tickets = collect_tickets(sweep)
+    assert len(tickets) == 5  # 3 + 2 + 0 states
+    front = ticket_front(tickets, "macs_frac")
+    # t_b/s1 (val 0.950 at 45 %) dominates t_a/s2 (val 0.940 at 48 %) though t_a/s2 tests higher
+    assert [t.label for t in front] == ["t_b/s1", "t_a/s1", "t_a/s0"]
+
+
+def test_best_at_budget_respects_budget_and_picks_val_not_test(sweep: Experiment) -> None:
+    tickets = collect_tickets(sweep)
+    assert best_at_budget(tickets, 0.25) is None
+    best50 = best_at_budget(tickets, 0.5)
+    assert best50 is not None and (best50.trial_id, best50.state) == ("t_b", 1)
+    best75 = best_at_budget(tickets, 0.75)
+    assert best75 is not None and (best75.trial_id, best75.state) == ("t_a", 1)
+    best = best_at_budget(tickets, None)
+    assert best is not None and (best.trial_id, best.state) == ("t_a", 0)
+    for budget in BUDGETS:
+        chosen = best_at_budget(tickets, budget)
+        inside = [t for t in tickets if budget is None or (t.macs_frac or 2) <= budget]
+        if chosen is not None:
+            assert chosen.val_acc == max(t.val_acc or 0 for t in inside)
+
+
+def test_best_at_budget_boundary_ties_and_missing_values() -> None:
+    def ticket(order: int, **metrics: Any) -> Ticket:
+        return Ticket(f"t{order}", 0, "complete", metrics, order=order)
+
+    tickets = [
+        ticket(0, val_acc=0.9, test_acc=0.5, macs_frac=0.5, params_frac=0.6),  # exactly 50 %
+        ticket(1, val_acc=0.9, test_acc=0.9, macs_frac=0.5, params_frac=0.4),  # tie: fewer params
+        ticket(2, val_acc=math.nan, test_acc=1.0, macs_frac=0.1),  # NaN val: not a candidate
+        ticket(3, val_acc=0.99, test_acc=0.99),  # no MACs: only unconstrained
+        ticket(4, val_acc=None, test_acc=1.0, macs_frac=0.2),
+    ]
+    assert best_at_budget(tickets, 0.5) is tickets[1]
+    assert best_at_budget(tickets, None) is tickets[3]
+    assert best_at_budget(tickets[2:3], None) is None
+
+
+def test_reproduce_config_stops_at_the_ticket(sweep: Experiment) -> None:
+    ticket = collect_tickets(sweep)[1]
+    cfg = TrialConfig.from_dict(reproduce_config(ticket))
+    assert cfg.pruning_times == ticket.state + 1 == 2
+    assert cfg.replace(pruning_times=3).to_dict() == sweep.trials[0].config
+
+
+def test_rank_trials_prefers_in_budget_accuracy(sweep: Experiment) -> None:
+    assert rank_trials(collect_tickets(sweep)) == ["t_b", "t_a"]  # 0.950 ≤ 50 % beats 0.940
+
+
+def test_param_importances_single_and_multi_objective() -> None:
+    for multi in (False, True):
+        imp = param_importances(told_study(multi), OBJECTIVES)
+        assert imp.values is not None, imp.note
+        assert {name for name, _ in imp.values} == {"head_ratio", "mlp_ratio"}
+        assert imp.values[0][0] == "mlp_ratio"  # the parameter the objective depends on
+        assert math.isclose(sum(v for _, v in imp.values), 1.0)
+    assert "val_acc" in param_importances(told_study(True), OBJECTIVES).note
+
+
+def test_param_importances_not_available_says_why() -> None:
+    assert param_importances(None).values is None
+    study = optuna.create_study()
+    t = study.ask()
+    t.suggest_float("lr", 1e-4, 1e-2)
+    study.tell(t, 0.5)
+    one = param_importances(study)
+    assert one.values is None and "2 complete trials" in one.note
+    fixed = optuna.create_study()
+    for value in (0.5, 0.6):
+        t = fixed.ask()
+        t.suggest_categorical("criteria", ["l1"])
+        fixed.tell(t, value)
+    assert "varies" in param_importances(fixed).note
+    assert param_importances(object()).values is None  # not a study: a reason, not a crash
+
+
+# ------------------------------------------------------------------ the files
+def test_write_report_writes_every_artifact(sweep: Experiment, tmp_path: Path) -> None:
+    md_path = write_report(sweep, tmp_path / "report")
+    out = md_path.parent
+    assert md_path == out / "report.md"
+    for name in ("report.html", "best_config.json", "pareto_macs.png", "pareto_params.png",
+                 "states.png", "importances.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "pareto_macs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    md = md_path.read_text()
+    for text in ("smoke", "vit_head_mlp", "python tune_main.py --space vit_head_mlp",
+                 "no ticket within budget", "rsst-tune run --config best_configs/macs_le_50.json",
+                 "CUDA out of memory", "mlp_ratio", "![", "| t_c | error | 0 |"):
+        assert text in md, text
+    assert "trace..." not in md  # error messages: first line only
+
+    html_text = (out / "report.html").read_text()
+    assert not re.search(r'(src|href)\s*=\s*["\']?(https?:|//|file:)', html_text)
+    assert "<link" not in html_text and "<script" not in html_text
+    assert html_text.count('src="data:image/png;base64,') == 4
+
+
+def test_best_configs_load_and_stop_at_their_ticket(sweep: Experiment, tmp_path: Path) -> None:
+    write_report(sweep, tmp_path)
+    files = sorted(p.name for p in (tmp_path / "best_configs").iterdir())
+    assert files == ["macs_le_50.json", "macs_le_75.json", "unconstrained.json"]
+    expected = {"macs_le_50.json": ("t_b", 1), "macs_le_75.json": ("t_a", 1),
+                "unconstrained.json": ("t_a", 0)}
+    by_id = {t.trial_id: t for t in sweep.trials}
+    for name, (tid, s) in expected.items():
+        raw = json.loads((tmp_path / "best_configs" / name).read_text())
+        assert set(raw) == set(TrialConfig.field_names())  # a plain config, no metadata
+        cfg = TrialConfig.from_json_file(tmp_path / "best_configs" / name)
+        assert cfg.pruning_times == s + 1
+        assert cfg.replace(pruning_times=3).to_dict() == by_id[tid].config
+
+    best = json.loads((tmp_path / "best_config.json").read_text())
+    assert (best["budget"], best["trial_id"], best["state"]) == (0.5, "t_b", 1)
+    assert best["metrics"]["test_acc"] == 0.945
+    assert best["command"] == "rsst-tune run --config best_configs/macs_le_50.json"
+    assert [e["val_acc"] for e in best["expected_states"]] == [0.965, 0.950]
+    assert TrialConfig.from_json_file(tmp_path / "best_config.json").pruning_times == 2
+
+
+def test_best_config_falls_back_to_overall_best(tmp_path: Path) -> None:
+    only_dense = trial("t_x", "complete", 0.2, 0.2, [state(0, 0.9, 0.8, 1.0)])
+    exp = Experiment("one", str(tmp_path), "vit_head_mlp", OBJECTIVES, (only_dense,))
+    write_report(exp, tmp_path)
+    best = json.loads((tmp_path / "best_config.json").read_text())
+    assert (best["budget"], best["trial_id"], best["state"]) == (None, "t_x", 0)
+    assert best["config_file"] == "best_configs/unconstrained.json"
+    assert md_has(tmp_path, "No ticket within budget.")
+
+
+def md_has(out: Path, text: str) -> bool:
+    return text in (out / "report.md").read_text()
+
+
+def test_empty_experiment_renders(tmp_path: Path) -> None:
+    exp = Experiment("empty", str(tmp_path), "vit_head_mlp", OBJECTIVES, ())
+    md = write_report(exp, tmp_path / "r")
+    text = md.read_text()
+    assert "The experiment has no trials yet." in text
+    assert text.count("No ticket within budget.") == len(BUDGETS)
+    assert "Not available: no Optuna study" in text
+    assert "not recorded" in text  # no command
+    best = json.loads((md.parent / "best_config.json").read_text())
+    assert best["config"] is None and best["trial_id"] is None
+    assert not list((md.parent / "best_configs").iterdir())
+    assert (md.parent / "report.html").exists()
+
+
+def test_partial_data_renders_without_error(tmp_path: Path) -> None:
+    nan_state = state(0, math.nan, 0.5, 1.0)
+    missing = {"state": 0, "val_acc": 0.8}  # no test accuracy, no costs
+    weird: list[Any] = [{"val_acc": "n/a", "macs_frac": None}, "not a dict"]
+    trials = (
+        trial("t_nan", "running", 0.1, 0.1, [nan_state]),
+        trial("t_missing", "complete", 0.1, 0.1, [missing]),
+        trial("t_weird", "pruned", 0.1, 0.1, weird),
+        TrialRecord("t_bad_cfg", "complete", {"not_a_field": 1}, {}, [state(0, 0.7, 0.7, 0.3)]),
+        TrialRecord("t_err", "error", {}, {}, [], error=None),
+    )
+    study = optuna.create_study()  # no trials at all
+    exp = Experiment("partial", str(tmp_path), "x", (), trials, study=study)
+    md = write_report(exp, tmp_path)
+    text = md.read_text()
+    assert "| t_missing | complete | 1 |" in text
+    assert "Not available: needs ≥ 2 complete trials" in text
+    best = json.loads((tmp_path / "best_config.json").read_text())
+    assert (best["trial_id"], best["budget"]) == ("t_bad_cfg", 0.5)  # only ticket ≤ 50 %
+    assert json.loads((tmp_path / "best_configs" / "macs_le_50.json").read_text()) == {
+        "not_a_field": 1, "pruning_times": 1}  # kept as recorded, with a warning
+    assert "NaN" not in (tmp_path / "best_config.json").read_text()
+
+
+def test_single_trial_and_rerender_replace_stale_answers(tmp_path: Path) -> None:
+    single = trial("t_1", "complete", 0.5, 0.5, [state(0, 0.9, 0.9, 1.0),
+                                                  state(1, 0.8, 0.8, 0.2, 0.25, 8, 128)])
+    exp = Experiment("single", str(tmp_path), "s", OBJECTIVES, (single,))
+    write_report(exp, tmp_path)
+    assert (tmp_path / "best_configs" / "macs_le_25.json").exists()
+    no_cost = trial("t_1", "complete", 0.5, 0.5, [state(0, 0.9, 0.9, 1.0)])
+    write_report(Experiment("single", str(tmp_path), "s", OBJECTIVES, (no_cost,)), tmp_path)
+    assert not (tmp_path / "best_configs" / "macs_le_25.json").exists()
+
+
+def test_many_tickets_stay_fast(tmp_path: Path) -> None:
+    """A 200-trial, 5-state sweep: 1,000 tickets, still one report (fronts are not labelled)."""
+    rng = random.Random(1)
+    trials = tuple(
+        trial(f"t{i:03d}", "complete", 0.3, 0.3,
+              [state(s, rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0), 0.8**s, 0.8**s)
+               for s in range(5)])
+        for i in range(200)
+    )
+    exp = Experiment("big", str(tmp_path), "s", OBJECTIVES, trials)
+    assert write_report(exp, tmp_path).exists()
+    tickets = collect_tickets(exp)
+    front = ticket_front(tickets, "macs_frac")
+    for t, u in itertools.product(front, tickets):
+        assert not dominated((t.val_acc or 0, t.macs_frac or 0), (u.val_acc or 0, u.macs_frac or 0))
