@@ -229,9 +229,9 @@ class PruneLoop:
             stats, epochs_trained = train(), cfg.epochs
         result: dict[str, Any] = {"state": s, "method": cfg.method}
         # 2. RSST: impose the structure (M ← R)
-        if pull is not None and self.R is not None:
+        if self.method.regularized and self.R is not None:
             result["acc_before_structure"] = self._eval(self.test_data)
-            result["t_norm"] = pull.norm()
+            result["t_norm"] = pull.norm() if pull is not None else 0.0
             result["lambda_reached"] = stats.lambda_reached
             self.M = mk.clone(self.R)
             mk.MaskEnforcer(self.model, self.M).apply()

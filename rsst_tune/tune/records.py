@@ -44,6 +44,9 @@ class TrialRecord:
     states: list[dict[str, Any]]  # per-state results, as PruneLoop.states() yields them
     error: str | None = None
     checkpoint_dir: str | None = None  # where the trial's last state checkpoint lives
+    # state index -> the checkpoint directory of that state (theta0.pt, state_XX.pt,
+    # config.json, results.json); what exporting the best state of a trial needs
+    state_checkpoints: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
