@@ -17,7 +17,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rsst_tune.config import TrialConfig
 from rsst_tune.errors import ConfigError
@@ -95,7 +95,10 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line (plus the usage) and exit status 2."""
+    """argparse whose errors are one line and exit status 2 (`--help` still shows usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
 THETA0_FILE = "theta0.pt"
+CHECKPOINT_KEYS = (
+    "config", "next_state", "model", "theta_r", "M", "U", "R", "T", "alive",
+    "ticket_stats", "results", "rng",
+)  # fmt: skip
 # Fields that may differ between a checkpoint and the run resuming it.
 EXECUTION_FIELDS = {"device", "amp", "compile", "data_dir", "download", "eval_batch_size"}
 KIND_RATIO = {"head": "head_ratio", "neuron": "mlp_ratio", "filter": "filter_ratio"}
@@ -461,6 +465,9 @@ class PruneLoop:
             raise ConfigError(
                 f"checkpoint {path} is not an rsst-tune v{CHECKPOINT_VERSION} checkpoint"
             )
+        missing = [k for k in CHECKPOINT_KEYS if k not in state]
+        if missing or not isinstance(state["config"], dict):
+            raise ConfigError(f"checkpoint {path} is incomplete (missing: {', '.join(missing)})")
         saved = TrialConfig.from_dict(state["config"])
         if cfg is None:
             cfg = saved
@@ -481,6 +488,11 @@ class PruneLoop:
 
     def _restore(self, state: dict[str, Any], theta0: dict[str, Tensor]) -> None:
         dev = self.device
+        expected = {k: v.shape for k, v in self.model.state_dict().items()}
+        if not isinstance(theta0, dict) or {k: v.shape for k, v in theta0.items()} != expected:
+            raise ConfigError(
+                f"{THETA0_FILE} in {self.out_dir} does not belong to {self.cfg.model}"
+            )
         try:
             self.model.load_state_dict(state["model"])
             self.theta0 = {k: v.to(dev) for k, v in theta0.items()}

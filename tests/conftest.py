@@ -1,0 +1,101 @@
+"""Shared fixtures for the prune-engine tests: real digits data, real tiny models, CPU only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from rsst_tune.config import TrialConfig
+from rsst_tune.data import DataBundle, load_dataset
+from rsst_tune.models import create_model
+
+# One thread per test process: the CI machines have 2 shared cores, and one thread per
+# process is several times faster than two threads fighting for them.
+torch.set_num_threads(1)
+
+# Keys that legitimately differ between two otherwise identical runs.
+TIMING_KEYS = {"wall_time_s"}
+
+
+def strip_timing(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in results]
+
+
+@pytest.fixture(scope="session")
+def digits() -> DataBundle:
+    """scikit-learn's bundled 8x8 digits (1,077 / 360 / 360), offline."""
+    return load_dataset("digits", data_dir="data")
+
+
+@pytest.fixture(scope="session")
+def digits_small(digits: DataBundle) -> DataBundle:
+    """A fixed subset of digits (256 / 96 / 96) for fast loop tests."""
+    return DataBundle(
+        digits.spec,
+        digits.train.subset(torch.arange(256)),
+        digits.val.subset(torch.arange(96)),
+        digits.test.subset(torch.arange(96)),
+    )
+
+
+FAST = dict(
+    device="cpu",
+    augment=False,
+    amp=False,
+    epochs=1,
+    warmup_epochs=0.0,
+    batch_size=64,
+    eval_batch_size=512,
+    score_batches=2,
+    rewind_epoch=0,
+    label_smoothing=0.0,
+)
+
+
+@pytest.fixture
+def make_cfg() -> Callable[..., TrialConfig]:
+    """A TrialConfig with fast CPU defaults; keyword arguments override."""
+
+    def make(**overrides: Any) -> TrialConfig:
+        return TrialConfig.from_dict({**FAST, **overrides})
+
+    return make
+
+
+def build(name: str, seed: int = 0, in_chans: int = 1, img_size: int = 8) -> nn.Module:
+    torch.manual_seed(seed)
+    return create_model(name, num_classes=10, in_chans=in_chans, img_size=img_size)
+
+
+@pytest.fixture
+def build_model() -> Callable[..., nn.Module]:
+    """`build_model(name, seed=0, in_chans=1, img_size=8)`: a seeded registry model."""
+    return build
+
+
+@pytest.fixture
+def drop_timing() -> Callable[[list[dict[str, Any]]], list[dict[str, Any]]]:
+    return strip_timing
+
+
+@pytest.fixture
+def vit() -> nn.Module:
+    return build("vit_digits")
+
+
+@pytest.fixture
+def resnet() -> nn.Module:
+    return build("resnet20")
+
+
+@pytest.fixture
+def digits_batches(digits_small: DataBundle) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Two normalised training batches of 32 digits."""
+    from rsst_tune.data import DeviceData
+
+    dd = DeviceData(digits_small.train, digits_small.spec, "cpu")
+    return [(x, y) for x, y in list(dd.eval_batches(32))[:2]]
