@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     try:
         from rsst_tune.tune.cli import add_tune_parsers
     except ImportError:  # pragma: no cover - the tune package is part of the install
-        add_tune_parsers = None
+        add_tune_parsers = None  # type: ignore[assignment]
     if add_tune_parsers is not None:
         add_tune_parsers(sub)
 

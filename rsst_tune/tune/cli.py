@@ -1,0 +1,285 @@
+"""The `tune` and `report` subcommands (also `python tune_main.py`): parsing, and nothing else.
+
+Importing this module is cheap (no torch, no Ray): bad input fails in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rsst_tune.errors import ConfigError
+
+TUNE_HELP = "a Ray Tune + Optuna sweep over the prune loop"
+REPORT_HELP = "write the best-config report of a sweep"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_argument_group("what to search")
+    what.add_argument("--space", help="search space name (see --list-spaces)")
+    what.add_argument("--list-spaces", action="store_true", help="list the spaces and exit")
+    what.add_argument(
+        "--objective",
+        help="objective(s) instead of the space's: val_acc, "
+        "macs_frac, val_acc@macs<=0.5 (best val_acc at a MACs budget); "
+        "comma-separated for several",
+    )
+    what.add_argument(
+        "--sampler",
+        default="tpe",
+        choices=("tpe", "nsga2", "random"),
+        help="Optuna sampler (default: tpe)",
+    )
+    what.add_argument(
+        "--scheduler",
+        choices=("asha", "fifo"),
+        default=None,
+        help="trial scheduler (default: the space's); asha stops weak trials "
+        "between pruning states, only for spaces that do not search sparsity",
+    )
+    what.add_argument("--seed", type=int, default=0, help="sampler seed and trial seed")
+    what.add_argument(
+        "--fix",
+        type=_fixed_param,
+        action="append",
+        metavar="NAME=VALUE",
+        help="pin a searched parameter (repeatable), e.g. --fix lr=3e-3",
+    )
+    what.add_argument(
+        "--preset",
+        choices=("smoke",),
+        default=None,
+        help="smoke: an offline digits sweep of a few trials (minutes on 2 cores)",
+    )
+    over = parser.add_argument_group("base-config overrides (when the space allows them)")
+    over.add_argument("--dataset", default=None)
+    over.add_argument("--model", "--arch", dest="model", default=None)
+    over.add_argument(
+        "--states",
+        type=_positive_int,
+        default=None,
+        help="pruning states per trial (pruning_times)",
+    )
+    over.add_argument("--epochs", type=_positive_int, default=None, help="epochs per state")
+    over.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
+    budget = parser.add_argument_group("budget and resources")
+    budget.add_argument(
+        "--num-samples",
+        type=_positive_int,
+        default=None,
+        help="number of trials (default: the space's, or the preset's)",
+    )
+    budget.add_argument(
+        "--max-concurrent",
+        type=_positive_int,
+        default=None,
+        help="trials at once (default: as resources allow)",
+    )
+    budget.add_argument("--cpus-per-trial", type=float, default=None, help="default 1")
+    budget.add_argument(
+        "--gpus-per-trial",
+        type=_nonneg_float,
+        default=0.0,
+        help="GPUs per trial; fractions pack several trials on one GPU",
+    )
+    budget.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop the sweep after this long (running trials end as pruned)",
+    )
+    where = parser.add_argument_group("where and how")
+    where.add_argument(
+        "--storage",
+        default="experiments",
+        help="directory (or URI Ray accepts) for experiments (default: ./experiments)",
+    )
+    where.add_argument("--name", default=None, help="experiment name (default: SPACE-TIMESTAMP)")
+    where.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="EXPERIMENT_DIR",
+        help="continue an interrupted sweep (default dir: STORAGE/NAME)",
+    )
+    where.add_argument(
+        "--address",
+        default=None,
+        help="join a Ray cluster (auto, HOST:PORT, ray://HOST:PORT); "
+        "default: a local one on 127.0.0.1",
+    )
+    where.add_argument(
+        "--wandb",
+        choices=("off", "offline", "online"),
+        default="off",
+        help="Weights & Biases logging (key from WANDB_API_KEY only)",
+    )
+    where.add_argument(
+        "--no-share-dense",
+        action="store_true",
+        help="train state 0 in every trial (default: trials whose state 0 is "
+        "identical train it once and share it through the experiment directory)",
+    )
+    where.add_argument(
+        "--dry-run", action="store_true", help="print the resolved space and budget, run nothing"
+    )
+    where.add_argument("--quiet", action="store_true", help="no live view")
+    where.add_argument(
+        "--tune-verbose", dest="tune_verbose", action="store_true", help="debug logs in sweep.log"
+    )
+
+
+def add_tune_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `tune` and `report` on the `rsst-tune` command."""
+    tune = subparsers.add_parser("tune", help=TUNE_HELP, description=TUNE_HELP)
+    add_tune_arguments(tune)
+    tune.set_defaults(handler=tune_command)
+    report = subparsers.add_parser("report", help=REPORT_HELP, description=REPORT_HELP)
+    report.add_argument("experiment", help="an experiment directory (STORAGE/NAME)")
+    report.set_defaults(handler=report_command)
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    from rsst_tune.tune.sweep import SweepOptions, describe_plan, load_plan, resolve_plan, run_sweep
+
+    verbose = bool(getattr(args, "verbose", False) or getattr(args, "tune_verbose", False))
+    if args.list_spaces:
+        print(list_spaces_text())
+        return 0
+    if args.resume is not None:
+        if args.resume:
+            path = Path(args.resume)
+        elif args.name:
+            path = Path(args.storage) / args.name
+        else:
+            raise ConfigError("--resume needs an experiment directory (or --storage and --name)")
+        plan = load_plan(path)
+        return run_sweep(
+            plan, resume=True, address=args.address, verbose=verbose, show=not args.quiet
+        )
+    if not args.space:
+        raise ConfigError("--space NAME is required; " + spaces_sentence())
+    command = getattr(args, "command_line", None) or shlex.join(["rsst-tune", *sys.argv[1:]])
+    opts = SweepOptions(
+        space=args.space,
+        objective=args.objective,
+        sampler=args.sampler,
+        scheduler=args.scheduler,
+        num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        time_budget=args.time_budget,
+        storage=args.storage,
+        name=args.name,
+        wandb=args.wandb,
+        share_dense=not args.no_share_dense,
+        fixed=tuple(args.fix or ()),
+        dataset=args.dataset,
+        model=args.model,
+        states=args.states,
+        epochs=args.epochs,
+        preset=args.preset,
+        seed=args.seed,
+        device=args.device,
+        command=command,
+    )
+    plan = resolve_plan(opts)
+    if args.dry_run:
+        print(describe_plan(plan))
+        return 0
+    return run_sweep(plan, address=args.address, verbose=verbose, show=not args.quiet)
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from rsst_tune.tune.experiment import load_experiment
+    from rsst_tune.tune.runner import write_report_if_available
+
+    experiment = load_experiment(args.experiment)
+    path = write_report_if_available(experiment, Path(experiment.path))
+    if path is None:
+        print(
+            "rsst-tune: error: the report could not be written (see the log above)", file=sys.stderr
+        )
+        return 1
+    print(path)
+    return 0
+
+
+def list_spaces_text() -> str:
+    from search_spaces import get_space, list_spaces
+
+    lines = []
+    for name in list_spaces():
+        lines.append(f"{name:<22} {get_space(name).description}")
+    return "\n".join(lines)
+
+
+def spaces_sentence() -> str:
+    from search_spaces import list_spaces
+
+    return "choose one of: " + ", ".join(list_spaces())
+
+
+# ---------------------------------------------------------------------- tune_main.py
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tune_main.py",
+        description="Start (or resume) a hyperparameter sweep of the prune loop: " + TUNE_HELP,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_tune_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python tune_main.py ...`: the same options as `rsst-tune tune`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["python", "tune_main.py", *argv])
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
+    )
+    try:
+        return tune_command(args)
+    except ConfigError as exc:
+        print(f"tune_main.py: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tune_main.py: interrupted; resume with --resume EXPERIMENT_DIR", file=sys.stderr)
+        return 130
+
+
+def _fixed_param(text: str) -> tuple[str, Any]:
+    """NAME=VALUE, VALUE read as JSON when it parses (numbers, true/false), else a string."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return name.strip(), value

@@ -1,0 +1,258 @@
+"""The sweep's console: one line per event, and the quiet logging setup around a sweep.
+
+`SweepConsole` is a Ray Tune callback that runs in the driver. It prints one line when a trial
+starts, finishes a pruning state, completes, is pruned by the scheduler or fails, with the
+counts and the best result so far, and appends every event to `events.jsonl` in the
+experiment directory (the benchmark reads trial wall times from it). Ray's and Optuna's
+chatter goes to `sweep.log` in the experiment directory instead of the console.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from rsst_tune.tune.objectives import trial_value
+from rsst_tune.tune.records import Objective
+from rsst_tune.tune.searcher import is_complete
+
+EVENTS_FILE = "events.jsonl"
+LOG_FILE = "sweep.log"
+_SHOWN_KEYS = ("state", "val_acc", "test_acc", "macs_frac", "params_frac", "sparsity")
+
+
+class SweepConsole(Callback):  # type: ignore[misc]
+    """Live one-line-per-event view of a sweep (picklable: Ray stores it with the Tuner)."""
+
+    def __init__(
+        self,
+        events_path: str,
+        objectives: Sequence[Objective],
+        base_config: Mapping[str, Any],
+        *,
+        experiment_dir: str = "",
+        show: bool = True,
+    ) -> None:
+        self.events_path = events_path
+        self.experiment_dir = experiment_dir
+        self.objectives = tuple(objectives)
+        self.base_config = dict(base_config)
+        self.show = show
+        self._reset()
+
+    def _reset(self) -> None:
+        self._t0 = time.monotonic()
+        self._states: dict[str, list[dict[str, Any]]] = {}
+        self._status: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ Ray hooks
+    def setup(
+        self,
+        stop: Any = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
+        self._reset()
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._status[trial.trial_id] = "running"
+        searched = {k: v for k, v in trial.config.items() if self.base_config.get(k, object()) != v}
+        self._event("start", trial, params=searched)
+        self._line(trial, "running", _fmt_params(searched))
+
+    def on_trial_restore(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._event("restore", trial)
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        if "state" not in result:
+            return
+        row = {k: result[k] for k in (*_SHOWN_KEYS, "wall_time_s") if k in result}
+        self._states.setdefault(trial.trial_id, []).append(row)
+        self._event("state", trial, **row)
+        total = result.get("pruning_times", "?")
+        text = (
+            f"state {int(result['state']) + 1}/{total}  val {_pct(result.get('val_acc'))}  "
+            f"test {_pct(result.get('test_acc'))}  MACs {_pct(result.get('macs_frac'))}  "
+            f"params {_pct(result.get('params_frac'))}  ({result.get('wall_time_s', 0):.1f}s)"
+        )
+        self._line(trial, "", text)
+
+    def on_trial_save(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        # Ray has registered the state's checkpoint: from now on a resume starts after it.
+        self._event("saved", trial, state=(trial.last_result or {}).get("state"))
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        if is_complete(last):
+            status, text = "done", ""
+        else:
+            status = "pruned"
+            text = f"stopped after state {int(last.get('state', -1)) + 1} by the scheduler"
+        self._status[trial.trial_id] = status
+        self._event(status, trial)
+        self._line(trial, status, text)
+        self._summary()
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._status[trial.trial_id] = "error"
+        message = _first_error_line(trial)
+        where = trial.error_file
+        if self.experiment_dir and "://" not in self.experiment_dir:
+            where = str(Path(self.experiment_dir) / f"trial_{trial.trial_id}" / "error.txt")
+        self._event("error", trial, error=message, error_file=where)
+        self._line(trial, "error", f"{message}  (traceback: {where})")
+        self._summary()
+
+    # ------------------------------------------------------------------ output
+    def _line(self, trial: Any, status: str, text: str) -> None:
+        if not self.show:
+            return
+        elapsed = time.monotonic() - self._t0
+        print(
+            f"{elapsed:7.1f}s  trial {trial.trial_id:<12} {status:<8} {text}".rstrip(), flush=True
+        )
+
+    def _summary(self) -> None:
+        if not self.show:
+            return
+        counts = {s: 0 for s in ("running", "done", "pruned", "error")}
+        for status in self._status.values():
+            counts[status] = counts.get(status, 0) + 1
+        parts = [f"{n} {s}" for s, n in counts.items()]
+        best = self._best()
+        print(f"{'':9}[{', '.join(parts)}]{'  ' + best if best else ''}", flush=True)
+
+    def _best(self) -> str:
+        obj = self.objectives[0]
+        finished = [t for t, s in self._status.items() if s == "done"]
+        values = [
+            (v, t) for t in finished if (v := trial_value(obj, self._states.get(t, []))) is not None
+        ]
+        if not values:
+            return ""
+        value, trial_id = (max if obj.mode == "max" else min)(values)
+        text = f"best {obj.key} {_fmt_value(obj.metric, value)} (trial {trial_id})"
+        if len(self.objectives) > 1:
+            text += f"; Pareto front {self._front_size()} states"
+        return text
+
+    def _front_size(self) -> int:
+        points = []
+        for states in self._states.values():
+            for s in states:
+                if all(o.metric in s for o in self.objectives):
+                    points.append(
+                        tuple(s[o.metric] * (1 if o.mode == "max" else -1) for o in self.objectives)
+                    )
+        front = [
+            p
+            for p in points
+            if not any(q != p and all(a >= b for a, b in zip(q, p)) for q in points)
+        ]
+        return len(set(front))
+
+    def _event(self, event: str, trial: Any, **fields: Any) -> None:
+        record = {"time": time.time(), "event": event, "trial_id": trial.trial_id, **fields}
+        with contextlib.suppress(OSError), open(self.events_path, "a") as fh:
+            fh.write(json.dumps(record, default=str) + "\n")
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * float(value):.1f}%"
+
+
+def _fmt_value(metric: str, value: float) -> str:
+    if metric.endswith(("_acc", "_frac", "_total")) or metric == "sparsity":
+        return _pct(value)
+    return f"{value:.4g}"
+
+
+def _fmt_params(params: Mapping[str, Any]) -> str:
+    parts = []
+    for k, v in sorted(params.items()):
+        parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(parts)
+
+
+def _first_error_line(trial: Any) -> str:
+    path = trial.error_file
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    except (OSError, TypeError):
+        return "failed"
+    return lines[-1][:200] if lines else "failed"
+
+
+# ---------------------------------------------------------------------- quiet logging
+class _QuietFilter(logging.Filter):
+    """On the console, Ray/Optuna/warnings chatter below ERROR is dropped (it is in sweep.log)."""
+
+    NOISY = ("ray", "optuna", "py.warnings", "filelock", "urllib3", "wandb")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            # Ray's summary of failed trials repeats what the console already said per trial.
+            return not str(record.msg).startswith("Trials did not complete")
+        return not record.name.startswith(self.NOISY)
+
+
+@contextlib.contextmanager
+def sweep_logging(log_dir: Path, *, verbose: bool = False) -> Iterator[Path]:
+    """Full logs to `log_dir/sweep.log`; the console keeps only our own warnings and errors."""
+    import optuna
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / LOG_FILE
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.DEBUG if verbose else logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    ray_logger = logging.getLogger("ray")
+    quiet = _QuietFilter()
+    console_handlers = [
+        h
+        for h in (*root.handlers, *ray_logger.handlers)
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
+    saved_root_level = root.level
+    saved_levels = [(h, h.level) for h in console_handlers]
+    saved_optuna = optuna.logging.get_verbosity()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    ray_logger.addHandler(handler)
+    for h in console_handlers:
+        h.addFilter(quiet)
+        if not verbose and h.level < logging.WARNING:
+            h.setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    logging.captureWarnings(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            yield path
+    finally:
+        logging.captureWarnings(False)
+        optuna.logging.disable_propagation()
+        optuna.logging.enable_default_handler()
+        optuna.logging.set_verbosity(saved_optuna)
+        for h, level in saved_levels:
+            h.removeFilter(quiet)
+            h.setLevel(level)
+        ray_logger.removeHandler(handler)
+        root.removeHandler(handler)
+        root.setLevel(saved_root_level)
+        handler.close()

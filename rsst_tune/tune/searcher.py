@@ -1,0 +1,155 @@
+"""The Optuna side of a sweep: samplers, the persisted study, and a searcher that tells PRUNED.
+
+`PruningAwareOptunaSearch` is Ray's `OptunaSearch` with three changes:
+
+* the define-by-run function returns the trial's searched TrialConfig fields, and only those
+  become the Ray config (helper parameters such as `rate_mode` stay in Optuna);
+* each Optuna trial records its Ray trial id (user attr `ray_trial_id`);
+* a trial that ends before its last pruning state without an error (a scheduler stopped it)
+  is told to Optuna as PRUNED, not COMPLETE. Ray's own searcher would tell it COMPLETE with
+  the values of an early, low-sparsity state.
+
+The study lives in the experiment directory in an Optuna JournalStorage file
+(`optuna.journal`), so `optuna-dashboard <experiment>/optuna.journal` can watch a sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from rsst_tune.errors import unknown_choice
+
+log = logging.getLogger(__name__)
+
+JOURNAL_FILE = "optuna.journal"
+RAY_TRIAL_ATTR = "ray_trial_id"
+STOPPED_ATTR = "stopped_after_state"
+SAMPLERS = ("tpe", "nsga2", "random")
+
+
+def journal_storage(path: str | Path) -> optuna.storages.JournalStorage:
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def make_sampler(
+    name: str, seed: int, num_samples: int, max_concurrent: int | None
+) -> optuna.samplers.BaseSampler:
+    """TPE (default; multivariate, grouped for conditional spaces), NSGA-II, or random."""
+    if name == "tpe":
+        startup = min(10, max(2, num_samples // 3))
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=startup,
+            multivariate=True,
+            group=True,
+            constant_liar=bool(max_concurrent is None or max_concurrent > 1),
+        )
+    if name == "nsga2":
+        population = min(50, max(4, num_samples // 4))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise unknown_choice("sampler", name, SAMPLERS)
+
+
+def is_complete(result: Mapping[str, Any] | None) -> bool:
+    """Whether the trial's last result is its last pruning state."""
+    if not result or "state" not in result or "pruning_times" not in result:
+        return False
+    return int(result["state"]) >= int(result["pruning_times"]) - 1
+
+
+class PruningAwareOptunaSearch(OptunaSearch):  # type: ignore[misc]
+    """Ray's OptunaSearch for define-by-run spaces that return TrialConfig fields."""
+
+    def __init__(
+        self,
+        define: Callable[[Any], dict[str, Any]],
+        *,
+        metric: str | list[str],
+        mode: str | list[str],
+        sampler: optuna.samplers.BaseSampler,
+        study_name: str,
+        storage: optuna.storages.BaseStorage,
+        points_to_evaluate: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        super().__init__(
+            space=define,
+            metric=metric,
+            mode=mode,
+            sampler=sampler,
+            study_name=study_name,
+            storage=storage,
+            points_to_evaluate=[dict(p) for p in points_to_evaluate] or None,
+        )
+
+    @property
+    def study(self) -> optuna.Study:
+        study: optuna.Study | None = self._ot_study
+        if study is None:  # pragma: no cover - set in __init__ (a space is always given)
+            raise RuntimeError("the Optuna study is not set up")
+        return study
+
+    # The define-by-run function sees the real Optuna trial; its return value is the config.
+    def _suggest_from_define_by_run_func(
+        self, func: Callable[[optuna.Trial], dict[str, Any] | None], ot_trial: optuna.Trial
+    ) -> dict[str, Any]:
+        params = func(ot_trial) or {}
+        if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+            raise TypeError("a search space's define() must return a dict with str keys")
+        return dict(params)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config: dict[str, Any] | None = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:
+            ot_trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        return config
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        if trial_id in self._completed_trials:
+            return
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:  # pragma: no cover - Ray only completes trials it suggested
+            return
+        try:
+            if error:
+                self.study.tell(ot_trial, state=TrialState.FAIL)
+            elif is_complete(result):
+                assert result is not None
+                metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+                values = [float(result[m]) for m in metrics]
+                self.study.tell(ot_trial, values if len(values) > 1 else values[0])
+            else:
+                if result and "state" in result:
+                    ot_trial.set_user_attr(STOPPED_ATTR, int(result["state"]))
+                self.study.tell(ot_trial, state=TrialState.PRUNED)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            log.warning("could not tell Optuna about trial %s: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)
+
+
+def mark_stopped(study: optuna.Study, ray_trial_ids: set[str], reason: str) -> int:
+    """Tell PRUNED for still-RUNNING Optuna trials of Ray trials the sweep itself ended.
+
+    Ray ends the trials that are running when the time budget runs out without telling the
+    searcher; without this they would stay RUNNING in the study forever.
+    """
+    count = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get(RAY_TRIAL_ATTR) in ray_trial_ids:
+            study._storage.set_trial_user_attr(t._trial_id, "stopped_by", reason)
+            study.tell(t.number, state=TrialState.PRUNED)
+            count += 1
+    return count

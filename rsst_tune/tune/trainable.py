@@ -1,0 +1,180 @@
+"""The Ray Tune function trainable: one trial = one PruneLoop, one report per pruning state.
+
+Every state is reported with `ray.tune.report(metrics, checkpoint=...)`; the checkpoint holds
+`theta0.pt`, that state's `state_XX.pt`, `config.json`, `results.json` and the trial's log so
+far (`trial.log`); the first two are all `PruneLoop.resume` needs. When Ray restarts a trial
+(`--resume`, a lost node, a moved trial) `ray.tune.get_checkpoint()` returns the last one and
+the loop continues at the next state, so finished states are never run again.
+
+Tune's `config` dict becomes a `TrialConfig` exactly once, here. All state is local to the
+call: a Ray worker runs many trials in one process (`reuse_actors=True`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from rsst_tune.config import TrialConfig
+from rsst_tune.tune.objectives import objective_metrics
+from rsst_tune.tune.records import Objective
+
+log = logging.getLogger(__name__)
+
+TRIAL_LOG = "trial.log"
+# Keys the trainable adds to a state's result (besides the budgeted objective values).
+EXTRA_KEYS = ("pruning_times", "resumed_from", "setup_s")
+
+
+def train_trial(
+    config: dict[str, Any],
+    objectives: Sequence[Objective] = (),
+    dense_cache_dir: str | None = None,
+) -> None:
+    """Ray Tune entry point (wrapped with `tune.with_parameters(..., objectives=...)`)."""
+    from ray import tune
+
+    t_start = time.perf_counter()
+    cfg = TrialConfig.from_dict(config)  # the boundary: nothing below sees the dict
+    context = tune.get_context()
+    _set_threads(context)
+    with _scratch_dir() as scratch, _trial_log(scratch / TRIAL_LOG):
+        loop = _start_loop(cfg, scratch, tune.get_checkpoint(), dense_cache_dir)
+        resumed_from = loop.next_state
+        setup_s = time.perf_counter() - t_start
+        log.info(
+            "trial %s: %s %s on %s/%s, states %d..%d",
+            context.get_trial_id(),
+            cfg.method,
+            cfg.target,
+            cfg.model,
+            cfg.dataset,
+            resumed_from,
+            cfg.pruning_times - 1,
+        )
+        for result in loop.states():
+            metrics = {
+                **result,
+                "pruning_times": cfg.pruning_times,
+                "resumed_from": resumed_from,
+                "setup_s": setup_s,
+                **objective_metrics(objectives, loop.results),
+            }
+            log.info(
+                "trial %s: state %d val_acc %.4f macs_frac %.3f (%.1fs)",
+                context.get_trial_id(),
+                result["state"],
+                result["val_acc"],
+                result["macs_frac"],
+                result["wall_time_s"],
+            )
+            with _state_checkpoint(scratch, int(result["state"]), cfg, loop.results) as ckpt_dir:
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
+            _drop_older_states(scratch, int(result["state"]))
+
+
+def _start_loop(
+    cfg: TrialConfig, scratch: Path, checkpoint: Any, dense_cache_dir: str | None
+) -> Any:
+    from rsst_tune.dense_cache import DenseCache
+    from rsst_tune.loop import THETA0_FILE, PruneLoop, latest_checkpoint
+
+    if checkpoint is None:
+        cache = DenseCache(dense_cache_dir) if dense_cache_dir else None
+        return PruneLoop(cfg, scratch, dense_cache=cache)
+    with checkpoint.as_directory() as src:
+        src_path = Path(src)
+        state = latest_checkpoint(src_path)
+        if state is None or not (src_path / THETA0_FILE).exists():
+            raise RuntimeError(f"trial checkpoint {src} holds no state_XX.pt / {THETA0_FILE}")
+        shutil.copy2(src_path / THETA0_FILE, scratch / THETA0_FILE)
+        shutil.copy2(state, scratch / state.name)
+        if (src_path / TRIAL_LOG).exists():  # keep one log across restarts
+            with (scratch / TRIAL_LOG).open("a") as out:
+                out.write((src_path / TRIAL_LOG).read_text())
+    loop = PruneLoop.resume(scratch, cfg)
+    log.info("resumed from %s at state %d", state.name, loop.next_state)
+    return loop
+
+
+@contextlib.contextmanager
+def _state_checkpoint(
+    scratch: Path, state: int, cfg: TrialConfig, results: Sequence[dict[str, Any]]
+) -> Iterator[Path]:
+    """A directory with what resuming from `state` needs; Ray copies it into storage."""
+    from rsst_tune.loop import THETA0_FILE, state_file
+
+    with tempfile.TemporaryDirectory(prefix="rsst_ckpt_") as tmp:
+        out = Path(tmp)
+        for name in (THETA0_FILE, state_file(state)):
+            _link_or_copy(scratch / name, out / name)
+        if (scratch / TRIAL_LOG).exists():
+            shutil.copy2(scratch / TRIAL_LOG, out / TRIAL_LOG)
+        (out / "config.json").write_text(cfg.to_json() + "\n")
+        (out / "results.json").write_text(json.dumps(list(results), indent=2) + "\n")
+        yield out
+
+
+def _drop_older_states(scratch: Path, state: int) -> None:
+    from rsst_tune.loop import state_file
+
+    keep = state_file(state)
+    for path in scratch.glob("state_[0-9][0-9].pt"):
+        if path.name != keep:
+            path.unlink(missing_ok=True)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+@contextlib.contextmanager
+def _scratch_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="rsst_trial_"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _trial_log(path: Path) -> Iterator[None]:
+    """The trial's log lines (rsst_tune loggers); a copy goes into every state checkpoint."""
+    logger = logging.getLogger("rsst_tune")
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    old_level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    except Exception:
+        logger.exception("trial failed")
+        raise
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        handler.close()
+
+
+def _set_threads(context: Any) -> None:
+    """One torch thread per CPU the trial holds (one process per core is the fast layout)."""
+    import torch
+
+    try:
+        cpus = float(context.get_trial_resources().required_resources.get("CPU", 1.0))
+    except Exception:  # pragma: no cover - outside a Tune session
+        cpus = 1.0
+    torch.set_num_threads(max(1, int(cpus)))

@@ -1,0 +1,62 @@
+"""RSST on ViT-tiny / CIFAR-10: which heads and MLP neurons to remove, and how fast."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rsst_tune.tune.records import Objective
+from rsst_tune.tune.space import SearchSpace
+from search_spaces._common import VIT_MODELS, suggest_criteria, suggest_rate, suggest_regularizer
+
+
+def define(trial: Any) -> dict[str, Any]:
+    target = trial.suggest_categorical("target", ["both", "head", "mlp"])
+    cfg: dict[str, Any] = {"target": target}
+    if target in ("head", "both"):  # head_ratio only when heads are pruned
+        cfg["head_ratio"] = trial.suggest_float("head_ratio", 0.1, 0.5)
+    if target in ("mlp", "both"):  # mlp_ratio only when the MLP is pruned
+        cfg["mlp_ratio"] = trial.suggest_float("mlp_ratio", 0.1, 0.6)
+    cfg.update(suggest_rate(trial))
+    cfg.update(suggest_regularizer(trial))
+    cfg["criteria"] = suggest_criteria(trial)
+    cfg["lr"] = trial.suggest_float("lr", 5e-4, 5e-3, log=True)
+    return cfg
+
+
+SPACE = SearchSpace(
+    description="RSST on vit_tiny/CIFAR-10: head and MLP ratios, rate, regularizer, criteria, lr",
+    base={
+        "model": "vit_tiny",
+        "dataset": "cifar10",
+        "method": "rsst",
+        "pruning_times": 4,
+        "epochs": 30,
+        "prune_type": "lt",
+        "optimizer": "adamw",
+        "weight_decay": 0.05,
+        "batch_size": 128,
+        "warmup_epochs": 2.0,
+        "augment": True,
+    },
+    define=define,
+    objectives=(Objective("val_acc", "max"), Objective("macs_frac", "min")),
+    scheduler="fifo",
+    overridable={
+        "dataset": ("*",),
+        "model": VIT_MODELS,
+        "pruning_times": ("*",),
+        "epochs": ("*",),
+    },
+    starting_points=(
+        {
+            "target": "both",
+            "head_ratio": 0.3,
+            "mlp_ratio": 0.4,
+            "rate_mode": "derived",
+            "reg_granularity_prune": 1.0,
+            "RST_schedule": "x^2",
+            "criteria": "l1",
+            "lr": 3e-3,
+        },
+    ),
+)

@@ -1,0 +1,86 @@
+"""Every search space loads and samples valid, runnable TrialConfigs with real Optuna trials."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from rsst_tune.config import TrialConfig
+from rsst_tune.errors import ConfigError
+from rsst_tune.tune.records import Objective
+from rsst_tune.tune.space import SearchSpace, varying_sparsity_fields
+from search_spaces import get_space, list_spaces
+
+SPACES = list_spaces()
+
+
+def test_the_four_spaces_are_registered_by_module_name() -> None:
+    assert {"vit_head_mlp", "vit_unstructured", "vit_refill_vs_rsst", "resnet_rsst"} <= set(SPACES)
+    assert all(not name.startswith("_") for name in SPACES)
+    with pytest.raises(ConfigError, match="choose one of: resnet_rsst, vit_head_mlp"):
+        get_space("nope")
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_space_declares_what_a_sweep_needs(name: str) -> None:
+    space = get_space(name)
+    assert isinstance(space, SearchSpace) and space.name == name
+    assert space.description and "\n" not in space.description
+    assert space.objectives and all(isinstance(o, Objective) for o in space.objectives)
+    assert all(o.metric != "test_acc" for o in space.objectives), "select on validation only"
+    assert space.scheduler in ("fifo", "asha")
+    TrialConfig.from_dict(dict(space.base))  # the base config is valid on its own
+    if space.scheduler == "asha":
+        assert varying_sparsity_fields(space, space.resolve_base()) == []
+
+
+@pytest.mark.parametrize("name", SPACES)
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_space_samples_valid_trial_configs(name: str, sampler: str) -> None:
+    space = get_space(name)
+    base = space.resolve_base()
+    study = optuna.create_study(
+        sampler=optuna.samplers.RandomSampler(seed=1)
+        if sampler == "random"
+        else optuna.samplers.TPESampler(seed=1, n_startup_trials=3)
+    )
+    for point in space.starting_points:
+        study.enqueue_trial(dict(point))
+    for i in range(12):
+        trial = study.ask()
+        params = space.sample(trial)
+        cfg = TrialConfig.from_dict({**base, **params})
+        assert set(params) <= set(TrialConfig.field_names())
+        for key, value in params.items():
+            assert getattr(cfg, key) == (tuple(value) if isinstance(value, list) else value)
+        study.tell(trial, [float(i)] * len(study.directions))
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_smoke_profile_builds_a_runnable_loop(name: str) -> None:
+    """The digits smoke profile of every space passes the loop's own checks (model, ratios)."""
+    from rsst_tune.loop import PruneLoop
+
+    space = get_space(name)
+    base = space.resolve_base(preset="smoke")
+    assert base["dataset"] == "digits" and base["augment"] is False
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+    for point in space.starting_points:
+        study.enqueue_trial(dict(point))
+    cfg = space.trial_config(base, study.ask())
+    loop = PruneLoop(cfg, None)
+    assert loop.next_state == 0 and loop.structure.groups
+
+
+def test_overrides_are_checked_against_the_space() -> None:
+    vit = get_space("vit_head_mlp")
+    base = vit.resolve_base({"model": "vit_digits", "dataset": "digits", "pruning_times": 2,
+                             "epochs": 3})
+    assert (base["model"], base["pruning_times"], base["epochs"]) == ("vit_digits", 2, 3)
+    assert base["warmup_epochs"] <= 0.3  # warm-up shrinks with a shortened state
+    with pytest.raises(ConfigError, match="does not allow --model resnet20"):
+        vit.resolve_base({"model": "resnet20"})
+    with pytest.raises(ConfigError, match="does not allow --model vit_tiny"):
+        get_space("resnet_rsst").resolve_base({"model": "vit_tiny"})
+    with pytest.raises(ConfigError, match="unknown dataset"):
+        vit.resolve_base({"dataset": "imagenet22k"})

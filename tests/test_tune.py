@@ -1,0 +1,362 @@
+"""Sweeps end to end: real local Ray, real Optuna, the digits profile with a tiny budget.
+
+One Ray cluster (bound to 127.0.0.1) serves the whole module; the SIGINT test drives
+`tune_main.py` in subprocesses that join it with `--address`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rsst_tune.errors import ConfigError
+from rsst_tune.tune import (
+    SweepOptions,
+    describe_plan,
+    load_experiment,
+    parse_objectives,
+    resolve_plan,
+    run_sweep,
+    trial_value,
+)
+from rsst_tune.tune.cli import main as tune_main
+from rsst_tune.tune.records import Objective
+from rsst_tune.tune.sweep import prepare_ray_env
+
+REPO = Path(__file__).resolve().parents[1]
+TINY: dict[str, Any] = {"dataset": "digits", "model": "vit_digits", "states": 2, "epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """One local Ray for every test here; yields the GCS address subprocesses can join."""
+    prepare_ray_env(None)
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def _study_trials(exp_dir: Path) -> list[Any]:
+    exp = load_experiment(exp_dir)
+    assert exp.study is not None, "the Optuna journal must be in the experiment directory"
+    return list(exp.study.get_trials(deepcopy=False))
+
+
+# ---------------------------------------------------------------------- end to end
+def test_sweep_runs_end_to_end_and_run_reproduces_a_trial(
+    ray_cluster: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = resolve_plan(SweepOptions(
+        space="vit_head_mlp", preset="smoke", num_samples=3, max_concurrent=2,
+        storage=str(tmp_path), name="e2e", seed=3, **TINY,
+    ))
+    assert run_sweep(plan) == 0
+    out = capsys.readouterr().out
+    assert "running" in out and "done" in out and "best val_acc" in out
+
+    exp_dir = tmp_path / "e2e"
+    exp = load_experiment(exp_dir)
+    assert exp.space == "vit_head_mlp" and len(exp.trials) == 3
+    assert [o.key for o in exp.objectives] == ["val_acc", "macs_frac"]
+    for t in exp.trials:
+        assert t.status == "complete", (t.trial_id, t.status, t.error)
+        assert [s["state"] for s in t.states] == [0, 1]
+        assert sorted(t.state_checkpoints) == [0, 1]
+        assert t.checkpoint_dir is not None
+        assert (Path(t.checkpoint_dir) / "state_01.pt").is_file()
+        assert "pruning_times" not in t.states[0] and "val_acc" in t.states[0]
+    # The study: one Optuna trial per Ray trial, each naming its Ray trial, all COMPLETE.
+    import optuna
+
+    trials = _study_trials(exp_dir)
+    assert sorted(t.user_attrs["ray_trial_id"] for t in trials) == sorted(
+        r.trial_id for r in exp.trials
+    )
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert all(len(t.values) == 2 for t in trials)
+    # The enqueued recipe ran first and only searched fields reached the config.
+    first = min(trials, key=lambda t: t.number)
+    assert first.params["head_ratio"] == 0.3 and first.params["mlp_ratio"] == 0.4
+    for t in exp.trials:
+        assert "rate_mode" not in t.config
+
+    # The report (written at the end of the sweep) names a best config; `rsst-tune run
+    # --config` on it repeats the trial's per-state accuracy (same seed).
+    best_file = exp_dir / "best_config.json"
+    if best_file.is_file():
+        best = json.loads(best_file.read_text())
+        config_file = exp_dir / best["config_file"]
+        expected = best["expected_states"]
+        trial = next(t for t in exp.trials if t.trial_id == best["trial_id"])
+        assert [s["val_acc"] for s in expected] == [
+            s["val_acc"] for s in trial.states[: len(expected)]
+        ]
+    else:  # the report writer is optional: use the best trial's own config
+        trial = max(exp.trials, key=lambda t: t.states[-1]["val_acc"])
+        config_file = tmp_path / "best.json"
+        config_file.write_text(json.dumps(trial.config))
+        expected = trial.states
+    import torch
+
+    from rsst_tune.cli import main as cli_main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the trial (1 CPU per trial)
+    try:
+        rc = cli_main(["run", "--config", str(config_file), "--out", str(tmp_path / "rerun"),
+                       "--quiet"])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    rerun = json.loads((tmp_path / "rerun" / "results.json").read_text())
+    assert len(rerun) == len(expected)
+    for ours, theirs in zip(rerun, expected, strict=True):
+        assert ours["val_acc"] == theirs["val_acc"]
+        assert ours["test_acc"] == theirs["test_acc"]
+
+    # The report command re-reads the experiment directory (when the report writer exists).
+    if best_file.is_file():
+        (exp_dir / "report.md").unlink()
+        assert tune_cli(["report", str(exp_dir)]) == 0
+        assert (exp_dir / "report.md").is_file()
+
+
+def tune_cli(argv: list[str]) -> int:
+    from rsst_tune.cli import main as cli_main
+
+    return cli_main(argv)
+
+
+# ---------------------------------------------------------------------- ASHA
+def test_asha_stopped_trials_are_pruned_in_the_study(ray_cluster: str, tmp_path: Path) -> None:
+    import optuna
+
+    plan = resolve_plan(SweepOptions(
+        space="vit_unstructured", preset="smoke", num_samples=5, max_concurrent=1,
+        storage=str(tmp_path), name="asha", seed=0, dataset="digits", model="vit_digits",
+        states=3, epochs=1,
+    ))
+    assert plan.scheduler == "asha"
+    assert run_sweep(plan, show=False) == 0
+    exp = load_experiment(tmp_path / "asha")
+    by_ray = {t.user_attrs["ray_trial_id"]: t for t in _study_trials(tmp_path / "asha")}
+    stopped = [t for t in exp.trials if len(t.states) < 3]
+    assert stopped, "ASHA stopped no trial; the test needs at least one"
+    for t in exp.trials:
+        ot = by_ray[t.trial_id]
+        if len(t.states) < 3:
+            assert t.status == "pruned"
+            assert ot.state == optuna.trial.TrialState.PRUNED, (t.trial_id, ot.state)
+            assert ot.user_attrs["stopped_after_state"] == t.states[-1]["state"]
+        else:
+            assert t.status == "complete"
+            assert ot.state == optuna.trial.TrialState.COMPLETE
+
+
+def test_asha_refused_where_sparsity_is_searched(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"asha.*head_ratio.*--scheduler fifo"):
+        resolve_plan(SweepOptions(space="vit_head_mlp", scheduler="asha", preset="smoke",
+                                  storage=str(tmp_path)))
+
+
+# ---------------------------------------------------------------------- SIGINT + resume
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the module's cluster is on 127.0.0.1
+    env["RAY_AUTH_MODE"] = "disabled"
+    return env
+
+
+def test_sigint_then_resume_completes_without_rerunning_a_state(
+    ray_cluster: str, tmp_path: Path
+) -> None:
+    exp_dir = tmp_path / "sig"
+    cmd = [
+        sys.executable, str(REPO / "tune_main.py"), "--space", "vit_head_mlp",
+        "--preset", "smoke", "--dataset", "digits", "--model", "vit_digits", "--states", "3",
+        "--epochs", "3", "--num-samples", "2", "--max-concurrent", "1",
+        "--storage", str(tmp_path), "--name", "sig", "--address", ray_cluster, "--seed", "1",
+    ]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    events = exp_dir / "events.jsonl"
+    try:
+        # Wait until Ray has registered a state's checkpoint (the console's `saved` event).
+        # A state whose result Ray has seen but whose checkpoint it has not registered yet (a
+        # window of milliseconds) is not finished and runs again on resume; one trial at a
+        # time keeps the SIGINT (sent within 0.1 s) far from the next state's end.
+        while not (events.is_file() and '"event": "saved"' in events.read_text()):
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "no state checkpoint within 240 s"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert "--resume" in out
+    before = load_experiment(exp_dir)
+    assert any(t.status == "running" for t in before.trials), [t.status for t in before.trials]
+    done_before = {t.trial_id: len(t.states) for t in before.trials}
+
+    resume = [sys.executable, str(REPO / "tune_main.py"), "--resume", str(exp_dir),
+              "--address", ray_cluster]
+    res = subprocess.run(resume, cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                         timeout=400)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+    after = load_experiment(exp_dir)
+    assert len(after.trials) == 2
+    resumed = 0
+    for t in after.trials:
+        assert t.status == "complete", (t.trial_id, t.status, t.error)
+        # Ray appends one result.json row per reported state: a re-run state would repeat.
+        rows = [json.loads(line) for line in
+                (exp_dir / f"trial_{t.trial_id}" / "result.json").read_text().splitlines()
+                if line.strip()]
+        assert [r["state"] for r in rows] == [0, 1, 2], (t.trial_id, [r["state"] for r in rows])
+        first_run = done_before.get(t.trial_id, 0)
+        if first_run:
+            assert [r["resumed_from"] for r in rows] == [0] * first_run + [first_run] * (
+                3 - first_run
+            )
+            resumed += 1
+    assert resumed >= 1, "no trial had finished a state before SIGINT"
+    import optuna
+
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in _study_trials(exp_dir))
+
+
+# ---------------------------------------------------------------------- spaces and CLI
+def test_conditional_parameter_is_absent_when_its_condition_is_false() -> None:
+    import optuna
+
+    from search_spaces import get_space
+
+    space = get_space("vit_head_mlp")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    base = {"target": "head", "rate_mode": "derived", "reg_granularity_prune": 1.0,
+            "criteria": "l1", "lr": 1e-3}
+    study.enqueue_trial({**base, "RST_schedule": "x^2"})
+    study.enqueue_trial({**base, "target": "both", "RST_schedule": "exp_custom_exponents"})
+    head_only = study.ask()
+    cfg = space.sample(head_only)
+    assert "mlp_ratio" not in head_only.params and "mlp_ratio" not in cfg
+    assert "exponents" not in head_only.params and "exponents" not in cfg
+    assert "rate" not in head_only.params and "rate" not in cfg
+    assert "head_ratio" in cfg
+    both = study.ask()
+    cfg = space.sample(both)
+    assert {"mlp_ratio", "head_ratio", "exponents"} <= set(both.params) & set(cfg)
+
+
+def test_bad_space_name_exits_2_and_lists_the_spaces() -> None:
+    res = subprocess.run([sys.executable, str(REPO / "tune_main.py"), "--space", "nope"],
+                         env=_env(), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1
+    for name in ("vit_head_mlp", "vit_unstructured", "vit_refill_vs_rsst", "resnet_rsst"):
+        assert name in lines[0]
+
+
+def test_dry_run_prints_the_space_and_the_trial_states(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = tune_main(["--space", "vit_head_mlp", "--preset", "smoke", "--dry-run",
+                    "--storage", str(tmp_path), "--name", "dry"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "would run   8 trials x 3 states = 24 trial-states" in out
+    assert "mlp_ratio" in out and "conditional" in out
+    assert "val_acc (max), macs_frac (min)" in out
+    assert not (tmp_path / "dry").exists(), "a dry run writes nothing"
+    plan = resolve_plan(SweepOptions(space="vit_unstructured", states=4, num_samples=5,
+                                     storage=str(tmp_path)))
+    assert "at most 20 trial-states" in describe_plan(plan)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--space", "resnet_rsst", "--model", "vit_tiny"], "does not allow --model vit_tiny"),
+        (["--space", "vit_head_mlp", "--model", "vit_nope"], "unknown model"),
+        (["--space", "vit_head_mlp", "--objective", "test_acc"], "never optimised"),
+        (["--space", "vit_head_mlp", "--storage", "/proc/forbidden"], "cannot write"),
+        (["--resume", "EMPTY"], "holds no sweep"),
+        (["--space", "vit_head_mlp", "--preset", "smoke", "--address", "127.0.0.1:9"],
+         "nothing answers"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [str(tmp_path / "empty") if a == "EMPTY" else a for a in argv]
+    (tmp_path / "empty").mkdir()
+    if "--storage" not in argv:
+        argv += ["--storage", str(tmp_path / "store")]
+    start = time.monotonic()
+    assert tune_main(argv) == 2
+    assert time.monotonic() - start < 30, "bad input must fail fast"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not list((tmp_path / "store").glob("*/sweep.json")), "nothing written"
+
+
+def test_objective_parsing_and_budgeted_value() -> None:
+    (obj,) = parse_objectives("val_acc@macs<=0.5")
+    assert obj == Objective("val_acc", "max", budget_metric="macs_frac", budget=0.5)
+    assert obj.key == "val_acc@macs<=0.5"
+    states = [
+        {"val_acc": 0.95, "macs_frac": 1.0},
+        {"val_acc": 0.93, "macs_frac": 0.6},
+    ]
+    assert trial_value(obj, states) == pytest.approx(-0.1)  # closest to the budget: 0.6
+    states.append({"val_acc": 0.91, "macs_frac": 0.45})
+    states.append({"val_acc": 0.90, "macs_frac": 0.30})
+    assert trial_value(obj, states) == 0.91
+    (plain,) = parse_objectives("val_acc")
+    assert trial_value(plain, states) == 0.90  # a plain objective is the last state
+    assert [o.key for o in parse_objectives("val_acc,macs_frac")] == ["val_acc", "macs_frac"]
+    with pytest.raises(ConfigError, match="unknown objective metric"):
+        parse_objectives("accuracy")
+    with pytest.raises(ConfigError, match="maximised"):
+        parse_objectives("macs_frac@params<=0.5")
+
+
+def test_trials_ended_by_the_time_budget_become_pruned() -> None:
+    import optuna
+
+    from rsst_tune.tune.searcher import RAY_TRIAL_ATTR, mark_stopped
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    running, finished, other = study.ask(), study.ask(), study.ask()
+    for trial, rid in ((running, "a"), (finished, "b"), (other, "c")):
+        trial.set_user_attr(RAY_TRIAL_ATTR, rid)
+    study.tell(finished, [0.9, 0.5])
+    assert mark_stopped(study, {"a", "b"}, "time_budget") == 1
+    states = {t.user_attrs[RAY_TRIAL_ATTR]: t.state for t in study.get_trials()}
+    assert states == {
+        "a": optuna.trial.TrialState.PRUNED,
+        "b": optuna.trial.TrialState.COMPLETE,
+        "c": optuna.trial.TrialState.RUNNING,  # not ended by the sweep: left alone
+    }
+    assert study.get_trials()[0].user_attrs["stopped_by"] == "time_budget"
