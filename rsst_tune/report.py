@@ -44,6 +44,7 @@ SELECT_METRIC = "val_acc"
 TOP_TRIALS = 5
 UNIT_KINDS = ("heads", "neurons", "filters")
 BEST_CONFIGS_DIR = "best_configs"
+BEST_EXPORTS_DIR = "best_exports"
 BUDGET_TOL = 1e-9  # a ticket at exactly 50.0 % MACs is within "MACs ≤ 50 %"
 FRONT_AXES = (("macs_frac", "MACs"), ("params_frac", "params"))  # (metric, axis name)
 DASH = "—"
@@ -72,6 +73,7 @@ class Ticket:
     config: Mapping[str, Any] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
     order: int = 0  # position among all tickets: the last, deterministic tie-break
+    checkpoint: str | None = None  # the trial's checkpoint directory for this state, if kept
 
     def metric(self, key: str) -> float | None:
         return finite(self.metrics.get(key))
@@ -121,6 +123,7 @@ def collect_tickets(experiment: Experiment) -> list[Ticket]:
                 config=trial.config if isinstance(trial.config, Mapping) else {},
                 params=trial.params if isinstance(trial.params, Mapping) else {},
                 order=len(out),
+                checkpoint=trial.state_checkpoints.get(_state_index(result, position)),
             ))
     return out
 
@@ -730,7 +733,74 @@ def best_config_record(
     }
 
 
-def build_blocks(experiment: Experiment, out_dir: Path) -> tuple[list[Block], dict[str, Any]]:
+def export_best(
+    bests: Mapping[float | None, Ticket | None], out_dir: Path
+) -> dict[float | None, dict[str, Any] | str]:
+    """Physically export each budget's best ticket (`rsst-tune export`): its export.json, or
+    why it could not be exported."""
+    from rsst_tune.errors import ConfigError
+    from rsst_tune.loop import state_file
+    from rsst_tune.pruning.export import export_command
+
+    done: dict[str, dict[str, Any] | str] = {}
+    out: dict[float | None, dict[str, Any] | str] = {}
+    for budget, ticket in bests.items():
+        if ticket is None:
+            continue
+        if ticket.checkpoint is None:
+            out[budget] = "no checkpoint kept for this state"
+            continue
+        key = f"{ticket.trial_id}/{ticket.state}"
+        if key not in done:
+            dest = out_dir / BEST_EXPORTS_DIR / f"{ticket.trial_id}_s{ticket.state}"
+            try:
+                export_command(Path(ticket.checkpoint) / state_file(ticket.state), dest,
+                               device="auto", repeats=5)
+                done[key] = json.loads((dest / "export.json").read_text())
+            except (ConfigError, OSError, RuntimeError, ValueError) as exc:
+                log.warning("could not export %s: %s", key, exc)
+                done[key] = _first_line(str(exc)) or type(exc).__name__
+        out[budget] = done[key]
+    return out
+
+
+def export_blocks(bests: Mapping[float | None, Ticket | None], out_dir: Path) -> list[Block]:
+    """Measured speed of the physically pruned best tickets, beside their MAC ratio."""
+    exported = export_best(bests, out_dir)
+    if not exported:
+        return []
+    rows = []
+    for budget, info in exported.items():
+        ticket = bests[budget]
+        assert ticket is not None
+        where = f"{BEST_EXPORTS_DIR}/{ticket.trial_id}_s{ticket.state}"
+        if isinstance(info, str):
+            rows.append((budget_label(budget), ticket.label, info, *[DASH] * 4))
+            continue
+        for lat in info.get("latency", []):
+            rows.append((
+                budget_label(budget), ticket.label,
+                f"{lat.get('device')} batch {lat.get('batch')}",
+                f"{float(lat.get('dense_ms', float('nan'))):.2f} / "
+                f"{float(lat.get('pruned_ms', float('nan'))):.2f}",
+                f"{float(lat.get('speedup', float('nan'))):.2f}x",
+                f"{float(info['macs']['ratio']):.2f}x",
+                where,
+            ))
+    return [
+        Heading("Physically pruned best tickets"),
+        Para("Each best ticket exported with `rsst-tune export`: pruned heads, neurons and "
+             "filters sliced out, outputs checked against the masked model (max abs diff "
+             "<= 1e-4), latency the median of alternating dense/pruned runs. Load one with "
+             "`rsst_tune.pruning.export.load_exported(DIR/model.pt)`."),
+        Table(("budget", "ticket", "device", "dense / pruned ms", "speed-up", "MAC ratio",
+               "export"), tuple(rows)),
+    ]
+
+
+def build_blocks(
+    experiment: Experiment, out_dir: Path, *, export: bool = False
+) -> tuple[list[Block], dict[str, Any]]:
     """Compute everything, write the plots and configs; return the document and best_config."""
     tickets = collect_tickets(experiment)
     bests = best_by_budget(tickets)
@@ -740,6 +810,7 @@ def build_blocks(experiment: Experiment, out_dir: Path) -> tuple[list[Block], di
         *summary_blocks(experiment, tickets, headline),
         *pareto_blocks(tickets, out_dir),
         *budget_blocks(tickets, bests, files, out_dir),
+        *(export_blocks(bests, out_dir) if export else []),
         *states_blocks(tickets, out_dir),
         *importance_blocks(param_importances(experiment.study, experiment.objectives), out_dir),
         *trials_blocks(experiment),
@@ -747,14 +818,14 @@ def build_blocks(experiment: Experiment, out_dir: Path) -> tuple[list[Block], di
     return blocks, best_config_record(experiment, tickets, headline, files)
 
 
-def write_report(experiment: Experiment, out_dir: str | Path) -> Path:
+def write_report(experiment: Experiment, out_dir: str | Path, *, export: bool = True) -> Path:
     """Write report.md, report.html, PNG plots, best_config.json and best_configs/ to out_dir.
 
     Returns the path of report.md.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    blocks, best = build_blocks(experiment, out)
+    blocks, best = build_blocks(experiment, out, export=export)
     _write_json(out / "best_config.json", best)
     _write_text(out / "report.html", to_html(blocks, f"rsst-tune report: {experiment.name}"))
     md = out / "report.md"

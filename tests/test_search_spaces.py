@@ -84,3 +84,25 @@ def test_overrides_are_checked_against_the_space() -> None:
         get_space("resnet_rsst").resolve_base({"model": "vit_tiny"})
     with pytest.raises(ConfigError, match="unknown dataset"):
         vit.resolve_base({"dataset": "imagenet22k"})
+
+
+def test_fixed_parameter_is_pinned_and_not_searched() -> None:
+    space = get_space("vit_head_mlp")
+    base = space.resolve_base(preset="smoke")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(8):
+        trial = study.ask()
+        cfg = space.trial_config(base, trial, fixed={"lr": 1.5e-3})
+        assert cfg.lr == 1.5e-3
+        assert "lr" not in trial.params  # Optuna never suggested it
+        assert "reg_granularity_prune" in trial.params  # the rest is still searched
+        study.tell(trial, 0.0)
+
+
+def test_fix_names_must_be_searched_parameters() -> None:
+    from rsst_tune.tune.sweep import SweepOptions, resolve_plan
+
+    plan = resolve_plan(SweepOptions(space="vit_head_mlp", preset="smoke"))
+    assert plan.fixed == {"lr": 3e-3}  # the smoke preset pins the digits recipe
+    with pytest.raises(ConfigError, match="does not search epochs"):
+        resolve_plan(SweepOptions(space="vit_head_mlp", fixed=(("epochs", 3),)))
