@@ -755,7 +755,7 @@ def export_best(
             dest = out_dir / BEST_EXPORTS_DIR / f"{ticket.trial_id}_s{ticket.state}"
             try:
                 export_command(Path(ticket.checkpoint) / state_file(ticket.state), dest,
-                               device="auto", repeats=5)
+                               device="auto", repeats=5, show=False)
                 done[key] = json.loads((dest / "export.json").read_text())
             except (ConfigError, OSError, RuntimeError, ValueError) as exc:
                 log.warning("could not export %s: %s", key, exc)

@@ -519,6 +519,7 @@ def export_command(
     *,
     batch_sizes: Sequence[int] = (1, 64),
     repeats: int = 11,
+    show: bool = True,
 ) -> int:
     """`rsst-tune export CHECKPOINT --out DIR`: write DIR/model.pt and DIR/export.json."""
     from rsst_tune.config import TrialConfig
@@ -614,9 +615,10 @@ def export_command(
         },
     )
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"rsst-tune export: {cfg.model} from {checkpoint} -> {model_path}")
-    print(_table(report))
-    print(f"load with: {report['load']}")
+    if show:
+        print(f"rsst-tune export: {cfg.model} from {checkpoint} -> {model_path}")
+        print(_table(report))
+        print(f"load with: {report['load']}")
     return 0
 
 
