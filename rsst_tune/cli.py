@@ -89,8 +89,8 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
     for f in dataclasses.fields(TrialConfig):
         if hasattr(args, f.name):
             data[f.name] = getattr(args, f.name)
-    if getattr(args, "gpu", None) is not None:
-        data.setdefault("device", f"cuda:{args.gpu}")
+    if getattr(args, "gpu", None) is not None and not hasattr(args, "device"):
+        data["device"] = f"cuda:{args.gpu}"
     return TrialConfig.from_dict(data)
 
 
@@ -155,7 +155,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         elif args.resume and args.out and (Path(args.out) / "config.json").is_file():
             base = TrialConfig.from_json_file(Path(args.out) / "config.json").to_dict()
         cfg = None
-        if args.config or any(hasattr(args, f.name) for f in dataclasses.fields(TrialConfig)):
+        flags = [f.name for f in dataclasses.fields(TrialConfig)] + ["gpu"]
+        if args.config or any(hasattr(args, name) for name in flags):
             cfg = config_from_args(args, base)
         return run_command(
             cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet

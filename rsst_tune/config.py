@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ class TrialConfig:
 
     # what to prune
     model: str = "vit_digits"
+    pretrained: bool = False  # timm:<name> models: start from timm's weights (needs network)
     dataset: str = "digits"
     data_dir: str = "data"
     download: bool = False
@@ -96,11 +98,12 @@ class TrialConfig:
             ("prune_type", PRUNE_TYPES),
             ("optimizer", OPTIMIZERS),
             ("lr_schedule", LR_SCHEDULES),
-            ("device", DEVICES),
         ):
             value = getattr(self, name)
             if value not in choices:
                 raise unknown_choice(name, value, choices)
+        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.device):
+            raise unknown_choice("device", self.device, (*DEVICES, "cuda:N"))
         for name in ("pruning_times", "epochs", "batch_size", "eval_batch_size", "score_batches"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")

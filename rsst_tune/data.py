@@ -436,6 +436,11 @@ class DeviceData:
         """Number of examples."""
         return int(self.x.shape[0])
 
+    def num_train_batches(self, batch_size: int) -> int:
+        """Training batches per epoch: a last batch of a single image is dropped (BatchNorm
+        cannot train on one sample); every other partial batch is kept."""
+        return len(self) // batch_size + (1 if len(self) % batch_size > 1 else 0)
+
     def num_batches(self, batch_size: int) -> int:
         """Batches per epoch, the last partial one included."""
         return math.ceil(len(self) / batch_size)
@@ -472,7 +477,7 @@ class DeviceData:
                 "use make_generator(seed, device)"
             )
         perm = torch.randperm(len(self), generator=generator, device=self.device)
-        for start in range(0, len(self), batch_size):
+        for start in range(0, self.num_train_batches(batch_size) * batch_size, batch_size):
             idx = perm[start : start + batch_size]
             xb = self.x[idx]
             if augment:

@@ -30,10 +30,12 @@ log = logging.getLogger(__name__)
 
 # The fields that decide what state 0 computes (pruning settings do not enter it).
 DENSE_FIELDS = (
-    "model", "dataset", "val_size", "seed", "epochs", "optimizer", "lr", "momentum",
-    "weight_decay", "warmup_epochs", "lr_schedule", "decreasing_lr", "batch_size",
-    "label_smoothing", "augment", "amp", "target", "prune_stem",
+    "model", "pretrained", "dataset", "val_size", "seed", "epochs", "optimizer", "lr",
+    "momentum", "weight_decay", "warmup_epochs", "lr_schedule", "decreasing_lr", "batch_size",
+    "label_smoothing", "augment", "amp",
 )  # fmt: skip
+# Datasets that do not depend on `data_dir` (bundled or generated).
+BUILTIN_DATASETS = ("digits", "synthetic")
 
 
 def dense_key(cfg: TrialConfig) -> str:
@@ -41,6 +43,8 @@ def dense_key(cfg: TrialConfig) -> str:
     data = {f: getattr(cfg, f) for f in DENSE_FIELDS}
     data["decreasing_lr"] = list(cfg.decreasing_lr)
     data["rewind_epoch"] = cfg.rewind_epoch if cfg.prune_type == "rewind_lt" else None
+    if cfg.dataset not in BUILTIN_DATASETS:  # another folder is other data
+        data["data_dir"] = str(Path(cfg.data_dir).expanduser().resolve())
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,7 @@ class PruneLoop:
             num_classes=bundle.spec.num_classes,
             in_chans=bundle.spec.in_chans,
             img_size=bundle.spec.img_size,
+            pretrained=cfg.pretrained,
         ).to(self.device)
         example = next(self.val_data.eval_batches(2))[0]
         self.structure = find_structure(
@@ -323,8 +324,7 @@ class PruneLoop:
                 min_units=cfg.min_units,
                 generator=gen,
             )
-            for g, b in zip(groups, budgets, strict=True):
-                self._warn_if_no_removal(g, b, int(keep[g.name].sum()))
+            self._warn_if_no_removal(groups, budgets)
             R = mk.from_units(self.model, self.structure, keep, self.M)
             before = {
                 k: sum(int(self.alive[g.name].sum()) for g in self.structure.by_kind(k))
@@ -356,23 +356,35 @@ class PruneLoop:
             k = density_matched_keep(kept, g.weights_per_unit(), alive, self.cfg.fillback_rate)
         return Budget(clamp_keep(k, alive, self.cfg.min_units), alive, ratio)
 
-    def _warn_if_no_removal(self, g: UnitGroup, b: Budget, kept: int) -> None:
-        if not b.asked_ratio or kept < b.alive or g.kind in self._warned:
-            return
-        self._warned.add(g.kind)
-        name = KIND_RATIO[g.kind]
-        log.warning(
-            "%s=%.3g removes no %s of %s this state (round(%d·(1-%.3g)^p) keeps all %d alive, "
-            "min_units=%d): effective ratio 0.00",
-            name,
-            b.asked_ratio,
-            g.kind,
-            g.name,
-            g.num_units,
-            b.asked_ratio,
-            b.alive,
-            self.cfg.min_units,
-        )
+    def _warn_if_no_removal(self, groups: Sequence[UnitGroup], budgets: Sequence[Budget]) -> None:
+        """Say once per run and kind when a non-zero ratio's budget removes nothing (§3.2):
+        per layer with `layer` sorting, for the whole kind with `global` sorting."""
+        for kind in self.structure.kinds:
+            pairs = [(g, b) for g, b in zip(groups, budgets, strict=True) if g.kind == kind]
+            if kind in self._warned or not pairs or not pairs[0][1].asked_ratio:
+                continue
+            if self.cfg.sorting == "global":
+                idle = (
+                    [] if sum(b.keep for _, b in pairs) < sum(b.alive for _, b in pairs) else pairs
+                )
+            else:
+                idle = [(g, b) for g, b in pairs if b.keep >= b.alive]
+            if not idle:
+                continue
+            self._warned.add(kind)
+            g, b = idle[0]
+            log.warning(
+                "%s=%.3g removes no %s of %s this state (round(%d·(1-%.3g)^p) keeps all %d "
+                "alive, min_units=%d): effective ratio 0.00",
+                KIND_RATIO[kind],
+                b.asked_ratio,
+                kind,
+                g.name if self.cfg.sorting == "layer" else f"any {kind} layer",
+                g.num_units,
+                b.asked_ratio,
+                b.alive,
+                self.cfg.min_units,
+            )
 
     def _score_batches(self, s: int) -> list[tuple[Tensor, Tensor]]:
         gen = make_generator(derive_seed(self.cfg.seed, s, 3), self.device)

@@ -53,8 +53,13 @@ def pareto_plot(
     ax = fig.add_subplot()
     on_front = set(front)
     rest = [i for i in range(len(xs)) if i not in on_front]
-    ax.scatter([xs[i] for i in rest], [ys[i] for i in rest], s=18, color=OTHER_COLOR,
-               label="ticket (trial, state)")
+    ax.scatter(
+        [xs[i] for i in rest],
+        [ys[i] for i in rest],
+        s=18,
+        color=OTHER_COLOR,
+        label="ticket (trial, state)",
+    )
     ordered = sorted(front, key=lambda i: (xs[i], -ys[i]))
     fx = [xs[i] for i in ordered]
     fy = [ys[i] for i in ordered]
@@ -62,8 +67,14 @@ def pareto_plot(
     ax.scatter(fx, fy, s=34, color=FRONT_COLOR, zorder=3, label="Pareto front")
     if len(ordered) <= MAX_LABELS:
         for i in ordered:
-            ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=(4, -10),
-                        fontsize=7, color="#333333")
+            ax.annotate(
+                labels[i],
+                (xs[i], ys[i]),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=7,
+                color="#333333",
+            )
     for v in vlines:
         ax.axvline(v, color="#868e96", linestyle=":", linewidth=0.9)
     ax.set_xlabel(x_label)

@@ -115,22 +115,22 @@ def collect_tickets(experiment: Experiment) -> list[Ticket]:
         for position, result in enumerate(trial.states or ()):
             if not isinstance(result, Mapping):
                 continue
-            out.append(Ticket(
-                trial_id=str(trial.trial_id),
-                state=_state_index(result, position),
-                status=str(trial.status),
-                metrics=result,
-                config=trial.config if isinstance(trial.config, Mapping) else {},
-                params=trial.params if isinstance(trial.params, Mapping) else {},
-                order=len(out),
-                checkpoint=trial.state_checkpoints.get(_state_index(result, position)),
-            ))
+            out.append(
+                Ticket(
+                    trial_id=str(trial.trial_id),
+                    state=_state_index(result, position),
+                    status=str(trial.status),
+                    metrics=result,
+                    config=trial.config if isinstance(trial.config, Mapping) else {},
+                    params=trial.params if isinstance(trial.params, Mapping) else {},
+                    order=len(out),
+                    checkpoint=trial.state_checkpoints.get(_state_index(result, position)),
+                )
+            )
     return out
 
 
-def pareto_front(
-    points: Sequence[Sequence[float | None]], maximize: Sequence[bool]
-) -> list[int]:
+def pareto_front(points: Sequence[Sequence[float | None]], maximize: Sequence[bool]) -> list[int]:
     """Indices (ascending) of the non-dominated points; points with a missing value are skipped.
 
     A point dominates another when it is at least as good in every coordinate and strictly
@@ -139,8 +139,7 @@ def pareto_front(
     """
     dims = len(maximize)
     valid = [
-        i for i, p in enumerate(points)
-        if len(p) == dims and all(finite(v) is not None for v in p)
+        i for i, p in enumerate(points) if len(p) == dims and all(finite(v) is not None for v in p)
     ]
     if not valid:
         return []
@@ -183,12 +182,15 @@ def best_at_budget(
     candidates = [t for t in tickets if t.metric(metric) is not None and within_budget(t, budget)]
     if not candidates:
         return None
-    return min(candidates, key=lambda t: (
-        -_or(t.metric(metric), -math.inf),
-        _or(t.macs_frac, math.inf),
-        _or(t.params_frac, math.inf),
-        t.order,
-    ))
+    return min(
+        candidates,
+        key=lambda t: (
+            -_or(t.metric(metric), -math.inf),
+            _or(t.macs_frac, math.inf),
+            _or(t.params_frac, math.inf),
+            t.order,
+        ),
+    )
 
 
 def best_by_budget(
@@ -225,8 +227,9 @@ def reproduce_config(ticket: Ticket) -> dict[str, Any]:
     try:
         return TrialConfig.from_dict(data).to_dict()
     except (ValueError, TypeError) as exc:
-        log.warning("trial %s: its config does not validate (%s); written as recorded",
-                    ticket.trial_id, exc)
+        log.warning(
+            "trial %s: its config does not validate (%s); written as recorded", ticket.trial_id, exc
+        )
         return dict(_jsonable(data))
 
 
@@ -284,8 +287,9 @@ def param_importances(study: Any, objectives: Sequence[Objective] = ()) -> Impor
         if multi:  # optuna's evaluators read a target as "lower is better"
             maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
             target = partial(_first_value, -1.0 if maximize else 1.0)
-        target_name = objectives[0].metric if objectives else (
-            "objective 0" if multi else "the objective")
+        target_name = (
+            objectives[0].metric if objectives else ("objective 0" if multi else "the objective")
+        )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*importances of params to achieve low")
             values = optuna.importance.get_param_importances(study, target=target)
@@ -295,8 +299,7 @@ def param_importances(study: Any, objectives: Sequence[Objective] = ()) -> Impor
         return Importances(None, reason)
     if not values:
         return Importances(None, "no parameter is shared by every complete trial")
-    ranked = tuple(sorted(((str(k), float(v)) for k, v in values.items()),
-                          key=lambda kv: -kv[1]))
+    ranked = tuple(sorted(((str(k), float(v)) for k, v in values.items()), key=lambda kv: -kv[1]))
     return Importances(ranked, f"for {target_name}, over {len(complete)} complete trials")
 
 
@@ -377,8 +380,10 @@ def to_markdown(blocks: Sequence[Block]) -> str:
         elif isinstance(b, Code):
             parts.append(f"```\n{b.text}\n```")
         elif isinstance(b, Table):
-            lines = ["| " + " | ".join(_md_cell(h) for h in b.headers) + " |",
-                     "|" + "|".join("---" for _ in b.headers) + "|"]
+            lines = [
+                "| " + " | ".join(_md_cell(h) for h in b.headers) + " |",
+                "|" + "|".join("---" for _ in b.headers) + "|",
+            ]
             lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]
             parts.append("\n".join(lines))
         else:
@@ -415,8 +420,11 @@ def _data_uri(path: Path) -> str | None:
 
 def to_html(blocks: Sequence[Block], title: str) -> str:
     """Render blocks as one self-contained HTML page: inline CSS, images as data URIs."""
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+    ]
     for b in blocks:
         if isinstance(b, Heading):
             parts.append(f"<h{b.level}>{html.escape(b.text)}</h{b.level}>")
@@ -464,15 +472,21 @@ def _unit_kinds(tickets: Sequence[Ticket]) -> list[str]:
 
 
 def _ticket_headers(kinds: Sequence[str]) -> tuple[str, ...]:
-    return ("trial", "state", "val acc %", "test acc %", "MACs %", "params %",
-            "sparsity %", *kinds)
+    return ("trial", "state", "val acc %", "test acc %", "MACs %", "params %", "sparsity %", *kinds)
 
 
 def _ticket_row(t: Ticket, kinds: Sequence[str]) -> tuple[str, ...]:
     units = tuple(fmt_value(int(v)) if (v := t.metric(k)) is not None else DASH for k in kinds)
-    return (t.trial_id, str(t.state), fmt_pct(t.val_acc), fmt_pct(t.test_acc),
-            fmt_pct(t.macs_frac, 1), fmt_pct(t.params_frac, 1),
-            fmt_pct(t.metric("sparsity"), 1), *units)
+    return (
+        t.trial_id,
+        str(t.state),
+        fmt_pct(t.val_acc),
+        fmt_pct(t.test_acc),
+        fmt_pct(t.macs_frac, 1),
+        fmt_pct(t.params_frac, 1),
+        fmt_pct(t.metric("sparsity"), 1),
+        *units,
+    )
 
 
 def ticket_table(tickets: Sequence[Ticket]) -> Table:
@@ -497,25 +511,37 @@ def summary_blocks(
     blocks: list[Block] = [
         Heading(f"rsst-tune report: {experiment.name}", 1),
         Heading("Summary"),
-        Para(f"Space `{experiment.space or DASH}` · objectives: {objectives} · "
-             f"experiment directory `{experiment.path or DASH}`"),
-        Table((*counts.keys(), "total", "tickets"),
-              ((*(str(v) for v in counts.values()), str(len(experiment.trials)),
-                str(len(tickets))),)),
-        Para("A ticket is one pruning state of one trial. Tickets are chosen by validation "
-             "accuracy; test accuracy is shown beside it and never used to choose."),
+        Para(
+            f"Space `{experiment.space or DASH}` · objectives: {objectives} · "
+            f"experiment directory `{experiment.path or DASH}`"
+        ),
+        Table(
+            (*counts.keys(), "total", "tickets"),
+            ((*(str(v) for v in counts.values()), str(len(experiment.trials)), str(len(tickets))),),
+        ),
+        Para(
+            "A ticket is one pruning state of one trial. Tickets are chosen by validation "
+            "accuracy; test accuracy is shown beside it and never used to choose."
+        ),
     ]
-    blocks += ([Para("Started with:"), Code(experiment.command)] if experiment.command
-               else [Para("The command that started the sweep was not recorded.")])
+    blocks += (
+        [Para("Started with:"), Code(experiment.command)]
+        if experiment.command
+        else [Para("The command that started the sweep was not recorded.")]
+    )
     budget, best = headline
     if best is None:
         blocks.append(Para("No trial reported a state with a validation accuracy yet."))
     else:
-        blocks.append(Para(
-            f"Best ticket ({budget_label(budget)}): trial `{best.trial_id}` state {best.state}, "
-            f"val {fmt_pct(best.val_acc)} % / test {fmt_pct(best.test_acc)} %, "
-            f"MACs {fmt_pct(best.macs_frac, 1)} %, params {fmt_pct(best.params_frac, 1)} % "
-            "(`best_config.json`)."))
+        blocks.append(
+            Para(
+                f"Best ticket ({budget_label(budget)}): trial `{best.trial_id}` "
+                f"state {best.state}, "
+                f"val {fmt_pct(best.val_acc)} % / test {fmt_pct(best.test_acc)} %, "
+                f"MACs {fmt_pct(best.macs_frac, 1)} %, params {fmt_pct(best.params_frac, 1)} % "
+                "(`best_config.json`)."
+            )
+        )
     return blocks
 
 
@@ -532,8 +558,12 @@ def pareto_blocks(tickets: Sequence[Ticket], out_dir: Path) -> list[Block]:
         path = _try_plot(png, partial(_pareto_png, usable, front, cost, out_dir / png))
         if path is not None:
             blocks.append(Image(path, f"validation accuracy vs {name} fraction"))
-        blocks.append(Para(f"{len(front)} of {len(usable)} tickets are on the front "
-                           f"(no other ticket has higher val_acc at lower or equal {name})."))
+        blocks.append(
+            Para(
+                f"{len(front)} of {len(usable)} tickets are on the front "
+                f"(no other ticket has higher val_acc at lower or equal {name})."
+            )
+        )
         blocks.append(ticket_table(front))
     return blocks
 
@@ -562,16 +592,29 @@ def budget_blocks(
 ) -> list[Block]:
     blocks: list[Block] = [
         Heading("Best configuration at each budget"),
-        Table(("budget", "trial", "state", "val acc %", "test acc %", "MACs %", "params %",
-               "config"), tuple(
-            (budget_label(b), t.trial_id, str(t.state), fmt_pct(t.val_acc), fmt_pct(t.test_acc),
-             fmt_pct(t.macs_frac, 1), fmt_pct(t.params_frac, 1), files.get(b, DASH))
-            if t is not None else (budget_label(b), "no ticket within budget", *[DASH] * 6)
-            for b, t in bests.items()
-        )),
-        Para(f"Commands are relative to the report directory `{out_dir}`; each config is the "
-             "trial's full config with `pruning_times` = state + 1, so the run stops at that "
-             "ticket (same seed, same per-state results)."),
+        Table(
+            ("budget", "trial", "state", "val acc %", "test acc %", "MACs %", "params %", "config"),
+            tuple(
+                (
+                    budget_label(b),
+                    t.trial_id,
+                    str(t.state),
+                    fmt_pct(t.val_acc),
+                    fmt_pct(t.test_acc),
+                    fmt_pct(t.macs_frac, 1),
+                    fmt_pct(t.params_frac, 1),
+                    files.get(b, DASH),
+                )
+                if t is not None
+                else (budget_label(b), "no ticket within budget", *[DASH] * 6)
+                for b, t in bests.items()
+            ),
+        ),
+        Para(
+            f"Commands are relative to the report directory `{out_dir}`; each config is the "
+            "trial's full config with `pruning_times` = state + 1, so the run stops at that "
+            "ticket (same seed, same per-state results)."
+        ),
     ]
     for budget, ticket in bests.items():
         blocks.append(Heading(budget_label(budget), 3))
@@ -579,11 +622,13 @@ def budget_blocks(
             blocks.append(Para("No ticket within budget."))
             continue
         blocks += [
-            Para(f"Trial `{ticket.trial_id}` ({ticket.status}), state {ticket.state}: "
-                 f"val {fmt_pct(ticket.val_acc)} %, test {fmt_pct(ticket.test_acc)} %, "
-                 f"MACs {fmt_pct(ticket.macs_frac, 1)} %, params "
-                 f"{fmt_pct(ticket.params_frac, 1)} %, sparsity "
-                 f"{fmt_pct(ticket.metric('sparsity'), 1)} %."),
+            Para(
+                f"Trial `{ticket.trial_id}` ({ticket.status}), state {ticket.state}: "
+                f"val {fmt_pct(ticket.val_acc)} %, test {fmt_pct(ticket.test_acc)} %, "
+                f"MACs {fmt_pct(ticket.macs_frac, 1)} %, params "
+                f"{fmt_pct(ticket.params_frac, 1)} %, sparsity "
+                f"{fmt_pct(ticket.metric('sparsity'), 1)} %."
+            ),
             Para(f"Searched parameters: {fmt_params(ticket.params)}"),
             Code(run_command(files[budget])),
             Para("Expected per-state accuracies of that run:"),
@@ -603,17 +648,26 @@ def states_blocks(tickets: Sequence[Ticket], out_dir: Path) -> list[Block]:
     top = rank_trials(tickets)
     if not top:
         return [*blocks, Para("No trial reported a state with a validation accuracy.")]
-    blocks.append(Para(f"The {len(top)} trials with the best val_acc at "
-                       f"{budget_label(DEFAULT_BUDGET)} (then overall)."))
-    per_trial = [sorted((t for t in tickets if t.trial_id == tid), key=lambda t: t.state)
-                 for tid in top]
-    series = [plots.Series(
-        label=tid, states=tuple(t.state for t in ts),
-        val_acc=tuple(_scaled(t.val_acc) for t in ts),
-        test_acc=tuple(_scaled(t.test_acc) for t in ts),
-        sparsity=tuple(_scaled(t.metric("sparsity")) for t in ts),
-        macs_frac=tuple(_scaled(t.macs_frac) for t in ts),
-    ) for tid, ts in zip(top, per_trial, strict=True)]
+    blocks.append(
+        Para(
+            f"The {len(top)} trials with the best val_acc at "
+            f"{budget_label(DEFAULT_BUDGET)} (then overall)."
+        )
+    )
+    per_trial = [
+        sorted((t for t in tickets if t.trial_id == tid), key=lambda t: t.state) for tid in top
+    ]
+    series = [
+        plots.Series(
+            label=tid,
+            states=tuple(t.state for t in ts),
+            val_acc=tuple(_scaled(t.val_acc) for t in ts),
+            test_acc=tuple(_scaled(t.test_acc) for t in ts),
+            sparsity=tuple(_scaled(t.metric("sparsity")) for t in ts),
+            macs_frac=tuple(_scaled(t.macs_frac) for t in ts),
+        )
+        for tid, ts in zip(top, per_trial, strict=True)
+    ]
     path = _try_plot("states", lambda: plots.states_plot(series, out_dir / "states.png"))
     if path is not None:
         blocks.append(Image(path, "accuracy and sparsity by state"))
@@ -633,12 +687,17 @@ def importance_blocks(imp: Importances, out_dir: Path) -> list[Block]:
         return [*blocks, Para(f"Not available: {imp.note}.")]
     blocks.append(Para(f"optuna.importance.get_param_importances, {imp.note}."))
     values = imp.values
-    path = _try_plot("importances", lambda: plots.importance_plot(
-        values, out_dir / "importances.png", f"parameter importance ({imp.note})"))
+    path = _try_plot(
+        "importances",
+        lambda: plots.importance_plot(
+            values, out_dir / "importances.png", f"parameter importance ({imp.note})"
+        ),
+    )
     if path is not None:
         blocks.append(Image(path, "parameter importances"))
-    blocks.append(Table(("parameter", "importance"),
-                        tuple((name, f"{value:.3f}") for name, value in values)))
+    blocks.append(
+        Table(("parameter", "importance"), tuple((name, f"{value:.3f}") for name, value in values))
+    )
     return blocks
 
 
@@ -646,20 +705,43 @@ def trials_blocks(experiment: Experiment) -> list[Block]:
     rows = []
     for trial in experiment.trials:
         states = [s for s in (trial.states or ()) if isinstance(s, Mapping)]
-        last = Ticket(str(trial.trial_id), len(states) - 1, str(trial.status),
-                      states[-1] if states else {})
-        rows.append((str(trial.trial_id), str(trial.status), str(len(states)),
-                     fmt_params(trial.params if isinstance(trial.params, Mapping) else {}),
-                     fmt_pct(last.val_acc), fmt_pct(last.test_acc),
-                     fmt_pct(last.metric("sparsity"), 1), fmt_pct(last.macs_frac, 1),
-                     fmt_pct(last.params_frac, 1), _first_line(trial.error) or DASH))
+        last = Ticket(
+            str(trial.trial_id), len(states) - 1, str(trial.status), states[-1] if states else {}
+        )
+        rows.append(
+            (
+                str(trial.trial_id),
+                str(trial.status),
+                str(len(states)),
+                fmt_params(trial.params if isinstance(trial.params, Mapping) else {}),
+                fmt_pct(last.val_acc),
+                fmt_pct(last.test_acc),
+                fmt_pct(last.metric("sparsity"), 1),
+                fmt_pct(last.macs_frac, 1),
+                fmt_pct(last.params_frac, 1),
+                _first_line(trial.error) or DASH,
+            )
+        )
     if not rows:
         return [Heading("All trials"), Para("The experiment has no trials yet.")]
     return [
         Heading("All trials"),
         Para("Metrics are those of each trial's last reported state."),
-        Table(("trial", "status", "states", "searched parameters", "val acc %", "test acc %",
-               "sparsity %", "MACs %", "params %", "error"), tuple(rows)),
+        Table(
+            (
+                "trial",
+                "status",
+                "states",
+                "searched parameters",
+                "val acc %",
+                "test acc %",
+                "sparsity %",
+                "MACs %",
+                "params %",
+                "error",
+            ),
+            tuple(rows),
+        ),
     ]
 
 
@@ -676,9 +758,11 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    _write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=True, allow_nan=False,
-                                  ensure_ascii=False)
-                + "\n")
+    _write_text(
+        path,
+        json.dumps(_jsonable(data), indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False)
+        + "\n",
+    )
 
 
 def write_best_configs(
@@ -713,8 +797,13 @@ def best_config_record(
         "budget_label": budget_label(budget),
     }
     if ticket is None:
-        return {**record, "trial_id": None, "state": None, "config": None,
-                "reason": "no trial reported a state with a validation accuracy"}
+        return {
+            **record,
+            "trial_id": None,
+            "state": None,
+            "config": None,
+            "reason": "no trial reported a state with a validation accuracy",
+        }
     config_file = files.get(budget, f"{BEST_CONFIGS_DIR}/{budget_slug(budget)}.json")
     return {
         **record,
@@ -754,8 +843,13 @@ def export_best(
         if key not in done:
             dest = out_dir / BEST_EXPORTS_DIR / f"{ticket.trial_id}_s{ticket.state}"
             try:
-                export_command(Path(ticket.checkpoint) / state_file(ticket.state), dest,
-                               device="auto", repeats=5, show=False)
+                export_command(
+                    Path(ticket.checkpoint) / state_file(ticket.state),
+                    dest,
+                    device="auto",
+                    repeats=5,
+                    show=False,
+                )
                 done[key] = json.loads((dest / "export.json").read_text())
             except (ConfigError, OSError, RuntimeError, ValueError) as exc:
                 log.warning("could not export %s: %s", key, exc)
@@ -778,23 +872,30 @@ def export_blocks(bests: Mapping[float | None, Ticket | None], out_dir: Path) ->
             rows.append((budget_label(budget), ticket.label, info, *[DASH] * 4))
             continue
         for lat in info.get("latency", []):
-            rows.append((
-                budget_label(budget), ticket.label,
-                f"{lat.get('device')} batch {lat.get('batch')}",
-                f"{float(lat.get('dense_ms', float('nan'))):.2f} / "
-                f"{float(lat.get('pruned_ms', float('nan'))):.2f}",
-                f"{float(lat.get('speedup', float('nan'))):.2f}x",
-                f"{float(info['macs']['ratio']):.2f}x",
-                where,
-            ))
+            rows.append(
+                (
+                    budget_label(budget),
+                    ticket.label,
+                    f"{lat.get('device')} batch {lat.get('batch')}",
+                    f"{float(lat.get('dense_ms', float('nan'))):.2f} / "
+                    f"{float(lat.get('pruned_ms', float('nan'))):.2f}",
+                    f"{float(lat.get('speedup', float('nan'))):.2f}x",
+                    f"{float(info['macs']['ratio']):.2f}x",
+                    where,
+                )
+            )
     return [
         Heading("Physically pruned best tickets"),
-        Para("Each best ticket exported with `rsst-tune export`: pruned heads, neurons and "
-             "filters sliced out, outputs checked against the masked model (max abs diff "
-             "<= 1e-4), latency the median of alternating dense/pruned runs. Load one with "
-             "`rsst_tune.pruning.export.load_exported(DIR/model.pt)`."),
-        Table(("budget", "ticket", "device", "dense / pruned ms", "speed-up", "MAC ratio",
-               "export"), tuple(rows)),
+        Para(
+            "Each best ticket exported with `rsst-tune export`: pruned heads, neurons and "
+            "filters sliced out, outputs checked against the masked model (max abs diff "
+            "<= 1e-4), latency the median of alternating dense/pruned runs. Load one with "
+            "`rsst_tune.pruning.export.load_exported(DIR/model.pt)`."
+        ),
+        Table(
+            ("budget", "ticket", "device", "dense / pruned ms", "speed-up", "MAC ratio", "export"),
+            tuple(rows),
+        ),
     ]
 
 

@@ -31,15 +31,19 @@ class TrainStats:
 
 
 def build_optimizer(model: nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer:
-    """Weight decay on matrices and kernels only (not on biases, norms, embeddings' tokens)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    """Weight decay on matrices and kernels only: not on biases, norms, or what the model lists
+    in `no_weight_decay()` (timm ViTs: position embedding, class and distillation tokens)."""
+    no_wd = getattr(model, "no_weight_decay", None)
+    skip: set[str] = set(no_wd()) if callable(no_wd) else set()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if p.ndim >= 2 and n not in skip]
+    no_decay = [p for n, p in named if p.ndim < 2 or n in skip]
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
 
 
@@ -73,7 +77,7 @@ def train_state(
 ) -> TrainStats:
     """Train `cfg.epochs` epochs with M enforced after every step and, in RSST states, the pull."""
     device = next(model.parameters()).device
-    steps_per_epoch = data.num_batches(cfg.batch_size)
+    steps_per_epoch = data.num_train_batches(cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     opt = build_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -94,7 +98,10 @@ def train_state(
         ):
             if pull is not None:
                 lam_value = lam(
-                    cfg.RST_schedule, (step + 1) / total, cfg.reg_granularity_prune, cfg.exponents
+                    cfg.RST_schedule,
+                    step / max(total - 1, 1),
+                    cfg.reg_granularity_prune,
+                    cfg.exponents,
                 )
             loss_sum += train_step(
                 forward,

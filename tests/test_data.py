@@ -383,3 +383,18 @@ def test_device_batches_on_cuda(digits: DataBundle) -> None:
     a = [x for x, _ in data.train_batches(256, make_generator(0, "cuda"))]
     b = [x for x, _ in data.train_batches(256, make_generator(0, "cuda"))]
     assert all(u.is_cuda and torch.equal(u, v) for u, v in zip(a, b, strict=True))
+
+
+def test_a_last_training_batch_of_one_image_is_dropped_for_batchnorm() -> None:
+    import torch
+
+    from rsst_tune.data import DataSpec, DeviceData, Split, make_generator
+
+    spec = DataSpec("t", 2, 1, 4, (0.5,), (0.5,), crop_padding=0, flip=False)
+    split = Split(torch.zeros(9, 1, 4, 4, dtype=torch.uint8), torch.zeros(9, dtype=torch.long))
+    data = DeviceData(split, spec, "cpu")
+    sizes = [len(y) for _, y in data.train_batches(4, make_generator(0, "cpu"))]
+    assert sizes == [4, 4] and data.num_train_batches(4) == 2
+    sizes = [len(y) for _, y in data.train_batches(3, make_generator(0, "cpu"))]
+    assert sizes == [3, 3, 3]
+    assert [len(y) for _, y in data.eval_batches(4)] == [4, 4, 1]  # evaluation keeps every image

@@ -81,3 +81,11 @@ def test_failed_training_releases_the_lock(tmp_path: Path) -> None:
         cache.get_or_train("k", boom)
     assert not (tmp_path / "k.lock").exists()
     assert cache.get_or_train("k", lambda beat: {"ok": True}) == ({"ok": True}, True)
+
+
+def test_key_ignores_the_pruned_kinds_and_tracks_the_data_folder(tmp_path: Path) -> None:
+    a = TrialConfig(**BASE)
+    assert dense_key(a) == dense_key(a.replace(target="head", prune_stem=True))
+    folder = TrialConfig(dataset="imagefolder", data_dir=str(tmp_path / "a"))
+    assert dense_key(folder) != dense_key(folder.replace(data_dir=str(tmp_path / "b")))
+    assert dense_key(a) == dense_key(a.replace(data_dir=str(tmp_path)))  # digits is bundled

@@ -491,3 +491,17 @@ def test_activation_criteria_score_in_eval_mode_and_restore_train_mode(
     assert resnet.training
     for n, b in resnet.named_buffers():
         assert torch.equal(b, buffers[n]), n
+
+
+def test_no_weight_decay_on_vit_tokens_and_position_embedding() -> None:
+    from rsst_tune.config import TrialConfig
+    from rsst_tune.models import create_model
+    from rsst_tune.train import build_optimizer
+
+    model = create_model("vit_digits", num_classes=10, in_chans=1, img_size=8)
+    opt = build_optimizer(model, TrialConfig(weight_decay=0.05))
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert id(named["blocks.0.attn.qkv.weight"]) in decayed
+    for name in ("pos_embed", "cls_token", "blocks.0.attn.qkv.bias", "blocks.0.norm1.weight"):
+        assert id(named[name]) not in decayed, name

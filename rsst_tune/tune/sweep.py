@@ -345,8 +345,9 @@ def prepare_ray_env(address: str | None) -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        # A local cluster on the loopback address: Ray uses 127.0.0.1 as the node IP.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # A local cluster on the loopback address: Ray uses 127.0.0.1 as the node IP. Forced
+        # (not setdefault): an inherited "1" would bind an unauthenticated cluster to the LAN.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
 def init_ray(address: str | None) -> bool:
@@ -362,7 +363,7 @@ def init_ray(address: str | None) -> bool:
         "logging_level": logging.WARNING,
     }
     if address is None:
-        ray.init(address="local", **kwargs)
+        ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
         return True
     _check_address(address)
     try:
