@@ -18,7 +18,9 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,7 +75,11 @@ class DenseCache:
             if target.exists():
                 log.info("dense state 0 %s: reusing %s", key, target)
                 return ckpt.load(target), False
-            if self._acquire(lock):
+            token = self._acquire(lock)
+            if token is not None:
+                stop = threading.Event()
+                beat = threading.Thread(target=self._keep_alive, args=(lock, stop), daemon=True)
+                beat.start()
                 try:
                     if target.exists():  # published between our check and the lock
                         continue
@@ -81,7 +87,9 @@ class DenseCache:
                     ckpt.atomic_save(payload, target)
                     return payload, True
                 finally:
-                    lock.unlink(missing_ok=True)
+                    stop.set()
+                    beat.join()
+                    _release(lock, token)
             if self._stale(lock):
                 log.warning("dense state 0 %s: lock %s is stale; taking over", key, lock)
                 lock.unlink(missing_ok=True)
@@ -89,14 +97,21 @@ class DenseCache:
             time.sleep(self.poll_s)
 
     @staticmethod
-    def _acquire(lock: Path) -> bool:
+    def _acquire(lock: Path) -> str | None:
+        """Create the lock exclusively; returns this owner's token, or None if it is taken."""
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            return False
+            return None
+        token = f"{os.getpid()}@{os.uname().nodename}/{uuid.uuid4().hex}"
         with os.fdopen(fd, "w") as fh:
-            fh.write(f"{os.getpid()}@{os.uname().nodename}\n")
-        return True
+            fh.write(token + "\n")
+        return token
+
+    def _keep_alive(self, lock: Path, stop: threading.Event) -> None:
+        """Touch the lock well within `stale_after`, however long an epoch takes."""
+        while not stop.wait(max(self.stale_after / 4, 0.05)):
+            _touch(lock)
 
     def _stale(self, lock: Path) -> bool:
         try:
@@ -108,3 +123,12 @@ class DenseCache:
 def _touch(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.utime(path)
+
+
+def _release(lock: Path, token: str) -> None:
+    """Remove the lock only if it is still ours (a waiter may have taken over a stale one)."""
+    try:
+        if lock.read_text().strip() == token:
+            lock.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass

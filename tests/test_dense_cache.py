@@ -89,3 +89,22 @@ def test_key_ignores_the_pruned_kinds_and_tracks_the_data_folder(tmp_path: Path)
     folder = TrialConfig(dataset="imagefolder", data_dir=str(tmp_path / "a"))
     assert dense_key(folder) != dense_key(folder.replace(data_dir=str(tmp_path / "b")))
     assert dense_key(a) == dense_key(a.replace(data_dir=str(tmp_path)))  # digits is bundled
+
+
+def test_owner_keeps_its_lock_fresh_and_never_removes_a_successor_lock(tmp_path: Path) -> None:
+    import time
+
+    cache = DenseCache(tmp_path, stale_after=0.2)
+    lock = tmp_path / "k.lock"
+    seen: list[float] = []
+
+    def slow(beat: Any) -> dict[str, Any]:  # one long "epoch": no per-epoch heartbeat
+        t0 = lock.stat().st_mtime
+        time.sleep(0.5)
+        seen.append(lock.stat().st_mtime - t0)
+        lock.write_text("someone else\n")  # a waiter took over a lock it judged stale
+        return {"x": 1}
+
+    assert cache.get_or_train("k", slow) == ({"x": 1}, True)
+    assert seen[0] > 0  # the background heartbeat touched the lock during the long epoch
+    assert lock.read_text() == "someone else\n"  # not ours any more: left in place
