@@ -80,6 +80,9 @@ class TrialConfig:
     # execution
     seed: int = 0
     device: str = "auto"
+    # CPU threads for torch (0: torch's default). Float reductions depend on it, so a sweep
+    # records its per-trial value and `rsst-tune run --config` repeats a trial bit for bit.
+    threads: int = 0
     amp: bool = True
     compile: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -107,6 +110,8 @@ class TrialConfig:
         for name in ("pruning_times", "epochs", "batch_size", "eval_batch_size", "score_batches"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
         if self.min_units < 1:
             raise ConfigError(f"min_units must be >= 1, got {self.min_units}")
         for name in ("head_ratio", "mlp_ratio", "filter_ratio"):

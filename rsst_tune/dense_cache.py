@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 DENSE_FIELDS = (
     "model", "pretrained", "dataset", "val_size", "seed", "epochs", "optimizer", "lr",
     "momentum", "weight_decay", "warmup_epochs", "lr_schedule", "decreasing_lr", "batch_size",
-    "label_smoothing", "augment", "amp",
+    "label_smoothing", "augment", "amp", "threads",
 )  # fmt: skip
 # Datasets that do not depend on `data_dir` (bundled or generated).
 BUILTIN_DATASETS = ("digits", "synthetic")

@@ -50,7 +50,9 @@ CHECKPOINT_KEYS = (
     "ticket_stats", "results", "rng",
 )  # fmt: skip
 # Fields that may differ between a checkpoint and the run resuming it.
-EXECUTION_FIELDS = {"device", "amp", "compile", "data_dir", "download", "eval_batch_size"}
+EXECUTION_FIELDS = {
+    "device", "amp", "compile", "data_dir", "download", "eval_batch_size", "threads",
+}  # fmt: skip
 KIND_RATIO = {"head": "head_ratio", "neuron": "mlp_ratio", "filter": "filter_ratio"}
 KIND_REPORT = {"head": "heads", "neuron": "neurons", "filter": "filters"}
 
@@ -84,6 +86,8 @@ class PruneLoop:
         self.dense_cache = dense_cache
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.on_epoch = on_epoch
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)  # per trial: one trial at a time per process
         self.device = resolve_device(cfg.device)
         self.amp = amp_dtype(self.device, cfg.amp)
         self.method = get_method(cfg.method)

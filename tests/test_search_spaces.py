@@ -104,5 +104,6 @@ def test_fix_names_must_be_searched_parameters() -> None:
 
     plan = resolve_plan(SweepOptions(space="vit_head_mlp", preset="smoke"))
     assert plan.fixed == {"lr": 3e-3}  # the smoke preset pins the digits recipe
+    assert plan.base_config["threads"] == 1  # one torch thread per CPU, recorded for replays
     with pytest.raises(ConfigError, match="does not search epochs"):
         resolve_plan(SweepOptions(space="vit_head_mlp", fixed=(("epochs", 3),)))

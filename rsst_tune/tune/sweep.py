@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rsst_tune.config import TrialConfig
 from rsst_tune.errors import ConfigError, unknown_choice
 from rsst_tune.tune import objectives as objs
 from rsst_tune.tune.records import Objective
@@ -165,6 +166,8 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
         else preset.get("cpus_per_trial", 1.0)
     )
     _check_positive(num_samples=num_samples, cpus_per_trial=cpus)
+    # One torch thread per CPU a trial holds; recorded so best configs repeat bit for bit.
+    base = TrialConfig.from_dict({**base, "threads": max(1, int(cpus))}).to_dict()
     if max_concurrent is not None:
         _check_positive(max_concurrent=max_concurrent)
     if opts.gpus_per_trial < 0:

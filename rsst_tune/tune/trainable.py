@@ -45,7 +45,6 @@ def train_trial(
     t_start = time.perf_counter()
     cfg = TrialConfig.from_dict(config)  # the boundary: nothing below sees the dict
     context = tune.get_context()
-    _set_threads(context)
     with _scratch_dir() as scratch, _trial_log(scratch / TRIAL_LOG):
         loop = _start_loop(cfg, scratch, tune.get_checkpoint(), dense_cache_dir)
         resumed_from = loop.next_state
@@ -168,13 +167,3 @@ def _trial_log(path: Path) -> Iterator[None]:
         logger.setLevel(old_level)
         handler.close()
 
-
-def _set_threads(context: Any) -> None:
-    """One torch thread per CPU the trial holds (one process per core is the fast layout)."""
-    import torch
-
-    try:
-        cpus = float(context.get_trial_resources().required_resources.get("CPU", 1.0))
-    except Exception:  # pragma: no cover - outside a Tune session
-        cpus = 1.0
-    torch.set_num_threads(max(1, int(cpus)))
