@@ -169,21 +169,25 @@ def _dispatch(args: argparse.Namespace) -> int:
     return handler(args)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run_guarded(prog: str, verbose: bool, command: Callable[[], int], resume_hint: str) -> int:
+    """Run a command with logging set up: bad input is one line and exit 2, Ctrl+C exit 130."""
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
     )
     try:
-        return _dispatch(args)
+        return command()
     except ConfigError as exc:
-        print(f"rsst-tune: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("rsst-tune: interrupted; resume with --resume", file=sys.stderr)
+        print(f"{prog}: interrupted; {resume_hint}", file=sys.stderr)
         return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded("rsst-tune", args.verbose, lambda: _dispatch(args), "resume with --resume")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,7 +24,7 @@ from rsst_tune.data import DataBundle, DeviceData, load_dataset, make_generator
 from rsst_tune.dense_cache import DenseCache, dense_key
 from rsst_tune.device import amp_dtype, can_compile, resolve_device
 from rsst_tune.errors import ConfigError
-from rsst_tune.models import create_model
+from rsst_tune.models import create_model, is_registered
 from rsst_tune.pruning import masks as mk
 from rsst_tune.pruning.cost import CostModel, count_params, nonzero_params
 from rsst_tune.pruning.criteria import ScoreInputs, get_criterion
@@ -90,6 +90,8 @@ class PruneLoop:
             torch.set_num_threads(cfg.threads)  # per trial: one trial at a time per process
         self.device = resolve_device(cfg.device)
         self.amp = amp_dtype(self.device, cfg.amp)
+        if not is_registered(cfg.model):  # before the data loads: bad input fails first
+            create_model(cfg.model, num_classes=2, in_chans=1, img_size=8)  # raises the error
         self.method = get_method(cfg.method)
         self.criterion = get_criterion(cfg.criteria)
         bundle = (

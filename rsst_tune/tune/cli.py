@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shlex
 import sys
 from collections.abc import Sequence
@@ -259,18 +258,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["python", "tune_main.py", *argv])
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
+    from rsst_tune.cli import run_guarded
+
+    return run_guarded(
+        "tune_main.py", args.verbose, lambda: tune_command(args),
+        "resume with --resume EXPERIMENT_DIR",
     )
-    try:
-        return tune_command(args)
-    except ConfigError as exc:
-        print(f"tune_main.py: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("tune_main.py: interrupted; resume with --resume EXPERIMENT_DIR", file=sys.stderr)
-        return 130
 
 
 def _fixed_param(text: str) -> tuple[str, Any]:
