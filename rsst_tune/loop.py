@@ -147,7 +147,6 @@ class PruneLoop:
             self.structure, self.method.structured
         )
         self._warned: set[str] = set()
-        self._dense_trained_here = False
 
     # ------------------------------------------------------------------ validation
     def _check_prunable(self) -> None:
@@ -185,7 +184,7 @@ class PruneLoop:
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if not (self.out_dir / THETA0_FILE).exists():
-                ckpt.atomic_save(_to_cpu(self.theta0), self.out_dir / THETA0_FILE)
+                ckpt.atomic_save(mk.to_cpu(self.theta0), self.out_dir / THETA0_FILE)
         while self.next_state < self.cfg.pruning_times:
             result = self._run_state(self.next_state)
             yield result
@@ -234,8 +233,8 @@ class PruneLoop:
             )
 
         if s == 0 and self.dense_cache is not None:
-            stats = self._shared_dense_state(train)
-            epochs_trained = cfg.epochs if self._dense_trained_here else 0
+            stats, trained_here = self._shared_dense_state(train)
+            epochs_trained = cfg.epochs if trained_here else 0
         else:
             stats, epochs_trained = train(), cfg.epochs
         result: dict[str, Any] = {"state": s, "method": cfg.method}
@@ -253,7 +252,7 @@ class PruneLoop:
         result["epochs_trained"] = epochs_trained
         result.update(self._ticket_stats)
         result.update(self._measure())
-        ticket = _to_cpu(_state_dict(self.model)) if self.out_dir is not None else None
+        ticket = mk.to_cpu(_state_dict(self.model)) if self.out_dir is not None else None
         # 4–5. score, prune, rewind (not after the last state)
         if s < cfg.pruning_times - 1:
             self._ticket_stats = self._prune(s)
@@ -264,15 +263,19 @@ class PruneLoop:
         self._save(ticket)
         return result
 
-    def _shared_dense_state(self, train: Callable[[Callable[[], None]], TrainStats]) -> TrainStats:
-        """State 0 from the dense cache: train it once per key, load it everywhere else."""
+    def _shared_dense_state(
+        self, train: Callable[[Callable[[], None]], TrainStats]
+    ) -> tuple[TrainStats, bool]:
+        """State 0 from the dense cache: train it once per key, load it everywhere else.
+
+        Returns the training stats and whether this trial trained it."""
         assert self.dense_cache is not None
 
         def train_and_pack(heartbeat: Callable[[], None]) -> dict[str, Any]:
             st = train(heartbeat)
             return {
-                "model": _to_cpu(_state_dict(self.model)),
-                "theta_r": _to_cpu(self.theta_r) if self.theta_r is not None else None,
+                "model": mk.to_cpu(_state_dict(self.model)),
+                "theta_r": mk.to_cpu(self.theta_r) if self.theta_r is not None else None,
                 "steps": st.steps,
                 "train_loss": st.train_loss,
             }
@@ -282,8 +285,7 @@ class PruneLoop:
             self.model.load_state_dict(payload["model"])
             if payload["theta_r"] is not None:
                 self.theta_r = {k: v.to(self.device) for k, v in payload["theta_r"].items()}
-        self._dense_trained_here = trained_here
-        return TrainStats(int(payload["steps"]), float(payload["train_loss"]), 0.0)
+        return TrainStats(int(payload["steps"]), float(payload["train_loss"]), 0.0), trained_here
 
     def _eval(self, data: DeviceData) -> float:
         return evaluate(self.model, self.forward, data, self.cfg.eval_batch_size, self.amp)
@@ -298,12 +300,14 @@ class PruneLoop:
         groups = self.structure.groups
         kept_m, total_w = mk.count(self.M, wnames)
 
-        explicit = {g.name: self._explicit_ratio(g) for g in groups}
+        explicit: dict[str, float | None] = {
+            g.name: getattr(cfg, KIND_RATIO[g.kind]) for g in groups
+        }
         rate = cfg.effective_rate()
         if rate is None:  # derived so that U keeps as many weights as R will (§2.4.1)
+            # every kind has an explicit ratio here (_check_prunable), so budgets need no U
             r_weights = sum(
-                self._clamped(explicit_keep(g.num_units, explicit[g.name] or 0.0, prunes), g)
-                * g.weights_per_unit()
+                self._budget(g, None, explicit[g.name], prunes).keep * g.weights_per_unit()
                 for g in groups
             )
             rate = max(0.0, 1.0 - r_weights / max(kept_m, 1))
@@ -346,18 +350,13 @@ class PruneLoop:
         self.R = mk.clone(R) if self.method.regularized else None
         return stats
 
-    def _explicit_ratio(self, g: UnitGroup) -> float | None:
-        value: float | None = getattr(self.cfg, KIND_RATIO[g.kind])
-        return value
-
-    def _clamped(self, k: int, g: UnitGroup) -> int:
-        return clamp_keep(k, int(self.alive[g.name].sum()), self.cfg.min_units)
-
-    def _budget(self, g: UnitGroup, U: mk.Masks, ratio: float | None, prunes: int) -> Budget:
+    def _budget(self, g: UnitGroup, U: mk.Masks | None, ratio: float | None, prunes: int) -> Budget:
+        """Units `g` keeps: explicit ratio (compounding) or density-matched to U (§3.2)."""
         alive = int(self.alive[g.name].sum())
         if ratio is not None:
             k = explicit_keep(g.num_units, ratio, prunes)
         else:
+            assert U is not None, "density-matched budgets need U"
             kept = sum(int(U[m.param].sum()) for m in g.weight_members)
             k = density_matched_keep(kept, g.weights_per_unit(), alive, self.cfg.fillback_rate)
         return Budget(clamp_keep(k, alive, self.cfg.min_units), alive, ratio)
@@ -440,7 +439,7 @@ class PruneLoop:
     def _save(self, ticket: dict[str, Tensor] | None) -> None:
         if self.out_dir is None:
             return
-        model = _to_cpu(_state_dict(self.model))
+        model = mk.to_cpu(_state_dict(self.model))
         state = {
             "version": CHECKPOINT_VERSION,
             "config": self.cfg.to_dict(),
@@ -451,7 +450,7 @@ class PruneLoop:
             "ticket": model if self.next_state >= self.cfg.pruning_times else ticket,
             "spec": dataclasses.asdict(self.spec),
             "theta0": THETA0_FILE,
-            "theta_r": _to_cpu(self.theta_r) if self.theta_r is not None else None,
+            "theta_r": mk.to_cpu(self.theta_r) if self.theta_r is not None else None,
             "M": mk.to_cpu(self.M),
             "U": mk.to_cpu(self.U) if self.U is not None else None,
             "R": mk.to_cpu(self.R) if self.R is not None else None,
@@ -541,10 +540,6 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 def _state_dict(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _to_cpu(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
 
 
 def _dense_ticket_stats(structure: Structure, structured: bool) -> dict[str, Any]:

@@ -70,6 +70,7 @@ def from_units(
 
 
 def to_cpu(masks: Mapping[str, Tensor]) -> Masks:
+    """A CPU copy of any name → tensor dict (masks, state dicts), never aliasing the input."""
     return {n: m.detach().to("cpu", copy=True) for n, m in masks.items()}
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import operator
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -344,13 +343,3 @@ def _trace_consumers(
             return None
         return None
     return consumers or None
-
-
-def param_dict(model: nn.Module) -> dict[str, nn.Parameter]:
-    return dict(model.named_parameters())
-
-
-def check_params_exist(structure: Structure, names: Iterable[str]) -> None:
-    missing = set(structure.maskable_names) - set(names)
-    if missing:
-        raise ConfigError(f"structure names parameters the model lacks: {sorted(missing)[:3]}")
