@@ -1,12 +1,13 @@
 # Everything a fresh machine needs, from the project's own files.
 #   make smoke   the main job: an offline sweep on the digits data, ending in a report
-#   make test    ruff, mypy and the test suite
+#   make test    ruff (lint + format check), mypy --strict and the whole test suite
+#   make test-fast  the inner loop: lint and the tests without Ray sweeps or slow training
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install smoke test lint bench clean
+.PHONY: install smoke test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -22,10 +23,14 @@ smoke: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy rsst_tune search_spaces tune_main.py
 
 test: lint
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
+
+test-fast: lint
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -m "not slow and not sweep"
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b --tiny || exit 1; done

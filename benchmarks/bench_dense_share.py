@@ -37,7 +37,7 @@ def sweep(storage: str, share: bool, extra: dict[str, Any], seed: int) -> tuple[
     run_sweep(plan, show=False)
     wall = time.perf_counter() - t0
     exp = load_experiment(Path(plan.experiment_dir))
-    epochs = sum(int(s.get("epochs_trained", 0)) for t in exp.trials for s in t.states)
+    epochs = sum(s.epochs_trained for t in exp.trials for s in t.states)
     return epochs, wall, len(exp.trials)
 
 

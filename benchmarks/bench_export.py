@@ -1,9 +1,10 @@
 """Physical export: pruned vs dense latency beside the analytic MAC ratio (ALGORITHMS.md §7).
 
 vit_tiny at 3x32x32 with 1 of 3 heads and half the MLP neurons of every block masked is
-exported with `rsst_tune.pruning.export.export_model` (outputs checked against the masked
-model), then both run alternately (dense, pruned, dense, ...) under inference mode; the
-median times give the speed-up, printed beside the MAC ratio of `CostModel`.
+exported with `rsst_tune.pruning.slicing.export_model` (outputs checked against the masked
+model), then both run alternately (dense, pruned, dense, ...) under inference mode
+(`rsst_tune.latency.compare_latency`); the median times give the speed-up, printed beside the
+MAC ratio of `CostModel`, with the interquartile range of the timed runs.
 Goal: speed-up ≥ 0.9 × MAC ratio at batch 64 on CPU.
 
     python benchmarks/bench_export.py            # batch 1 and 64, CPU (and --device cuda)
@@ -24,7 +25,7 @@ from rsst_tune.device import resolve_device
 from rsst_tune.latency import compare_latency
 from rsst_tune.models import create_model
 from rsst_tune.pruning.cost import CostModel, count_params
-from rsst_tune.pruning.export import export_model
+from rsst_tune.pruning.slicing import export_model
 from rsst_tune.pruning.structure import Structure, find_structure
 
 GOAL = 0.9
@@ -70,7 +71,7 @@ def main() -> None:
         f"max abs diff {result.max_abs_diff:.1e}"
     )
 
-    batches, repeats, min_run = ((1, 4), 2, 0.0) if args.tiny else ((1, 64), args.repeats, 0.05)
+    batches, repeats, min_run = ((1, 4), 3, 0.0) if args.tiny else ((1, 64), args.repeats, 0.05)
     lats = compare_latency(
         model.to(device),
         result.model,
@@ -81,11 +82,14 @@ def main() -> None:
         warmup=1 if args.tiny else 3,
         min_run_s=min_run,
     )
+    print(f"median (IQR) of {repeats} timed runs per model, dense and pruned alternating")
     for lat in lats:
         print(
-            f"{lat.device:>6} batch {lat.batch:>3}: dense {lat.dense_ms:8.2f} ms  "
-            f"pruned {lat.pruned_ms:8.2f} ms  speed-up {lat.speedup:.2f}x  "
-            f"MAC ratio {mac_ratio:.2f}x  speed-up/MAC ratio {lat.speedup / mac_ratio:.2f} "
+            f"{lat.device:>6} batch {lat.batch:>3}: "
+            f"dense {lat.dense_ms:8.2f} ({lat.dense_iqr_ms:.2f}) ms  "
+            f"pruned {lat.pruned_ms:8.2f} ({lat.pruned_iqr_ms:.2f}) ms  "
+            f"speed-up {lat.speedup:.2f}x  MAC ratio {mac_ratio:.2f}x  "
+            f"speed-up/MAC ratio {lat.speedup / mac_ratio:.2f} "
             f"(goal >= {GOAL} at batch 64 on CPU)"
         )
 

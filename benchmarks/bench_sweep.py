@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
+from rsst_tune.errors import SweepInterrupted  # noqa: E402
 from rsst_tune.tune import SweepOptions, load_experiment, resolve_plan, run_sweep  # noqa: E402
 from rsst_tune.tune.console import EVENTS_FILE  # noqa: E402
 
@@ -65,19 +66,24 @@ def main(argv: list[str] | None = None) -> int:
         command="python benchmarks/bench_sweep.py" + (" --tiny" if args.tiny else ""), **extra,
     ))
     t0 = time.perf_counter()
-    status = run_sweep(plan, show=not args.tiny)
+    try:
+        run_sweep(plan, show=not args.tiny)
+        status = 0
+    except SweepInterrupted as stop:
+        print(f"bench_sweep: {stop}", file=sys.stderr)
+        status = 130
     total = time.perf_counter() - t0
     exp_dir = Path(plan.experiment_dir)
     try:
         exp = load_experiment(exp_dir)
         walls = trial_walls(exp_dir)
-        train = {t.trial_id: sum(float(s["wall_time_s"]) for s in t.states) for t in exp.trials}
+        train = {t.trial_id: sum(s.wall_time_s for s in t.states) for t in exp.trials}
         ids = sorted(set(walls) & set(train))
         whole = sum(walls[i] for i in ids)
         busy = sum(train[i] for i in ids)
         share = busy / whole if whole else 0.0
         tickets = [(s, t.trial_id) for t in exp.trials for s in t.states]
-        within = [(s, tid) for s, tid in tickets if s["macs_frac"] <= 0.5]
+        within = [(s, tid) for s, tid in tickets if s.macs_frac <= 0.5]
         statuses = ", ".join(sorted({t.status for t in exp.trials}))
         print(f"trials            {len(exp.trials)} ({statuses})")
         print(f"sweep total       {total:.1f} s (Ray start-up and report included)")
@@ -85,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train + evaluate  {busy:.1f} s summed over trials")
         print(f"training share    {100 * share:.1f} %  (goal >= 80 %)")
         if within:
-            best, tid = max(within, key=lambda x: x[0]["val_acc"])
-            print(f"best at MACs<=50% trial {tid} state {best['state']}: val "
-                  f"{100 * best['val_acc']:.1f} %, test {100 * best['test_acc']:.1f} %, "
-                  f"MACs {100 * best['macs_frac']:.1f} %")
+            best, tid = max(within, key=lambda x: x[0].val_acc)
+            print(f"best at MACs<=50% trial {tid} state {best.state}: val "
+                  f"{100 * best.val_acc:.1f} %, test {100 * best.test_acc:.1f} %, "
+                  f"MACs {100 * best.macs_frac:.1f} %")
         else:
             print("best at MACs<=50% no ticket within the budget")
         print(json.dumps({"status": status, "total_s": round(total, 1),

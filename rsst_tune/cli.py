@@ -48,8 +48,12 @@ def _optional_float(text: str) -> float | None:
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrialConfig field (`--lr` and `--lr`, `--head_ratio` and `--head-ratio`)."""
+    """One flag per TrialConfig field (`--head_ratio` and `--head-ratio`), its help, default
+    and choices generated from the field's metadata and the registries."""
+    from rsst_tune.config import registry_for
+
     group = parser.add_argument_group("trial config (defaults: TrialConfig)")
+    defaults = TrialConfig()
     for f in dataclasses.fields(TrialConfig):
         if f.name in NO_FLAG:
             continue
@@ -57,22 +61,32 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if "_" in f.name:
             names.append(f"--{f.name.replace('_', '-')}")
         names += FLAG_ALIASES.get(f.name, [])
-        default = f.default
+        default = getattr(defaults, f.name)
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         if f.name == "decreasing_lr":
             kwargs.update(type=int, nargs="+", metavar="EPOCH")
         elif isinstance(default, bool) or f.name == "augment":
             kwargs.update(type=_bool, nargs="?", const=True, metavar="BOOL")
         elif f.name in ("rate", "head_ratio", "mlp_ratio", "filter_ratio"):
-            kwargs.update(type=_optional_float)
+            kwargs.update(type=_optional_float, metavar="FLOAT")
         elif f.name == "val_size":
-            kwargs.update(type=int)
+            kwargs.update(type=int, metavar="N")
         elif isinstance(default, float):
-            kwargs.update(type=float)
+            kwargs.update(type=float, metavar="FLOAT")
         elif isinstance(default, int):
-            kwargs.update(type=int)
+            kwargs.update(type=int, metavar="N")
         else:
-            kwargs.update(type=str)
+            kwargs.update(type=str, metavar=f.name.upper())
+        choices = f.metadata.get("choices")
+        registry = registry_for(f.name)
+        if registry is not None:
+            choices = (*registry.names(), *(["timm:NAME"] if f.name == "model" else []))
+        text = str(f.metadata["help"]).replace("%", "%%")
+        shown = "none" if default is None else ("[]" if default == () else str(default))
+        text += f" (default: {shown.replace('%', '%%')}"
+        if choices:
+            text += "; choices: " + ", ".join(choices).replace("%", "%%")
+        kwargs["help"] = text + ")"
         group.add_argument(*names, **kwargs)
     # accepted for compatibility with the research code; structure comes from --method/--target
     group.add_argument(
@@ -138,10 +152,23 @@ def build_parser() -> argparse.ArgumentParser:
     if add_tune_parsers is not None:
         add_tune_parsers(sub)
 
-    export = sub.add_parser("export", help="physically remove pruned units from a checkpoint")
+    export = sub.add_parser(
+        "export",
+        help="physically remove pruned units from a checkpoint",
+        description="Write DIR/model.pt (the physically pruned ticket) and DIR/export.json "
+        "(params, MACs, the equivalence check, dense vs pruned latency).",
+    )
     export.add_argument("checkpoint", help="a state_XX.pt written by `rsst-tune run`")
     export.add_argument("--out", required=True, help="directory for the exported model")
     export.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    export.add_argument(
+        "--repeats",
+        type=int,
+        default=11,
+        metavar="N",
+        help="timed runs per model and batch size (median and IQR; default 11)",
+    )
+    export.add_argument("--no-measure", action="store_true", help="skip the latency measurement")
     return parser
 
 
@@ -158,13 +185,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         flags = [f.name for f in dataclasses.fields(TrialConfig)] + ["gpu"]
         if args.config or any(hasattr(args, name) for name in flags):
             cfg = config_from_args(args, base)
-        return run_command(
+        run_command(
             cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet
         )
+        return 0
     if args.command == "export":
-        from rsst_tune.pruning.export import export_command
+        from rsst_tune.export import export_checkpoint
 
-        return export_command(args.checkpoint, args.out, device=args.device)
+        if args.repeats < 1:
+            raise ConfigError(f"--repeats must be at least 1, got {args.repeats}")
+        report = export_checkpoint(
+            args.checkpoint,
+            args.out,
+            device=args.device,
+            measure=not args.no_measure,
+            repeats=args.repeats,
+        )
+        print(report.table())
+        return 0
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)
 

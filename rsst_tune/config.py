@@ -10,101 +10,160 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from rsst_tune.errors import ConfigError, unknown_choice
 
-METHODS = ("imp", "refill", "rsst")
-CRITERIA = ("remain", "magnitude", "l1", "l2", "saliency")
+# Choices of the fields that are not registries (models, datasets, methods, criteria and λ
+# schedules are: `registry_for(field)`, so a user's registration is a valid config value).
 TARGETS = ("head", "mlp", "both")
 SORTINGS = ("layer", "global")
-SCHEDULES = ("constant", "x", "x^2", "x^3", "exp", "exp_custom_exponents")
 PRUNE_TYPES = ("lt", "rewind_lt", "pt")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("cosine", "multistep", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-IMP_DEFAULT_RATE = 0.2
 
 # Accepted spellings from the research code (`--arch`, `--struct`) map onto field names.
 ALIASES = {"arch": "model", "struct": "method", "states": "pruning_times"}
 
+# Every field belongs to exactly one group (its `metadata["group"]`):
+DENSE = "dense"  # decides what state 0 computes: the shared dense state's key
+PRUNE = "prune"  # only changes states >= 1 (how much, which units, how the pull runs)
+NUMERICS = "numerics"  # how it executes, and float results depend on it: in the dense key,
+#                        but a resumed run may change it
+EXECUTION = "execution"  # where inputs come from and how evaluation is batched: no effect on
+#                          the numbers; a resumed run may change it
+GROUPS = (DENSE, PRUNE, NUMERICS, EXECUTION)
+# Pruning ratio field of each unit kind.
+KIND_RATIO = {"head": "head_ratio", "neuron": "mlp_ratio", "filter": "filter_ratio"}
+
+
+def _field(
+    default: Any,
+    group: str,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    meta = {"group": group, "help": help, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """Everything one trial needs; immutable and JSON round-trippable."""
+    """Everything one trial needs; immutable and JSON round-trippable.
+
+    Each field's metadata holds its `group` (see GROUPS), a one-line `help` (the CLI's) and,
+    for fixed sets, its `choices`.
+    """
 
     # what to prune
-    model: str = "vit_digits"
-    pretrained: bool = False  # timm:<name> models: start from timm's weights (needs network)
-    dataset: str = "digits"
-    data_dir: str = "data"
-    download: bool = False
-    method: str = "rsst"
-    pruning_times: int = 4
-    epochs: int = 40
+    model: str = _field(
+        "vit_digits", DENSE, "registered model or timm:NAME (see the model registry)"
+    )
+    pretrained: bool = _field(False, DENSE, "timm:NAME models: start from timm's weights")
+    dataset: str = _field("digits", DENSE, "registered dataset (digits and synthetic: offline)")
+    data_dir: str = _field("data", EXECUTION, "folder of the dataset's files")
+    download: bool = _field(False, EXECUTION, "download the dataset into data_dir if missing")
+    method: str = _field("rsst", PRUNE, "pruning method (ALGORITHMS.md §2.4)")
+    pruning_times: int = _field(4, PRUNE, "number of pruning states S (state 0 is dense)")
+    epochs: int = _field(40, DENSE, "training epochs per state")
     # how much to prune (ALGORITHMS.md §2.4, §3.2)
-    rate: float | None = None
-    target: str = "both"
-    head_ratio: float | None = None
-    mlp_ratio: float | None = None
-    filter_ratio: float | None = None
-    fillback_rate: float = 0.0
-    min_units: int = 1
-    sorting: str = "layer"
-    criteria: str = "l1"
-    score_batches: int = 4
-    prune_stem: bool = False
+    rate: float | None = _field(
+        None,
+        PRUNE,
+        "fraction of the kept weights U removes per prune; default: derived from the unit "
+        "ratios when every pruned kind has one, else the method's default (0.2)",
+    )
+    target: str = _field("both", PRUNE, "ViT units to prune", choices=TARGETS)
+    head_ratio: float | None = _field(
+        None, PRUNE, "ViT heads removed per prune, compounding; default: density-matched to U"
+    )
+    mlp_ratio: float | None = _field(
+        None, PRUNE, "ViT MLP neurons removed per prune, compounding; default: density-matched"
+    )
+    filter_ratio: float | None = _field(
+        None, PRUNE, "CNN filters removed per prune, compounding; default: density-matched"
+    )
+    fillback_rate: float = _field(
+        0.0, PRUNE, "density-matched budgets: 0 keeps U's weight budget, 1 keeps every unit"
+    )
+    min_units: int = _field(1, PRUNE, "units every layer keeps at least")
+    sorting: str = _field(
+        "layer", PRUNE, "rank units within each layer, or all layers together", choices=SORTINGS
+    )
+    criteria: str = _field("l1", PRUNE, "unit score (ALGORITHMS.md §3.1)")
+    score_batches: int = _field(4, PRUNE, "training batches the criterion scores on")
+    prune_stem: bool = _field(False, PRUNE, "CNNs: also prune the first convolution")
     # the RSST regularizer (§4)
-    RST_schedule: str = "x^2"
-    reg_granularity_prune: float = 1.0
-    exponents: float = 4.0
+    RST_schedule: str = _field("x^2", PRUNE, "shape of λ over a state (RSST)")
+    reg_granularity_prune: float = _field(1.0, PRUNE, "λ's ceiling g, reached at the state's end")
+    exponents: float = _field(4.0, PRUNE, "k of the exp_custom_exponents schedule")
     # rewinding (§2.5)
-    prune_type: str = "lt"
-    rewind_epoch: int = 1
+    prune_type: str = _field(
+        "lt",
+        PRUNE,
+        "after a prune: lt rewinds to θ0, rewind_lt to θr, pt keeps the trained weights",
+        choices=PRUNE_TYPES,
+    )
+    rewind_epoch: int = _field(1, PRUNE, "epoch of state 0 whose weights are θr (rewind_lt)")
     # optimisation
-    optimizer: str = "adamw"
-    lr: float = 3e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.05
-    warmup_epochs: float = 2.0  # linear warm-up; capped at the state's length
-    lr_schedule: str = "cosine"
-    decreasing_lr: tuple[int, ...] = ()
-    batch_size: int = 64
-    eval_batch_size: int = 1024
-    label_smoothing: float = 0.1
-    augment: bool | None = None  # None: the dataset's default (digits off, CIFAR on)
-    val_size: int | None = None
+    optimizer: str = _field("adamw", DENSE, "optimizer", choices=OPTIMIZERS)
+    lr: float = _field(3e-3, DENSE, "peak learning rate")
+    momentum: float = _field(0.9, DENSE, "SGD momentum")
+    weight_decay: float = _field(0.05, DENSE, "weight decay (matrices and kernels only)")
+    warmup_epochs: float = _field(2.0, DENSE, "linear warm-up epochs (capped at the state)")
+    lr_schedule: str = _field("cosine", DENSE, "learning-rate schedule", choices=LR_SCHEDULES)
+    decreasing_lr: tuple[int, ...] = _field(
+        (), DENSE, "multistep: epochs at which the LR is multiplied by 0.1", factory=tuple
+    )
+    batch_size: int = _field(64, DENSE, "training batch size")
+    eval_batch_size: int = _field(1024, EXECUTION, "evaluation batch size")
+    label_smoothing: float = _field(0.1, DENSE, "label smoothing of the training loss")
+    augment: bool | None = _field(
+        None, DENSE, "batched crop and flip; default: the dataset's (digits off, CIFAR on)"
+    )
+    val_size: int | None = _field(
+        None, DENSE, "validation images carved from train; default: the dataset's"
+    )
     # execution
-    seed: int = 0
-    device: str = "auto"
+    seed: int = _field(0, DENSE, "trial seed (initialisation, data order, tie-breaks)")
+    device: str = _field(
+        "auto", NUMERICS, "auto picks cuda, then mps, then cpu", choices=(*DEVICES, "cuda:N")
+    )
     # CPU threads for torch (0: torch's default). Float reductions depend on it, so a sweep
     # records its per-trial value and `rsst-tune run --config` repeats a trial bit for bit.
-    threads: int = 0
-    amp: bool = True
-    compile: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    threads: int = _field(0, NUMERICS, "torch CPU threads (0: torch's default)")
+    amp: bool = _field(True, NUMERICS, "bf16 autocast where the device supports it (CUDA)")
+    compile: bool = _field(False, NUMERICS, "torch.compile the model (CUDA only)")
+    extra: dict[str, Any] = _field(  # noqa: RUF009 (a default_factory field)
+        None, DENSE, "free-form values for user extensions (part of every key)", factory=dict
+    )
 
     def __post_init__(self) -> None:
         self._validate()
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
-        for name, choices in (
-            ("method", METHODS),
-            ("criteria", CRITERIA),
-            ("target", TARGETS),
-            ("sorting", SORTINGS),
-            ("RST_schedule", SCHEDULES),
-            ("prune_type", PRUNE_TYPES),
-            ("optimizer", OPTIMIZERS),
-            ("lr_schedule", LR_SCHEDULES),
-        ):
-            value = getattr(self, name)
-            if value not in choices:
-                raise unknown_choice(name, value, choices)
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and f.name != "device" and value not in choices:
+                raise unknown_choice(f.name, value, choices)
+            registry = registry_for(f.name)
+            if registry is not None and f.name != "model" and value not in registry:
+                raise registry.unknown(value, f.name)
+        from rsst_tune.models import check_model_name  # registered names and timm:NAME
+
+        check_model_name(self.model)
         if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.device):
             raise unknown_choice("device", self.device, (*DEVICES, "cuda:N"))
         for name in ("pruning_times", "epochs", "batch_size", "eval_batch_size", "score_batches"):
@@ -124,36 +183,72 @@ class TrialConfig:
             )
         if not 0.0 <= self.fillback_rate <= 1.0:
             raise ConfigError(f"fillback_rate must be in [0, 1], got {self.fillback_rate}")
-        if self.reg_granularity_prune < 0:
+        if not 0 <= self.reg_granularity_prune < math.inf:
             raise ConfigError(
-                f"reg_granularity_prune must be >= 0, got {self.reg_granularity_prune}"
+                f"reg_granularity_prune must be finite and >= 0, got {self.reg_granularity_prune}"
             )
-        if self.exponents <= 0:
-            raise ConfigError(f"exponents must be > 0, got {self.exponents}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 < self.exponents < math.inf:
+            raise ConfigError(f"exponents must be finite and > 0, got {self.exponents}")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(f"lr must be finite and > 0, got {self.lr}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"weight_decay must be finite and >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0 <= self.rewind_epoch <= self.epochs:
             raise ConfigError(
                 f"rewind_epoch must be in [0, epochs={self.epochs}], got {self.rewind_epoch}"
             )
-        if self.warmup_epochs < 0:
-            raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if not 0 <= self.warmup_epochs < math.inf:
+            raise ConfigError(f"warmup_epochs must be finite and >= 0, got {self.warmup_epochs}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lr_schedule == "multistep" and not self.decreasing_lr:
             raise ConfigError("lr_schedule 'multistep' needs decreasing_lr, e.g. [20, 30]")
+        if any(e < 1 for e in self.decreasing_lr):
+            raise ConfigError(f"decreasing_lr epochs must be >= 1, got {list(self.decreasing_lr)}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.val_size is not None and self.val_size < 1:
+            raise ConfigError(f"val_size must be a positive integer, got {self.val_size}")
 
     # ------------------------------------------------------------------ derived values
     @property
+    def method_info(self) -> Any:
+        """The registered `Method` (structured, regularized, default rate, policy)."""
+        from rsst_tune.pruning.methods import METHODS
+
+        return METHODS.get(self.method)
+
+    @property
     def structured(self) -> bool:
         """Whether the method builds structured masks (refill, rsst) or not (imp)."""
-        return self.method != "imp"
+        return bool(self.method_info.structured)
 
-    def effective_rate(self) -> float | None:
-        """The asked `rate`; `imp` defaults to 0.2; None means 'derived from unit ratios'."""
-        if self.rate is None and self.method == "imp":
-            return IMP_DEFAULT_RATE
-        return self.rate
+    def ratio_for(self, kind: str) -> float | None:
+        """The explicit pruning ratio of a unit kind (`head`, `neuron`, `filter`), or None."""
+        value: float | None = getattr(self, KIND_RATIO[kind])
+        return value
+
+    def effective_rate(self, pruned_kinds: Iterable[str] = ()) -> float | None:
+        """The rate of U (ALGORITHMS.md §2.4.1): the asked `rate`; else None ("derived each
+        state from the unit ratios") when the method is structured and every pruned kind has an
+        explicit ratio; else the method's default rate (0.2 for the built-in methods)."""
+        if self.rate is not None:
+            return self.rate
+        kinds = list(pruned_kinds)
+        method = self.method_info
+        if method.structured and kinds and all(self.ratio_for(k) is not None for k in kinds):
+            return None
+        default: float | None = method.default_rate
+        return default
+
+    @classmethod
+    def fields_in(cls, group: str) -> tuple[str, ...]:
+        """The names of the fields of one group (DENSE, PRUNE, NUMERICS, EXECUTION)."""
+        if group not in GROUPS:
+            raise unknown_choice("field group", group, GROUPS)
+        return tuple(f.name for f in fields(cls) if f.metadata["group"] == group)
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -234,8 +329,15 @@ def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
             return float(value)
         if isinstance(f.default, bool) or name == "augment":
             if isinstance(value, str):
-                return value.lower() in ("1", "true", "yes", "on")
-            return bool(value)
+                low = value.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            if isinstance(value, bool) or value in (0, 1):
+                return bool(value)
+            raise ValueError
         if isinstance(f.default, int) or name == "val_size":
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
@@ -243,3 +345,32 @@ def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: cannot use {value!r}") from None
     return value
+
+
+def registry_for(name: str) -> Any:
+    """The registry whose names are the valid values of config field `name` (None if none).
+
+    Imported lazily: `import rsst_tune.config` stays cheap, and a registration made after
+    import (a user's `@register_criterion`) is seen by every later validation.
+    """
+    if name == "method":
+        from rsst_tune.pruning.methods import METHODS
+
+        return METHODS
+    if name == "criteria":
+        from rsst_tune.pruning.criteria import CRITERIA
+
+        return CRITERIA
+    if name == "RST_schedule":
+        from rsst_tune.pruning.regularizer import SCHEDULES
+
+        return SCHEDULES
+    if name == "dataset":
+        from rsst_tune.data import DATASETS
+
+        return DATASETS
+    if name == "model":  # timm:NAME is valid too (`rsst_tune.models.check_model_name`)
+        from rsst_tune.models import MODELS
+
+        return MODELS
+    return None

@@ -33,13 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rsst_tune.errors import ConfigError, unknown_choice
+from rsst_tune.errors import ConfigError
+from rsst_tune.registry import Registry
 
 __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "CIFAR100_MEAN",
     "CIFAR100_STD",
+    "DATASETS",
     "SPLIT_SEED",
     "DataBundle",
     "DataSpec",
@@ -140,44 +142,29 @@ class DatasetLoader(Protocol):
 
 L = TypeVar("L", bound=DatasetLoader)
 
-_DATASETS: dict[str, DatasetLoader] = {}
+DATASETS: Registry[DatasetLoader] = Registry("dataset")
 
 
-def register_dataset(name: str) -> Callable[[L], L]:
-    """Decorator that registers a dataset loader under ``name``."""
-
-    def decorator(fn: L) -> L:
-        existing = _DATASETS.get(name)
-        origin = (fn.__module__, getattr(fn, "__qualname__", ""))
-        if (
-            existing is not None
-            and (existing.__module__, getattr(existing, "__qualname__", "")) != origin
-        ):
-            raise ConfigError(f"dataset name {name!r} is already registered")
-        _DATASETS[name] = fn
-        return fn
-
-    return decorator
+def register_dataset(name: str, *aliases: str, override: bool = False) -> Callable[[L], L]:
+    """Decorator that registers a dataset loader under ``name`` (and ``aliases``)."""
+    return DATASETS.register(name, *aliases, override=override)
 
 
 def unregister_dataset(name: str) -> None:
     """Remove a dataset from the registry (for plugins and tests)."""
-    if _DATASETS.pop(name, None) is None:
-        raise unknown_choice("dataset", name, list_datasets())
+    DATASETS.unregister(name)
 
 
 def list_datasets() -> list[str]:
     """The registered dataset names, sorted."""
-    return sorted(_DATASETS)
+    return DATASETS.names()
 
 
 def load_dataset(
     name: str, *, data_dir: str | Path, val_size: int | None = None, download: bool = False
 ) -> DataBundle:
     """Load a registered dataset; ``val_size`` overrides its default validation size."""
-    loader = _DATASETS.get(name)
-    if loader is None:
-        raise unknown_choice("dataset", name, list_datasets())
+    loader = DATASETS.get(name)
     if val_size is not None and (isinstance(val_size, bool) or val_size < 1):
         raise ConfigError(f"val_size must be a positive integer, got {val_size!r}")
     bundle = loader(data_dir=Path(data_dir).expanduser(), val_size=val_size, download=download)

@@ -26,26 +26,28 @@ from pathlib import Path
 from typing import Any
 
 from rsst_tune import checkpoint as ckpt
-from rsst_tune.config import TrialConfig
+from rsst_tune import fileio
+from rsst_tune.config import DENSE, NUMERICS, TrialConfig
 
 log = logging.getLogger(__name__)
 
-# The fields that decide what state 0 computes (pruning settings do not enter it).
-DENSE_FIELDS = (
-    "model", "pretrained", "dataset", "val_size", "seed", "epochs", "optimizer", "lr",
-    "momentum", "weight_decay", "warmup_epochs", "lr_schedule", "decreasing_lr", "batch_size",
-    "label_smoothing", "augment", "amp", "threads",
-)  # fmt: skip
 # Datasets that do not depend on `data_dir` (bundled or generated).
 BUILTIN_DATASETS = ("digits", "synthetic")
 
 
 def dense_key(cfg: TrialConfig) -> str:
-    """A short hash of everything that determines state 0's trained weights (and θr)."""
-    data = {f: getattr(cfg, f) for f in DENSE_FIELDS}
+    """A short hash of everything that determines state 0's trained weights (and θr).
+
+    The fields are those of the DENSE and NUMERICS groups of `TrialConfig` (field metadata:
+    a new field must name its group, so none can be forgotten here), plus the rewind epoch
+    when θr is part of what state 0 produces, and the resolved data folder of datasets read
+    from disk (another folder is other data).
+    """
+    names = TrialConfig.fields_in(DENSE) + TrialConfig.fields_in(NUMERICS)
+    data: dict[str, Any] = {name: getattr(cfg, name) for name in names}
     data["decreasing_lr"] = list(cfg.decreasing_lr)
     data["rewind_epoch"] = cfg.rewind_epoch if cfg.prune_type == "rewind_lt" else None
-    if cfg.dataset not in BUILTIN_DATASETS:  # another folder is other data
+    if cfg.dataset not in BUILTIN_DATASETS:
         data["data_dir"] = str(Path(cfg.data_dir).expanduser().resolve())
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -74,7 +76,7 @@ class DenseCache:
         while True:
             if target.exists():
                 log.info("dense state 0 %s: reusing %s", key, target)
-                return ckpt.load(target), False
+                return ckpt.load_file(target), False
             token = self._acquire(lock)
             if token is not None:
                 stop = threading.Event()
@@ -84,7 +86,7 @@ class DenseCache:
                     if target.exists():  # published between our check and the lock
                         continue
                     payload = train(lambda: _touch(lock))
-                    ckpt.atomic_save(payload, target)
+                    fileio.torch_save(payload, target)
                     return payload, True
                 finally:
                     stop.set()

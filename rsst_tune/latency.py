@@ -2,10 +2,11 @@
 
 `compare_latency(dense, pruned, sample_shape, device, batch_sizes)` times both models on the
 same random input, alternating runs (dense, pruned, dense, ...) so that drift in the machine's
-load hits both alike, and reports the median time per forward of each. Every run is under
-`torch.inference_mode()` in eval mode, after a warm-up; on CUDA the device is synchronised
-before and after each timed run (and nowhere else). A run repeats the forward enough times
-to last at least `min_run_s`, so batch-1 timings are not dominated by timer noise.
+load hits both alike, and reports the median time per forward of each and the spread of the
+timed runs (their interquartile range). Every run is under `torch.inference_mode()` in eval
+mode, after a warm-up; on CUDA the device is synchronised before and after each timed run (and
+nowhere else). A run repeats the forward enough times to last at least `min_run_s`, so batch-1
+timings are not dominated by timer noise.
 """
 
 from __future__ import annotations
@@ -14,26 +15,32 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from rsst_tune.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
-__all__ = ["Latency", "compare_latency", "time_forward"]
+__all__ = ["Latency", "compare_latency", "iqr", "time_forward"]
 
 
 @dataclass(frozen=True)
 class Latency:
-    """Median milliseconds per forward of the dense and the pruned model on one setting."""
+    """Milliseconds per forward of the dense and the pruned model on one setting: the median
+    of `repeats` timed runs and their interquartile range (0 with fewer than 2 runs)."""
 
     device: str
     batch: int
-    dense_ms: float
-    pruned_ms: float
-    repeats: int
+    dense_ms: float  # median
+    pruned_ms: float  # median
+    dense_iqr_ms: float
+    pruned_iqr_ms: float
+    repeats: int  # timed runs of each model
     inner: int  # forwards per timed run
 
     @property
@@ -41,8 +48,36 @@ class Latency:
         """dense time / pruned time (> 1 means the pruned model is faster)."""
         return self.dense_ms / self.pruned_ms if self.pruned_ms > 0 else math.inf
 
-    def to_dict(self) -> dict[str, float | int | str]:
-        return {**asdict(self), "speedup": self.speedup}
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data: the fields and `speedup` (None when it is not finite)."""
+        speedup = self.speedup
+        return {**asdict(self), "speedup": speedup if math.isfinite(speedup) else None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Latency:
+        """Read `to_dict()` back (derived keys such as `speedup` are ignored)."""
+        try:
+            return cls(
+                device=str(data["device"]),
+                batch=int(data["batch"]),
+                dense_ms=float(data["dense_ms"]),
+                pruned_ms=float(data["pruned_ms"]),
+                dense_iqr_ms=float(data["dense_iqr_ms"]),
+                pruned_iqr_ms=float(data["pruned_iqr_ms"]),
+                repeats=int(data["repeats"]),
+                inner=int(data["inner"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            names = ", ".join(f.name for f in fields(cls))
+            raise ConfigError(f"not a latency record ({names}): {exc!r}") from None
+
+
+def iqr(values: Sequence[float]) -> float:
+    """Interquartile range (Q3 − Q1, inclusive quartiles); 0 for fewer than 2 values."""
+    if len(values) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q3 - q1
 
 
 def _sync(device: torch.device) -> None:
@@ -71,7 +106,7 @@ def compare_latency(
     batch_sizes: Sequence[int] = (1, 64),
     *,
     repeats: int = 11,
-    warmup: int = 2,
+    warmup: int = 3,
     min_run_s: float = 0.02,
 ) -> list[Latency]:
     """Latency of `dense` and `pruned` on `device` at each batch size (models are not moved).
@@ -104,6 +139,8 @@ def compare_latency(
                     batch=batch,
                     dense_ms=1e3 * statistics.median(d_times),
                     pruned_ms=1e3 * statistics.median(p_times),
+                    dense_iqr_ms=1e3 * iqr(d_times),
+                    pruned_iqr_ms=1e3 * iqr(p_times),
                     repeats=repeats,
                     inner=inner,
                 )

@@ -1,14 +1,16 @@
 """The iterative prune loop of ALGORITHMS.md §2: train, (RSST) impose, evaluate, prune, rewind.
 
-`PruneLoop(cfg, out_dir).states()` yields one result dict per pruning state (§6) and writes a
-checkpoint after each (§5), so a run can stop after any state and `PruneLoop.resume(out_dir)`
-continues it with bit-identical results on CPU. All mutable state lives on the instance: a Ray
-worker may run many trials in one process.
+`PruneLoop(cfg, out_dir).states()` yields one `StateResult` per pruning state (§6) and writes
+a `TrialCheckpoint` after each (§5), so a run can stop after any state and
+`PruneLoop.resume(out_dir)` continues it with bit-identical results on CPU. What never changes
+between states is built once by `build_setup`; what changes (masks, alive units, θr, results)
+lives on the instance: a Ray worker may run many trials in one process.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,16 +21,13 @@ import torch
 from torch import Tensor, nn
 
 from rsst_tune import checkpoint as ckpt
-from rsst_tune.config import TrialConfig
-from rsst_tune.data import DataBundle, DeviceData, load_dataset, make_generator
+from rsst_tune.config import EXECUTION, KIND_RATIO, NUMERICS, TrialConfig
+from rsst_tune.data import DataBundle, DeviceData, make_generator
 from rsst_tune.dense_cache import DenseCache, dense_key
-from rsst_tune.device import amp_dtype, can_compile, resolve_device
 from rsst_tune.errors import ConfigError
-from rsst_tune.models import create_model, is_registered
 from rsst_tune.pruning import masks as mk
-from rsst_tune.pruning.cost import CostModel, count_params, nonzero_params
-from rsst_tune.pruning.criteria import ScoreInputs, get_criterion
-from rsst_tune.pruning.methods import get_method
+from rsst_tune.pruning.cost import nonzero_params
+from rsst_tune.pruning.criteria import ScoreInputs
 from rsst_tune.pruning.regularizer import TargetPull
 from rsst_tune.pruning.select import (
     Budget,
@@ -38,27 +37,18 @@ from rsst_tune.pruning.select import (
     magnitude_prune,
     select_units,
 )
-from rsst_tune.pruning.structure import Structure, UnitGroup, find_structure
+from rsst_tune.pruning.structure import Structure, UnitGroup
+from rsst_tune.results import KIND_REPORT, PruneStats, StateResult
 from rsst_tune.train import TrainStats, evaluate, train_state
+from rsst_tune.trial_setup import TrialSetup, build_setup
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_VERSION = 1
-THETA0_FILE = "theta0.pt"
-CHECKPOINT_KEYS = (
-    "config", "next_state", "model", "theta_r", "M", "U", "R", "T", "alive",
-    "ticket_stats", "results", "rng",
-)  # fmt: skip
-# Fields that may differ between a checkpoint and the run resuming it.
-EXECUTION_FIELDS = {
-    "device", "amp", "compile", "data_dir", "download", "eval_batch_size", "threads",
-}  # fmt: skip
-KIND_RATIO = {"head": "head_ratio", "neuron": "mlp_ratio", "filter": "filter_ratio"}
-KIND_REPORT = {"head": "heads", "neuron": "neurons", "filter": "filters"}
 
 # (state, epochs done, epochs, mean train loss of the last epoch); called with 0 (and NaN) when
 # a state starts, then after every epoch.
 EpochCallback = Callable[[int, int, int, float], None]
+# Fields a resumed run may change (they do not change what the checkpoint means).
+RESUMABLE_CHANGES = frozenset(TrialConfig.fields_in(NUMERICS) + TrialConfig.fields_in(EXECUTION))
 
 
 def derive_seed(seed: int, state: int, salt: int = 0) -> int:
@@ -66,8 +56,13 @@ def derive_seed(seed: int, state: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + state * 10_007 + salt * 101) % (2**63 - 1)
 
 
-def state_file(state: int) -> str:
-    return f"state_{state:02d}.pt"
+@dataclasses.dataclass(frozen=True)
+class _Trained:
+    """Step 1's outcome."""
+
+    stats: TrainStats
+    epochs_trained: int
+    pull: TargetPull | None
 
 
 class PruneLoop:
@@ -82,237 +77,214 @@ class PruneLoop:
         on_epoch: EpochCallback | None = None,
         dense_cache: DenseCache | None = None,
     ) -> None:
+        self.setup: TrialSetup = build_setup(cfg, data)
         self.cfg = cfg
-        self.dense_cache = dense_cache
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.on_epoch = on_epoch
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)  # per trial: one trial at a time per process
-        self.device = resolve_device(cfg.device)
-        self.amp = amp_dtype(self.device, cfg.amp)
-        if not is_registered(cfg.model):  # before the data loads: bad input fails first
-            create_model(cfg.model, num_classes=2, in_chans=1, img_size=8)  # raises the error
-        self.method = get_method(cfg.method)
-        self.criterion = get_criterion(cfg.criteria)
-        bundle = (
-            data
-            if data is not None
-            else load_dataset(
-                cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, download=cfg.download
-            )
-        )
-        self.spec = bundle.spec
-        self.train_data = DeviceData(bundle.train, bundle.spec, self.device)
-        self.val_data = DeviceData(bundle.val, bundle.spec, self.device)
-        self.test_data = DeviceData(bundle.test, bundle.spec, self.device)
-
-        torch.manual_seed(cfg.seed)
-        self.model: nn.Module = create_model(
-            cfg.model,
-            num_classes=bundle.spec.num_classes,
-            in_chans=bundle.spec.in_chans,
-            img_size=bundle.spec.img_size,
-            pretrained=cfg.pretrained,
-        ).to(self.device)
-        example = next(self.val_data.eval_batches(2))[0]
-        self.structure = find_structure(
-            self.model, target=cfg.target, prune_stem=cfg.prune_stem, example_input=example
-        )
-        # Units of every kind are reported (heads and neurons even when only one is pruned).
-        self.report_structure = find_structure(
-            self.model, target="both", prune_stem=cfg.prune_stem, example_input=example
-        )
-        self.cost = CostModel(self.model, self.report_structure, example)
-        self.dense_params = count_params(self.model)
-        self._check_prunable()
-        if self.device.type == "cuda" and self.structure.by_kind("filter"):
-            self.model.to(memory_format=torch.channels_last)  # faster convs on tensor cores
-        self.forward: Callable[[Tensor], Tensor] = self.model
-        if cfg.compile and can_compile(self.device):
-            self.forward = torch.compile(self.model)  # type: ignore[assignment]
-
-        self.theta0 = _state_dict(self.model)  # never modified (clone of the init)
+        self.dense_cache = dense_cache
+        model, structure = self.setup.model, self.setup.structure
+        self.theta0 = _state_dict(model)  # never modified (clone of the init)
         self.theta_r: dict[str, Tensor] | None = None
-        self.M = mk.full_masks(self.model, self.structure.maskable_names)
+        self.M = mk.full_masks(model, structure.maskable_names)
         self.U: mk.Masks | None = None  # the last unstructured mask (kept for the checkpoint)
         self.R: mk.Masks | None = None  # structure to impose at step 2 of the next RSST state
         self.T: mk.Masks = {}
         self.alive = {
             g.name: torch.ones(g.num_units, dtype=torch.bool, device=self.device)
-            for g in self.structure.groups
+            for g in structure.groups
         }
         self.next_state = 0
-        self.results: list[dict[str, Any]] = []
-        self._ticket_stats: dict[str, Any] = _dense_ticket_stats(
-            self.structure, self.method.structured
-        )
+        self.results: list[StateResult] = []
+        self.prune_stats = PruneStats.dense(self.setup.method.structured, structure.kinds)
         self._warned: set[str] = set()
 
-    # ------------------------------------------------------------------ validation
-    def _check_prunable(self) -> None:
-        cfg = self.cfg
-        kinds = self.structure.kinds
-        if self.method.structured:
-            for kind in kinds:
-                ratio = getattr(cfg, KIND_RATIO[kind])
-                if ratio == 0.0:
-                    continue
-                if all(g.num_units <= cfg.min_units for g in self.structure.by_kind(kind)):
-                    raise ConfigError(
-                        f"cannot prune {KIND_REPORT[kind]} of {cfg.model}: every layer already has "
-                        f"<= min_units={cfg.min_units}; lower min_units or change target"
-                    )
-            if cfg.effective_rate() is None:
-                missing = [KIND_RATIO[k] for k in kinds if getattr(cfg, KIND_RATIO[k]) is None]
-                if missing:
-                    raise ConfigError(
-                        f"give rate, or an explicit ratio for every pruned kind (missing: "
-                        f"{', '.join(missing)})"
-                    )
-        rate = cfg.effective_rate()
-        if rate is not None and cfg.pruning_times > 1:
-            params = dict(self.model.named_parameters())
-            total = sum(params[n].numel() for n in self.structure.weight_names)
-            if round(total * (1 - rate) ** (cfg.pruning_times - 1)) < 1:
-                raise ConfigError(
-                    f"rate {rate} over {cfg.pruning_times - 1} prunes would remove every weight"
-                )
+    @property
+    def device(self) -> torch.device:
+        return self.setup.device
+
+    @property
+    def model(self) -> nn.Module:
+        return self.setup.model
+
+    @property
+    def structure(self) -> Structure:
+        """The units this trial prunes."""
+        return self.setup.structure
 
     # ------------------------------------------------------------------ the loop
-    def states(self) -> Iterator[dict[str, Any]]:
+    def states(self) -> Iterator[StateResult]:
         """Run the remaining states, yielding each state's result after its checkpoint."""
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            if not (self.out_dir / THETA0_FILE).exists():
-                ckpt.atomic_save(mk.to_cpu(self.theta0), self.out_dir / THETA0_FILE)
+            if not (self.out_dir / ckpt.THETA0_FILE).exists():
+                ckpt.save_theta0(mk.to_cpu(self.theta0), self.out_dir)
         while self.next_state < self.cfg.pruning_times:
-            result = self._run_state(self.next_state)
-            yield result
+            yield self._run_state(self.next_state)
 
-    def run(self) -> list[dict[str, Any]]:
+    def run(self) -> list[StateResult]:
         for _ in self.states():
             pass
         return self.results
 
-    def _run_state(self, s: int) -> dict[str, Any]:
-        cfg = self.cfg
+    def _run_state(self, s: int) -> StateResult:
         t0 = time.perf_counter()
-        torch.manual_seed(derive_seed(cfg.seed, s, 1))
-        gen = make_generator(derive_seed(cfg.seed, s), self.device)
-        pull = TargetPull(self.model, self.T) if self.method.regularized and self.T else None
-        enforcer = mk.MaskEnforcer(self.model, self.M)
-
-        def epoch_done(epoch: int, loss: float) -> None:
-            if s == 0 and cfg.prune_type == "rewind_lt" and epoch == cfg.rewind_epoch:
-                self.theta_r = _state_dict(self.model)
-            if self.on_epoch is not None:
-                self.on_epoch(s, epoch, cfg.epochs, loss)
-
-        if s == 0 and cfg.prune_type == "rewind_lt" and cfg.rewind_epoch == 0:
-            self.theta_r = _state_dict(self.model)
-        if self.on_epoch is not None:
-            self.on_epoch(s, 0, cfg.epochs, float("nan"))  # the state starts
-
-        # 1. train (state 0 may come from the shared dense cache)
-        def train(heartbeat: Callable[[], None] | None = None) -> TrainStats:
-            def on_epoch(epoch: int, loss: float) -> None:
-                epoch_done(epoch, loss)
-                if heartbeat is not None:
-                    heartbeat()
-
-            return train_state(
-                self.model,
-                self.forward,
-                self.train_data,
-                cfg,
-                generator=gen,
-                enforcer=enforcer,
-                pull=pull,
-                amp=self.amp,
-                on_epoch=on_epoch,
-            )
-
-        if s == 0 and self.dense_cache is not None:
-            stats, trained_here = self._shared_dense_state(train)
-            epochs_trained = cfg.epochs if trained_here else 0
-        else:
-            stats, epochs_trained = train(), cfg.epochs
-        result: dict[str, Any] = {"state": s, "method": cfg.method}
-        # 2. RSST: impose the structure (M ← R)
-        if self.method.regularized and self.R is not None:
-            result["acc_before_structure"] = self._eval(self.test_data)
-            result["t_norm"] = pull.norm() if pull is not None else 0.0
-            result["lambda_reached"] = stats.lambda_reached
-            self.M = mk.clone(self.R)
-            mk.MaskEnforcer(self.model, self.M).apply()
-        # 3. evaluate the ticket as it now is
-        result["val_acc"] = self._eval(self.val_data)
-        result["test_acc"] = self._eval(self.test_data)
-        result["train_loss"] = stats.train_loss
-        result["epochs_trained"] = epochs_trained
-        result.update(self._ticket_stats)
-        result.update(self._measure())
+        trained = self._train(s)  # 1. train
+        before = self._impose_structure(trained)  # 2. RSST: M ← R
+        val_acc, test_acc = self._eval(self.setup.val_data), self._eval(self.setup.test_data)  # 3.
+        measured, ticket_stats = self._measure(), self.prune_stats
         ticket = mk.to_cpu(_state_dict(self.model)) if self.out_dir is not None else None
-        # 4–5. score, prune, rewind (not after the last state)
-        if s < cfg.pruning_times - 1:
-            self._ticket_stats = self._prune(s)
-            self._rewind()
-        result["wall_time_s"] = time.perf_counter() - t0
+        if s < self.cfg.pruning_times - 1:
+            self.prune_stats = self._prune(s)  # 4. score and prune
+            self._rewind()  # 5. rewind
+        result = StateResult(
+            state=s,
+            method=self.cfg.method,
+            val_acc=val_acc,
+            test_acc=test_acc,
+            **measured,
+            **dataclasses.asdict(ticket_stats),
+            **before,
+            train_loss=trained.stats.train_loss,
+            epochs_trained=trained.epochs_trained,
+            wall_time_s=time.perf_counter() - t0,
+        )
         self.results.append(result)
         self.next_state = s + 1
         self._save(ticket)
         return result
 
+    # ------------------------------------------------------------------ step 1
+    def _train(self, s: int) -> _Trained:
+        cfg = self.cfg
+        torch.manual_seed(derive_seed(cfg.seed, s, 1))
+        pull = TargetPull(self.model, self.T) if self.setup.method.regularized and self.T else None
+        if s == 0 and cfg.prune_type == "rewind_lt" and cfg.rewind_epoch == 0:
+            self.theta_r = _state_dict(self.model)
+        if self.on_epoch is not None:
+            self.on_epoch(s, 0, cfg.epochs, float("nan"))  # the state starts
+        train = functools.partial(self._train_epochs, s, pull)
+        if s == 0 and self.dense_cache is not None:
+            stats, trained_here = self._shared_dense_state(train)
+            return _Trained(stats, cfg.epochs if trained_here else 0, pull)
+        return _Trained(train(None), cfg.epochs, pull)
+
+    def _train_epochs(
+        self, s: int, pull: TargetPull | None, heartbeat: Callable[[], None] | None
+    ) -> TrainStats:
+        return train_state(
+            self.model,
+            self.setup.forward,
+            self.setup.train_data,
+            self.cfg,
+            generator=make_generator(derive_seed(self.cfg.seed, s), self.device),
+            enforcer=mk.MaskEnforcer(self.model, self.M),
+            pull=pull,
+            amp=self.setup.amp,
+            on_epoch=functools.partial(self._epoch_done, s, heartbeat),
+        )
+
+    def _epoch_done(
+        self, s: int, heartbeat: Callable[[], None] | None, epoch: int, loss: float
+    ) -> None:
+        if s == 0 and self.cfg.prune_type == "rewind_lt" and epoch == self.cfg.rewind_epoch:
+            self.theta_r = _state_dict(self.model)
+        if self.on_epoch is not None:
+            self.on_epoch(s, epoch, self.cfg.epochs, loss)
+        if heartbeat is not None:
+            heartbeat()
+
     def _shared_dense_state(
-        self, train: Callable[[Callable[[], None]], TrainStats]
+        self, train: Callable[[Callable[[], None] | None], TrainStats]
     ) -> tuple[TrainStats, bool]:
         """State 0 from the dense cache: train it once per key, load it everywhere else.
 
         Returns the training stats and whether this trial trained it."""
         assert self.dense_cache is not None
-
-        def train_and_pack(heartbeat: Callable[[], None]) -> dict[str, Any]:
-            st = train(heartbeat)
-            return {
-                "model": mk.to_cpu(_state_dict(self.model)),
-                "theta_r": mk.to_cpu(self.theta_r) if self.theta_r is not None else None,
-                "steps": st.steps,
-                "train_loss": st.train_loss,
-            }
-
-        payload, trained_here = self.dense_cache.get_or_train(dense_key(self.cfg), train_and_pack)
+        payload, trained_here = self.dense_cache.get_or_train(
+            dense_key(self.cfg), functools.partial(self._train_and_pack, train)
+        )
         if not trained_here:
             self.model.load_state_dict(payload["model"])
             if payload["theta_r"] is not None:
-                self.theta_r = {k: v.to(self.device) for k, v in payload["theta_r"].items()}
+                self.theta_r = mk.to_device(payload["theta_r"], self.device)
         return TrainStats(int(payload["steps"]), float(payload["train_loss"]), 0.0), trained_here
 
+    def _train_and_pack(
+        self,
+        train: Callable[[Callable[[], None] | None], TrainStats],
+        heartbeat: Callable[[], None],
+    ) -> dict[str, Any]:
+        stats = train(heartbeat)
+        return {
+            "model": mk.to_cpu(_state_dict(self.model)),
+            "theta_r": mk.to_cpu(self.theta_r) if self.theta_r is not None else None,
+            "steps": stats.steps,
+            "train_loss": stats.train_loss,
+        }
+
+    # ------------------------------------------------------------------ step 2
+    def _impose_structure(self, trained: _Trained) -> dict[str, Any]:
+        """RSST states: zero T (M ← R); returns what §6 reports about it (None elsewhere)."""
+        if not (self.setup.method.regularized and self.R is not None):
+            return {"acc_before_structure": None, "t_norm": None, "lambda_reached": None}
+        before: dict[str, Any] = {
+            "acc_before_structure": self._eval(self.setup.test_data),
+            "t_norm": trained.pull.norm() if trained.pull is not None else 0.0,
+            "lambda_reached": trained.stats.lambda_reached,
+        }
+        self.M = mk.clone(self.R)
+        mk.MaskEnforcer(self.model, self.M).apply()
+        return before
+
+    # ------------------------------------------------------------------ step 3
     def _eval(self, data: DeviceData) -> float:
-        return evaluate(self.model, self.forward, data, self.cfg.eval_batch_size, self.amp)
+        return evaluate(
+            self.model, self.setup.forward, data, self.cfg.eval_batch_size, self.setup.amp
+        )
+
+    @torch.no_grad()
+    def _measure(self) -> dict[str, Any]:
+        """Sparsity over every prunable layer of §1 (whatever the target), units, cost."""
+        structure = self.setup.report_structure
+        params = dict(self.model.named_parameters())
+        wnames = structure.weight_names
+        zeros = sum(int((params[n] == 0).sum()) for n in wnames)
+        total = sum(params[n].numel() for n in wnames)
+        out: dict[str, Any] = {
+            "sparsity": zeros / max(total, 1),
+            "density_total": nonzero_params(self.model) / self.setup.dense_params,
+        }
+        alive_counts: dict[str, int] = {}
+        for g in structure.groups:
+            alive = torch.zeros(g.num_units, dtype=torch.bool, device=self.device)
+            for m in g.members:
+                alive |= m.per_unit(params[m.param] != 0, reduce="any")
+            alive_counts[g.name] = int(alive.sum())
+        for kind, name in KIND_REPORT.items():
+            per_layer = [alive_counts[g.name] for g in structure.by_kind(kind)]
+            out[name] = sum(per_layer) if per_layer else None
+            out[f"{name}_per_layer"] = tuple(per_layer) if per_layer else None
+        cost, pf, mf = self.setup.cost.fractions(alive_counts)
+        out.update(params=cost.params, macs=cost.macs, params_frac=pf, macs_frac=mf)
+        return out
 
     # ------------------------------------------------------------------ step 4
-    def _prune(self, s: int) -> dict[str, Any]:
-        cfg = self.cfg
+    def _prune(self, s: int) -> PruneStats:
+        cfg, structure = self.cfg, self.setup.structure
         prunes = s + 1
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, s, 2))
         params = dict(self.model.named_parameters())
-        wnames = self.structure.weight_names
-        groups = self.structure.groups
+        wnames, groups = structure.weight_names, structure.groups
         kept_m, total_w = mk.count(self.M, wnames)
-
-        explicit: dict[str, float | None] = {
-            g.name: getattr(cfg, KIND_RATIO[g.kind]) for g in groups
-        }
-        rate = cfg.effective_rate()
+        rate = self.setup.rate
         if rate is None:  # derived so that U keeps as many weights as R will (§2.4.1)
-            # every kind has an explicit ratio here (_check_prunable), so budgets need no U
+            # every kind has an explicit ratio here, so budgets need no U
             r_weights = sum(
-                self._budget(g, None, explicit[g.name], prunes).keep * g.weights_per_unit()
-                for g in groups
+                self._budget(g, None, prunes).keep * g.weights_per_unit() for g in groups
             )
             rate = max(0.0, 1.0 - r_weights / max(kept_m, 1))
         U = magnitude_prune({n: params[n] for n in wnames}, self.M, rate, gen)
-        for n in self.structure.maskable_names:
+        for n in structure.maskable_names:
             U.setdefault(n, self.M[n].clone())  # biases and norms: unstructured pruning keeps them
         kept_u, _ = mk.count(U, wnames)
         stats: dict[str, Any] = {
@@ -320,39 +292,47 @@ class PruneLoop:
             "density_U": kept_u / total_w,
         }
         R = U
-        if self.method.structured:
-            batches = self._score_batches(s)
-            loss_fn = nn.CrossEntropyLoss()
-            scores = self.criterion(self.model, groups, ScoreInputs(U, self.M, batches, loss_fn))
-            budgets = [self._budget(g, U, explicit[g.name], prunes) for g in groups]
-            keep = select_units(
-                groups,
-                scores,
-                self.alive,
-                budgets,
-                sorting=cfg.sorting,
-                min_units=cfg.min_units,
-                generator=gen,
-            )
-            self._warn_if_no_removal(groups, budgets)
-            R = mk.from_units(self.model, self.structure, keep, self.M)
-            before = {
-                k: sum(int(self.alive[g.name].sum()) for g in self.structure.by_kind(k))
-                for k in self.structure.kinds
-            }
-            self.alive = {n: k.clone() for n, k in keep.items()}
-            for kind in self.structure.kinds:
-                after = sum(int(self.alive[g.name].sum()) for g in self.structure.by_kind(kind))
-                stats[f"{KIND_RATIO[kind]}_effective"] = 1.0 - after / max(before[kind], 1)
-            stats["density_R"] = mk.density(R, wnames)
+        if self.setup.method.structured:
+            R, ratios = self._structure_from(U, s, gen, prunes)
+            stats.update(ratios, density_R=mk.density(R, wnames))
         self.U = U
-        self.M, self.T = self.method.policy(U, R)
-        self.R = mk.clone(R) if self.method.regularized else None
-        return stats
+        self.M, self.T = self.setup.method.policy(U, R)
+        self.R = mk.clone(R) if self.setup.method.regularized else None
+        return PruneStats(**stats)
 
-    def _budget(self, g: UnitGroup, U: mk.Masks | None, ratio: float | None, prunes: int) -> Budget:
+    def _structure_from(
+        self, U: mk.Masks, s: int, gen: torch.Generator, prunes: int
+    ) -> tuple[mk.Masks, dict[str, float]]:
+        """R from U (§3): score units, budget each layer, keep the best; effective ratios."""
+        structure = self.setup.structure
+        groups = structure.groups
+        inputs = ScoreInputs(U, self.M, self._score_batches(s), nn.CrossEntropyLoss())
+        scores = self.setup.criterion(self.model, groups, inputs)
+        budgets = [self._budget(g, U, prunes) for g in groups]
+        keep = select_units(
+            groups,
+            scores,
+            self.alive,
+            budgets,
+            sorting=self.cfg.sorting,
+            min_units=self.cfg.min_units,
+            generator=gen,
+        )
+        self._warn_if_no_removal(groups, budgets)
+        R = mk.from_units(self.model, structure, keep, self.M)
+        ratios = {}
+        for kind in structure.kinds:
+            kind_groups = structure.by_kind(kind)
+            before = sum(int(self.alive[g.name].sum()) for g in kind_groups)
+            after = sum(int(keep[g.name].sum()) for g in kind_groups)
+            ratios[f"{KIND_RATIO[kind]}_effective"] = 1.0 - after / max(before, 1)
+        self.alive = {n: k.clone() for n, k in keep.items()}
+        return R, ratios
+
+    def _budget(self, g: UnitGroup, U: mk.Masks | None, prunes: int) -> Budget:
         """Units `g` keeps: explicit ratio (compounding) or density-matched to U (§3.2)."""
         alive = int(self.alive[g.name].sum())
+        ratio = self.cfg.ratio_for(g.kind)
         if ratio is not None:
             k = explicit_keep(g.num_units, ratio, prunes)
         else:
@@ -364,14 +344,13 @@ class PruneLoop:
     def _warn_if_no_removal(self, groups: Sequence[UnitGroup], budgets: Sequence[Budget]) -> None:
         """Say once per run and kind when a non-zero ratio's budget removes nothing (§3.2):
         per layer with `layer` sorting, for the whole kind with `global` sorting."""
-        for kind in self.structure.kinds:
+        for kind in self.setup.structure.kinds:
             pairs = [(g, b) for g, b in zip(groups, budgets, strict=True) if g.kind == kind]
             if kind in self._warned or not pairs or not pairs[0][1].asked_ratio:
                 continue
             if self.cfg.sorting == "global":
-                idle = (
-                    [] if sum(b.keep for _, b in pairs) < sum(b.alive for _, b in pairs) else pairs
-                )
+                removes = sum(b.keep for _, b in pairs) < sum(b.alive for _, b in pairs)
+                idle = [] if removes else pairs
             else:
                 idle = [(g, b) for g, b in pairs if b.keep >= b.alive]
             if not idle:
@@ -394,7 +373,7 @@ class PruneLoop:
     def _score_batches(self, s: int) -> list[tuple[Tensor, Tensor]]:
         gen = make_generator(derive_seed(self.cfg.seed, s, 3), self.device)
         out = []
-        for batch in self.train_data.train_batches(self.cfg.batch_size, gen, augment=False):
+        for batch in self.setup.train_data.train_batches(self.cfg.batch_size, gen, augment=False):
             out.append(batch)
             if len(out) >= self.cfg.score_batches:
                 break
@@ -410,58 +389,29 @@ class PruneLoop:
             self.model.load_state_dict(self.theta_r)
         mk.MaskEnforcer(self.model, self.M).apply()
 
-    # ------------------------------------------------------------------ §6 measurements
-    @torch.no_grad()
-    def _measure(self) -> dict[str, Any]:
-        params = dict(self.model.named_parameters())
-        wnames = self.structure.weight_names
-        zeros = sum(int((params[n] == 0).sum()) for n in wnames)
-        total = sum(params[n].numel() for n in wnames)
-        out: dict[str, Any] = {
-            "sparsity": zeros / max(total, 1),
-            "density_total": nonzero_params(self.model) / self.dense_params,
-        }
-        alive_counts: dict[str, int] = {}
-        for g in self.report_structure.groups:
-            alive = torch.zeros(g.num_units, dtype=torch.bool, device=self.device)
-            for m in g.members:
-                alive |= m.per_unit(params[m.param] != 0, reduce="any")
-            alive_counts[g.name] = int(alive.sum())
-        for kind in self.report_structure.kinds:
-            per_layer = [alive_counts[g.name] for g in self.report_structure.by_kind(kind)]
-            out[KIND_REPORT[kind]] = sum(per_layer)
-            out[f"{KIND_REPORT[kind]}_per_layer"] = per_layer
-        cost, pf, mf = self.cost.fractions(alive_counts)
-        out.update(params=cost.params, macs=cost.macs, params_frac=pf, macs_frac=mf)
-        return out
-
     # ------------------------------------------------------------------ checkpoints (§5)
     def _save(self, ticket: dict[str, Tensor] | None) -> None:
         if self.out_dir is None:
             return
         model = mk.to_cpu(_state_dict(self.model))
-        state = {
-            "version": CHECKPOINT_VERSION,
-            "config": self.cfg.to_dict(),
-            "next_state": self.next_state,
-            "optimizer_step": 0,  # the optimizer and LR schedule restart each state
-            "model": model,  # the weights the next state starts from (rewound, masked)
-            # the ticket this state evaluated (what `rsst-tune export` exports)
-            "ticket": model if self.next_state >= self.cfg.pruning_times else ticket,
-            "spec": dataclasses.asdict(self.spec),
-            "theta0": THETA0_FILE,
-            "theta_r": mk.to_cpu(self.theta_r) if self.theta_r is not None else None,
-            "M": mk.to_cpu(self.M),
-            "U": mk.to_cpu(self.U) if self.U is not None else None,
-            "R": mk.to_cpu(self.R) if self.R is not None else None,
-            "T": mk.to_cpu(self.T),
-            "alive": mk.to_cpu(self.alive),
-            "ticket_stats": dict(self._ticket_stats),
-            "results": list(self.results),
-            "rng": {"torch": torch.get_rng_state()},
-            "warned": sorted(self._warned),
-        }
-        ckpt.atomic_save(state, self.out_dir / state_file(self.next_state - 1))
+        last = self.next_state >= self.cfg.pruning_times
+        ckpt.TrialCheckpoint(
+            config=self.cfg.to_dict(),
+            next_state=self.next_state,
+            model=model,
+            ticket=model if last or ticket is None else ticket,
+            spec=dataclasses.asdict(self.setup.spec),
+            theta_r=mk.to_cpu(self.theta_r) if self.theta_r is not None else None,
+            M=mk.to_cpu(self.M),
+            U=mk.to_cpu(self.U) if self.U is not None else None,
+            R=mk.to_cpu(self.R) if self.R is not None else None,
+            T=mk.to_cpu(self.T),
+            alive=mk.to_cpu(self.alive),
+            prune_stats=dataclasses.asdict(self.prune_stats),
+            results=[r.to_dict() for r in self.results],
+            rng={"torch": torch.get_rng_state()},
+            warned=sorted(self._warned),
+        ).save(self.out_dir)
 
     @classmethod
     def resume(
@@ -474,25 +424,17 @@ class PruneLoop:
     ) -> PruneLoop:
         """Continue the run in `out_dir` from its last state checkpoint."""
         out_dir = Path(out_dir)
-        path = latest_checkpoint(out_dir)
+        path = ckpt.latest_state_file(out_dir)
         if path is None:
             raise ConfigError(f"nothing to resume: no state_XX.pt checkpoint in {out_dir}")
-        state = ckpt.load(path)
-        if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-            raise ConfigError(
-                f"checkpoint {path} is not an rsst-tune v{CHECKPOINT_VERSION} checkpoint"
-            )
-        missing = [k for k in CHECKPOINT_KEYS if k not in state]
-        if missing or not isinstance(state["config"], dict):
-            raise ConfigError(f"checkpoint {path} is incomplete (missing: {', '.join(missing)})")
-        saved = TrialConfig.from_dict(state["config"])
+        saved = ckpt.TrialCheckpoint.load(path)
         if cfg is None:
-            cfg = saved
+            cfg = TrialConfig.from_dict(saved.config)
         else:
             diff = sorted(
                 k
                 for k, v in cfg.to_dict().items()
-                if k not in EXECUTION_FIELDS and state["config"].get(k) != v
+                if k not in RESUMABLE_CHANGES and saved.config.get(k) != v
             )
             if diff:
                 raise ConfigError(
@@ -500,53 +442,36 @@ class PruneLoop:
                     "resume with the same config or start a new --out"
                 )
         loop = cls(cfg, out_dir, data=data, on_epoch=on_epoch)
-        loop._restore(state, ckpt.load(out_dir / THETA0_FILE))
+        loop._restore(saved, ckpt.load_theta0(out_dir))
         return loop
 
-    def _restore(self, state: dict[str, Any], theta0: dict[str, Tensor]) -> None:
+    def _restore(self, saved: ckpt.TrialCheckpoint, theta0: dict[str, Tensor]) -> None:
         dev = self.device
         expected = {k: v.shape for k, v in self.model.state_dict().items()}
-        if not isinstance(theta0, dict) or {k: v.shape for k, v in theta0.items()} != expected:
+        if {k: v.shape for k, v in theta0.items()} != expected:
             raise ConfigError(
-                f"{THETA0_FILE} in {self.out_dir} does not belong to {self.cfg.model}"
+                f"{ckpt.THETA0_FILE} in {self.out_dir} does not belong to {self.cfg.model}"
             )
         try:
-            self.model.load_state_dict(state["model"])
-            self.theta0 = {k: v.to(dev) for k, v in theta0.items()}
-            self.theta_r = (
-                {k: v.to(dev) for k, v in state["theta_r"].items()} if state["theta_r"] else None
-            )
-            self.M = mk.to_device(state["M"], dev)
-            self.U = mk.to_device(state["U"], dev) if state["U"] is not None else None
-            self.R = mk.to_device(state["R"], dev) if state["R"] is not None else None
-            self.T = mk.to_device(state["T"], dev)
-            self.alive = mk.to_device(state["alive"], dev)
-        except (KeyError, RuntimeError) as exc:
+            self.model.load_state_dict(saved.model)
+            self.theta0 = mk.to_device(theta0, dev)
+            self.theta_r = mk.to_device(saved.theta_r, dev) if saved.theta_r else None
+            self.M = mk.to_device(saved.M, dev)
+            self.U = mk.to_device(saved.U, dev) if saved.U is not None else None
+            self.R = mk.to_device(saved.R, dev) if saved.R is not None else None
+            self.T = mk.to_device(saved.T, dev)
+            self.alive = mk.to_device(saved.alive, dev)
+            self.results = [StateResult.from_dict(r) for r in saved.results]
+            self.prune_stats = PruneStats(**saved.prune_stats)
+        except (KeyError, RuntimeError, TypeError) as exc:
             first = str(exc).splitlines()[0]
             raise ConfigError(
                 f"checkpoint does not match model {self.cfg.model}: {first}"
             ) from None
-        self.next_state = int(state["next_state"])
-        self.results = list(state["results"])
-        self._ticket_stats = dict(state["ticket_stats"])
-        self._warned = set(state.get("warned", []))
-        torch.set_rng_state(state["rng"]["torch"])
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    files = sorted(out_dir.glob("state_[0-9][0-9].pt"))
-    return files[-1] if files else None
+        self.next_state = saved.next_state
+        self._warned = set(saved.warned)
+        torch.set_rng_state(saved.rng["torch"])
 
 
 def _state_dict(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _dense_ticket_stats(structure: Structure, structured: bool) -> dict[str, Any]:
-    stats: dict[str, Any] = {"rate": 0.0, "density_U": 1.0}
-    if not structured:
-        return stats
-    stats["density_R"] = 1.0
-    for kind in structure.kinds:
-        stats[f"{KIND_RATIO[kind]}_effective"] = 0.0
-    return stats

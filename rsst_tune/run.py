@@ -11,25 +11,91 @@ import csv
 import io
 import json
 import logging
-import os
 import sys
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rsst_tune import checkpoint as ckpt
+from rsst_tune import fileio
 from rsst_tune.config import TrialConfig
+from rsst_tune.data import DataBundle
 from rsst_tune.errors import ConfigError
-from rsst_tune.loop import THETA0_FILE, PruneLoop, latest_checkpoint
+from rsst_tune.loop import EpochCallback, PruneLoop
+from rsst_tune.results import UNIT_FIELDS, StateResult
 
 log = logging.getLogger(__name__)
 
-RESULT_FILES = ("results.json", "results.csv", "config.json", THETA0_FILE)
+RESULT_FILES = ("results.json", "results.csv", "config.json", ckpt.THETA0_FILE)
 
 
 def default_out(cfg: TrialConfig) -> Path:
     model = cfg.model.replace(":", "_").replace("/", "_")
     return Path("runs") / f"{model}_{cfg.method}_{cfg.dataset}_s{cfg.seed}"
+
+
+def run_trial(
+    config: TrialConfig | Mapping[str, Any] | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    data: DataBundle | None = None,
+    on_state: Callable[[StateResult], None] | None = None,
+    on_epoch: EpochCallback | None = None,
+    **overrides: Any,
+) -> list[StateResult]:
+    """Run one trial of the prune loop and return every state's result (the Python API).
+
+    `config` is a `TrialConfig`, a dict of its fields (research-code aliases accepted) or None
+    (the defaults); keyword arguments override fields. With `out_dir`, the run writes
+    `config.json`, `results.json`, `results.csv` and one checkpoint per state there, and
+    `resume=True` continues an interrupted run from its last state (with `config` None, the
+    saved config). Without `out_dir`, nothing is written. `on_state` is called after each
+    state; `data` replaces loading the dataset (e.g. a subset in a notebook).
+
+        >>> results = rsst_tune.run_trial({"method": "refill", "epochs": 5}, pruning_times=3)
+        >>> [round(r.val_acc, 3) for r in results]
+    """
+    cfg = _config(config, overrides)
+    if resume:
+        if out_dir is None:
+            raise ConfigError("resume needs the directory of the run to continue (out_dir)")
+        loop = PruneLoop.resume(out_dir, cfg, data=data, on_epoch=on_epoch)
+        log.info("resuming %s at state %d of %d", out_dir, loop.next_state, loop.cfg.pruning_times)
+    else:
+        cfg = cfg or TrialConfig()
+        if out_dir is not None:
+            _check_fresh(Path(out_dir), overwrite)
+        loop = PruneLoop(cfg, out_dir, data=data, on_epoch=on_epoch)  # validates first
+        if out_dir is not None:
+            _clear(Path(out_dir))
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            fileio.write_text(Path(out_dir) / "config.json", loop.cfg.to_json() + "\n")
+    c = loop.cfg
+    log.info(
+        "run %s: %s on %s, %s, %d states x %d epochs, device %s",
+        out_dir or "(in memory)", c.model, c.dataset, c.method, c.pruning_times, c.epochs,
+        loop.device,
+    )  # fmt: skip
+    for result in loop.states():
+        if out_dir is not None:
+            write_results(Path(out_dir), loop.results)
+        if on_state is not None:
+            on_state(result)
+    if out_dir is not None:
+        write_results(Path(out_dir), loop.results)
+    return list(loop.results)
+
+
+def _config(
+    config: TrialConfig | Mapping[str, Any] | None, overrides: Mapping[str, Any]
+) -> TrialConfig | None:
+    if isinstance(config, TrialConfig):
+        return config.replace(**overrides) if overrides else config
+    if config is None and not overrides:
+        return None
+    return TrialConfig.from_dict({**dict(config or {}), **overrides})
 
 
 def run_command(
@@ -39,55 +105,45 @@ def run_command(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-) -> int:
-    if cfg is None and not resume:
-        cfg = TrialConfig()
+) -> None:
+    """`rsst-tune run`: `run_trial` with a progress bar and the per-state table."""
     if out is None:
-        if cfg is None:
+        if resume:
             raise ConfigError("--resume needs --out DIR (the directory of the run to continue)")
-        out_dir = default_out(cfg)
+        out_dir = default_out(cfg or TrialConfig())
     else:
         out_dir = Path(out)
     bar = _EpochBar(enabled=progress)
+    table = StateTable()
     if resume:
-        loop = PruneLoop.resume(out_dir, cfg, on_epoch=bar.update)
-        log.info("resuming %s at state %d of %d", out_dir, loop.next_state, loop.cfg.pruning_times)
-    else:
-        assert cfg is not None
-        _check_fresh(out_dir, overwrite)
-        loop = PruneLoop(cfg, out_dir, on_epoch=bar.update)  # validates before writing anything
-        _clear(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(out_dir / "config.json", loop.cfg.to_json() + "\n")
-    log.info(
-        "run %s: %s on %s, %s, %d states x %d epochs, device %s",
-        out_dir,
-        loop.cfg.model,
-        loop.cfg.dataset,
-        loop.cfg.method,
-        loop.cfg.pruning_times,
-        loop.cfg.epochs,
-        loop.device,
-    )
-    table = StateTable(loop.results)
-    for row in loop.results:
-        table.print_row(row)
+        for row in _saved_results(out_dir):
+            table.print_row(row)
+
+    def on_state(result: StateResult) -> None:
+        bar.close()
+        table.print_row(result)
+
     try:
-        for result in loop.states():
-            bar.close()
-            table.print_row(result)
-            write_results(out_dir, loop.results)
+        run_trial(
+            cfg, out_dir, resume=resume, overwrite=overwrite, on_state=on_state,
+            on_epoch=bar.update,
+        )  # fmt: skip
     finally:
         bar.close()
-    write_results(out_dir, loop.results)
     log.info("results: %s", out_dir / "results.json")
-    return 0
+
+
+def _saved_results(out_dir: Path) -> list[StateResult]:
+    path = ckpt.latest_state_file(out_dir)
+    if path is None:
+        return []
+    return [StateResult.from_dict(r) for r in ckpt.TrialCheckpoint.load(path).results]
 
 
 def _check_fresh(out_dir: Path, overwrite: bool) -> None:
     if overwrite or not out_dir.exists():
         return
-    if latest_checkpoint(out_dir) is not None or (out_dir / "results.json").exists():
+    if ckpt.latest_state_file(out_dir) is not None or (out_dir / "results.json").exists():
         raise ConfigError(
             f"{out_dir} already holds a run; pass --resume to continue it "
             "or --overwrite to replace it"
@@ -97,75 +153,54 @@ def _check_fresh(out_dir: Path, overwrite: bool) -> None:
 def _clear(out_dir: Path) -> None:
     if not out_dir.exists():
         return
-    for path in out_dir.glob("state_[0-9][0-9].pt"):
+    for path in ckpt.state_files(out_dir):
         path.unlink()
     for name in RESULT_FILES:
         (out_dir / name).unlink(missing_ok=True)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+def write_results(out_dir: Path, results: Sequence[StateResult]) -> None:
+    rows = [r.to_dict() for r in results]
+    fileio.write_text(out_dir / "results.json", json.dumps(rows, indent=2) + "\n")
+    fileio.write_text(out_dir / "results.csv", results_csv(results))
 
 
-def write_results(out_dir: Path, results: Sequence[dict[str, Any]]) -> None:
-    write_atomic(out_dir / "results.json", json.dumps(list(results), indent=2) + "\n")
-    write_atomic(out_dir / "results.csv", results_csv(results))
-
-
-def results_csv(results: Sequence[dict[str, Any]]) -> str:
-    keys: list[str] = []
-    for row in results:
-        keys += [k for k in row if k not in keys]
+def results_csv(results: Sequence[StateResult]) -> str:
+    """One row per state, every StateResult field a column (per-layer lists space-joined)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer = csv.DictWriter(buf, fieldnames=StateResult.keys())
     writer.writeheader()
-    for row in results:
-        writer.writerow({k: _cell(v) for k, v in row.items()})
+    for r in results:
+        writer.writerow({k: _cell(v) for k, v in r.to_dict().items()})
     return buf.getvalue()
 
 
 def _cell(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):
+    if isinstance(v, list | tuple):
         return " ".join(str(x) for x in v)
-    return v
+    return "" if v is None else v
 
 
 class StateTable:
     """The per-state table printed to stdout as states finish."""
 
-    def __init__(self, results: Iterable[dict[str, Any]]) -> None:
-        rows = list(results)
-        self.units = [k for k in ("heads", "neurons", "filters") if any(k in r for r in rows)]
-        self._header_done = False
+    def __init__(self) -> None:
+        self.units: list[str] | None = None
 
-    def print_row(self, r: dict[str, Any]) -> None:
-        if not self.units:
-            self.units = [k for k in ("heads", "neurons", "filters") if k in r]
-        if not self._header_done:
-            cols = [
-                "state",
-                "sparsity",
-                *self.units,
-                "val_acc",
-                "test_acc",
-                "MACs",
-                "params",
-                "time",
-            ]
-            print(" ".join(f"{c:>9}" for c in cols))
-            self._header_done = True
+    def print_row(self, r: StateResult) -> None:
+        if self.units is None:
+            self.units = [k for k in UNIT_FIELDS if getattr(r, k) is not None]
+            cols = ["state", "sparsity", *self.units, "val_acc", "test_acc", "MACs", "params"]
+            print(" ".join(f"{c:>9}" for c in [*cols, "time"]))
         cells = [
-            f"{r['state']:>9d}",
-            f"{100 * r['sparsity']:>8.1f}%",
-            *[f"{r.get(u, ''):>9}" for u in self.units],
-            f"{100 * r['val_acc']:>8.2f}%",
-            f"{100 * r['test_acc']:>8.2f}%",
-            f"{100 * r['macs_frac']:>8.1f}%",
-            f"{100 * r['params_frac']:>8.1f}%",
-            f"{r['wall_time_s']:>8.1f}s",
+            f"{r.state:>9d}",
+            f"{100 * r.sparsity:>8.1f}%",
+            *[f"{getattr(r, u):>9}" for u in self.units],
+            f"{100 * r.val_acc:>8.2f}%",
+            f"{100 * r.test_acc:>8.2f}%",
+            f"{100 * r.macs_frac:>8.1f}%",
+            f"{100 * r.params_frac:>8.1f}%",
+            f"{r.wall_time_s:>8.1f}s",
         ]
         print(" ".join(cells), flush=True)
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from rsst_tune.config import CRITERIA, SCHEDULES
-
+# The searched choices are fixed lists, not the registries: a study's categorical choices
+# must not change when someone registers a criterion (Optuna refuses the changed distribution
+# on resume). A space that searches a user's criterion lists it itself.
+CRITERIA = ("remain", "magnitude", "l1", "l2", "saliency")
+SCHEDULES = ("constant", "x", "x^2", "x^3", "exp", "exp_custom_exponents")
 VIT_MODELS = ("vit_*", "timm:vit_*", "timm:deit_*")
 CNN_MODELS = ("resnet*", "res*s", "vgg*")
 # The RSST regularizer ceiling g spans about [1e-2, 1e2] on a log scale (ALGORITHMS.md §4).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -21,8 +21,10 @@ torch.set_num_threads(1)
 TIMING_KEYS = {"wall_time_s"}
 
 
-def strip_timing(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in results]
+def strip_timing(results: Sequence[Any]) -> list[dict[str, Any]]:
+    """Results (StateResults or their dicts) without the keys that vary between runs."""
+    rows = [r.to_dict() if hasattr(r, "to_dict") else dict(r) for r in results]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +80,7 @@ def build_model() -> Callable[..., nn.Module]:
 
 
 @pytest.fixture
-def drop_timing() -> Callable[[list[dict[str, Any]]], list[dict[str, Any]]]:
+def drop_timing() -> Callable[[Sequence[Any]], list[dict[str, Any]]]:
     return strip_timing
 
 

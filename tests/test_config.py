@@ -17,8 +17,11 @@ import pytest
 import torch
 
 from rsst_tune.cli import main
-from rsst_tune.config import CRITERIA, METHODS, SCHEDULES, TrialConfig
+from rsst_tune.config import TrialConfig
 from rsst_tune.errors import ConfigError
+from rsst_tune.pruning.criteria import CRITERIA
+from rsst_tune.pruning.methods import METHODS
+from rsst_tune.pruning.regularizer import SCHEDULES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,16 +63,21 @@ def test_research_code_aliases_and_coercion() -> None:
 def test_effective_rate() -> None:
     assert TrialConfig(method="imp").effective_rate() == 0.2
     assert TrialConfig(method="imp", rate=0.5).effective_rate() == 0.5
-    assert TrialConfig(method="rsst").effective_rate() is None
-    assert TrialConfig(method="refill", rate=0.3).effective_rate() == 0.3
+    # structured: derived (None) only when every pruned kind has an explicit ratio
+    both = ["head", "neuron"]
+    assert TrialConfig(method="rsst").effective_rate(both) == 0.2  # the method's default
+    assert TrialConfig(method="rsst", head_ratio=0.25).effective_rate(both) == 0.2
+    assert TrialConfig(method="rsst", head_ratio=0.25, mlp_ratio=0.5).effective_rate(both) is None
+    assert TrialConfig(method="rsst", head_ratio=0.25).effective_rate(["head"]) is None
+    assert TrialConfig(method="refill", rate=0.3).effective_rate(both) == 0.3
 
 
 @pytest.mark.parametrize(
     ("field", "choices"),
     [
-        ("method", METHODS),
-        ("criteria", CRITERIA),
-        ("RST_schedule", SCHEDULES),
+        ("method", tuple(METHODS.names())),
+        ("criteria", tuple(CRITERIA.names())),
+        ("RST_schedule", tuple(SCHEDULES.names())),
         ("target", ("head", "mlp", "both")),
         ("sorting", ("layer", "global")),
         ("prune_type", ("lt", "rewind_lt", "pt")),

@@ -32,17 +32,17 @@ def test_second_trial_reuses_state0_and_matches_a_solo_run(tmp_path: Path) -> No
     other = TrialConfig(**{**BASE, "method": "refill", "head_ratio": 0.5})
     shared = PruneLoop(other, dense_cache=cache).run()
     solo = PruneLoop(other).run()
-    assert [r["epochs_trained"] for r in first] == [1, 1]
-    assert [r["epochs_trained"] for r in shared] == [0, 1]  # state 0 came from the cache
-    assert shared[0]["test_acc"] == first[0]["test_acc"]
+    assert [r.epochs_trained for r in first] == [1, 1]
+    assert [r.epochs_trained for r in shared] == [0, 1]  # state 0 came from the cache
+    assert shared[0].test_acc == first[0].test_acc
     for a, b in zip(shared, solo, strict=True):  # reusing changes nothing downstream
-        assert a["val_acc"] == b["val_acc"] and a["test_acc"] == b["test_acc"]
-        assert a["heads"] == b["heads"] and a["sparsity"] == b["sparsity"]
+        assert a.val_acc == b.val_acc and a.test_acc == b.test_acc
+        assert a.heads == b.heads and a.sparsity == b.sparsity
 
 
 def _run(cfg: dict[str, Any], cache_dir: str, out: Any) -> None:
     results = PruneLoop(TrialConfig(**cfg), dense_cache=DenseCache(cache_dir, poll_s=0.1)).run()
-    out.put([(r["epochs_trained"], r["test_acc"]) for r in results])
+    out.put([(r.epochs_trained, r.test_acc) for r in results])
 
 
 @pytest.mark.slow

@@ -10,24 +10,18 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from rsst_tune.checkpoint import state_file
 from rsst_tune.cli import main as cli_main
 from rsst_tune.config import TrialConfig
 from rsst_tune.data import DataBundle
 from rsst_tune.errors import ConfigError
-from rsst_tune.latency import compare_latency
-from rsst_tune.loop import PruneLoop, state_file
+from rsst_tune.export import MODEL_FILE, REPORT_FILE, ExportReport, export_checkpoint, read_report
+from rsst_tune.latency import Latency, compare_latency, iqr
+from rsst_tune.loop import PruneLoop
 from rsst_tune.models import create_model
 from rsst_tune.pruning.cost import CostModel, count_params
-from rsst_tune.pruning.export import (
-    MODEL_FILE,
-    REPORT_FILE,
-    ExportError,
-    check_equivalence,
-    export_command,
-    export_model,
-    load_exported,
-    save_exported,
-)
+from rsst_tune.pruning.exported import EXPORT_FORMAT, load_exported, save_exported
+from rsst_tune.pruning.slicing import ExportError, check_equivalence, export_model
 from rsst_tune.pruning.structure import Structure, UnitGroup, find_structure
 
 
@@ -151,13 +145,32 @@ def test_save_and_load_round_trip(masked_vit: tuple[nn.Module, Structure], tmp_p
     assert raw["num_heads"] == result.num_heads
 
 
-def test_load_rejects_other_files(tmp_path: Path) -> None:
+def test_load_rejects_other_files_and_versions(
+    masked_vit: tuple[nn.Module, Structure], tmp_path: Path
+) -> None:
     torch.save({"x": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ConfigError, match="not an rsst-tune export"):
         load_exported(tmp_path / "other.pt")
     (tmp_path / "bad.pt").write_bytes(b"garbage")
     with pytest.raises(ConfigError, match="corrupt"):
         load_exported(tmp_path / "bad.pt")
+    model, structure = masked_vit
+    path = save_exported(
+        export_model(model, structure, "cpu"),
+        tmp_path / MODEL_FILE,
+        model_name="vit_digits",
+        num_classes=10,
+        in_chans=1,
+        img_size=8,
+    )
+    blob = torch.load(path, weights_only=True)
+    assert blob["format"] == EXPORT_FORMAT
+    torch.save({**blob, "version": 99}, tmp_path / "future.pt")
+    with pytest.raises(ConfigError, match="version 99"):
+        load_exported(tmp_path / "future.pt")
+    torch.save({k: v for k, v in blob.items() if k != "state_dict"}, tmp_path / "cut.pt")
+    with pytest.raises(ConfigError, match="incomplete"):
+        load_exported(tmp_path / "cut.pt")
 
 
 # --------------------------------------------------------------------------- CNNs
@@ -209,7 +222,7 @@ def test_vgg_filters_and_classifier_columns() -> None:
     assert count_params(pruned) == CostModel(model, structure, x).cost(result.kept_counts).params
 
 
-def test_latency_table_shape(masked_vit: tuple[nn.Module, Structure]) -> None:
+def test_latency_reports_median_and_spread(masked_vit: tuple[nn.Module, Structure]) -> None:
     model, structure = masked_vit
     result = export_model(model, structure, "cpu")
     lats = compare_latency(
@@ -218,12 +231,17 @@ def test_latency_table_shape(masked_vit: tuple[nn.Module, Structure]) -> None:
         (1, 8, 8),
         torch.device("cpu"),
         (1, 4),
-        repeats=2,
+        repeats=5,
         warmup=1,
         min_run_s=0.0,
     )
     assert [lat.batch for lat in lats] == [1, 4]
-    assert all(lat.dense_ms > 0 and lat.pruned_ms > 0 for lat in lats)
+    for lat in lats:
+        assert lat.dense_ms > 0 and lat.pruned_ms > 0 and lat.repeats == 5
+        assert lat.dense_iqr_ms >= 0 and lat.pruned_iqr_ms >= 0
+        assert Latency.from_dict(json.loads(json.dumps(lat.to_dict()))) == lat
+    assert iqr([1.0, 2.0, 3.0, 4.0, 5.0]) == 2.0
+    assert iqr([3.0]) == 0.0
 
 
 # --------------------------------------------------------------------------- the command
@@ -252,22 +270,62 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, digits_small: DataBundl
     return out / state_file(1)
 
 
+def test_export_checkpoint_returns_what_export_json_holds(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    report = export_checkpoint(checkpoint, out, device="cpu", batch_sizes=(1, 8), repeats=3)
+    recorded = json.loads((out / REPORT_FILE).read_text())
+    assert recorded == report.to_dict()
+    assert ExportReport.from_dict(recorded) == report
+    assert read_report(out / REPORT_FILE) == report
+    assert report.units == {"head": (16, 12), "neuron": (512, 256)}
+    assert report.max_abs_diff <= report.atol == 1e-4
+    assert report.zero_kept_coupled == 0
+    assert report.params_pruned == report.params_analytic < report.params_dense
+    assert report.mac_ratio > 1
+    assert [(lat.device, lat.batch, lat.repeats) for lat in report.latency] == [
+        ("cpu", 1, 3),
+        ("cpu", 8, 3),
+    ]
+    assert report.file == str(out / MODEL_FILE)
+    assert "load_exported" in report.load and report.input_shape == (1, 8, 8)
+    model = load_exported(report.file)
+    assert [b.attn.num_heads for b in sub(model, "blocks")] == [3, 3, 3, 3]
+    assert count_params(model) == report.params_pruned
+    # measure=False: the same export without latency
+    quick = export_checkpoint(checkpoint, tmp_path / "quick", device="cpu", measure=False)
+    assert quick.latency == () and "latency not measured" in quick.table()
+    assert quick.layers == report.layers and quick.macs_pruned == report.macs_pruned
+
+
+def test_export_record_rejects_other_formats(checkpoint: Path, tmp_path: Path) -> None:
+    old: dict[str, Any] = {"params": {}, "macs": {}, "latency": []}  # an earlier export.json
+    with pytest.raises(ConfigError, match="not an rsst-tune export record"):
+        ExportReport.from_dict(old)
+    (tmp_path / REPORT_FILE).write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match=REPORT_FILE):
+        read_report(tmp_path / REPORT_FILE)
+    report = export_checkpoint(checkpoint, tmp_path / "e", device="cpu", measure=False)
+    with pytest.raises(ConfigError, match="version"):
+        ExportReport.from_dict({**report.to_dict(), "version": 0})
+    data = report.to_dict()
+    del data["layers"]
+    with pytest.raises(ConfigError, match="incomplete"):
+        ExportReport.from_dict(data)
+
+
 def test_export_command_on_a_real_checkpoint(
     checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "export"
-    assert cli_main(["export", str(checkpoint), "--out", str(out), "--device", "cpu"]) == 0
+    argv = ["export", str(checkpoint), "--out", str(out), "--device", "cpu", "--repeats", "3"]
+    assert cli_main(argv) == 0
     table = capsys.readouterr().out
-    assert "speed-up" in table and "MAC ratio" in table and "load_exported" in table
-    report = json.loads((out / REPORT_FILE).read_text())
-    assert report["units"]["head"] == {"before": 16, "after": 12}
-    assert report["units"]["neuron"] == {"before": 512, "after": 256}
-    assert report["max_abs_diff"] <= 1e-4
-    assert report["zero_units_kept_by_couplings"] == 0
-    assert report["params"]["pruned"] == report["params"]["analytic_pruned"]
-    assert {(lat["device"], lat["batch"]) for lat in report["latency"]} == {("cpu", 1), ("cpu", 64)}
-    model = load_exported(out / MODEL_FILE)
-    assert [b.attn.num_heads for b in sub(model, "blocks")] == [3, 3, 3, 3]
+    report = read_report(out / REPORT_FILE)
+    assert table.strip() == report.table()
+    assert "speed-up" in table and "MAC ratio" in table and "IQR" in table
+    assert "load_exported" in table
+    assert {(lat.device, lat.batch) for lat in report.latency} == {("cpu", 1), ("cpu", 64)}
+    assert all(lat.repeats == 3 for lat in report.latency)
 
 
 def test_export_command_rejects_bad_checkpoints(
@@ -281,4 +339,5 @@ def test_export_command_rejects_bad_checkpoints(
     assert cli_main(["export", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")]) == 2
     torch.save({"config": {"model": "vit_digits"}}, tmp_path / "other.pt")
     with pytest.raises(ConfigError):
-        export_command(tmp_path / "other.pt", tmp_path / "o")
+        export_checkpoint(tmp_path / "other.pt", tmp_path / "o")
+    assert not (tmp_path / "o").exists()

@@ -45,9 +45,9 @@ def test_imp_density_is_one_minus_rate_to_the_p(make_cfg, digits_small) -> None:
     total = sum(loop.M[n].numel() for n in wnames)
     prev = {n: m.clone() for n, m in loop.M.items()}
     for p, r in enumerate(loop.states()):
-        assert r["density_U"] == pytest.approx(0.8**p, abs=p / total)
+        assert r.density_U == pytest.approx(0.8**p, abs=p / total)
         # the ticket evaluated in state p: sparsity of the trained model's prunable weights
-        assert r["sparsity"] == pytest.approx(1 - 0.8**p, abs=1e-3)
+        assert r.sparsity == pytest.approx(1 - 0.8**p, abs=1e-3)
         if p < cfg.pruning_times - 1:
             kept = sum(int(loop.M[n].sum()) for n in wnames)
             assert kept / total == pytest.approx(0.8 ** (p + 1), abs=(p + 1) / total)
@@ -65,7 +65,7 @@ def test_three_heads_at_ratio_033_lose_exactly_one_in_the_loop(make_cfg, digits_
     )
     loop = PruneLoop(cfg, data=digits_small)
     assert all(g.num_units == 3 for g in loop.structure.groups)
-    heads = [r["heads_per_layer"] for r in loop.states()]
+    heads = [list(r.heads_per_layer) for r in loop.states()]
     assert heads == [[3] * 9, [2] * 9, [1] * 9]  # round(3·0.67^p): 2, then round(1.35) = 1
 
 
@@ -79,10 +79,10 @@ def test_explicit_budgets_compound_and_effective_ratios(make_cfg, digits_small) 
         criteria="magnitude",
     )
     results = PruneLoop(cfg, data=digits_small).run()
-    assert [r["heads_per_layer"] for r in results] == [[4] * 4, [3] * 4, [2] * 4, [2] * 4]
-    assert [r["neurons_per_layer"] for r in results] == [[128] * 4, [64] * 4, [32] * 4, [16] * 4]
-    assert [r["head_ratio_effective"] for r in results] == pytest.approx([0, 0.25, 1 / 3, 0])
-    assert [r["mlp_ratio_effective"] for r in results] == pytest.approx([0, 0.5, 0.5, 0.5])
+    assert [list(r.heads_per_layer) for r in results] == [[4] * 4, [3] * 4, [2] * 4, [2] * 4]
+    assert [list(r.neurons_per_layer) for r in results] == [[128] * 4, [64] * 4, [32] * 4, [16] * 4]
+    assert [r.head_ratio_effective for r in results] == pytest.approx([0, 0.25, 1 / 3, 0])
+    assert [r.mlp_ratio_effective for r in results] == pytest.approx([0, 0.5, 0.5, 0.5])
 
 
 def test_min_units_clamp_in_the_loop(make_cfg, digits_small) -> None:
@@ -94,7 +94,7 @@ def test_min_units_clamp_in_the_loop(make_cfg, digits_small) -> None:
         min_units=3,
         pruning_times=3,
     )
-    heads = [r["heads_per_layer"] for r in PruneLoop(cfg, data=digits_small).run()]
+    heads = [list(r.heads_per_layer) for r in PruneLoop(cfg, data=digits_small).run()]
     assert heads == [[4] * 4, [3] * 4, [3] * 4]
 
 
@@ -109,7 +109,7 @@ def test_vit_targets_in_the_loop(make_cfg, digits_small, target, heads, neurons)
         pruning_times=2,
     )
     r = PruneLoop(cfg, data=digits_small).run()[1]
-    assert (r["heads"], r["neurons"]) == (heads, neurons)
+    assert (r.heads, r.neurons) == (heads, neurons)
 
 
 def test_ratio_that_removes_nothing_warns_once_with_effective_ratio(
@@ -121,7 +121,7 @@ def test_ratio_that_removes_nothing_warns_once_with_effective_ratio(
     )
     with caplog.at_level(logging.WARNING, logger="rsst_tune"):
         results = PruneLoop(cfg, data=digits_small).run()
-    assert [r["heads"] for r in results] == [16, 16, 16]
+    assert [r.heads for r in results] == [16, 16, 16]
     warnings = [
         r for r in caplog.records if r.levelno == logging.WARNING and "head_ratio" in r.getMessage()
     ]
@@ -147,13 +147,13 @@ def test_density_matched_budget_and_fillback(make_cfg, digits_small) -> None:
     r = results[1]
     # per layer |k·W − |U_layer|| ≤ W/2, so R and U hold nearly the same number of weights
     slack = sum(g.weights_per_unit() / 2 for g in loop.structure.groups)
-    assert abs(r["density_R"] - r["density_U"]) * total <= slack
-    assert r["density_U"] == pytest.approx(0.5, abs=1e-4)
-    assert r["heads"] < 16 and r["neurons"] < 512
+    assert abs(r.density_R - r.density_U) * total <= slack
+    assert r.density_U == pytest.approx(0.5, abs=1e-4)
+    assert r.heads < 16 and r.neurons < 512
     # fillback 1 keeps every alive unit: the ticket is dense
     full = PruneLoop(cfg.replace(fillback_rate=1.0), data=digits_small).run()
-    assert full[1]["heads"] == 16 and full[1]["neurons"] == 512
-    assert full[1]["density_R"] == 1.0
+    assert full[1].heads == 16 and full[1].neurons == 512
+    assert full[1].density_R == 1.0
 
 
 def test_global_sorting_keeps_min_units_and_the_total_budget(make_cfg, digits_small) -> None:
@@ -169,9 +169,9 @@ def test_global_sorting_keeps_min_units_and_the_total_budget(make_cfg, digits_sm
     )
     loop = PruneLoop(cfg, data=digits_small)
     r = loop.run()[1]
-    assert all(h >= 1 for h in r["heads_per_layer"]) and all(n >= 1 for n in r["neurons_per_layer"])
-    assert r["heads"] == 4 * 1  # round(4·0.25) = 1 per layer, pooled
-    assert r["neurons"] == 4 * 13  # round(128·0.1) = 13 per layer, pooled
+    assert all(h >= 1 for h in r.heads_per_layer) and all(n >= 1 for n in r.neurons_per_layer)
+    assert r.heads == 4 * 1  # round(4·0.25) = 1 per layer, pooled
+    assert r.neurons == 4 * 13  # round(128·0.1) = 13 per layer, pooled
     _is_structured(loop, loop.M)
 
 
@@ -186,7 +186,7 @@ def test_refill_fills_back_whole_units_and_zeroes_removed_biases(make_cfg, digit
     # U removed half of all prunable weights (spread over every unit), yet R = M keeps every
     # weight of a kept unit: U's holes in kept units were filled back
     _is_structured(loop, loop.M)
-    assert loop.results[0]["state"] == 0
+    assert loop.results[0].state == 0
     kept_units = sum(int(a.sum()) for a in loop.alive.values())
     assert 0 < kept_units < sum(g.num_units for g in loop.structure.groups)
     # `lt` rewind: kept units are back at θ0 (non-zero, including the refilled weights)
@@ -238,8 +238,8 @@ def test_rsst_target_set_nonempty_disjoint_and_imposed(make_cfg, digits_small, m
     for n, t in T_prev.items():
         assert (params[n][t] == 0).all(), n
     for key in ("acc_before_structure", "t_norm", "lambda_reached"):
-        assert key in r1
-    assert r1["density_R"] == pytest.approx(
+        assert getattr(r1, key) is not None
+    assert r1.density_R == pytest.approx(
         sum(int(R_prev[n].sum()) for n in wnames) / sum(R_prev[n].numel() for n in wnames)
     )
 
@@ -252,9 +252,9 @@ def test_rsst_state_reports_regularizer_keys_even_when_nothing_is_removed(
         model="vit_digits", method="rsst", target="head", head_ratio=0.05, pruning_times=2
     )
     r1 = PruneLoop(cfg, data=digits_small).run()[1]
-    assert r1["heads"] == 16
+    assert r1.heads == 16
     for key in ("acc_before_structure", "t_norm", "lambda_reached"):
-        assert key in r1, f"RSST state 1 result lacks {key!r}"
+        assert getattr(r1, key) is not None, f"RSST state 1 result lacks {key!r}"
 
 
 # =========================================================================== §2.5 rewinding
@@ -398,7 +398,7 @@ def test_resume_equals_uninterrupted_run(
     full_results = drop_timing(full.run())
     part = PruneLoop(cfg, tmp_path / "part", data=digits_small)
     for r in part.states():
-        if r["state"] == stop_after:
+        if r.state == stop_after:
             break
     del part
     resumed = PruneLoop.resume(tmp_path / "part", cfg, data=digits_small)
@@ -571,46 +571,47 @@ def test_per_state_results_hold_section6_and_hand_counted_costs(make_cfg, digits
     results = loop.run()
     assert _vit_digits_macs([4] * 4, [128] * 4) == 2_380_928
     for s, r in enumerate(results):
-        assert set(r) >= SECTION6_KEYS, SECTION6_KEYS - set(r)
+        row = r.to_dict()
+        assert set(row) >= SECTION6_KEYS | RSST_KEYS, (SECTION6_KEYS | RSST_KEYS) - set(row)
+        assert row["filters"] is None and row["filters_per_layer"] is None  # a ViT: no filters
         if s >= 1:
-            assert set(r) >= RSST_KEYS
-            assert r["lambda_reached"] == pytest.approx(2.0)  # x^2 at u = 1 is g
-            assert r["t_norm"] >= 0.0
-        else:
-            assert not RSST_KEYS & set(r)
-        assert r["state"] == s and r["wall_time_s"] > 0
+            assert r.lambda_reached == pytest.approx(2.0)  # x^2 at u = 1 is g
+            assert r.t_norm is not None and r.t_norm >= 0.0
+        else:  # every state reports every key; RSST's are None where they do not apply
+            assert all(row[k] is None for k in RSST_KEYS)
+        assert r.state == s and r.wall_time_s > 0
         # no rate given: it is derived so that U keeps as many weights as R (§2.4.1)
-        assert r["density_U"] == pytest.approx(r["density_R"], abs=1e-4)
-        assert 0 <= r["val_acc"] <= 1 and 0 <= r["test_acc"] <= 1
-        h, n = r["heads_per_layer"], r["neurons_per_layer"]
-        assert r["heads"] == sum(h) and r["neurons"] == sum(n)
-        assert r["macs"] == _vit_digits_macs(h, n)
-        assert r["params"] == _vit_digits_params(h, n)
-        assert r["macs_frac"] == pytest.approx(r["macs"] / 2_380_928)
-        assert r["params_frac"] == pytest.approx(r["params"] / 136_138)
-    assert results[0]["params"] == count_params(loop.model) == 136_138
-    assert [r["heads_per_layer"] for r in results] == [[4] * 4, [3] * 4, [2] * 4]
+        assert r.density_U == pytest.approx(r.density_R, abs=1e-4)
+        assert 0 <= r.val_acc <= 1 and 0 <= r.test_acc <= 1
+        h, n = r.heads_per_layer, r.neurons_per_layer
+        assert r.heads == sum(h) and r.neurons == sum(n)
+        assert r.macs == _vit_digits_macs(h, n)
+        assert r.params == _vit_digits_params(h, n)
+        assert r.macs_frac == pytest.approx(r.macs / 2_380_928)
+        assert r.params_frac == pytest.approx(r.params / 136_138)
+    assert results[0].params == count_params(loop.model) == 136_138
+    assert [list(r.heads_per_layer) for r in results] == [[4] * 4, [3] * 4, [2] * 4]
     # sparsity and density_total measured on the final model
     last = results[-1]
     params = dict(loop.model.named_parameters())
     w = loop.structure.weight_names
     zeros = sum(int((params[n] == 0).sum()) for n in w)
-    assert last["sparsity"] == pytest.approx(zeros / sum(params[n].numel() for n in w))
+    assert last.sparsity == pytest.approx(zeros / sum(params[n].numel() for n in w))
     nz = sum(int(torch.count_nonzero(p)) for p in loop.model.parameters())
-    assert last["density_total"] == pytest.approx(nz / 136_138)
-    assert last["density_R"] == pytest.approx(1 - last["sparsity"], abs=1e-6)
-    assert last["rate"] == pytest.approx(1 - last["density_U"] / results[1]["density_U"], abs=1e-4)
+    assert last.density_total == pytest.approx(nz / 136_138)
+    assert last.density_R == pytest.approx(1 - last.sparsity, abs=1e-6)
+    assert last.rate == pytest.approx(1 - last.density_U / results[1].density_U, abs=1e-4)
 
 
 def test_cnn_results_report_filters(make_cfg, digits_small) -> None:
     cfg = make_cfg(model="resnet20", method="refill", filter_ratio=0.5, pruning_times=2)
     results = PruneLoop(cfg, data=digits_small).run()
     per = [16] * 6 + [32] * 6 + [64] * 6
-    assert results[0]["filters_per_layer"] == per
-    assert results[1]["filters_per_layer"] == [c // 2 for c in per]
-    assert results[1]["filters"] == sum(per) // 2
-    assert results[1]["filter_ratio_effective"] == pytest.approx(0.5)
-    assert 0.4 < results[1]["macs_frac"] < 0.7 and 0.4 < results[1]["params_frac"] < 0.7
+    assert list(results[0].filters_per_layer) == per
+    assert list(results[1].filters_per_layer) == [c // 2 for c in per]
+    assert results[1].filters == sum(per) // 2
+    assert results[1].filter_ratio_effective == pytest.approx(0.5)
+    assert 0.4 < results[1].macs_frac < 0.7 and 0.4 < results[1].params_frac < 0.7
 
 
 # =========================================================================== §4 measured
@@ -641,14 +642,15 @@ def _rsst_pull(make_cfg, digits, g: float) -> tuple[float, dict[str, Any]]:
     return start, next(it)
 
 
+@pytest.mark.slow
 def test_rsst_pull_drives_T_to_zero_and_zeroing_costs_little(make_cfg, digits) -> None:
     start, r = _rsst_pull(make_cfg, digits, 1.0)
     assert start > 0.5
-    assert r["t_norm"] <= 0.05 * start, (start, r["t_norm"])
-    assert r["acc_before_structure"] - r["test_acc"] <= 0.02, r
+    assert r.t_norm <= 0.05 * start, (start, r.t_norm)
+    assert r.acc_before_structure - r.test_acc <= 0.02, r
     start0, r0 = _rsst_pull(make_cfg, digits, 0.0)
-    assert r0["t_norm"] >= 0.5 * start0, (start0, r0["t_norm"])
-    assert r0["t_norm"] > 10 * r["t_norm"]
+    assert r0.t_norm >= 0.5 * start0, (start0, r0.t_norm)
+    assert r0.t_norm > 10 * r.t_norm
 
 
 # =========================================================================== slow: accuracy
@@ -677,9 +679,9 @@ def test_digits_vit_dense_95_and_rsst_within_two_points(make_cfg, digits) -> Non
     results = PruneLoop(cfg, data=digits).run()
     dense, rsst = results
     print(
-        f"dense {dense['test_acc']:.4f}  rsst {rsst['test_acc']:.4f} "
-        f"(before structure {rsst['acc_before_structure']:.4f}, ‖T‖ {rsst['t_norm']:.4f})"
+        f"dense {dense.test_acc:.4f}  rsst {rsst.test_acc:.4f} "
+        f"(before structure {rsst.acc_before_structure:.4f}, ‖T‖ {rsst.t_norm:.4f})"
     )
-    assert rsst["heads_per_layer"] == [3] * 4 and rsst["neurons_per_layer"] == [64] * 4
-    assert dense["test_acc"] >= 0.95
-    assert rsst["test_acc"] >= dense["test_acc"] - 0.02
+    assert list(rsst.heads_per_layer) == [3] * 4 and list(rsst.neurons_per_layer) == [64] * 4
+    assert dense.test_acc >= 0.95
+    assert rsst.test_acc >= dense.test_acc - 0.02

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -27,6 +28,7 @@ from rsst_tune.report import (
     ticket_front,
     write_report,
 )
+from rsst_tune.results import StateResult
 from rsst_tune.tune.records import Experiment, Objective, TrialRecord
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -36,8 +38,8 @@ DENSE_PARAMS, DENSE_MACS = 136_138, 2_380_928
 
 
 def state(s: int, val: float, test: float, macs: float, params: float | None = None,
-          heads: int = 16, neurons: int = 512) -> dict[str, Any]:
-    """A per-state result with the keys `PruneLoop._run_state` reports (digits ViT shapes)."""
+          heads: int = 16, neurons: int = 512) -> StateResult:
+    """A per-state result as `PruneLoop._run_state` reports it (digits ViT shapes)."""
     params = macs if params is None else params
     out: dict[str, Any] = {
         "state": s, "method": "rsst", "val_acc": val, "test_acc": test, "train_loss": 0.4,
@@ -46,11 +48,11 @@ def state(s: int, val: float, test: float, macs: float, params: float | None = N
         "heads_per_layer": [heads // 4] * 4, "neurons": neurons,
         "neurons_per_layer": [neurons // 4] * 4, "params": round(DENSE_PARAMS * params),
         "macs": round(DENSE_MACS * macs), "params_frac": params, "macs_frac": macs,
-        "wall_time_s": 1.9,
+        "wall_time_s": 1.9, "epochs_trained": 40,
     }
     if s > 0:
         out.update(acc_before_structure=val - 0.01, t_norm=1.7, lambda_reached=1.0)
-    return out
+    return StateResult.from_dict(out)
 
 
 def config(seed: int, head_ratio: float, mlp_ratio: float, states: int = 3) -> dict[str, Any]:
@@ -58,10 +60,10 @@ def config(seed: int, head_ratio: float, mlp_ratio: float, states: int = 3) -> d
                        pruning_times=states, epochs=40).to_dict()
 
 
-def trial(tid: str, status: str, hr: float, mr: float, states: list[dict[str, Any]],
+def trial(tid: str, status: str, hr: float, mr: float, states: list[StateResult],
           error: str | None = None, seed: int = 0) -> TrialRecord:
     return TrialRecord(tid, status, config(seed, hr, mr), {"head_ratio": hr, "mlp_ratio": mr},
-                       states, error=error)
+                       tuple(states), error=error)
 
 
 def told_study(multi: bool) -> optuna.Study:
@@ -158,15 +160,18 @@ def test_best_at_budget_respects_budget_and_picks_val_not_test(sweep: Experiment
 
 
 def test_best_at_budget_boundary_ties_and_missing_values() -> None:
-    def ticket(order: int, **metrics: Any) -> Ticket:
-        return Ticket(f"t{order}", 0, "complete", metrics, order=order)
+    def ticket(order: int, val: float, test: float, macs: float, params: float) -> Ticket:
+        result = dataclasses.replace(
+            state(0, val, test, 1.0), macs_frac=macs, params_frac=params
+        )
+        return Ticket(f"t{order}", 0, "complete", result, order=order)
 
+    nan = math.nan
     tickets = [
-        ticket(0, val_acc=0.9, test_acc=0.5, macs_frac=0.5, params_frac=0.6),  # exactly 50 %
-        ticket(1, val_acc=0.9, test_acc=0.9, macs_frac=0.5, params_frac=0.4),  # tie: fewer params
-        ticket(2, val_acc=math.nan, test_acc=1.0, macs_frac=0.1),  # NaN val: not a candidate
-        ticket(3, val_acc=0.99, test_acc=0.99),  # no MACs: only unconstrained
-        ticket(4, val_acc=None, test_acc=1.0, macs_frac=0.2),
+        ticket(0, 0.9, 0.5, 0.5, 0.6),  # exactly 50 %
+        ticket(1, 0.9, 0.9, 0.5, 0.4),  # tie: fewer params
+        ticket(2, nan, 1.0, 0.1, 0.1),  # NaN val: not a candidate
+        ticket(3, 0.99, 0.99, nan, nan),  # no MACs: only unconstrained
     ]
     assert best_at_budget(tickets, 0.5) is tickets[1]
     assert best_at_budget(tickets, None) is tickets[3]
@@ -286,20 +291,16 @@ def test_empty_experiment_renders(tmp_path: Path) -> None:
 
 def test_partial_data_renders_without_error(tmp_path: Path) -> None:
     nan_state = state(0, math.nan, 0.5, 1.0)
-    missing = {"state": 0, "val_acc": 0.8}  # no test accuracy, no costs
-    weird: list[Any] = [{"val_acc": "n/a", "macs_frac": None}, "not a dict"]
     trials = (
         trial("t_nan", "running", 0.1, 0.1, [nan_state]),
-        trial("t_missing", "complete", 0.1, 0.1, [missing]),
-        trial("t_weird", "pruned", 0.1, 0.1, weird),
-        TrialRecord("t_bad_cfg", "complete", {"not_a_field": 1}, {}, [state(0, 0.7, 0.7, 0.3)]),
-        TrialRecord("t_err", "error", {}, {}, [], error=None),
+        TrialRecord("t_bad_cfg", "complete", {"not_a_field": 1}, {}, (state(0, 0.7, 0.7, 0.3),)),
+        TrialRecord("t_err", "error", {}, {}, (), error=None),
     )
     study = optuna.create_study()  # no trials at all
     exp = Experiment("partial", str(tmp_path), "x", (), trials, study=study)
     md = write_report(exp, tmp_path)
     text = md.read_text()
-    assert "| t_missing | complete | 1 |" in text
+    assert "| t_nan | running | 1 |" in text and "| t_err | error | 0 |" in text
     assert "Not available: needs ≥ 2 complete trials" in text
     best = json.loads((tmp_path / "best_config.json").read_text())
     assert (best["trial_id"], best["budget"]) == ("t_bad_cfg", 0.5)  # only ticket ≤ 50 %
@@ -334,3 +335,98 @@ def test_many_tickets_stay_fast(tmp_path: Path) -> None:
     front = ticket_front(tickets, "macs_frac")
     for t, u in itertools.product(front, tickets):
         assert not dominated((t.val_acc or 0, t.macs_frac or 0), (u.val_acc or 0, u.macs_frac or 0))
+
+
+# ------------------------------------------------------------------ physical exports
+@pytest.fixture(scope="module")
+def exported_sweep(tmp_path_factory: pytest.TempPathFactory, digits_small: Any) -> Experiment:
+    """One trial of a real tiny Refill run on digits, reporting its state 1 (1 of 4 heads and
+    half the MLP removed, 63 % MACs): the best ticket at MACs ≤ 75 % and unconstrained."""
+    from rsst_tune.loop import PruneLoop
+
+    run = tmp_path_factory.mktemp("run")
+    cfg = TrialConfig.from_dict(dict(
+        model="vit_digits", dataset="digits", method="refill", epochs=1, pruning_times=2,
+        head_ratio=0.25, mlp_ratio=0.5, device="cpu", amp=False, augment=False,
+        warmup_epochs=0.0, score_batches=1, eval_batch_size=512))
+    results = PruneLoop(cfg, run, data=digits_small).run()
+    record = TrialRecord("t_x", "complete", cfg.to_dict(), {"head_ratio": 0.25}, (results[1],),
+                         state_checkpoints={1: str(run)})
+    return Experiment("exp", str(run), "s", OBJECTIVES, (record,))
+
+
+def export_rows_in(md: str) -> list[str]:
+    return [line for line in md.splitlines() if line.startswith("| t_x/s1 |")]
+
+
+def test_report_renders_recorded_exports_without_measuring(
+    exported_sweep: Experiment, tmp_path: Path
+) -> None:
+    from rsst_tune.export import read_report
+    from rsst_tune.report import fmt_latency
+    from rsst_tune.tune.runner import write_report_if_available
+
+    assert write_report_if_available(exported_sweep, tmp_path, export="missing")  # sweep's end
+    folder = tmp_path / "best_exports" / "t_x_s1"
+    model_file, record_file = folder / "model.pt", folder / "export.json"
+    stamp, recorded = model_file.stat().st_mtime_ns, record_file.read_text()
+    report = read_report(record_file)
+    assert [(lat.device, lat.batch) for lat in report.latency] == [("cpu", 1), ("cpu", 64)]
+    # `rsst-tune report DIR` (and a resumed sweep's end) render the record, measuring nothing
+    md_path = tmp_path / "report.md"
+    for export in ("recorded", "missing"):
+        assert write_report_if_available(exported_sweep, tmp_path, export=export) == md_path
+        assert model_file.stat().st_mtime_ns == stamp and record_file.read_text() == recorded
+        rows = export_rows_in(md_path.read_text())
+        assert len(rows) == len(report.latency)  # one row per batch size, not per budget
+        for row, lat in zip(rows, report.latency):
+            assert "MACs ≤ 75 %; unconstrained" in row
+            assert fmt_latency(lat.dense_ms, lat.dense_iqr_ms) in row
+            assert fmt_latency(lat.pruned_ms, lat.pruned_iqr_ms) in row
+            assert f"{lat.speedup:.2f}x" in row and f"{report.mac_ratio:.2f}x" in row
+    md = md_path.read_text()
+    assert write_report(exported_sweep, tmp_path).read_text() == md
+    assert model_file.stat().st_mtime_ns == stamp
+
+
+def test_report_measure_exports_again(exported_sweep: Experiment, tmp_path: Path) -> None:
+    from rsst_tune.cli import build_parser
+    from rsst_tune.export import read_report
+    from rsst_tune.report import fmt_latency
+    from rsst_tune.tune.runner import write_report_if_available
+
+    assert build_parser().parse_args(["report", "exp"]).measure is False
+    assert build_parser().parse_args(["report", "exp", "--measure"]).measure is True
+    write_report(exported_sweep, tmp_path, export="missing")
+    record_file = tmp_path / "best_exports" / "t_x_s1" / "export.json"
+    model_file = record_file.with_name("model.pt")
+    stamp, old = model_file.stat().st_mtime_ns, read_report(record_file)
+    md_path = write_report_if_available(exported_sweep, tmp_path, export="all")  # --measure
+    assert md_path is not None
+    assert model_file.stat().st_mtime_ns != stamp
+    new = read_report(record_file)
+    assert new.latency != old.latency and new.layers == old.layers
+    rows = export_rows_in(md_path.read_text())
+    assert len(rows) == 2
+    for row, lat in zip(rows, new.latency):
+        assert fmt_latency(lat.dense_ms, lat.dense_iqr_ms) in row
+
+
+def test_report_export_rows_say_why_a_ticket_has_no_export(
+    exported_sweep: Experiment, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    md = write_report(exported_sweep, tmp_path).read_text()
+    assert "not exported yet" in md and not (tmp_path / "best_exports").exists()
+    gone = replace(exported_sweep.trials[0], state_checkpoints={1: str(tmp_path / "gone")})
+    broken = replace(exported_sweep, trials=(gone,))
+    md = write_report(broken, tmp_path, export="missing").read_text()
+    assert len(export_rows_in(md)) == 1
+    assert "export failed: ConfigError: checkpoint not found" in md
+    assert (tmp_path / "best_exports" / "t_x_s1" / "error.txt").is_file()
+    no_checkpoint = replace(broken, trials=(replace(gone, state_checkpoints={}),))
+    md = write_report(no_checkpoint, tmp_path / "other").read_text()
+    assert "no checkpoint kept for this state" in md
+    with pytest.raises(ValueError, match="export must be one of"):
+        write_report(exported_sweep, tmp_path, export="always")  # type: ignore[arg-type]

@@ -100,7 +100,7 @@ def test_fixed_parameter_is_pinned_and_not_searched() -> None:
 
 
 def test_fix_names_must_be_searched_parameters() -> None:
-    from rsst_tune.tune.sweep import SweepOptions, resolve_plan
+    from rsst_tune.tune.plan import SweepOptions, resolve_plan
 
     plan = resolve_plan(SweepOptions(space="vit_head_mlp", preset="smoke"))
     assert plan.fixed == {"lr": 3e-3}  # the smoke preset pins the digits recipe

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from rsst_tune.errors import ConfigError
+from rsst_tune.errors import ConfigError, SweepInterrupted
+from rsst_tune.results import StateResult
 from rsst_tune.tune import (
     SweepOptions,
     describe_plan,
@@ -30,8 +31,8 @@ from rsst_tune.tune import (
     trial_value,
 )
 from rsst_tune.tune.cli import main as tune_main
-from rsst_tune.tune.records import Objective
-from rsst_tune.tune.sweep import prepare_ray_env
+from rsst_tune.tune.ray_setup import prepare_ray_env
+from rsst_tune.tune.records import Experiment, Objective, TrialRecord
 
 REPO = Path(__file__).resolve().parents[1]
 TINY: dict[str, Any] = {"dataset": "digits", "model": "vit_digits", "states": 2, "epochs": 2}
@@ -43,8 +44,13 @@ def ray_cluster() -> Iterator[str]:
     prepare_ray_env(None)
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -58,28 +64,42 @@ def _study_trials(exp_dir: Path) -> list[Any]:
 
 
 # ---------------------------------------------------------------------- end to end
+@pytest.mark.sweep
 def test_sweep_runs_end_to_end_and_run_reproduces_a_trial(
     ray_cluster: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    plan = resolve_plan(SweepOptions(
-        space="vit_head_mlp", preset="smoke", num_samples=3, max_concurrent=2,
-        storage=str(tmp_path), name="e2e", seed=3, **TINY,
-    ))
-    assert run_sweep(plan) == 0
+    plan = resolve_plan(
+        SweepOptions(
+            space="vit_head_mlp",
+            preset="smoke",
+            num_samples=3,
+            max_concurrent=2,
+            storage=str(tmp_path),
+            name="e2e",
+            seed=3,
+            **TINY,
+        )
+    )
+    returned = run_sweep(plan)
     out = capsys.readouterr().out
     assert "running" in out and "done" in out and "best val_acc" in out
 
     exp_dir = tmp_path / "e2e"
     exp = load_experiment(exp_dir)
+    assert returned is not None and returned.path == exp.path
+    assert [(t.trial_id, t.status, t.states) for t in returned.trials] == [
+        (t.trial_id, t.status, t.states) for t in exp.trials
+    ]
     assert exp.space == "vit_head_mlp" and len(exp.trials) == 3
     assert [o.key for o in exp.objectives] == ["val_acc", "macs_frac"]
     for t in exp.trials:
         assert t.status == "complete", (t.trial_id, t.status, t.error)
-        assert [s["state"] for s in t.states] == [0, 1]
+        assert [s.state for s in t.states] == [0, 1]
+        assert all(isinstance(s, StateResult) for s in t.states)
         assert sorted(t.state_checkpoints) == [0, 1]
         assert t.checkpoint_dir is not None
         assert (Path(t.checkpoint_dir) / "state_01.pt").is_file()
-        assert "pruning_times" not in t.states[0] and "val_acc" in t.states[0]
+        assert 0.0 <= t.states[0].val_acc <= 1.0
     # The study: one Optuna trial per Ray trial, each naming its Ray trial, all COMPLETE.
     import optuna
 
@@ -104,13 +124,13 @@ def test_sweep_runs_end_to_end_and_run_reproduces_a_trial(
         expected = best["expected_states"]
         trial = next(t for t in exp.trials if t.trial_id == best["trial_id"])
         assert [s["val_acc"] for s in expected] == [
-            s["val_acc"] for s in trial.states[: len(expected)]
+            s.val_acc for s in trial.states[: len(expected)]
         ]
     else:  # the report writer is optional: use the best trial's own config
-        trial = max(exp.trials, key=lambda t: t.states[-1]["val_acc"])
+        trial = max(exp.trials, key=lambda t: t.states[-1].val_acc)
         config_file = tmp_path / "best.json"
         config_file.write_text(json.dumps(trial.config))
-        expected = trial.states
+        expected = [s.to_dict() for s in trial.states]
     import torch
 
     from rsst_tune.cli import main as cli_main
@@ -118,8 +138,9 @@ def test_sweep_runs_end_to_end_and_run_reproduces_a_trial(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the trial (1 CPU per trial)
     try:
-        rc = cli_main(["run", "--config", str(config_file), "--out", str(tmp_path / "rerun"),
-                       "--quiet"])
+        rc = cli_main(
+            ["run", "--config", str(config_file), "--out", str(tmp_path / "rerun"), "--quiet"]
+        )
     finally:
         torch.set_num_threads(threads)
     assert rc == 0
@@ -143,16 +164,27 @@ def tune_cli(argv: list[str]) -> int:
 
 
 # ---------------------------------------------------------------------- ASHA
+@pytest.mark.sweep
 def test_asha_stopped_trials_are_pruned_in_the_study(ray_cluster: str, tmp_path: Path) -> None:
     import optuna
 
-    plan = resolve_plan(SweepOptions(
-        space="vit_unstructured", preset="smoke", num_samples=5, max_concurrent=1,
-        storage=str(tmp_path), name="asha", seed=0, dataset="digits", model="vit_digits",
-        states=3, epochs=1,
-    ))
+    plan = resolve_plan(
+        SweepOptions(
+            space="vit_unstructured",
+            preset="smoke",
+            num_samples=5,
+            max_concurrent=1,
+            storage=str(tmp_path),
+            name="asha",
+            seed=0,
+            dataset="digits",
+            model="vit_digits",
+            states=3,
+            epochs=1,
+        )
+    )
     assert plan.scheduler == "asha"
-    assert run_sweep(plan, show=False) == 0
+    assert run_sweep(plan, show=False) is not None
     exp = load_experiment(tmp_path / "asha")
     by_ray = {t.user_attrs["ray_trial_id"]: t for t in _study_trials(tmp_path / "asha")}
     stopped = [t for t in exp.trials if len(t.states) < 3]
@@ -162,7 +194,7 @@ def test_asha_stopped_trials_are_pruned_in_the_study(ray_cluster: str, tmp_path:
         if len(t.states) < 3:
             assert t.status == "pruned"
             assert ot.state == optuna.trial.TrialState.PRUNED, (t.trial_id, ot.state)
-            assert ot.user_attrs["stopped_after_state"] == t.states[-1]["state"]
+            assert ot.user_attrs["stopped_after_state"] == t.states[-1].state
         else:
             assert t.status == "complete"
             assert ot.state == optuna.trial.TrialState.COMPLETE
@@ -170,8 +202,11 @@ def test_asha_stopped_trials_are_pruned_in_the_study(ray_cluster: str, tmp_path:
 
 def test_asha_refused_where_sparsity_is_searched(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"asha.*head_ratio.*--scheduler fifo"):
-        resolve_plan(SweepOptions(space="vit_head_mlp", scheduler="asha", preset="smoke",
-                                  storage=str(tmp_path)))
+        resolve_plan(
+            SweepOptions(
+                space="vit_head_mlp", scheduler="asha", preset="smoke", storage=str(tmp_path)
+            )
+        )
 
 
 # ---------------------------------------------------------------------- SIGINT + resume
@@ -183,18 +218,42 @@ def _env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.sweep
 def test_sigint_then_resume_completes_without_rerunning_a_state(
     ray_cluster: str, tmp_path: Path
 ) -> None:
     exp_dir = tmp_path / "sig"
     cmd = [
-        sys.executable, str(REPO / "tune_main.py"), "--space", "vit_head_mlp",
-        "--preset", "smoke", "--dataset", "digits", "--model", "vit_digits", "--states", "3",
-        "--epochs", "3", "--num-samples", "2", "--max-concurrent", "1",
-        "--storage", str(tmp_path), "--name", "sig", "--address", ray_cluster, "--seed", "1",
+        sys.executable,
+        str(REPO / "tune_main.py"),
+        "--space",
+        "vit_head_mlp",
+        "--preset",
+        "smoke",
+        "--dataset",
+        "digits",
+        "--model",
+        "vit_digits",
+        "--states",
+        "3",
+        "--epochs",
+        "3",
+        "--num-samples",
+        "2",
+        "--max-concurrent",
+        "1",
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "sig",
+        "--address",
+        ray_cluster,
+        "--seed",
+        "1",
     ]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 240
     events = exp_dir / "events.jsonl"
     try:
@@ -217,10 +276,17 @@ def test_sigint_then_resume_completes_without_rerunning_a_state(
     assert any(t.status == "running" for t in before.trials), [t.status for t in before.trials]
     done_before = {t.trial_id: len(t.states) for t in before.trials}
 
-    resume = [sys.executable, str(REPO / "tune_main.py"), "--resume", str(exp_dir),
-              "--address", ray_cluster]
-    res = subprocess.run(resume, cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                         timeout=400)
+    resume = [
+        sys.executable,
+        str(REPO / "tune_main.py"),
+        "--resume",
+        str(exp_dir),
+        "--address",
+        ray_cluster,
+    ]
+    res = subprocess.run(
+        resume, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=400
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
     after = load_experiment(exp_dir)
@@ -229,9 +295,11 @@ def test_sigint_then_resume_completes_without_rerunning_a_state(
     for t in after.trials:
         assert t.status == "complete", (t.trial_id, t.status, t.error)
         # Ray appends one result.json row per reported state: a re-run state would repeat.
-        rows = [json.loads(line) for line in
-                (exp_dir / f"trial_{t.trial_id}" / "result.json").read_text().splitlines()
-                if line.strip()]
+        rows = [
+            json.loads(line)
+            for line in (exp_dir / f"trial_{t.trial_id}" / "result.json").read_text().splitlines()
+            if line.strip()
+        ]
         assert [r["state"] for r in rows] == [0, 1, 2], (t.trial_id, [r["state"] for r in rows])
         first_run = done_before.get(t.trial_id, 0)
         if first_run:
@@ -253,8 +321,13 @@ def test_conditional_parameter_is_absent_when_its_condition_is_false() -> None:
 
     space = get_space("vit_head_mlp")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    base = {"target": "head", "rate_mode": "derived", "reg_granularity_prune": 1.0,
-            "criteria": "l1", "lr": 1e-3}
+    base = {
+        "target": "head",
+        "rate_mode": "derived",
+        "reg_granularity_prune": 1.0,
+        "criteria": "l1",
+        "lr": 1e-3,
+    }
     study.enqueue_trial({**base, "RST_schedule": "x^2"})
     study.enqueue_trial({**base, "target": "both", "RST_schedule": "exp_custom_exponents"})
     head_only = study.ask()
@@ -269,8 +342,13 @@ def test_conditional_parameter_is_absent_when_its_condition_is_false() -> None:
 
 
 def test_bad_space_name_exits_2_and_lists_the_spaces() -> None:
-    res = subprocess.run([sys.executable, str(REPO / "tune_main.py"), "--space", "nope"],
-                         env=_env(), capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, str(REPO / "tune_main.py"), "--space", "nope"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -281,17 +359,84 @@ def test_bad_space_name_exits_2_and_lists_the_spaces() -> None:
 def test_dry_run_prints_the_space_and_the_trial_states(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc = tune_main(["--space", "vit_head_mlp", "--preset", "smoke", "--dry-run",
-                    "--storage", str(tmp_path), "--name", "dry"])
+    rc = tune_main(
+        [
+            "--space",
+            "vit_head_mlp",
+            "--preset",
+            "smoke",
+            "--dry-run",
+            "--storage",
+            str(tmp_path),
+            "--name",
+            "dry",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "would run   8 trials x 3 states = 24 trial-states" in out
     assert "mlp_ratio" in out and "conditional" in out
     assert "val_acc (max), macs_frac (min)" in out
     assert not (tmp_path / "dry").exists(), "a dry run writes nothing"
-    plan = resolve_plan(SweepOptions(space="vit_unstructured", states=4, num_samples=5,
-                                     storage=str(tmp_path)))
+    plan = resolve_plan(
+        SweepOptions(space="vit_unstructured", states=4, num_samples=5, storage=str(tmp_path))
+    )
     assert "at most 20 trial-states" in describe_plan(plan)
+
+
+def _record(trial_id: str, status: str, error: str | None = None) -> TrialRecord:
+    return TrialRecord(trial_id, status, config={}, params={}, states=(), error=error)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status", "message"),
+    [
+        (
+            SweepInterrupted("/x/sig", "interrupted after 3s with 1 unfinished trials"),
+            130,
+            "tune_main.py: interrupted after 3s with 1 unfinished trials; continue with: "
+            "rsst-tune tune --resume /x/sig",
+        ),
+        (
+            [_record("a", "error", "RuntimeError: boom"), _record("b", "error")],
+            1,
+            "tune_main.py: error: no trial completed (2 of 2 failed; first error: RuntimeError: "
+            "boom); see /x/e/sweep.log",
+        ),
+        ([_record("a", "error"), _record("b", "pruned")], 0, ""),
+        (None, 0, ""),  # URI storage: run_sweep returns None
+    ],
+)
+def test_how_a_sweep_ended_is_the_exit_status(
+    outcome: Any,
+    status: int,
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def fake_run_sweep(plan: Any, **kwargs: Any) -> Experiment | None:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if outcome is None:
+            return None
+        return Experiment("e", "/x/e", "vit_head_mlp", (), tuple(outcome))
+
+    monkeypatch.setattr("rsst_tune.tune.sweep.run_sweep", fake_run_sweep)
+    argv = ["--space", "vit_head_mlp", "--preset", "smoke", "--storage", str(tmp_path)]
+    assert tune_main(argv) == status
+    err = capsys.readouterr().err.strip()
+    assert err == message
+
+
+def test_sweep_interrupted_carries_the_directory_and_pickles() -> None:
+    import pickle
+
+    stop = pickle.loads(pickle.dumps(SweepInterrupted("/x/my sweep", "interrupted")))
+    assert stop.experiment_dir == "/x/my sweep" and stop.reason == "interrupted"
+    assert stop.resume_hint == "rsst-tune tune --resume '/x/my sweep'"
+    assert "rsst_tune.resume_sweep('/x/my sweep')" in str(stop)
+    assert not isinstance(stop, ConfigError)
 
 
 @pytest.mark.parametrize(
@@ -302,8 +447,10 @@ def test_dry_run_prints_the_space_and_the_trial_states(
         (["--space", "vit_head_mlp", "--objective", "test_acc"], "never optimised"),
         (["--space", "vit_head_mlp", "--storage", "/proc/forbidden"], "cannot write"),
         (["--resume", "EMPTY"], "holds no sweep"),
-        (["--space", "vit_head_mlp", "--preset", "smoke", "--address", "127.0.0.1:9"],
-         "nothing answers"),
+        (
+            ["--space", "vit_head_mlp", "--preset", "smoke", "--address", "127.0.0.1:9"],
+            "nothing answers",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -321,17 +468,24 @@ def test_bad_input_is_one_line_and_exit_2(
     assert not list((tmp_path / "store").glob("*/sweep.json")), "nothing written"
 
 
+def state_result(state: int = 0, **values: Any) -> StateResult:
+    """A StateResult with placeholder values, `values` replacing some of them."""
+    data: dict[str, Any] = dict.fromkeys(StateResult.keys(), 0)
+    data.update(state=state, method="rsst", **values)
+    return StateResult.from_dict(data)
+
+
 def test_objective_parsing_and_budgeted_value() -> None:
     (obj,) = parse_objectives("val_acc@macs<=0.5")
     assert obj == Objective("val_acc", "max", budget_metric="macs_frac", budget=0.5)
     assert obj.key == "val_acc@macs<=0.5"
     states = [
-        {"val_acc": 0.95, "macs_frac": 1.0},
-        {"val_acc": 0.93, "macs_frac": 0.6},
+        state_result(0, val_acc=0.95, macs_frac=1.0),
+        state_result(1, val_acc=0.93, macs_frac=0.6),
     ]
     assert trial_value(obj, states) == pytest.approx(-0.1)  # closest to the budget: 0.6
-    states.append({"val_acc": 0.91, "macs_frac": 0.45})
-    states.append({"val_acc": 0.90, "macs_frac": 0.30})
+    states.append(state_result(2, val_acc=0.91, macs_frac=0.45))
+    states.append(state_result(3, val_acc=0.90, macs_frac=0.30))
     assert trial_value(obj, states) == 0.91
     (plain,) = parse_objectives("val_acc")
     assert trial_value(plain, states) == 0.90  # a plain objective is the last state

@@ -89,7 +89,8 @@ class CifarResNet(nn.Module):
         """Logits for a batch ``x`` of shape [N, in_chans, H, W]."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
-        return self.fc(torch.flatten(self.pool(out), 1))
+        logits: Tensor = self.fc(torch.flatten(self.pool(out), 1))
+        return logits
 
 
 @register_model("resnet20", "res20s")

@@ -66,7 +66,8 @@ class CifarVGG(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits for a batch ``x`` of shape [N, in_chans, H, W]."""
-        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+        logits: Tensor = self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+        return logits
 
 
 @register_model("vgg16_bn")

@@ -93,7 +93,7 @@ def vit_base(
     )  # fmt: skip
 
 
-@register_model("vit_digits")
+@register_model("vit_digits", num_classes=10, in_chans=1, img_size=8)
 def vit_digits(
     *, num_classes: int, in_chans: int, img_size: int, pretrained: bool = False
 ) -> nn.Module:

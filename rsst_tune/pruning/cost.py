@@ -10,7 +10,7 @@ this.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +37,7 @@ class CostModel:
         head_qkv = {f"{g.name}.qkv": g.name for g in structure.by_kind("head")}
         handles = []
 
-        def hook(name: str, mod: nn.Module):
+        def hook(name: str, mod: nn.Module) -> Callable[..., None]:
             def fn(_m: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
                 x = args[0]
                 if isinstance(mod, nn.Linear):

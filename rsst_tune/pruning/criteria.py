@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from rsst_tune.errors import unknown_choice
 from rsst_tune.pruning.structure import UnitGroup
+from rsst_tune.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -29,25 +29,22 @@ class ScoreInputs:
 
 
 Criterion = Callable[[nn.Module, Sequence[UnitGroup], ScoreInputs], list[Tensor]]
-_CRITERIA: dict[str, Criterion] = {}
+CRITERIA: Registry[Criterion] = Registry("criterion")
 
 
-def register_criterion(name: str) -> Callable[[Criterion], Criterion]:
-    def deco(fn: Criterion) -> Criterion:
-        _CRITERIA[name] = fn
-        return fn
-
-    return deco
+def register_criterion(
+    name: str, *aliases: str, override: bool = False
+) -> Callable[[Criterion], Criterion]:
+    """Decorator: register a criterion (`criterion(model, groups, inputs) -> list[Tensor]`)."""
+    return CRITERIA.register(name, *aliases, override=override)
 
 
 def get_criterion(name: str) -> Criterion:
-    if name not in _CRITERIA:
-        raise unknown_choice("criterion", name, _CRITERIA)
-    return _CRITERIA[name]
+    return CRITERIA.get(name)
 
 
 def list_criteria() -> list[str]:
-    return sorted(_CRITERIA)
+    return CRITERIA.names()
 
 
 # --------------------------------------------------------------------------- weight criteria

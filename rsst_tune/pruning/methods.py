@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from rsst_tune.errors import unknown_choice
 from rsst_tune.pruning import masks as mk
+from rsst_tune.registry import Registry
 
 MaskMap = Mapping[str, Tensor]
 Policy = Callable[[MaskMap, MaskMap], tuple[mk.Masks, mk.Masks]]
@@ -21,33 +21,44 @@ Policy = Callable[[MaskMap, MaskMap], tuple[mk.Masks, mk.Masks]]
 
 @dataclass(frozen=True)
 class Method:
+    """What the loop needs to know about a method, beside its mask policy."""
+
     name: str
     structured: bool  # needs R (a criterion and unit budgets)
     regularized: bool  # trains with the RSST pull on T
     policy: Policy
+    # `rate` when the config gives none and not every pruned kind has an explicit ratio
+    # (ALGORITHMS.md §2.4.1; `imp` defaults to 0.2). None: the method needs `rate` given.
+    default_rate: float | None = 0.2
 
 
-_METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("method", origin=lambda m: m.policy)
 
 
 def register_method(
-    name: str, *, structured: bool, regularized: bool = False
+    name: str,
+    *aliases: str,
+    structured: bool,
+    regularized: bool = False,
+    default_rate: float | None = 0.2,
+    override: bool = False,
 ) -> Callable[[Policy], Policy]:
+    """Decorator: register a mask policy `policy(U, R) -> (next M, next T)` as a method."""
+
     def deco(fn: Policy) -> Policy:
-        _METHODS[name] = Method(name, structured, regularized, fn)
+        method = Method(name, structured, regularized, fn, default_rate)
+        METHODS.add(name, method, *aliases, override=override)
         return fn
 
     return deco
 
 
 def get_method(name: str) -> Method:
-    if name not in _METHODS:
-        raise unknown_choice("method", name, _METHODS)
-    return _METHODS[name]
+    return METHODS.get(name)
 
 
 def list_methods() -> list[str]:
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 @register_method("imp", structured=False)

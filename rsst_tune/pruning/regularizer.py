@@ -14,26 +14,54 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from rsst_tune.errors import unknown_choice
+from rsst_tune.registry import Registry
 
 Schedule = Callable[[float, float, float], float]  # (u, g, k) -> λ
 _E1 = math.e - 1.0
 
-SCHEDULES: dict[str, Schedule] = {
-    "constant": lambda u, g, k: g,
-    "x": lambda u, g, k: g * u,
-    "x^2": lambda u, g, k: g * u**2,
-    "x^3": lambda u, g, k: g * u**3,
-    "exp": lambda u, g, k: g * (math.exp(u) - 1.0) / _E1,
-    "exp_custom_exponents": lambda u, g, k: g * (math.exp(u**k) - 1.0) / _E1,
-}
+SCHEDULES: Registry[Schedule] = Registry("RST_schedule")
+
+
+def register_schedule(
+    name: str, *aliases: str, override: bool = False
+) -> Callable[[Schedule], Schedule]:
+    """Decorator: register λ(u, g, k), a pure function with λ(1) = g (ALGORITHMS.md §4)."""
+    return SCHEDULES.register(name, *aliases, override=override)
+
+
+@register_schedule("constant")
+def constant(u: float, g: float, k: float) -> float:
+    return g
+
+
+@register_schedule("x")
+def linear(u: float, g: float, k: float) -> float:
+    return g * u
+
+
+@register_schedule("x^2")
+def quadratic(u: float, g: float, k: float) -> float:
+    return g * u**2
+
+
+@register_schedule("x^3")
+def cubic(u: float, g: float, k: float) -> float:
+    return g * u**3
+
+
+@register_schedule("exp")
+def exponential(u: float, g: float, k: float) -> float:
+    return g * (math.exp(u) - 1.0) / _E1
+
+
+@register_schedule("exp_custom_exponents")
+def exp_custom(u: float, g: float, k: float) -> float:
+    return g * (math.exp(u**k) - 1.0) / _E1
 
 
 def lam(schedule: str, u: float, g: float, k: float = 1.0) -> float:
     """λ at progress u (clamped to [0, 1]) for ceiling g and exponent k."""
-    if schedule not in SCHEDULES:
-        raise unknown_choice("RST_schedule", schedule, SCHEDULES)
-    return SCHEDULES[schedule](min(max(u, 0.0), 1.0), g, k)
+    return SCHEDULES.get(schedule)(min(max(u, 0.0), 1.0), g, k)
 
 
 class TargetPull:

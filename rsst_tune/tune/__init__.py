@@ -1,31 +1,30 @@
 """Sweeps: Ray Tune runs trials of the prune loop, Optuna proposes their configurations.
 
-Public API (importing it does not import torch or Ray):
+Public API (importing it does not import torch or Ray); `rsst_tune.sweep` wraps these steps:
 
-    from rsst_tune.tune import SweepOptions, resolve_plan, describe_plan, run_sweep
+    from rsst_tune.tune import SweepOptions, resolve_plan, describe_plan, run_sweep, load_plan
     plan = resolve_plan(SweepOptions(space="vit_head_mlp", preset="smoke"))
-    run_sweep(plan)                                  # 0 finished, 130 interrupted
-    run_sweep(load_plan(plan.experiment_dir), resume=True)
-    experiment = load_experiment(plan.experiment_dir)   # records.Experiment
+    print(describe_plan(plan))                          # what --dry-run prints
+    experiment = run_sweep(plan)                        # records.Experiment, when finished
+    # raises rsst_tune.errors.SweepInterrupted when interrupted; then:
+    experiment = run_sweep(load_plan(plan.experiment_dir), resume=True)
+    experiment = load_experiment(plan.experiment_dir)   # read back at any time
 
-`rsst_tune.tune.trainable.train_trial` is the Ray function trainable, `searcher` holds the
-Optuna searcher that tells PRUNED, `space` the `SearchSpace` that `search_spaces/*.py` declare.
+Modules: `plan` (options -> a checked plan, `sweep.json`), `storage` (writable storage
+checks), `ray_setup` (a quiet local Ray or a cluster's address), `sweep` (`run_sweep`),
+`runner` (the Ray Tuner: build, fit, finish), `trainable` (the Ray function trainable),
+`searcher` (the Optuna searcher that tells PRUNED), `space` (the `SearchSpace` that
+`search_spaces/*.py` declare), `experiment` + `records` (an experiment directory as data).
 """
 
 from __future__ import annotations
 
 from rsst_tune.tune.experiment import load_experiment
 from rsst_tune.tune.objectives import parse_objectives, trial_value
+from rsst_tune.tune.plan import SweepOptions, SweepPlan, describe_plan, load_plan, resolve_plan
 from rsst_tune.tune.records import Experiment, Objective, TrialRecord
 from rsst_tune.tune.space import SearchSpace
-from rsst_tune.tune.sweep import (
-    SweepOptions,
-    SweepPlan,
-    describe_plan,
-    load_plan,
-    resolve_plan,
-    run_sweep,
-)
+from rsst_tune.tune.sweep import run_sweep
 
 __all__ = [
     "Experiment",

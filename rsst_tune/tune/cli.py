@@ -9,11 +9,17 @@ import argparse
 import json
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rsst_tune.errors import ConfigError
+from rsst_tune.errors import ConfigError, SweepInterrupted
+
+if TYPE_CHECKING:
+    from rsst_tune.tune.records import Experiment
+
+EXIT_NO_TRIAL = 1  # the sweep finished but no trial completed or was pruned
+EXIT_INTERRUPTED = 130  # stopped before its trials finished: resumable
 
 TUNE_HELP = "a Ray Tune + Optuna sweep over the prune loop"
 REPORT_HELP = "write the best-config report of a sweep"
@@ -157,12 +163,22 @@ def add_tune_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: i
     tune.set_defaults(handler=tune_command)
     report = subparsers.add_parser("report", help=REPORT_HELP, description=REPORT_HELP)
     report.add_argument("experiment", help="an experiment directory (STORAGE/NAME)")
+    report.add_argument(
+        "--measure",
+        action="store_true",
+        help="export and time each budget's best ticket again (default: show the latency "
+        "recorded when the sweep ended)",
+    )
     report.set_defaults(handler=report_command)
 
 
 def tune_command(args: argparse.Namespace) -> int:
-    from rsst_tune.tune.sweep import SweepOptions, describe_plan, load_plan, resolve_plan, run_sweep
+    """Start, resume or dry-run a sweep; exit status 0 done, 1 when no trial completed or was
+    pruned (e.g. every trial failed), 130 interrupted (the resume command goes to stderr)."""
+    from rsst_tune.tune.plan import SweepOptions, describe_plan, load_plan, resolve_plan
+    from rsst_tune.tune.sweep import run_sweep
 
+    prog = getattr(args, "prog", "rsst-tune")
     verbose = bool(getattr(args, "verbose", False) or getattr(args, "tune_verbose", False))
     if args.list_spaces:
         print(list_spaces_text())
@@ -175,8 +191,11 @@ def tune_command(args: argparse.Namespace) -> int:
         else:
             raise ConfigError("--resume needs an experiment directory (or --storage and --name)")
         plan = load_plan(path)
-        return run_sweep(
-            plan, resume=True, address=args.address, verbose=verbose, show=not args.quiet
+        return _run(
+            prog,
+            lambda: run_sweep(
+                plan, resume=True, address=args.address, verbose=verbose, show=not args.quiet
+            ),
         )
     if not args.space:
         raise ConfigError("--space NAME is required; " + spaces_sentence())
@@ -209,7 +228,31 @@ def tune_command(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(describe_plan(plan))
         return 0
-    return run_sweep(plan, address=args.address, verbose=verbose, show=not args.quiet)
+    return _run(
+        prog, lambda: run_sweep(plan, address=args.address, verbose=verbose, show=not args.quiet)
+    )
+
+
+def _run(prog: str, sweep: Callable[[], Experiment | None]) -> int:
+    """Run the sweep and turn how it ended into an exit status."""
+    try:
+        experiment = sweep()
+    except SweepInterrupted as stop:
+        print(f"{prog}: {stop.reason}; continue with: {stop.resume_hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if experiment is None or not experiment.trials:  # URI storage: nothing to check here
+        return 0
+    if any(t.status in ("complete", "pruned") for t in experiment.trials):
+        return 0
+    errors = [t for t in experiment.trials if t.status == "error"]
+    first = next((t.error for t in errors if t.error), None)
+    print(
+        f"{prog}: error: no trial completed ({len(errors)} of {len(experiment.trials)} failed"
+        + (f"; first error: {first}" if first else "")
+        + f"); see {Path(experiment.path) / 'sweep.log'}",
+        file=sys.stderr,
+    )
+    return EXIT_NO_TRIAL
 
 
 def report_command(args: argparse.Namespace) -> int:
@@ -217,7 +260,8 @@ def report_command(args: argparse.Namespace) -> int:
     from rsst_tune.tune.runner import write_report_if_available
 
     experiment = load_experiment(args.experiment)
-    path = write_report_if_available(experiment, Path(experiment.path))
+    export = "all" if getattr(args, "measure", False) else "recorded"
+    path = write_report_if_available(experiment, Path(experiment.path), export=export)
     if path is None:
         print(
             "rsst-tune: error: the report could not be written (see the log above)", file=sys.stderr
@@ -258,10 +302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["python", "tune_main.py", *argv])
+    args.prog = "tune_main.py"
     from rsst_tune.cli import run_guarded
 
     return run_guarded(
-        "tune_main.py", args.verbose, lambda: tune_command(args),
+        "tune_main.py",
+        args.verbose,
+        lambda: tune_command(args),
         "resume with --resume EXPERIMENT_DIR",
     )
 

@@ -20,16 +20,20 @@ from typing import Any
 
 from ray.tune import Callback
 
+from rsst_tune.errors import ConfigError
+from rsst_tune.results import StateResult
 from rsst_tune.tune.objectives import trial_value
 from rsst_tune.tune.records import Objective
 from rsst_tune.tune.searcher import is_complete
+
+log = logging.getLogger(__name__)
 
 EVENTS_FILE = "events.jsonl"
 LOG_FILE = "sweep.log"
 _SHOWN_KEYS = ("state", "val_acc", "test_acc", "macs_frac", "params_frac", "sparsity")
 
 
-class SweepConsole(Callback):  # type: ignore[misc]
+class SweepConsole(Callback):
     """Live one-line-per-event view of a sweep (picklable: Ray stores it with the Tuner)."""
 
     def __init__(
@@ -50,7 +54,7 @@ class SweepConsole(Callback):  # type: ignore[misc]
 
     def _reset(self) -> None:
         self._t0 = time.monotonic()
-        self._states: dict[str, list[dict[str, Any]]] = {}
+        self._states: dict[str, list[StateResult]] = {}
         self._status: dict[str, str] = {}
 
     # ------------------------------------------------------------------ Ray hooks
@@ -77,8 +81,12 @@ class SweepConsole(Callback):  # type: ignore[misc]
     ) -> None:
         if "state" not in result:
             return
+        try:
+            self._states.setdefault(trial.trial_id, []).append(StateResult.from_dict(result))
+        except ConfigError as exc:  # not a pruning state (a result of someone else's trainable)
+            log.debug("trial %s: unreadable result: %s", trial.trial_id, exc)
+            return
         row = {k: result[k] for k in (*_SHOWN_KEYS, "wall_time_s") if k in result}
-        self._states.setdefault(trial.trial_id, []).append(row)
         self._event("state", trial, **row)
         total = result.get("pruning_times", "?")
         text = (
@@ -151,9 +159,14 @@ class SweepConsole(Callback):  # type: ignore[misc]
         points = []
         for states in self._states.values():
             for s in states:
-                if all(o.metric in s for o in self.objectives):
+                values = [s.metric(o.metric) for o in self.objectives]
+                if all(v is not None for v in values):
                     points.append(
-                        tuple(s[o.metric] * (1 if o.mode == "max" else -1) for o in self.objectives)
+                        tuple(
+                            v * (1 if o.mode == "max" else -1)
+                            for v, o in zip(values, self.objectives, strict=True)
+                            if v is not None
+                        )
                     )
         front = [
             p

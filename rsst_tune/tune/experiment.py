@@ -17,37 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from rsst_tune.errors import ConfigError
+from rsst_tune.results import StateResult
 from rsst_tune.tune.records import Experiment, TrialRecord
 
 log = logging.getLogger(__name__)
 
-# Keys Ray Tune adds to every reported result, and keys our trainable adds.
-RAY_KEYS = frozenset(
-    {
-        "timestamp",
-        "checkpoint_dir_name",
-        "should_checkpoint",
-        "done",
-        "training_iteration",
-        "trial_id",
-        "date",
-        "time_this_iter_s",
-        "time_total_s",
-        "pid",
-        "hostname",
-        "node_ip",
-        "config",
-        "time_since_restore",
-        "iterations_since_restore",
-        "experiment_tag",
-    }
-)
-TRAINABLE_KEYS = frozenset({"pruning_times", "resumed_from", "setup_s"})
-
 
 def load_experiment(path: str | Path) -> Experiment:
     """The sweep in `path` (a local experiment directory) as records."""
-    from rsst_tune.tune.sweep import PLAN_FILE, SweepPlan
+    from rsst_tune.tune.plan import PLAN_FILE, SweepPlan
 
     exp_dir = Path(path).expanduser().resolve()
     plan_file = exp_dir / PLAN_FILE
@@ -115,7 +93,7 @@ def _record(
 
     trial_dir = exp_dir / trial_dirname(_Named(trial_id))
     rows = _result_rows(trial_dir / "result.json")
-    states = [_state_only(r) for r in rows]
+    states = tuple(StateResult.from_dict(r) for r in rows)
     checkpoints = {
         int(r["state"]): str(trial_dir / r["checkpoint_dir_name"])
         for r in rows
@@ -140,7 +118,8 @@ class _Named:
 
 
 def _result_rows(path: Path) -> list[dict[str, Any]]:
-    """One row per pruning state (a resumed trial that repeated a report keeps the last)."""
+    """One row per pruning state (a resumed trial that repeated a report keeps the last);
+    rows that are not a complete `StateResult` (cut off by a crash) are skipped."""
     by_state: dict[int, dict[str, Any]] = {}
     if not path.is_file():
         return []
@@ -152,17 +131,13 @@ def _result_rows(path: Path) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError:  # a row cut off by a crash
             continue
-        if "state" in row:
-            by_state[int(row["state"])] = row
+        try:
+            StateResult.from_dict(row)
+        except (ConfigError, TypeError, ValueError) as exc:
+            log.warning("%s: skipping a row that is not a pruning state (%s)", path, exc)
+            continue
+        by_state[int(row["state"])] = row
     return [by_state[s] for s in sorted(by_state)]
-
-
-def _state_only(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: v
-        for k, v in row.items()
-        if k not in RAY_KEYS and k not in TRAINABLE_KEYS and "@" not in k
-    }
 
 
 def _status(ray_status: str, rows: list[dict[str, Any]], ot_trial: Any) -> str:

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rsst_tune.errors import ConfigError, unknown_choice
+from rsst_tune.results import StateResult
 from rsst_tune.tune.records import Objective
 
 # Per-state metrics that may be optimised, with their direction.
@@ -109,25 +110,25 @@ def objectives_from_json(data: Sequence[Mapping[str, Any]]) -> tuple[Objective, 
     )
 
 
-def trial_value(objective: Objective, states: Sequence[Mapping[str, Any]]) -> float | None:
+def trial_value(objective: Objective, states: Sequence[StateResult]) -> float | None:
     """The trial's value under `objective` from its states so far (None before any state)."""
     if not states:
         return None
     if objective.budget_metric is None or objective.budget is None:
-        return float(states[-1][objective.metric])
+        return float(getattr(states[-1], objective.metric))
     feasible = [
-        float(s[objective.metric])
+        float(getattr(s, objective.metric))
         for s in states
-        if float(s[objective.budget_metric]) <= objective.budget + _EPS
+        if float(getattr(s, objective.budget_metric)) <= objective.budget + _EPS
     ]
     if feasible:
         return max(feasible)
-    closest = min(float(s[objective.budget_metric]) for s in states)
+    closest = min(float(getattr(s, objective.budget_metric)) for s in states)
     return -(closest - objective.budget)
 
 
 def objective_metrics(
-    objectives: Sequence[Objective], states: Sequence[Mapping[str, Any]]
+    objectives: Sequence[Objective], states: Sequence[StateResult]
 ) -> dict[str, float]:
     """The values a trial reports for its budgeted objectives (plain ones are state metrics)."""
     out: dict[str, float] = {}

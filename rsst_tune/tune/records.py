@@ -3,14 +3,28 @@
 `load_experiment(path)` (in `rsst_tune.tune.experiment`) builds an `Experiment` from an
 experiment directory; `rsst_tune.report.write_report(experiment, out_dir)` renders it. Tests
 and users can also build these records by hand.
+
+    experiment = rsst_tune.load_experiment("experiments/vit_head_mlp-smoke-20250101-120000")
+    best = experiment.best(macs=0.5)        # a report.Ticket: one pruning state of one trial
+    print(best.trial_id, best.state, best.val_acc, best.macs_frac)
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rsst_tune.errors import ConfigError
+from rsst_tune.results import StateResult
+
+if TYPE_CHECKING:
+    from rsst_tune.report import Ticket
 
 STATUSES = ("complete", "pruned", "error", "running")
+# StateResult fields a ticket's accuracy can be traded against (lower is cheaper)
+PARETO_COSTS = ("macs_frac", "params_frac", "macs", "params", "density_total")
 
 
 @dataclass(frozen=True)
@@ -41,7 +55,7 @@ class TrialRecord:
     status: str  # one of STATUSES
     config: dict[str, Any]  # the full TrialConfig dict the trial ran with
     params: dict[str, Any]  # the searched parameters only (what Optuna proposed)
-    states: list[dict[str, Any]]  # per-state results, as PruneLoop.states() yields them
+    states: tuple[StateResult, ...]  # per-state results, as PruneLoop.states() yields them
     error: str | None = None
     checkpoint_dir: str | None = None  # where the trial's last state checkpoint lives
     # state index -> the checkpoint directory of that state (theta0.pt, state_XX.pt,
@@ -60,3 +74,61 @@ class Experiment:
     trials: tuple[TrialRecord, ...]
     command: str = ""  # the command line that started the sweep
     study: Any = field(default=None, compare=False)  # optuna.Study | None
+
+    # The methods below are thin views over `rsst_tune.report` (imported when called, so
+    # records stay cheap to import): every (trial, state) pair is a candidate *ticket*, chosen
+    # by validation accuracy; test accuracy is reported beside it and never used to choose.
+
+    def tickets(self) -> list[Ticket]:
+        """Every (trial, state) of the sweep as a `report.Ticket`, in trial then state order.
+        The same Ticket objects on every call (and in `pareto` and `best`), so
+        `experiment.best() in experiment.pareto()` compares as expected.
+
+        >>> [(t.label, t.val_acc, t.macs_frac) for t in experiment.tickets()]
+        [('a1b2c3d4/s0', 0.95, 1.0), ('a1b2c3d4/s1', 0.93, 0.61), ...]
+        """
+        return list(self._tickets)
+
+    @functools.cached_property
+    def _tickets(self) -> tuple[Ticket, ...]:  # the records are frozen: computed once
+        from rsst_tune.report import collect_tickets
+
+        return tuple(collect_tickets(self))
+
+    def pareto(self, cost: str = "macs_frac") -> list[Ticket]:
+        """The tickets on the front of `val_acc` (higher is better) against `cost` (lower is
+        better; one of PARETO_COSTS, e.g. "params_frac"), cheapest first.
+
+        >>> for t in experiment.pareto():
+        ...     print(f"{t.label}: {t.val_acc:.3f} at {t.macs_frac:.0%} MACs")
+        """
+        from rsst_tune.report import ticket_front
+
+        if cost not in PARETO_COSTS:
+            raise ConfigError(f"unknown cost {cost!r}; choose one of: {', '.join(PARETO_COSTS)}")
+        return ticket_front(self.tickets(), cost)
+
+    def best(self, macs: float | None = 0.5) -> Ticket | None:
+        """The ticket with the best `val_acc` whose MACs are at most `macs` (a fraction of the
+        dense model's; None: unconstrained), or None when no ticket is within the budget.
+        Ties go to fewer MACs, then fewer params. The default, 0.5, is the budget the report's
+        `best_config.json` answers for.
+
+        >>> ticket = experiment.best(macs=0.25)
+        >>> ticket.config if ticket else "no ticket at <= 25 % MACs"
+        """
+        from rsst_tune.report import best_at_budget
+
+        return best_at_budget(self.tickets(), macs)
+
+    def write_report(self, out_dir: str | Path | None = None, **options: Any) -> Path:
+        """Write the report (`report.md`, `report.html`, plots, `best_config.json`) to `out_dir`
+        (default: the experiment directory) and return the path of `report.md`. `options` go
+        to `rsst_tune.report.write_report`.
+
+        >>> experiment.write_report("/tmp/report")
+        PosixPath('/tmp/report/report.md')
+        """
+        from rsst_tune.report import write_report
+
+        return Path(write_report(self, self.path if out_dir is None else out_dir, **options))

@@ -1,6 +1,8 @@
 """Build the Ray Tuner for a plan (or restore it), run it, and finish the sweep.
 
-Separate from `sweep.py` so that resolving, validating and `--dry-run` never import Ray.
+`execute` returns the finished sweep as an `Experiment` (None with URI storage) and raises
+`SweepInterrupted` when it stopped before its trials finished. Ray is imported here only, so
+that resolving, validating and `--dry-run` (`plan.py`) never import it.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rsst_tune.errors import ConfigError
-from rsst_tune.tune.sweep import EXIT_INTERRUPTED, PLAN_FILE, SweepPlan, init_ray, prepare_ray_env
+from rsst_tune.errors import ConfigError, SweepInterrupted
+from rsst_tune.tune.plan import PLAN_FILE, SweepPlan
+from rsst_tune.tune.ray_setup import init_ray, prepare_ray_env
+from rsst_tune.tune.records import Experiment
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,8 @@ def trial_dirname(trial: Any) -> str:
 
 def execute(
     plan: SweepPlan, *, resume: bool, address: str | None, verbose: bool, show: bool
-) -> int:
+) -> Experiment | None:
+    """Run the plan in its experiment directory; see `rsst_tune.tune.sweep.run_sweep`."""
     prepare_ray_env(address)
     from rsst_tune.tune.console import sweep_logging
 
@@ -46,8 +51,8 @@ def execute(
         try:
             return _fit(plan, resume=resume, show=show)
         except KeyboardInterrupt:
-            _say(show, f"interrupted; continue with: rsst-tune tune --resume {plan.local_dir}")
-            return EXIT_INTERRUPTED
+            log.info("sweep interrupted (KeyboardInterrupt)")
+            raise SweepInterrupted(plan.local_dir) from None
         finally:
             if started:
                 import ray
@@ -55,7 +60,7 @@ def execute(
                 ray.shutdown()
 
 
-def _fit(plan: SweepPlan, *, resume: bool, show: bool) -> int:
+def _fit(plan: SweepPlan, *, resume: bool, show: bool) -> Experiment | None:
     from ray import tune
 
     from rsst_tune.tune.searcher import JOURNAL_FILE
@@ -235,8 +240,13 @@ def _wandb_env(mode: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _finish(plan: SweepPlan, elapsed: float, *, show: bool) -> int:
-    """Classify how the sweep ended, settle the study, write the report."""
+def _finish(plan: SweepPlan, elapsed: float, *, show: bool) -> Experiment | None:
+    """Classify how the sweep ended, settle the study, export and time each budget's best
+    ticket once (into best_exports/; tickets already recorded are skipped), write the report.
+
+    Returns the experiment (None with URI storage); raises SweepInterrupted when trials are
+    unfinished.
+    """
     from ray.tune import ExperimentAnalysis
 
     from rsst_tune.tune.experiment import open_study
@@ -247,12 +257,9 @@ def _finish(plan: SweepPlan, elapsed: float, *, show: bool) -> int:
     unfinished = [t for t, s in statuses.items() if s not in FINISHED]
     budget_hit = plan.time_budget_s is not None and elapsed >= 0.98 * plan.time_budget_s
     if unfinished or (len(statuses) < plan.num_samples and not budget_hit):
-        _say(
-            show,
-            f"interrupted after {elapsed:.0f}s with {len(unfinished)} unfinished trials; "
-            f"continue with: rsst-tune tune --resume {plan.local_dir}",
-        )
-        return EXIT_INTERRUPTED
+        reason = f"interrupted after {elapsed:.0f}s with {len(unfinished)} unfinished trials"
+        log.info("sweep %s", reason)
+        raise SweepInterrupted(plan.local_dir, reason)
     study = open_study(Path(plan.local_dir), plan.study_name or plan.name)
     if study is not None:
         terminated = {t for t, s in statuses.items() if s == "TERMINATED"}
@@ -270,25 +277,31 @@ def _finish(plan: SweepPlan, elapsed: float, *, show: bool) -> int:
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     _say(show, f"finished in {elapsed:.0f}s: {summary or f'{len(statuses)} trials'}")
     if experiment is not None:
-        report = write_report_if_available(experiment, Path(plan.experiment_dir))
+        report = write_report_if_available(experiment, Path(plan.experiment_dir), export="missing")
         if report is not None:
             _say(show, f"report {report}")
     else:
         _upload_side_files(plan)
-    if counts and counts.get("complete", 0) + counts.get("pruned", 0) == 0:
-        return 1
-    return 0
+    return experiment
 
 
-def write_report_if_available(experiment: Any, out_dir: Path) -> Path | None:
-    """`rsst_tune.report.write_report`, when that module is installed; never fails the sweep."""
+def write_report_if_available(
+    experiment: Any, out_dir: Path, *, export: str = "recorded"
+) -> Path | None:
+    """`rsst_tune.report.write_report`, when that module is installed; never fails the sweep.
+
+    `export`: "recorded" renders the best tickets' recorded exports and measures nothing;
+    "missing" first exports and times those not recorded yet; "all" does it for every one.
+    """
     try:
-        from rsst_tune.report import write_report
+        from rsst_tune.report import EXPORT_MODES, write_report
     except ImportError as exc:
         log.warning("no best-config report: rsst_tune.report is not available (%s)", exc)
         return None
+    if export not in EXPORT_MODES:
+        raise ValueError(f"export must be one of {EXPORT_MODES}, got {export!r}")
     try:
-        return Path(write_report(experiment, out_dir))
+        return Path(write_report(experiment, out_dir, export=export))  # type: ignore[arg-type]
     except Exception:
         log.exception("writing the report failed; the sweep's results are intact in %s", out_dir)
         return None

@@ -68,7 +68,7 @@ def is_complete(result: Mapping[str, Any] | None) -> bool:
     return int(result["state"]) >= int(result["pruning_times"]) - 1
 
 
-class PruningAwareOptunaSearch(OptunaSearch):  # type: ignore[misc]
+class PruningAwareOptunaSearch(OptunaSearch):
     """Ray's OptunaSearch for define-by-run spaces that return TrialConfig fields."""
 
     def __init__(

@@ -1,8 +1,8 @@
-"""A sweep: resolve the options into a plan, then run it with Ray Tune + Optuna (or resume it).
+"""Run a resolved sweep (or resume one): the checks that need the machine, then Ray Tune.
 
-    plan = resolve_plan(SweepOptions(space="vit_head_mlp", preset="smoke"))
-    print(describe_plan(plan))          # what --dry-run prints
-    status = run_sweep(plan)            # 0 done, 130 interrupted (resume with resume_plan)
+    plan = resolve_plan(SweepOptions(space="vit_head_mlp", preset="smoke"))   # tune.plan
+    experiment = run_sweep(plan)        # the finished sweep, as an `Experiment`
+    # on Ctrl+C: SweepInterrupted; continue with run_sweep(load_plan(dir), resume=True)
 
 The experiment directory (`<storage>/<name>/`) holds Ray Tune's files (`tuner.pkl`,
 `experiment_state-*.json`, one `trial_<id>/` per trial with `result.json`, `params.json`,
@@ -14,387 +14,16 @@ there and ours stay in `./experiments/<name>/`.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import logging
 import os
-import socket
-import time
-import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from rsst_tune.config import TrialConfig
-from rsst_tune.errors import ConfigError, unknown_choice
-from rsst_tune.tune import objectives as objs
-from rsst_tune.tune.records import Objective
-from rsst_tune.tune.space import SMOKE_SWEEP, SearchSpace, summarize, varying_sparsity_fields
-
-log = logging.getLogger(__name__)
-
-PLAN_FILE = "sweep.json"
-PLAN_VERSION = 1
-SCHEDULERS = ("asha", "fifo")
-WANDB_MODES = ("off", "offline", "online")
-DEFAULT_STORAGE = "experiments"
-EXIT_INTERRUPTED = 130
+from rsst_tune.errors import ConfigError
+from rsst_tune.tune.plan import SweepPlan
+from rsst_tune.tune.ray_setup import check_address
+from rsst_tune.tune.records import Experiment
+from rsst_tune.tune.storage import check_storage
 
 
-@dataclass(frozen=True)
-class SweepOptions:
-    """What the user asked for (the CLI's flags, or a caller's keyword arguments)."""
-
-    space: str
-    objective: str | None = None
-    sampler: str = "tpe"
-    scheduler: str | None = None  # None: the space's default
-    num_samples: int | None = None
-    max_concurrent: int | None = None
-    cpus_per_trial: float | None = None
-    gpus_per_trial: float = 0.0
-    time_budget: float | None = None  # seconds
-    storage: str = DEFAULT_STORAGE
-    name: str | None = None
-    wandb: str = "off"
-    dataset: str | None = None
-    model: str | None = None
-    states: int | None = None
-    epochs: int | None = None
-    preset: str | None = None
-    seed: int = 0
-    device: str | None = None
-    command: str = ""
-    share_dense: bool = True
-    fixed: tuple[tuple[str, Any], ...] = ()  # searched parameters pinned with --fix NAME=VALUE
-
-
-@dataclass(frozen=True)
-class SweepPlan:
-    """A resolved sweep: everything needed to run it again; stored as `sweep.json`."""
-
-    space: str
-    name: str
-    storage: str  # an absolute directory, or a URI Ray accepts
-    experiment_dir: str  # <storage>/<name>
-    local_dir: str  # where our files live (the experiment dir itself for local storage)
-    base_config: dict[str, Any]
-    objectives: tuple[Objective, ...]
-    scheduler: str
-    sampler: str
-    seed: int
-    num_samples: int
-    max_concurrent: int | None
-    cpus_per_trial: float
-    gpus_per_trial: float
-    time_budget_s: float | None
-    wandb: str
-    preset: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    command: str = ""
-    study_name: str = ""
-    asha: dict[str, int] = field(default_factory=lambda: {"grace_period": 1, "reduction_factor": 2})
-    share_dense: bool = True  # trials with identical state 0 train it once (local storage)
-    fixed: dict[str, Any] = field(default_factory=dict)  # searched parameters pinned by --fix
-
-    @property
-    def dense_cache_dir(self) -> str | None:
-        """Where shared dense states live: the experiment directory (not with URI storage)."""
-        return (
-            None
-            if self.is_uri or not self.share_dense
-            else str(Path(self.local_dir) / "dense_cache")
-        )
-
-    @property
-    def states(self) -> int:
-        return int(self.base_config["pruning_times"])
-
-    @property
-    def is_uri(self) -> bool:
-        return _is_uri(self.storage)
-
-    def to_json(self) -> str:
-        data = dataclasses.asdict(self)
-        data["objectives"] = objs.objectives_to_json(self.objectives)
-        data["version"] = PLAN_VERSION
-        return json.dumps(data, indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> SweepPlan:
-        data = json.loads(text)
-        data.pop("version", None)
-        data["objectives"] = objs.objectives_from_json(data["objectives"])
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-# ---------------------------------------------------------------------- resolution
-def resolve_plan(opts: SweepOptions) -> SweepPlan:
-    """Validate the options against the space; every bad input is a one-line ConfigError."""
-    from search_spaces import get_space
-
-    space = get_space(opts.space)
-    overrides = {
-        "dataset": opts.dataset,
-        "model": opts.model,
-        "pruning_times": opts.states,
-        "epochs": opts.epochs,
-    }
-    base = space.resolve_base(
-        overrides, preset=opts.preset, extra={"seed": opts.seed, "device": opts.device}
-    )
-    fixed = {**(SMOKE_FIXED if opts.preset == "smoke" else {}), **dict(opts.fixed)}
-    _check_fixed(space, base, fixed)
-    objectives = objs.parse_objectives(opts.objective) if opts.objective else space.objectives
-    if opts.sampler not in ("tpe", "nsga2", "random"):
-        raise unknown_choice("sampler", opts.sampler, ("tpe", "nsga2", "random"))
-    scheduler = opts.scheduler or space.scheduler
-    if scheduler not in SCHEDULERS:
-        raise unknown_choice("scheduler", scheduler, SCHEDULERS)
-    if scheduler == "asha":
-        _check_asha(space, base)
-    if opts.wandb not in WANDB_MODES:
-        raise unknown_choice("--wandb mode", opts.wandb, WANDB_MODES)
-    preset = SMOKE_SWEEP if opts.preset == "smoke" else {}
-    num_samples = opts.num_samples or int(preset.get("num_samples", space.num_samples))
-    max_concurrent = opts.max_concurrent or preset.get("max_concurrent")
-    cpus = (
-        opts.cpus_per_trial
-        if opts.cpus_per_trial is not None
-        else preset.get("cpus_per_trial", 1.0)
-    )
-    _check_positive(num_samples=num_samples, cpus_per_trial=cpus)
-    # One torch thread per CPU a trial holds; recorded so best configs repeat bit for bit.
-    base = TrialConfig.from_dict({**base, "threads": max(1, int(cpus))}).to_dict()
-    if max_concurrent is not None:
-        _check_positive(max_concurrent=max_concurrent)
-    if opts.gpus_per_trial < 0:
-        raise ConfigError(f"--gpus-per-trial must be >= 0, got {opts.gpus_per_trial}")
-    if opts.time_budget is not None:
-        _check_positive(time_budget=opts.time_budget)
-    name = opts.name or _default_name(space.name, opts.preset)
-    if not name or "/" in name or name in (".", ".."):
-        raise ConfigError(f"--name must be a plain directory name, got {name!r}")
-    storage = opts.storage
-    if not _is_uri(storage):
-        storage = str(Path(storage).expanduser().resolve())
-    if _is_uri(storage):
-        experiment_dir = storage.rstrip("/") + "/" + name
-        local_dir = str((Path(DEFAULT_STORAGE) / name).resolve())
-    else:
-        experiment_dir = str(Path(storage) / name)
-        local_dir = experiment_dir
-    return SweepPlan(
-        space=space.name,
-        name=name,
-        storage=storage,
-        experiment_dir=experiment_dir,
-        local_dir=local_dir,
-        base_config=base,
-        objectives=tuple(objectives),
-        scheduler=scheduler,
-        sampler=opts.sampler,
-        seed=opts.seed,
-        num_samples=int(num_samples),
-        max_concurrent=None if max_concurrent is None else int(max_concurrent),
-        cpus_per_trial=float(cpus),
-        gpus_per_trial=float(opts.gpus_per_trial),
-        time_budget_s=opts.time_budget,
-        wandb=opts.wandb,
-        share_dense=opts.share_dense,
-        preset=opts.preset,
-        fixed=fixed,
-        overrides={k: v for k, v in overrides.items() if v is not None},
-        command=opts.command,
-        study_name=name,
-    )
-
-
-def _check_asha(space: SearchSpace, base: Mapping[str, Any]) -> None:
-    varying = varying_sparsity_fields(space, base)
-    if varying:
-        raise ConfigError(
-            f"--scheduler asha compares trials at the same pruning state, which is only the same "
-            f"sparsity when the space does not search it; space {space.name} searches "
-            f"{', '.join(varying)}: use --scheduler fifo"
-        )
-
-
-def _check_positive(**values: float) -> None:
-    for name, value in values.items():
-        if value is None or value <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
-
-
-def _default_name(space: str, preset: str | None) -> str:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return f"{space}-{preset}-{stamp}" if preset else f"{space}-{stamp}"
-
-
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def load_plan(experiment_dir: str | Path) -> SweepPlan:
-    """The plan of an existing sweep, for `--resume`; a directory without one is an error."""
-    path = Path(experiment_dir).expanduser()
-    plan_file = path / PLAN_FILE
-    if not plan_file.is_file():
-        raise ConfigError(f"{path} holds no sweep to resume (no {PLAN_FILE})")
-    try:
-        plan = SweepPlan.from_json(plan_file.read_text())
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{plan_file} is not a readable sweep plan: {exc}") from None
-    return plan
-
-
-# ---------------------------------------------------------------------- dry run
-def describe_plan(plan: SweepPlan) -> str:
-    """The resolved space and budget, as `--dry-run` prints it."""
-    from search_spaces import get_space
-
-    space = get_space(plan.space)
-    params, _ = summarize(space, plan.base_config, seed=plan.seed, fixed=plan.fixed)
-    samples = 64
-    lines = [
-        f"space       {space.name}: {space.description}",
-        f"experiment  {plan.experiment_dir}",
-        "base config (every trial; searched fields replace these):",
-    ]
-    for key, value in sorted(plan.base_config.items()):
-        lines.append(f"  {key:<22} {value!r}")
-    lines.append("searched parameters (Optuna define-by-run):")
-    for p in params:
-        when = "" if p.seen == samples else f"   conditional: in {p.seen}/{samples} samples"
-        lines.append(f"  {p.name:<22} {p.distribution}{when}")
-    for key, value in sorted(plan.fixed.items()):
-        lines.append(f"  {key:<22} fixed at {value!r} (--fix)")
-    if space.starting_points:
-        lines.append(f"starting points enqueued first: {len(space.starting_points)}")
-    lines.append(f"objectives  {objs.describe(plan.objectives)}")
-    sampler = f"{plan.sampler} (seed {plan.seed})"
-    sched = plan.scheduler
-    if sched == "asha":
-        sched += (
-            f" over pruning states (max_t {plan.states}, grace {plan.asha['grace_period']}, "
-            f"reduction {plan.asha['reduction_factor']})"
-        )
-    lines.append(f"sampler     {sampler}; scheduler {sched}")
-    concurrent = plan.max_concurrent or "as resources allow"
-    lines.append(
-        f"resources   {plan.cpus_per_trial:g} CPU, {plan.gpus_per_trial:g} GPU per trial; "
-        f"at most {concurrent} at once"
-        + (f"; time budget {plan.time_budget_s:g}s" if plan.time_budget_s else "")
-    )
-    trial_states = plan.num_samples * plan.states
-    epochs = trial_states * int(plan.base_config["epochs"])
-    bound = "at most " if plan.scheduler == "asha" else ""
-    lines.append(
-        f"would run   {plan.num_samples} trials x {plan.states} states = {bound}{trial_states} "
-        f"trial-states ({bound}{epochs} epochs of {plan.base_config['model']} on "
-        f"{plan.base_config['dataset']})"
-    )
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------- storage checks
-def check_storage(plan: SweepPlan, *, resume: bool) -> None:
-    """The storage must be writable; a new sweep must not overwrite an old one."""
-    if plan.is_uri:
-        _check_uri(plan.storage)
-    else:
-        _check_writable(Path(plan.storage))
-    local = Path(plan.local_dir)
-    _check_writable(local.parent)
-    if not resume and (local / PLAN_FILE).exists():
-        raise ConfigError(
-            f"{plan.local_dir} already holds a sweep; continue it with --resume "
-            f"{plan.local_dir} or pick another --name"
-        )
-
-
-def _check_writable(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".rsst_write_probe_{uuid.uuid4().hex}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"cannot write to storage path {path}: {exc.strerror or exc}") from None
-
-
-def _check_uri(uri: str) -> None:
-    import pyarrow.fs
-
-    try:
-        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
-        fs.create_dir(path, recursive=True)
-        probe = f"{path.rstrip('/')}/.rsst_write_probe_{uuid.uuid4().hex}"
-        with fs.open_output_stream(probe) as fh:
-            fh.write(b"ok")
-        fs.delete_file(probe)
-    except Exception as exc:  # pyarrow raises many types (ArrowInvalid, OSError, ...)
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"cannot write to storage {uri}: {first}") from None
-
-
-# ---------------------------------------------------------------------- Ray
-def prepare_ray_env(address: str | None) -> None:
-    """Environment for a quiet local Ray; must run before `import ray` to take full effect."""
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # the console prints one line
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
-    if address is None:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        # A local cluster on the loopback address: Ray uses 127.0.0.1 as the node IP. Forced
-        # (not setdefault): an inherited "1" would bind an unauthenticated cluster to the LAN.
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-
-
-def init_ray(address: str | None) -> bool:
-    """Connect to `address` or start a local cluster; True when this call started Ray."""
-    prepare_ray_env(address)
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {
-        "include_dashboard": False,
-        "log_to_driver": False,
-        "logging_level": logging.WARNING,
-    }
-    if address is None:
-        ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
-        return True
-    _check_address(address)
-    try:
-        ray.init(address=address, **kwargs)
-    except (ConnectionError, RuntimeError, TimeoutError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"--address {address}: cannot join the Ray cluster: {first}") from None
-    return True
-
-
-def _check_address(address: str, timeout: float = 3.0) -> None:
-    """Fail fast (a TCP connect with a timeout) instead of letting ray.init retry for minutes."""
-    if address == "auto":
-        return
-    target = address.split("://", 1)[-1]
-    host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"--address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
-            pass
-    except OSError as exc:
-        raise ConfigError(
-            f"--address {address}: nothing answers ({exc.strerror or exc}); is the cluster up?"
-        ) from None
-
-
-# ---------------------------------------------------------------------- run
 def run_sweep(
     plan: SweepPlan,
     *,
@@ -402,15 +31,29 @@ def run_sweep(
     address: str | None = None,
     verbose: bool = False,
     show: bool = True,
-) -> int:
-    """Run (or resume) the sweep; 0 when it finished, 130 when interrupted (resumable)."""
+) -> Experiment | None:
+    """Run (or resume) the sweep and return it, finished, as an `Experiment`.
+
+    Returns None with URI storage (`s3://...`): the trials' results live at the URI and
+    `load_experiment` reads local directories only. A sweep whose every trial failed is
+    returned too (its trials have status "error"; the CLI exits 1 for it).
+
+    Raises `ConfigError` for what makes the plan unrunnable here (storage not writable, an
+    existing sweep of the same name, an `address` that does not answer, `--wandb online`
+    without a key) before anything is written, and `SweepInterrupted` (carrying the
+    directory to resume) when the sweep stopped before its trials finished.
+
+    `address` joins a running Ray cluster (default: a local one, started and shut down here,
+    unless `ray.init` was already called); `show` prints the console view; `verbose` puts
+    debug logs in `sweep.log`.
+    """
     from rsst_tune.tune.runner import execute
 
     check_storage(plan, resume=resume)
     if plan.wandb == "online" and not os.environ.get("WANDB_API_KEY"):
         raise ConfigError("--wandb online needs WANDB_API_KEY in the environment")
     if address is not None:
-        _check_address(address)
+        check_address(address)
     if (
         resume
         and not plan.is_uri
@@ -418,22 +61,3 @@ def run_sweep(
     ):
         raise ConfigError(f"{plan.experiment_dir} holds no Ray Tune experiment state to resume")
     return execute(plan, resume=resume, address=address, verbose=verbose, show=show)
-
-
-# The smoke preset pins the digits training recipe, so all its trials share one dense state 0
-# (shared dense training) and the search spends its budget on the pruning parameters.
-SMOKE_FIXED: dict[str, Any] = {"lr": 3e-3}
-
-
-def _check_fixed(space: Any, base: Mapping[str, Any], fixed: Mapping[str, Any]) -> None:
-    """Every --fix name must be a parameter the space searches."""
-    if not fixed:
-        return
-    params, _ = summarize(space, base, samples=32)
-    searched = {p.name for p in params}
-    unknown = sorted(set(fixed) - searched)
-    if unknown:
-        raise ConfigError(
-            f"space {space.name} does not search {', '.join(unknown)} (--fix); it searches: "
-            f"{', '.join(sorted(searched))}; set other fields with the override flags"
-        )

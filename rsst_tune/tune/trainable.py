@@ -24,13 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from rsst_tune.config import TrialConfig
+from rsst_tune.results import StateResult
 from rsst_tune.tune.objectives import objective_metrics
 from rsst_tune.tune.records import Objective
 
 log = logging.getLogger(__name__)
 
 TRIAL_LOG = "trial.log"
-# Keys the trainable adds to a state's result (besides the budgeted objective values).
+# Keys the trainable adds to every state's `StateResult.to_dict()` (besides the budgeted
+# objective values): how many states the trial runs, where this run of it started, setup time.
 EXTRA_KEYS = ("pruning_times", "resumed_from", "setup_s")
 
 
@@ -60,38 +62,38 @@ def train_trial(
             cfg.pruning_times - 1,
         )
         for result in loop.states():
+            extras = dict(zip(EXTRA_KEYS, (cfg.pruning_times, resumed_from, setup_s), strict=True))
             metrics = {
-                **result,
-                "pruning_times": cfg.pruning_times,
-                "resumed_from": resumed_from,
-                "setup_s": setup_s,
+                **result.to_dict(),
+                **extras,
                 **objective_metrics(objectives, loop.results),
             }
             log.info(
                 "trial %s: state %d val_acc %.4f macs_frac %.3f (%.1fs)",
                 context.get_trial_id(),
-                result["state"],
-                result["val_acc"],
-                result["macs_frac"],
-                result["wall_time_s"],
+                result.state,
+                result.val_acc,
+                result.macs_frac,
+                result.wall_time_s,
             )
-            with _state_checkpoint(scratch, int(result["state"]), cfg, loop.results) as ckpt_dir:
+            with _state_checkpoint(scratch, result.state, cfg, loop.results) as ckpt_dir:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
-            _drop_older_states(scratch, int(result["state"]))
+            _drop_older_states(scratch, result.state)
 
 
 def _start_loop(
     cfg: TrialConfig, scratch: Path, checkpoint: Any, dense_cache_dir: str | None
 ) -> Any:
+    from rsst_tune.checkpoint import THETA0_FILE, latest_state_file
     from rsst_tune.dense_cache import DenseCache
-    from rsst_tune.loop import THETA0_FILE, PruneLoop, latest_checkpoint
+    from rsst_tune.loop import PruneLoop
 
     if checkpoint is None:
         cache = DenseCache(dense_cache_dir) if dense_cache_dir else None
         return PruneLoop(cfg, scratch, dense_cache=cache)
     with checkpoint.as_directory() as src:
         src_path = Path(src)
-        state = latest_checkpoint(src_path)
+        state = latest_state_file(src_path)
         if state is None or not (src_path / THETA0_FILE).exists():
             raise RuntimeError(f"trial checkpoint {src} holds no state_XX.pt / {THETA0_FILE}")
         shutil.copy2(src_path / THETA0_FILE, scratch / THETA0_FILE)
@@ -106,10 +108,10 @@ def _start_loop(
 
 @contextlib.contextmanager
 def _state_checkpoint(
-    scratch: Path, state: int, cfg: TrialConfig, results: Sequence[dict[str, Any]]
+    scratch: Path, state: int, cfg: TrialConfig, results: Sequence[StateResult]
 ) -> Iterator[Path]:
     """A directory with what resuming from `state` needs; Ray copies it into storage."""
-    from rsst_tune.loop import THETA0_FILE, state_file
+    from rsst_tune.checkpoint import THETA0_FILE, state_file
 
     with tempfile.TemporaryDirectory(prefix="rsst_ckpt_") as tmp:
         out = Path(tmp)
@@ -118,15 +120,17 @@ def _state_checkpoint(
         if (scratch / TRIAL_LOG).exists():
             shutil.copy2(scratch / TRIAL_LOG, out / TRIAL_LOG)
         (out / "config.json").write_text(cfg.to_json() + "\n")
-        (out / "results.json").write_text(json.dumps(list(results), indent=2) + "\n")
+        (out / "results.json").write_text(
+            json.dumps([r.to_dict() for r in results], indent=2) + "\n"
+        )
         yield out
 
 
 def _drop_older_states(scratch: Path, state: int) -> None:
-    from rsst_tune.loop import state_file
+    from rsst_tune.checkpoint import state_file, state_files
 
     keep = state_file(state)
-    for path in scratch.glob("state_[0-9][0-9].pt"):
+    for path in state_files(scratch):
         if path.name != keep:
             path.unlink(missing_ok=True)
 
@@ -166,4 +170,3 @@ def _trial_log(path: Path) -> Iterator[None]:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
         handler.close()
-

@@ -1,4 +1,4 @@
-"""Physical export of a structured ticket (ALGORITHMS.md §7).
+"""Slicing a masked model into a physically smaller one (ALGORITHMS.md §7): pure functions.
 
 `export_model(model, structure, device)` returns a physically smaller copy of a masked model:
 a unit (head, MLP neuron, conv filter) whose member slices (`structure.Member`) are all zero
@@ -15,60 +15,41 @@ attention output is zero whatever its softmax; a zero neuron's fc1 output is act
 GELU/ReLU; a zero filter's BatchNorm output is 0 · x̂ + 0. `check_equivalence` verifies it on
 a batch (max abs difference ≤ 1e-4 in float32, eval mode) and raises `ExportError` otherwise.
 
-The saved file holds only tensors and plain data, so it loads with `weights_only=True`::
-
-    from rsst_tune.pruning.export import load_exported
-    model = load_exported("export/model.pt")     # an nn.Module in eval mode, on CPU
-
-which rebuilds the architecture with `create_model`, shrinks it to the recorded widths and
-loads the state dict. `export_command` is `rsst-tune export CHECKPOINT --out DIR`.
+Nothing here reads or writes files: the file format is `rsst_tune.pruning.exported`, the
+`rsst-tune export` command `rsst_tune.export`.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from rsst_tune import checkpoint as ckpt
 from rsst_tune.errors import ConfigError
-from rsst_tune.latency import Latency, compare_latency
-from rsst_tune.pruning.cost import Cost, CostModel, count_params
-from rsst_tune.pruning.structure import Member, Structure, UnitGroup, find_structure
+from rsst_tune.pruning.structure import Member, Structure, UnitGroup
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "ATOL",
-    "EXPORT_FORMAT",
-    "EXPORT_VERSION",
-    "MODEL_FILE",
-    "REPORT_FILE",
     "ExportError",
     "ExportResult",
     "LayerReport",
     "check_equivalence",
-    "export_command",
+    "device_of",
     "export_model",
-    "load_exported",
     "max_abs_diff",
-    "save_exported",
+    "resize_to",
+    "zero_units",
 ]
 
-EXPORT_FORMAT = "rsst-tune-export"
-EXPORT_VERSION = 1
-MODEL_FILE = "model.pt"
-REPORT_FILE = "export.json"
 ATOL = 1e-4
-LOAD_CALL = "rsst_tune.pruning.export.load_exported({path!r})"
 
 
 class ExportError(RuntimeError):
@@ -93,6 +74,18 @@ class LayerReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "removed": self.removed}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerReport:
+        """Read `to_dict()` back (`removed` is derived, so ignored)."""
+        try:
+            return cls(
+                str(data["name"]),
+                str(data["kind"]),
+                *(int(data[f.name]) for f in fields(cls)[2:]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"not a layer record: {exc!r}") from None
 
 
 @dataclass
@@ -195,7 +188,7 @@ def _sync_attributes(model: nn.Module, num_heads: Mapping[str, int]) -> None:
             heads = int(num_heads[name])
             m.num_heads = heads
             if hasattr(m, "attn_dim"):
-                m.attn_dim = heads * int(m.head_dim)  # type: ignore[operator]
+                m.attn_dim = heads * int(m.head_dim)
 
 
 def _coupling(model: nn.Module, group: UnitGroup) -> str | None:
@@ -311,7 +304,7 @@ def export_model(
     _sync_attributes(pruned, num_heads)
     diff = None
     if example is not None:  # float32 on CPU: no TF32 or reduced-precision kernels
-        masked = model if _device_of(model) == cpu else copy.deepcopy(model).to(cpu)
+        masked = model if device_of(model) == cpu else copy.deepcopy(model).to(cpu)
         diff = check_equivalence(masked, pruned, example.to(cpu), atol=atol)
     return ExportResult(pruned.to(device), reports, keep_all, num_heads, diff)
 
@@ -324,8 +317,8 @@ def max_abs_diff(a: nn.Module, b: nn.Module, x: Tensor) -> float:
     b.eval()
     try:
         with torch.inference_mode():
-            ya = a(x.to(_device_of(a))).float()
-            yb = b(x.to(_device_of(b))).float().to(ya.device)
+            ya = a(x.to(device_of(a))).float()
+            yb = b(x.to(device_of(b))).float().to(ya.device)
     finally:
         a.train(modes[0])
         b.train(modes[1])
@@ -354,74 +347,18 @@ def check_equivalence(
     return diff
 
 
-def _device_of(model: nn.Module) -> torch.device:
+def device_of(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU when it has none)."""
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
 
 
-# --------------------------------------------------------------------------- save / load
-def save_exported(
-    result: ExportResult,
-    path: str | Path,
-    *,
-    model_name: str,
-    num_classes: int,
-    in_chans: int,
-    img_size: int,
-    meta: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write the pruned model: its architecture as data and its state dict (CPU tensors).
-
-    `model_name` must rebuild the dense architecture through `create_model`. Load it with
-    `load_exported(path)`.
-    """
-    blob = {
-        "format": EXPORT_FORMAT,
-        "version": EXPORT_VERSION,
-        "model": model_name,
-        "model_kwargs": {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size},
-        "num_heads": dict(result.num_heads),
-        "state_dict": {
-            k: v.detach().to("cpu", copy=True) for k, v in result.model.state_dict().items()
-        },
-        "meta": dict(meta or {}),
-    }
-    path = Path(path)
-    ckpt.atomic_save(blob, path)
-    return path
-
-
-def load_exported(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Load a model written by `save_exported` / `rsst-tune export` (eval mode).
-
-    Safe to call on untrusted files: it reads with `torch.load(weights_only=True)`, then
-    rebuilds the architecture with `create_model`, shrinks it to the saved shapes and loads
-    the state dict strictly.
-    """
-    from rsst_tune.models import create_model
-
-    blob = ckpt.load(path)
-    if not isinstance(blob, dict) or blob.get("format") != EXPORT_FORMAT:
-        raise ConfigError(f"{path} is not an rsst-tune export (write one with `rsst-tune export`)")
-    if blob.get("version") != EXPORT_VERSION:
-        raise ConfigError(f"{path}: export version {blob.get('version')} is not {EXPORT_VERSION}")
-    model = create_model(blob["model"], **blob["model_kwargs"])
-    state: dict[str, Tensor] = blob["state_dict"]
-    _resize_like(model, state, blob["num_heads"])
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"{path} does not fit model {blob['model']!r}: {first}") from None
-    return model.to(map_location).eval()
-
-
+# --------------------------------------------------------------------------- loading
 @torch.no_grad()
-def _resize_like(
-    model: nn.Module, state: Mapping[str, Tensor], num_heads: Mapping[str, int]
-) -> None:
-    """Give every tensor of `model` the shape it has in `state` (values come from load)."""
+def resize_to(model: nn.Module, state: Mapping[str, Tensor], num_heads: Mapping[str, int]) -> None:
+    """Give every tensor of `model` the shape it has in `state`, in place (uninitialised: the
+    values come from `load_state_dict`), and set `num_heads` of the attention blocks."""
     for name, current in model.state_dict().items():
         saved = state.get(name)
         if saved is None or saved.shape == current.shape:
@@ -429,198 +366,3 @@ def _resize_like(
         owner, leaf = _owner(model, name)
         _replace_tensor(owner, leaf, torch.empty(saved.shape, dtype=saved.dtype))
     _sync_attributes(model, num_heads)
-
-
-# --------------------------------------------------------------------------- report
-def export_report(
-    result: ExportResult,
-    dense_cost: Cost,
-    pruned_cost: Cost,
-    dense_params: int,
-    latencies: Sequence[Latency],
-) -> dict[str, Any]:
-    """The content of export.json (plain data)."""
-    pruned_params = count_params(result.model)
-    mac_ratio = dense_cost.macs / max(pruned_cost.macs, 1)
-    return {
-        "params": {
-            "dense": dense_params,
-            "pruned": pruned_params,
-            "fraction": pruned_params / max(dense_params, 1),
-            "analytic_pruned": pruned_cost.params,
-        },
-        "macs": {
-            "dense": dense_cost.macs,
-            "pruned": pruned_cost.macs,
-            "fraction": pruned_cost.macs / max(dense_cost.macs, 1),
-            "ratio": mac_ratio,
-        },
-        "latency": [{**lat.to_dict(), "mac_ratio": mac_ratio} for lat in latencies],
-        "speedup": {f"{lat.device}@{lat.batch}": lat.speedup for lat in latencies},
-        "units": {
-            kind: {
-                "before": sum(r.units for r in result.layers if r.kind == kind),
-                "after": sum(r.kept for r in result.layers if r.kind == kind),
-            }
-            for kind in dict.fromkeys(r.kind for r in result.layers)
-        },
-        "layers": [r.to_dict() for r in result.layers],
-        "zero_units_kept_by_couplings": result.zero_kept_coupled,
-        "zero_units_kept_min_one": result.zero_kept_min,
-        "num_heads": dict(result.num_heads),
-        "max_abs_diff": result.max_abs_diff,
-        "atol": ATOL,
-    }
-
-
-def _table(report: Mapping[str, Any]) -> str:
-    p, m = report["params"], report["macs"]
-    lines = [
-        f"{'':<8}{'dense':>14}{'pruned':>14}{'fraction':>10}",
-        f"{'params':<8}{p['dense']:>14,}{p['pruned']:>14,}{p['fraction']:>10.3f}",
-        f"{'MACs':<8}{m['dense']:>14,}{m['pruned']:>14,}{m['fraction']:>10.3f}",
-        "",
-        f"{'device':<8}{'batch':>6}{'dense ms':>11}{'pruned ms':>11}"
-        f"{'speed-up':>10}{'MAC ratio':>11}",
-    ]
-    for lat in report["latency"]:
-        lines.append(
-            f"{lat['device']:<8}{lat['batch']:>6}{lat['dense_ms']:>11.3f}{lat['pruned_ms']:>11.3f}"
-            f"{lat['speedup']:>9.2f}x{lat['mac_ratio']:>10.2f}x"
-        )
-    lines.append("")
-    lines.append(
-        f"zero units kept by couplings: {report['zero_units_kept_by_couplings']}; "
-        f"max abs output difference {report['max_abs_diff']:.2e} (<= {report['atol']:g})"
-    )
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- command
-def _spec_of(state: Mapping[str, Any], cfg: Any) -> tuple[Any, Tensor | None]:
-    """(DataSpec, a test batch or None): from the checkpoint when it holds a spec, else the data."""
-    from rsst_tune.data import DataSpec, DeviceData, load_dataset
-
-    saved = state.get("spec")
-    if isinstance(saved, Mapping):
-        try:
-            return DataSpec(**saved), None
-        except TypeError:
-            log.debug("checkpoint spec %r not usable; loading the dataset", saved)
-    bundle = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, download=False)
-    batch = next(DeviceData(bundle.test, bundle.spec, "cpu").eval_batches(64))[0]
-    return bundle.spec, batch
-
-
-def export_command(
-    checkpoint: str | Path,
-    out: str | Path,
-    device: str = "auto",
-    *,
-    batch_sizes: Sequence[int] = (1, 64),
-    repeats: int = 11,
-    show: bool = True,
-) -> int:
-    """`rsst-tune export CHECKPOINT --out DIR`: write DIR/model.pt and DIR/export.json."""
-    from rsst_tune.config import TrialConfig
-    from rsst_tune.device import resolve_device
-    from rsst_tune.models import create_model
-
-    state = ckpt.load(checkpoint)
-    if (
-        not isinstance(state, dict)
-        or not isinstance(state.get("config"), dict)
-        or not isinstance(state.get("model"), dict)
-    ):
-        raise ConfigError(f"{checkpoint} is not an rsst-tune state checkpoint (state_XX.pt)")
-    cfg = TrialConfig.from_dict(state["config"])
-    dev = resolve_device(device)
-    weights = state.get("ticket")
-    next_state = state.get("next_state")
-    if not isinstance(weights, dict):  # an older checkpoint without the evaluated ticket
-        weights = state["model"]
-        if isinstance(next_state, int) and next_state < cfg.pruning_times:
-            log.warning(
-                "%s is not the last state and holds no ticket: exporting the rewound weights "
-                "prepared for state %d",
-                checkpoint,
-                next_state,
-            )
-    spec, batch = _spec_of(state, cfg)
-    model = create_model(
-        cfg.model, num_classes=spec.num_classes, in_chans=spec.in_chans, img_size=spec.img_size
-    )
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"{checkpoint} does not match model {cfg.model}: {first}") from None
-    masks = state.get("M") or {}
-    if weights is state["model"]:  # a ticket is exactly as evaluated; the rewound weights need M
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name in masks and masks[name].shape == p.shape:
-                    p.mul_(masks[name].to(p.dtype))
-    model.eval()
-    sample = (spec.in_chans, spec.img_size, spec.img_size)
-    if batch is None:
-        batch = torch.randn(64, *sample, generator=torch.Generator().manual_seed(0))
-    structure = find_structure(model, target="both", prune_stem=True, example_input=batch[:2])
-    result = export_model(model, structure, dev, example=batch)
-    cost = CostModel(model, structure, batch[:1])
-    pruned_cost = cost.cost(result.kept_counts)
-
-    latencies = compare_latency(
-        model,
-        result.model if dev.type == "cpu" else _copy_to(result.model, "cpu"),
-        sample,
-        torch.device("cpu"),
-        batch_sizes,
-        repeats=repeats,
-    )
-    if dev.type != "cpu":
-        latencies += compare_latency(
-            _copy_to(model, dev), result.model, sample, dev, batch_sizes, repeats=repeats
-        )
-    report = export_report(result, cost.dense, pruned_cost, count_params(model), latencies)
-    out = Path(out)
-    model_path = out / MODEL_FILE
-    save_exported(
-        result,
-        model_path,
-        model_name=cfg.model,
-        num_classes=spec.num_classes,
-        in_chans=spec.in_chans,
-        img_size=spec.img_size,
-        meta={
-            "checkpoint": str(checkpoint),
-            "config": cfg.to_dict(),
-            "input": {
-                "in_chans": spec.in_chans,
-                "img_size": spec.img_size,
-                "mean": list(spec.mean),
-                "std": list(spec.std),
-            },
-        },
-    )
-    report.update(
-        model=cfg.model,
-        checkpoint=str(checkpoint),
-        file=str(model_path),
-        load=LOAD_CALL.format(path=str(model_path)),
-        input={
-            "mean": list(spec.mean),
-            "std": list(spec.std),
-            "shape": [spec.in_chans, spec.img_size, spec.img_size],
-        },
-    )
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    if show:
-        print(f"rsst-tune export: {cfg.model} from {checkpoint} -> {model_path}")
-        print(_table(report))
-        print(f"load with: {report['load']}")
-    return 0
-
-
-def _copy_to(model: nn.Module, device: torch.device | str) -> nn.Module:
-    return copy.deepcopy(model).to(device)

@@ -1,0 +1,345 @@
+"""`rsst-tune export`'s logic: a checkpoint in, an exported model and its `ExportReport` out.
+
+    report = export_checkpoint("runs/demo/state_02.pt", "runs/demo/export")
+    print(report.table())
+
+`export_checkpoint` slices the checkpoint's evaluated ticket (`rsst_tune.pruning.slicing`),
+checks the outputs, counts params and MACs, times dense against pruned (`rsst_tune.latency`,
+unless `measure=False`), and writes DIR/model.pt (`rsst_tune.pruning.exported`) and
+DIR/export.json (`report.to_dict()`). It prints nothing; the CLI prints `report.table()`.
+`ExportReport.from_dict(json.loads(...))` reads a recorded export.json back unchanged, so a
+report can show the numbers measured once instead of timing the model again.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from rsst_tune import checkpoint as ckpt
+from rsst_tune import fileio
+from rsst_tune.errors import ConfigError
+from rsst_tune.latency import Latency, compare_latency
+from rsst_tune.pruning.exported import load_call, save_exported
+from rsst_tune.pruning.slicing import ATOL, LayerReport, export_model
+
+if TYPE_CHECKING:
+    from rsst_tune.config import TrialConfig
+    from rsst_tune.data import DataSpec
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "MODEL_FILE",
+    "REPORT_FILE",
+    "ExportReport",
+    "export_checkpoint",
+    "read_report",
+]
+
+MODEL_FILE = "model.pt"
+REPORT_FILE = "export.json"
+REPORT_FORMAT = "rsst-tune-export-report"
+REPORT_VERSION = 1
+CHECK_BATCH = 64  # inputs of the equivalence check
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What one export did and measured; export.json holds `to_dict()`."""
+
+    model: str  # registry name (create_model)
+    checkpoint: str  # the state checkpoint exported
+    file: str  # the exported model file
+    params_dense: int
+    params_pruned: int  # counted on the exported model
+    params_analytic: int  # CostModel's count for the kept units (equals params_pruned)
+    macs_dense: int
+    macs_pruned: int
+    layers: tuple[LayerReport, ...]
+    num_heads: dict[str, int]  # attention module -> heads after export
+    max_abs_diff: float  # exported vs masked outputs on the check batch
+    atol: float
+    latency: tuple[Latency, ...]  # empty when not measured
+    input_shape: tuple[int, ...]  # one input, without the batch dimension
+    input_mean: tuple[float, ...]  # the model takes inputs normalised with these
+    input_std: tuple[float, ...]
+
+    @property
+    def params_fraction(self) -> float:
+        return self.params_pruned / max(self.params_dense, 1)
+
+    @property
+    def macs_fraction(self) -> float:
+        return self.macs_pruned / max(self.macs_dense, 1)
+
+    @property
+    def mac_ratio(self) -> float:
+        """dense MACs / pruned MACs: the speed-up that MACs alone would predict."""
+        return self.macs_dense / max(self.macs_pruned, 1)
+
+    @property
+    def units(self) -> dict[str, tuple[int, int]]:
+        """Units per kind: (before, after)."""
+        kinds = dict.fromkeys(r.kind for r in self.layers)
+        return {
+            k: (
+                sum(r.units for r in self.layers if r.kind == k),
+                sum(r.kept for r in self.layers if r.kind == k),
+            )
+            for k in kinds
+        }
+
+    @property
+    def zero_kept_coupled(self) -> int:
+        """Zero units kept because a coupling (residual add, norm) spans them."""
+        return sum(r.zero_kept_coupled for r in self.layers)
+
+    @property
+    def zero_kept_min(self) -> int:
+        """Zero units kept so that every layer keeps at least one unit."""
+        return sum(r.zero_kept_min for r in self.layers)
+
+    @property
+    def load(self) -> str:
+        """The Python call that loads the exported model."""
+        return load_call(self.file)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data (the content of export.json); derived values are included."""
+        return {
+            "format": REPORT_FORMAT,
+            "version": REPORT_VERSION,
+            "model": self.model,
+            "checkpoint": self.checkpoint,
+            "file": self.file,
+            "load": self.load,
+            "params": {
+                "dense": self.params_dense,
+                "pruned": self.params_pruned,
+                "fraction": self.params_fraction,
+                "analytic_pruned": self.params_analytic,
+            },
+            "macs": {
+                "dense": self.macs_dense,
+                "pruned": self.macs_pruned,
+                "fraction": self.macs_fraction,
+                "ratio": self.mac_ratio,
+            },
+            "latency": [{**lat.to_dict(), "mac_ratio": self.mac_ratio} for lat in self.latency],
+            "units": {k: {"before": b, "after": a} for k, (b, a) in self.units.items()},
+            "layers": [r.to_dict() for r in self.layers],
+            "zero_units_kept_by_couplings": self.zero_kept_coupled,
+            "zero_units_kept_min_one": self.zero_kept_min,
+            "num_heads": dict(self.num_heads),
+            "max_abs_diff": self.max_abs_diff,
+            "atol": self.atol,
+            "input": {
+                "shape": list(self.input_shape),
+                "mean": list(self.input_mean),
+                "std": list(self.input_std),
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExportReport:
+        """Read `to_dict()` back; another format or version is a one-line ConfigError."""
+        if not isinstance(data, Mapping) or data.get("format") != REPORT_FORMAT:
+            raise ConfigError("not an rsst-tune export record (export.json)")
+        if data.get("version") != REPORT_VERSION:
+            raise ConfigError(
+                f"export record version {data.get('version')!r} is not {REPORT_VERSION} "
+                "(export the checkpoint again)"
+            )
+        try:
+            params, macs, inp = data["params"], data["macs"], data["input"]
+            return cls(
+                model=str(data["model"]),
+                checkpoint=str(data["checkpoint"]),
+                file=str(data["file"]),
+                params_dense=int(params["dense"]),
+                params_pruned=int(params["pruned"]),
+                params_analytic=int(params["analytic_pruned"]),
+                macs_dense=int(macs["dense"]),
+                macs_pruned=int(macs["pruned"]),
+                layers=tuple(LayerReport.from_dict(r) for r in data["layers"]),
+                num_heads={str(k): int(v) for k, v in data["num_heads"].items()},
+                max_abs_diff=float(data["max_abs_diff"]),
+                atol=float(data["atol"]),
+                latency=tuple(Latency.from_dict(lat) for lat in data["latency"]),
+                input_shape=tuple(int(v) for v in inp["shape"]),
+                input_mean=tuple(float(v) for v in inp["mean"]),
+                input_std=tuple(float(v) for v in inp["std"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"incomplete export record: {exc!r}") from None
+
+    def table(self) -> str:
+        """The export as text: sizes, latency (median and IQR), the check, how to load."""
+        lines = [
+            f"rsst-tune export: {self.model} from {self.checkpoint} -> {self.file}",
+            f"{'':<8}{'dense':>14}{'pruned':>14}{'fraction':>10}",
+            f"{'params':<8}{self.params_dense:>14,}{self.params_pruned:>14,}"
+            f"{self.params_fraction:>10.3f}",
+            f"{'MACs':<8}{self.macs_dense:>14,}{self.macs_pruned:>14,}{self.macs_fraction:>10.3f}",
+            "",
+        ]
+        if self.latency:
+            lines.append(
+                f"{'device':<8}{'batch':>6}{'dense ms (IQR)':>20}{'pruned ms (IQR)':>20}"
+                f"{'speed-up':>10}{'MAC ratio':>11}"
+            )
+            for lat in self.latency:
+                lines.append(
+                    f"{lat.device:<8}{lat.batch:>6}"
+                    f"{fmt_ms(lat.dense_ms, lat.dense_iqr_ms):>20}"
+                    f"{fmt_ms(lat.pruned_ms, lat.pruned_iqr_ms):>20}"
+                    f"{lat.speedup:>9.2f}x{self.mac_ratio:>10.2f}x"
+                )
+            runs = "/".join(str(r) for r in sorted({lat.repeats for lat in self.latency}))
+            lines.append(
+                f"ms per forward: median (interquartile range) of {runs} timed runs per model, "
+                "dense and pruned alternating"
+            )
+        else:
+            lines.append(f"latency not measured (MAC ratio {self.mac_ratio:.2f}x)")
+        lines += [
+            "",
+            f"zero units kept by couplings: {self.zero_kept_coupled}; max abs output "
+            f"difference {self.max_abs_diff:.2e} (<= {self.atol:g})",
+            f"load with: {self.load}",
+        ]
+        return "\n".join(lines)
+
+
+def fmt_ms(median: float, spread: float) -> str:
+    """`1.130 (0.021)`: a median and its interquartile range, in ms."""
+    return f"{median:.3f} ({spread:.3f})"
+
+
+def read_report(path: str | Path) -> ExportReport:
+    """An export.json read back; missing, unreadable or other files are a ConfigError."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"export record not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"export record {path} is unreadable: {exc}") from None
+    try:
+        return ExportReport.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    device: str = "auto",
+    measure: bool = True,
+    batch_sizes: Sequence[int] = (1, 64),
+    repeats: int = 11,
+    warmup: int = 3,
+) -> ExportReport:
+    """Export a state checkpoint's ticket to `out_dir`/model.pt and record `out_dir`/export.json.
+
+    The ticket is sliced on CPU, checked against the masked model (raises `ExportError` above
+    1e-4) and moved to `device`. With `measure`, dense and pruned are timed on CPU at each
+    batch size, and on `device` too when it is not the CPU. A bad checkpoint is a ConfigError.
+    """
+    from rsst_tune.device import resolve_device
+    from rsst_tune.pruning.cost import CostModel, count_params
+    from rsst_tune.pruning.structure import find_structure
+
+    cfg, spec, model = _load_ticket(checkpoint)
+    dev = resolve_device(device)
+    sample = (spec.in_chans, spec.img_size, spec.img_size)
+    batch = torch.randn(CHECK_BATCH, *sample, generator=torch.Generator().manual_seed(0))
+    structure = find_structure(model, target="both", prune_stem=True, example_input=batch[:2])
+    result = export_model(model, structure, dev, example=batch)
+    cost = CostModel(model, structure, batch[:1])
+    pruned_cost = cost.cost(result.kept_counts)
+    latency: list[Latency] = []
+    if measure:
+        cpu = torch.device("cpu")
+        pairs = [(model, result.model if dev.type == "cpu" else _copy_to(result.model, cpu), cpu)]
+        if dev.type != "cpu":
+            pairs.append((_copy_to(model, dev), result.model, dev))
+        for dense, pruned, where in pairs:
+            latency += compare_latency(
+                dense, pruned, sample, where, batch_sizes, repeats=repeats, warmup=warmup
+            )
+
+    out = Path(out_dir)
+    model_path = out / MODEL_FILE
+    save_exported(
+        result,
+        model_path,
+        model_name=cfg.model,
+        num_classes=spec.num_classes,
+        in_chans=spec.in_chans,
+        img_size=spec.img_size,
+        meta={
+            "checkpoint": str(checkpoint),
+            "config": cfg.to_dict(),
+            "input": {"shape": list(sample), "mean": list(spec.mean), "std": list(spec.std)},
+        },
+    )
+    report = ExportReport(
+        model=cfg.model,
+        checkpoint=str(checkpoint),
+        file=str(model_path),
+        params_dense=count_params(model),
+        params_pruned=count_params(result.model),
+        params_analytic=pruned_cost.params,
+        macs_dense=cost.dense.macs,
+        macs_pruned=pruned_cost.macs,
+        layers=tuple(result.layers),
+        num_heads=dict(result.num_heads),
+        max_abs_diff=float(result.max_abs_diff or 0.0),  # set: `example` was given
+        atol=ATOL,
+        latency=tuple(latency),
+        input_shape=sample,
+        input_mean=tuple(float(v) for v in spec.mean),
+        input_std=tuple(float(v) for v in spec.std),
+    )
+    text = json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"
+    fileio.write_text(out / REPORT_FILE, text)  # last: a record exists only when complete
+    log.debug("exported %s to %s", checkpoint, model_path)
+    return report
+
+
+def _load_ticket(checkpoint: str | Path) -> tuple[TrialConfig, DataSpec, nn.Module]:
+    """(TrialConfig, DataSpec, the masked model in eval mode on CPU) of a state checkpoint."""
+    from rsst_tune.config import TrialConfig
+    from rsst_tune.data import DataSpec
+    from rsst_tune.models import create_model
+
+    saved = ckpt.TrialCheckpoint.load(checkpoint)
+    cfg = TrialConfig.from_dict(saved.config)
+    try:
+        spec = DataSpec(**saved.spec)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{checkpoint}: its dataset spec is not usable ({exc})") from None
+    model = create_model(
+        cfg.model, num_classes=spec.num_classes, in_chans=spec.in_chans, img_size=spec.img_size
+    )
+    try:
+        model.load_state_dict(saved.ticket)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{checkpoint} does not match model {cfg.model}: {first}") from None
+    return cfg, spec, model.eval()
+
+
+def _copy_to(model: nn.Module, device: torch.device) -> nn.Module:
+    return copy.deepcopy(model).to(device)

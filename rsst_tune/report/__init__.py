@@ -1,0 +1,87 @@
+"""The best-config report of a sweep: Markdown, self-contained HTML, PNG plots and JSON configs.
+
+    write_report(experiment, out_dir) -> Path of report.md
+
+Every (trial, state) pair is a candidate *ticket*: each pruning state is a real pruned model
+with its own accuracy and cost, so a trial of S states offers S tickets. Tickets are chosen by
+validation accuracy (`val_acc`); test accuracy is reported beside it and never used to choose.
+
+One module per job:
+
+* `select`: pure computation on records (`collect_tickets`, `pareto_front`,
+  `best_at_budget`, `reproduce_config`, `rank_trials`, `param_importances`, ...);
+* `document`: a tiny document model (`Heading`, `Para`, `Code`, `Table`, `Image`), rendered
+  to Markdown and to self-contained HTML;
+* `sections`: the report's sections as blocks (and its plots);
+* `exports`: the physically pruned best tickets, exported and timed once, then read back;
+* `files`: `write_report`, which writes the files.
+"""
+
+from __future__ import annotations
+
+from rsst_tune.report.exports import (
+    BEST_EXPORTS_DIR,
+    EXPORT_MODES,
+    ExportMode,
+    distinct_bests,
+    export_best,
+    read_export,
+)
+from rsst_tune.report.files import (
+    BEST_CONFIGS_DIR,
+    best_config_record,
+    build_blocks,
+    write_best_configs,
+    write_report,
+)
+from rsst_tune.report.sections import fmt_latency, fmt_pct
+from rsst_tune.report.select import (
+    BUDGETS,
+    DEFAULT_BUDGET,
+    SELECT_METRIC,
+    Importances,
+    Ticket,
+    best_at_budget,
+    best_by_budget,
+    collect_tickets,
+    headline_ticket,
+    param_importances,
+    pareto_front,
+    rank_trials,
+    reproduce_config,
+    state_history,
+    ticket_front,
+    within_budget,
+)
+
+__all__ = [
+    "BEST_CONFIGS_DIR",
+    "BEST_EXPORTS_DIR",
+    "BUDGETS",
+    "DEFAULT_BUDGET",
+    "EXPORT_MODES",
+    "SELECT_METRIC",
+    "ExportMode",
+    "Importances",
+    "Ticket",
+    "best_at_budget",
+    "best_by_budget",
+    "best_config_record",
+    "build_blocks",
+    "collect_tickets",
+    "distinct_bests",
+    "export_best",
+    "fmt_latency",
+    "fmt_pct",
+    "headline_ticket",
+    "param_importances",
+    "pareto_front",
+    "rank_trials",
+    "read_export",
+    "reproduce_config",
+    "state_history",
+    "ticket_front",
+    "within_budget",
+    "write_best_configs",
+    "write_report",
+]

@@ -1,0 +1,160 @@
+"""Writing a report: report.md, report.html, PNG plots, best_config.json and best_configs/."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rsst_tune.tune.records import Experiment
+
+if TYPE_CHECKING:
+    pass
+
+
+from rsst_tune import fileio
+from rsst_tune.report.document import Block, to_html, to_markdown
+from rsst_tune.report.exports import EXPORT_MODES, ExportMode, export_best
+from rsst_tune.report.sections import (
+    budget_blocks,
+    export_blocks,
+    importance_blocks,
+    pareto_blocks,
+    run_command,
+    states_blocks,
+    summary_blocks,
+    trials_blocks,
+)
+from rsst_tune.report.select import (
+    SELECT_METRIC,
+    Ticket,
+    best_by_budget,
+    budget_label,
+    budget_slug,
+    collect_tickets,
+    headline_ticket,
+    jsonable,
+    param_importances,
+    reproduce_config,
+    state_history,
+)
+
+log = logging.getLogger(__name__)
+
+BEST_CONFIGS_DIR = "best_configs"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    fileio.write_text(
+        path,
+        json.dumps(jsonable(data), indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False)
+        + "\n",
+    )
+
+
+def write_best_configs(
+    out_dir: Path, bests: Mapping[float | None, Ticket | None]
+) -> dict[float | None, str]:
+    """One plain TrialConfig JSON per budget that has a ticket; returns their relative paths."""
+    folder = out_dir / BEST_CONFIGS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[float | None, str] = {}
+    for budget, ticket in bests.items():
+        path = folder / f"{budget_slug(budget)}.json"
+        if ticket is None:
+            path.unlink(missing_ok=True)  # a stale answer from an earlier report would mislead
+            continue
+        _write_json(path, reproduce_config(ticket))
+        files[budget] = f"{BEST_CONFIGS_DIR}/{path.name}"
+    return files
+
+
+def best_config_record(
+    experiment: Experiment,
+    tickets: Sequence[Ticket],
+    headline: tuple[float | None, Ticket | None],
+    files: Mapping[float | None, str],
+) -> dict[str, Any]:
+    """best_config.json: the headline ticket, its metrics and the config reproducing it."""
+    budget, ticket = headline
+    record: dict[str, Any] = {
+        "experiment": experiment.name,
+        "selected_by": SELECT_METRIC,
+        "budget": budget,
+        "budget_label": budget_label(budget),
+    }
+    if ticket is None:
+        return {
+            **record,
+            "trial_id": None,
+            "state": None,
+            "config": None,
+            "reason": "no trial reported a state with a validation accuracy",
+        }
+    config_file = files.get(budget, f"{BEST_CONFIGS_DIR}/{budget_slug(budget)}.json")
+    return {
+        **record,
+        "trial_id": ticket.trial_id,
+        "state": ticket.state,
+        "status": ticket.status,
+        "metrics": dict(ticket.metrics),
+        "params": dict(ticket.params),
+        "config": reproduce_config(ticket),
+        "config_file": config_file,
+        "command": run_command(config_file),
+        "expected_states": [
+            {"state": t.state, "val_acc": t.val_acc, "test_acc": t.test_acc}
+            for t in state_history(tickets, ticket)
+        ],
+    }
+
+
+def build_blocks(
+    experiment: Experiment, out_dir: Path, *, export: ExportMode = "recorded"
+) -> tuple[list[Block], dict[str, Any]]:
+    """Compute everything, write the plots and configs; return the document and best_config.
+
+    `export`: "recorded" renders the recorded exports of the best tickets and measures
+    nothing; "missing" first exports and times the best tickets without a record (the end of
+    a sweep); "all" first exports and times every best ticket again (`--measure`).
+    """
+    if export not in EXPORT_MODES:
+        raise ValueError(f"export must be one of {EXPORT_MODES}, got {export!r}")
+    tickets = collect_tickets(experiment)
+    bests = best_by_budget(tickets)
+    headline = headline_ticket(bests, tickets)
+    files = write_best_configs(out_dir, bests)
+    if export != "recorded":
+        export_best(bests, out_dir, replace=export == "all")
+    blocks = [
+        *summary_blocks(experiment, tickets, headline),
+        *pareto_blocks(tickets, out_dir),
+        *budget_blocks(tickets, bests, files, out_dir),
+        *export_blocks(bests, out_dir),
+        *states_blocks(tickets, out_dir),
+        *importance_blocks(param_importances(experiment.study, experiment.objectives), out_dir),
+        *trials_blocks(experiment),
+    ]
+    return blocks, best_config_record(experiment, tickets, headline, files)
+
+
+def write_report(
+    experiment: Experiment, out_dir: str | Path, *, export: ExportMode = "recorded"
+) -> Path:
+    """Write report.md, report.html, PNG plots, best_config.json and best_configs/ to out_dir.
+
+    By default the best tickets' exports are only read from best_exports/ (nothing is
+    measured); `export="missing"` or `"all"` exports and times them first (`build_blocks`).
+    Returns the path of report.md.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    blocks, best = build_blocks(experiment, out, export=export)
+    _write_json(out / "best_config.json", best)
+    fileio.write_text(out / "report.html", to_html(blocks, f"rsst-tune report: {experiment.name}"))
+    md = out / "report.md"
+    fileio.write_text(md, to_markdown(blocks))
+    log.info("report written to %s", md)
+    return md

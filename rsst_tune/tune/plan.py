@@ -1,0 +1,327 @@
+"""A sweep's plan: the options a user gives, resolved and checked against the search space.
+
+    plan = resolve_plan(SweepOptions(space="vit_head_mlp", preset="smoke"))
+    print(describe_plan(plan))          # what --dry-run prints
+    plan.to_json()                      # stored as <experiment>/sweep.json; load_plan reads it
+
+Resolving never imports torch or Ray and writes nothing: every bad input is a one-line
+`ConfigError` before anything runs. Running a plan is `rsst_tune.tune.sweep.run_sweep`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rsst_tune.config import TrialConfig
+from rsst_tune.errors import ConfigError, unknown_choice
+from rsst_tune.tune import objectives as objs
+from rsst_tune.tune.records import Objective
+from rsst_tune.tune.space import SMOKE_SWEEP, SearchSpace, summarize, varying_sparsity_fields
+
+PLAN_FILE = "sweep.json"
+PLAN_VERSION = 1
+SCHEDULERS = ("asha", "fifo")
+WANDB_MODES = ("off", "offline", "online")
+DEFAULT_STORAGE = "experiments"
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """What the user asked for (the CLI's flags, or a caller's keyword arguments)."""
+
+    space: str
+    objective: str | None = None
+    sampler: str = "tpe"
+    scheduler: str | None = None  # None: the space's default
+    num_samples: int | None = None
+    max_concurrent: int | None = None
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float = 0.0
+    time_budget: float | None = None  # seconds
+    storage: str = DEFAULT_STORAGE
+    name: str | None = None
+    wandb: str = "off"
+    dataset: str | None = None
+    model: str | None = None
+    states: int | None = None
+    epochs: int | None = None
+    preset: str | None = None
+    seed: int = 0
+    device: str | None = None
+    command: str = ""
+    share_dense: bool = True
+    fixed: tuple[tuple[str, Any], ...] = ()  # searched parameters pinned with --fix NAME=VALUE
+
+    @classmethod
+    def from_keywords(cls, space: str, options: Mapping[str, Any]) -> SweepOptions:
+        """Options from a caller's keyword arguments (`rsst_tune.sweep`): `fixed` may be a
+        dict; an unknown name is a ConfigError that lists the valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"space"}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown sweep option {', '.join(unknown)}; choose from: "
+                f"{', '.join(sorted(names))}"
+            )
+        data = dict(options)
+        fixed = data.get("fixed")
+        if isinstance(fixed, Mapping):
+            data["fixed"] = tuple(fixed.items())
+        elif fixed is not None:
+            data["fixed"] = tuple((str(k), v) for k, v in fixed)
+        return cls(space=space, **data)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A resolved sweep: everything needed to run it again; stored as `sweep.json`."""
+
+    space: str
+    name: str
+    storage: str  # an absolute directory, or a URI Ray accepts
+    experiment_dir: str  # <storage>/<name>
+    local_dir: str  # where our files live (the experiment dir itself for local storage)
+    base_config: dict[str, Any]
+    objectives: tuple[Objective, ...]
+    scheduler: str
+    sampler: str
+    seed: int
+    num_samples: int
+    max_concurrent: int | None
+    cpus_per_trial: float
+    gpus_per_trial: float
+    time_budget_s: float | None
+    wandb: str
+    preset: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+    study_name: str = ""
+    asha: dict[str, int] = field(default_factory=lambda: {"grace_period": 1, "reduction_factor": 2})
+    share_dense: bool = True  # trials with identical state 0 train it once (local storage)
+    fixed: dict[str, Any] = field(default_factory=dict)  # searched parameters pinned by --fix
+
+    @property
+    def dense_cache_dir(self) -> str | None:
+        """Where shared dense states live: the experiment directory (not with URI storage)."""
+        return (
+            None
+            if self.is_uri or not self.share_dense
+            else str(Path(self.local_dir) / "dense_cache")
+        )
+
+    @property
+    def states(self) -> int:
+        return int(self.base_config["pruning_times"])
+
+    @property
+    def is_uri(self) -> bool:
+        return is_uri(self.storage)
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        data["objectives"] = objs.objectives_to_json(self.objectives)
+        data["version"] = PLAN_VERSION
+        return json.dumps(data, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SweepPlan:
+        data = json.loads(text)
+        data.pop("version", None)
+        data["objectives"] = objs.objectives_from_json(data["objectives"])
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# The smoke preset pins the digits training recipe, so all its trials share one dense state 0
+# (shared dense training) and the search spends its budget on the pruning parameters.
+SMOKE_FIXED: dict[str, Any] = {"lr": 3e-3}
+
+
+# ---------------------------------------------------------------------- resolution
+def resolve_plan(opts: SweepOptions) -> SweepPlan:
+    """Validate the options against the space; every bad input is a one-line ConfigError."""
+    from search_spaces import get_space
+
+    space = get_space(opts.space)
+    overrides = {
+        "dataset": opts.dataset,
+        "model": opts.model,
+        "pruning_times": opts.states,
+        "epochs": opts.epochs,
+    }
+    base = space.resolve_base(
+        overrides, preset=opts.preset, extra={"seed": opts.seed, "device": opts.device}
+    )
+    fixed = {**(SMOKE_FIXED if opts.preset == "smoke" else {}), **dict(opts.fixed)}
+    _check_fixed(space, base, fixed)
+    objectives = objs.parse_objectives(opts.objective) if opts.objective else space.objectives
+    if opts.sampler not in ("tpe", "nsga2", "random"):
+        raise unknown_choice("sampler", opts.sampler, ("tpe", "nsga2", "random"))
+    scheduler = opts.scheduler or space.scheduler
+    if scheduler not in SCHEDULERS:
+        raise unknown_choice("scheduler", scheduler, SCHEDULERS)
+    if scheduler == "asha":
+        _check_asha(space, base)
+    if opts.wandb not in WANDB_MODES:
+        raise unknown_choice("--wandb mode", opts.wandb, WANDB_MODES)
+    preset = SMOKE_SWEEP if opts.preset == "smoke" else {}
+    num_samples = opts.num_samples or int(preset.get("num_samples", space.num_samples))
+    max_concurrent = opts.max_concurrent or preset.get("max_concurrent")
+    cpus = (
+        opts.cpus_per_trial
+        if opts.cpus_per_trial is not None
+        else preset.get("cpus_per_trial", 1.0)
+    )
+    _check_positive(num_samples=num_samples, cpus_per_trial=cpus)
+    # One torch thread per CPU a trial holds; recorded so best configs repeat bit for bit.
+    base = TrialConfig.from_dict({**base, "threads": max(1, int(cpus))}).to_dict()
+    if max_concurrent is not None:
+        _check_positive(max_concurrent=max_concurrent)
+    if opts.gpus_per_trial < 0:
+        raise ConfigError(f"--gpus-per-trial must be >= 0, got {opts.gpus_per_trial}")
+    if opts.time_budget is not None:
+        _check_positive(time_budget=opts.time_budget)
+    name = opts.name or _default_name(space.name, opts.preset)
+    if not name or "/" in name or name in (".", ".."):
+        raise ConfigError(f"--name must be a plain directory name, got {name!r}")
+    storage = opts.storage
+    if not is_uri(storage):
+        storage = str(Path(storage).expanduser().resolve())
+    if is_uri(storage):
+        experiment_dir = storage.rstrip("/") + "/" + name
+        local_dir = str((Path(DEFAULT_STORAGE) / name).resolve())
+    else:
+        experiment_dir = str(Path(storage) / name)
+        local_dir = experiment_dir
+    return SweepPlan(
+        space=space.name,
+        name=name,
+        storage=storage,
+        experiment_dir=experiment_dir,
+        local_dir=local_dir,
+        base_config=base,
+        objectives=tuple(objectives),
+        scheduler=scheduler,
+        sampler=opts.sampler,
+        seed=opts.seed,
+        num_samples=int(num_samples),
+        max_concurrent=None if max_concurrent is None else int(max_concurrent),
+        cpus_per_trial=float(cpus),
+        gpus_per_trial=float(opts.gpus_per_trial),
+        time_budget_s=opts.time_budget,
+        wandb=opts.wandb,
+        share_dense=opts.share_dense,
+        preset=opts.preset,
+        fixed=fixed,
+        overrides={k: v for k, v in overrides.items() if v is not None},
+        command=opts.command,
+        study_name=name,
+    )
+
+
+def _check_asha(space: SearchSpace, base: Mapping[str, Any]) -> None:
+    varying = varying_sparsity_fields(space, base)
+    if varying:
+        raise ConfigError(
+            f"--scheduler asha compares trials at the same pruning state, which is only the same "
+            f"sparsity when the space does not search it; space {space.name} searches "
+            f"{', '.join(varying)}: use --scheduler fifo"
+        )
+
+
+def _check_fixed(space: Any, base: Mapping[str, Any], fixed: Mapping[str, Any]) -> None:
+    """Every --fix name must be a parameter the space searches."""
+    if not fixed:
+        return
+    params, _ = summarize(space, base, samples=32)
+    searched = {p.name for p in params}
+    unknown = sorted(set(fixed) - searched)
+    if unknown:
+        raise ConfigError(
+            f"space {space.name} does not search {', '.join(unknown)} (--fix); it searches: "
+            f"{', '.join(sorted(searched))}; set other fields with the override flags"
+        )
+
+
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if value is None or value <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+
+
+def _default_name(space: str, preset: str | None) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{space}-{preset}-{stamp}" if preset else f"{space}-{stamp}"
+
+
+def is_uri(path: str) -> bool:
+    """Whether a storage location is a URI (`s3://...`) rather than a local directory."""
+    return "://" in path
+
+
+def load_plan(experiment_dir: str | Path) -> SweepPlan:
+    """The plan of an existing sweep, for `--resume`; a directory without one is an error."""
+    path = Path(experiment_dir).expanduser()
+    plan_file = path / PLAN_FILE
+    if not plan_file.is_file():
+        raise ConfigError(f"{path} holds no sweep to resume (no {PLAN_FILE})")
+    try:
+        plan = SweepPlan.from_json(plan_file.read_text())
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{plan_file} is not a readable sweep plan: {exc}") from None
+    return plan
+
+
+# ---------------------------------------------------------------------- dry run
+def describe_plan(plan: SweepPlan) -> str:
+    """The resolved space and budget, as `--dry-run` prints it."""
+    from search_spaces import get_space
+
+    space = get_space(plan.space)
+    params, _ = summarize(space, plan.base_config, seed=plan.seed, fixed=plan.fixed)
+    samples = 64
+    lines = [
+        f"space       {space.name}: {space.description}",
+        f"experiment  {plan.experiment_dir}",
+        "base config (every trial; searched fields replace these):",
+    ]
+    for key, value in sorted(plan.base_config.items()):
+        lines.append(f"  {key:<22} {value!r}")
+    lines.append("searched parameters (Optuna define-by-run):")
+    for p in params:
+        when = "" if p.seen == samples else f"   conditional: in {p.seen}/{samples} samples"
+        lines.append(f"  {p.name:<22} {p.distribution}{when}")
+    for key, value in sorted(plan.fixed.items()):
+        lines.append(f"  {key:<22} fixed at {value!r} (--fix)")
+    if space.starting_points:
+        lines.append(f"starting points enqueued first: {len(space.starting_points)}")
+    lines.append(f"objectives  {objs.describe(plan.objectives)}")
+    sampler = f"{plan.sampler} (seed {plan.seed})"
+    sched = plan.scheduler
+    if sched == "asha":
+        sched += (
+            f" over pruning states (max_t {plan.states}, grace {plan.asha['grace_period']}, "
+            f"reduction {plan.asha['reduction_factor']})"
+        )
+    lines.append(f"sampler     {sampler}; scheduler {sched}")
+    concurrent = plan.max_concurrent or "as resources allow"
+    lines.append(
+        f"resources   {plan.cpus_per_trial:g} CPU, {plan.gpus_per_trial:g} GPU per trial; "
+        f"at most {concurrent} at once"
+        + (f"; time budget {plan.time_budget_s:g}s" if plan.time_budget_s else "")
+    )
+    trial_states = plan.num_samples * plan.states
+    epochs = trial_states * int(plan.base_config["epochs"])
+    bound = "at most " if plan.scheduler == "asha" else ""
+    lines.append(
+        f"would run   {plan.num_samples} trials x {plan.states} states = {bound}{trial_states} "
+        f"trial-states ({bound}{epochs} epochs of {plan.base_config['model']} on "
+        f"{plan.base_config['dataset']})"
+    )
+    return "\n".join(lines)
