@@ -6,6 +6,7 @@ One Ray cluster (bound to 127.0.0.1) serves the whole module; the SIGINT test dr
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -301,6 +302,12 @@ def test_sigint_then_resume_completes_without_rerunning_a_state(
             if line.strip()
         ]
         assert [r["state"] for r in rows] == [0, 1, 2], (t.trial_id, [r["state"] for r in rows])
+        # Ray's progress.csv stays aligned across the resume: every state reports every key
+        # (None where it does not apply), so no row is longer than the header
+        with (exp_dir / f"trial_{t.trial_id}" / "progress.csv").open() as fh:
+            table = list(csv.reader(fh))
+        assert {"acc_before_structure", "t_norm", "lambda_reached"} <= set(table[0])
+        assert [len(row) for row in table[1:]] == [len(table[0])] * 3, t.trial_id
         first_run = done_before.get(t.trial_id, 0)
         if first_run:
             assert [r["resumed_from"] for r in rows] == [0] * first_run + [first_run] * (

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rsst_tune import fileio
 from rsst_tune.errors import ConfigError, SweepInterrupted
 from rsst_tune.tune.plan import PLAN_FILE, SweepPlan
 from rsst_tune.tune.ray_setup import init_ray, prepare_ray_env
@@ -46,7 +47,7 @@ def execute(
     with sweep_logging(local, verbose=verbose):
         started = init_ray(address)  # a cluster that cannot be joined leaves no sweep behind
         if not resume:
-            (local / PLAN_FILE).write_text(plan.to_json() + "\n")
+            fileio.write_text(local / PLAN_FILE, plan.to_json() + "\n")
         log.info("sweep %s: %s", "resumed" if resume else "started", plan.to_json())
         try:
             return _fit(plan, resume=resume, show=show)
