@@ -1,5 +1,7 @@
 """Start a sweep: `python tune_main.py --space vit_head_mlp` (same options as `rsst-tune tune`).
 
+Examples:
+
     python tune_main.py --list-spaces
     python tune_main.py --space vit_head_mlp --preset smoke
     python tune_main.py --space vit_head_mlp --dry-run

@@ -30,8 +30,15 @@ from rsst_tune.tune import SweepOptions, load_experiment, resolve_plan, run_swee
 def sweep(storage: str, share: bool, extra: dict[str, Any], seed: int) -> tuple[int, float, int]:
     """(epochs trained, wall seconds, trials) of one smoke sweep."""
     plan = resolve_plan(
-        SweepOptions(space="vit_head_mlp", preset="smoke", storage=storage,
-                     name=f"share_{share}", seed=seed, share_dense=share, **extra)
+        SweepOptions(
+            space="vit_head_mlp",
+            preset="smoke",
+            storage=storage,
+            name=f"share_{share}",
+            seed=seed,
+            share_dense=share,
+            **extra,
+        )
     )
     t0 = time.perf_counter()
     run_sweep(plan, show=False)
@@ -54,12 +61,24 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"trials per sweep        {n}")
-    print(f"epochs trained          without sharing {off_epochs:5d}   with sharing {on_epochs:5d}"
-          f"   ratio {on_epochs / max(off_epochs, 1):.3f}")
-    print(f"sweep wall time (s)     without sharing {off_wall:7.1f} with sharing {on_wall:7.1f}"
-          f" ratio {on_wall / max(off_wall, 1e-9):.3f}")
-    print(json.dumps({"epochs_off": off_epochs, "epochs_on": on_epochs,
-                      "wall_off_s": round(off_wall, 1), "wall_on_s": round(on_wall, 1)}))
+    print(
+        f"epochs trained          without sharing {off_epochs:5d}   with sharing {on_epochs:5d}"
+        f"   ratio {on_epochs / max(off_epochs, 1):.3f}"
+    )
+    print(
+        f"sweep wall time (s)     without sharing {off_wall:7.1f} with sharing {on_wall:7.1f}"
+        f" ratio {on_wall / max(off_wall, 1e-9):.3f}"
+    )
+    print(
+        json.dumps(
+            {
+                "epochs_off": off_epochs,
+                "epochs_on": on_epochs,
+                "wall_off_s": round(off_wall, 1),
+                "wall_on_s": round(on_wall, 1),
+            }
+        )
+    )
     return 0
 
 

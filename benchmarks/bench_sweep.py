@@ -61,10 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     extra: dict[str, Any] = {}
     if args.tiny:
         extra = {"num_samples": 2, "states": 2, "epochs": 1}
-    plan = resolve_plan(SweepOptions(
-        space=args.space, preset="smoke", storage=storage, name="bench", seed=args.seed,
-        command="python benchmarks/bench_sweep.py" + (" --tiny" if args.tiny else ""), **extra,
-    ))
+    plan = resolve_plan(
+        SweepOptions(
+            space=args.space,
+            preset="smoke",
+            storage=storage,
+            name="bench",
+            seed=args.seed,
+            command="python benchmarks/bench_sweep.py" + (" --tiny" if args.tiny else ""),
+            **extra,
+        )
+    )
     t0 = time.perf_counter()
     try:
         run_sweep(plan, show=not args.tiny)
@@ -92,13 +99,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"training share    {100 * share:.1f} %  (goal >= 80 %)")
         if within:
             best, tid = max(within, key=lambda x: x[0].val_acc)
-            print(f"best at MACs<=50% trial {tid} state {best.state}: val "
-                  f"{100 * best.val_acc:.1f} %, test {100 * best.test_acc:.1f} %, "
-                  f"MACs {100 * best.macs_frac:.1f} %")
+            print(
+                f"best at MACs<=50% trial {tid} state {best.state}: val "
+                f"{100 * best.val_acc:.1f} %, test {100 * best.test_acc:.1f} %, "
+                f"MACs {100 * best.macs_frac:.1f} %"
+            )
         else:
             print("best at MACs<=50% no ticket within the budget")
-        print(json.dumps({"status": status, "total_s": round(total, 1),
-                          "training_share": round(share, 4), "trials": len(exp.trials)}))
+        print(
+            json.dumps(
+                {
+                    "status": status,
+                    "total_s": round(total, 1),
+                    "training_share": round(share, 4),
+                    "trials": len(exp.trials),
+                }
+            )
+        )
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -37,18 +37,38 @@ OBJECTIVES = (Objective("val_acc", "max"), Objective("macs_frac", "min"))
 DENSE_PARAMS, DENSE_MACS = 136_138, 2_380_928
 
 
-def state(s: int, val: float, test: float, macs: float, params: float | None = None,
-          heads: int = 16, neurons: int = 512) -> StateResult:
+def state(
+    s: int,
+    val: float,
+    test: float,
+    macs: float,
+    params: float | None = None,
+    heads: int = 16,
+    neurons: int = 512,
+) -> StateResult:
     """A per-state result as `PruneLoop._run_state` reports it (digits ViT shapes)."""
     params = macs if params is None else params
     out: dict[str, Any] = {
-        "state": s, "method": "rsst", "val_acc": val, "test_acc": test, "train_loss": 0.4,
-        "rate": 0.0 if s == 0 else 0.27, "density_U": 1.0 - 0.27 * s, "density_R": 1.0 - 0.27 * s,
-        "sparsity": 1.0 - params, "density_total": params, "heads": heads,
-        "heads_per_layer": [heads // 4] * 4, "neurons": neurons,
-        "neurons_per_layer": [neurons // 4] * 4, "params": round(DENSE_PARAMS * params),
-        "macs": round(DENSE_MACS * macs), "params_frac": params, "macs_frac": macs,
-        "wall_time_s": 1.9, "epochs_trained": 40,
+        "state": s,
+        "method": "rsst",
+        "val_acc": val,
+        "test_acc": test,
+        "train_loss": 0.4,
+        "rate": 0.0 if s == 0 else 0.27,
+        "density_U": 1.0 - 0.27 * s,
+        "density_R": 1.0 - 0.27 * s,
+        "sparsity": 1.0 - params,
+        "density_total": params,
+        "heads": heads,
+        "heads_per_layer": [heads // 4] * 4,
+        "neurons": neurons,
+        "neurons_per_layer": [neurons // 4] * 4,
+        "params": round(DENSE_PARAMS * params),
+        "macs": round(DENSE_MACS * macs),
+        "params_frac": params,
+        "macs_frac": macs,
+        "wall_time_s": 1.9,
+        "epochs_trained": 40,
     }
     if s > 0:
         out.update(acc_before_structure=val - 0.01, t_norm=1.7, lambda_reached=1.0)
@@ -56,21 +76,36 @@ def state(s: int, val: float, test: float, macs: float, params: float | None = N
 
 
 def config(seed: int, head_ratio: float, mlp_ratio: float, states: int = 3) -> dict[str, Any]:
-    return TrialConfig(seed=seed, head_ratio=head_ratio, mlp_ratio=mlp_ratio,
-                       pruning_times=states, epochs=40).to_dict()
+    return TrialConfig(
+        seed=seed, head_ratio=head_ratio, mlp_ratio=mlp_ratio, pruning_times=states, epochs=40
+    ).to_dict()
 
 
-def trial(tid: str, status: str, hr: float, mr: float, states: list[StateResult],
-          error: str | None = None, seed: int = 0) -> TrialRecord:
-    return TrialRecord(tid, status, config(seed, hr, mr), {"head_ratio": hr, "mlp_ratio": mr},
-                       tuple(states), error=error)
+def trial(
+    tid: str,
+    status: str,
+    hr: float,
+    mr: float,
+    states: list[StateResult],
+    error: str | None = None,
+    seed: int = 0,
+) -> TrialRecord:
+    return TrialRecord(
+        tid,
+        status,
+        config(seed, hr, mr),
+        {"head_ratio": hr, "mlp_ratio": mr},
+        tuple(states),
+        error=error,
+    )
 
 
 def told_study(multi: bool) -> optuna.Study:
     """A real in-memory study whose told trials vary two parameters (one matters)."""
     directions = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE][: 2 if multi else 1]
-    study = optuna.create_study(directions=directions,
-                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        directions=directions, sampler=optuna.samplers.RandomSampler(seed=0)
+    )
     for _ in range(12):
         t = study.ask()
         hr = t.suggest_float("head_ratio", 0.0, 0.6)
@@ -85,16 +120,35 @@ def told_study(multi: bool) -> optuna.Study:
 
 def make_sweep() -> Experiment:
     """Three trials: complete (3 states), pruned by ASHA (2 states), error (no state)."""
-    a = trial("t_a", "complete", 0.3, 0.3, [
-        state(0, 0.970, 0.962, 1.0), state(1, 0.960, 0.950, 0.73, 0.74, 12, 360),
-        state(2, 0.940, 0.990, 0.48, 0.50, 8, 252)])  # test highest at state 2: never chooses
-    b = trial("t_b", "pruned", 0.5, 0.5, [
-        state(0, 0.965, 0.960, 1.0), state(1, 0.950, 0.945, 0.45, 0.47, 8, 256)], seed=1)
+    a = trial(
+        "t_a",
+        "complete",
+        0.3,
+        0.3,
+        [
+            state(0, 0.970, 0.962, 1.0),
+            state(1, 0.960, 0.950, 0.73, 0.74, 12, 360),
+            state(2, 0.940, 0.990, 0.48, 0.50, 8, 252),
+        ],
+    )  # test highest at state 2: never chooses
+    b = trial(
+        "t_b",
+        "pruned",
+        0.5,
+        0.5,
+        [state(0, 0.965, 0.960, 1.0), state(1, 0.950, 0.945, 0.45, 0.47, 8, 256)],
+        seed=1,
+    )
     c = trial("t_c", "error", 0.1, 0.1, [], error="RuntimeError: CUDA out of memory\ntrace...")
-    return Experiment(name="smoke", path="/tmp/exp/smoke", space="vit_head_mlp",
-                      objectives=OBJECTIVES, trials=(a, b, c),
-                      command="python tune_main.py --space vit_head_mlp --preset smoke",
-                      study=told_study(multi=True))
+    return Experiment(
+        name="smoke",
+        path="/tmp/exp/smoke",
+        space="vit_head_mlp",
+        objectives=OBJECTIVES,
+        trials=(a, b, c),
+        command="python tune_main.py --space vit_head_mlp --preset smoke",
+        study=told_study(multi=True),
+    )
 
 
 @pytest.fixture
@@ -129,8 +183,7 @@ def test_pareto_front_matches_brute_force_on_random_points() -> None:
     rng = random.Random(0)
     # coarse grid values so that ties on one or both axes are common
     points = [(rng.randint(0, 8) / 8, rng.randint(0, 8) / 8) for _ in range(200)]
-    expected = [i for i, p in enumerate(points)
-                if not any(dominated(p, q) for q in points)]
+    expected = [i for i, p in enumerate(points) if not any(dominated(p, q) for q in points)]
     assert pareto_front(points, (True, False)) == expected
     assert len(expected) >= 2
 
@@ -161,9 +214,7 @@ def test_best_at_budget_respects_budget_and_picks_val_not_test(sweep: Experiment
 
 def test_best_at_budget_boundary_ties_and_missing_values() -> None:
     def ticket(order: int, val: float, test: float, macs: float, params: float) -> Ticket:
-        result = dataclasses.replace(
-            state(0, val, test, 1.0), macs_frac=macs, params_frac=params
-        )
+        result = dataclasses.replace(state(0, val, test, 1.0), macs_frac=macs, params_frac=params)
         return Ticket(f"t{order}", 0, "complete", result, order=order)
 
     nan = math.nan
@@ -221,15 +272,29 @@ def test_write_report_writes_every_artifact(sweep: Experiment, tmp_path: Path) -
     md_path = write_report(sweep, tmp_path / "report")
     out = md_path.parent
     assert md_path == out / "report.md"
-    for name in ("report.html", "best_config.json", "pareto_macs.png", "pareto_params.png",
-                 "states.png", "importances.png"):
+    for name in (
+        "report.html",
+        "best_config.json",
+        "pareto_macs.png",
+        "pareto_params.png",
+        "states.png",
+        "importances.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert (out / "pareto_macs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     md = md_path.read_text()
-    for text in ("smoke", "vit_head_mlp", "python tune_main.py --space vit_head_mlp",
-                 "no ticket within budget", "rsst-tune run --config best_configs/macs_le_50.json",
-                 "CUDA out of memory", "mlp_ratio", "![", "| t_c | error | 0 |"):
+    for text in (
+        "smoke",
+        "vit_head_mlp",
+        "python tune_main.py --space vit_head_mlp",
+        "no ticket within budget",
+        "rsst-tune run --config best_configs/macs_le_50.json",
+        "CUDA out of memory",
+        "mlp_ratio",
+        "![",
+        "| t_c | error | 0 |",
+    ):
         assert text in md, text
     assert "trace..." not in md  # error messages: first line only
 
@@ -243,8 +308,11 @@ def test_best_configs_load_and_stop_at_their_ticket(sweep: Experiment, tmp_path:
     write_report(sweep, tmp_path)
     files = sorted(p.name for p in (tmp_path / "best_configs").iterdir())
     assert files == ["macs_le_50.json", "macs_le_75.json", "unconstrained.json"]
-    expected = {"macs_le_50.json": ("t_b", 1), "macs_le_75.json": ("t_a", 1),
-                "unconstrained.json": ("t_a", 0)}
+    expected = {
+        "macs_le_50.json": ("t_b", 1),
+        "macs_le_75.json": ("t_a", 1),
+        "unconstrained.json": ("t_a", 0),
+    }
     by_id = {t.trial_id: t for t in sweep.trials}
     for name, (tid, s) in expected.items():
         raw = json.loads((tmp_path / "best_configs" / name).read_text())
@@ -305,13 +373,20 @@ def test_partial_data_renders_without_error(tmp_path: Path) -> None:
     best = json.loads((tmp_path / "best_config.json").read_text())
     assert (best["trial_id"], best["budget"]) == ("t_bad_cfg", 0.5)  # only ticket ≤ 50 %
     assert json.loads((tmp_path / "best_configs" / "macs_le_50.json").read_text()) == {
-        "not_a_field": 1, "pruning_times": 1}  # kept as recorded, with a warning
+        "not_a_field": 1,
+        "pruning_times": 1,
+    }  # kept as recorded, with a warning
     assert "NaN" not in (tmp_path / "best_config.json").read_text()
 
 
 def test_single_trial_and_rerender_replace_stale_answers(tmp_path: Path) -> None:
-    single = trial("t_1", "complete", 0.5, 0.5, [state(0, 0.9, 0.9, 1.0),
-                                                  state(1, 0.8, 0.8, 0.2, 0.25, 8, 128)])
+    single = trial(
+        "t_1",
+        "complete",
+        0.5,
+        0.5,
+        [state(0, 0.9, 0.9, 1.0), state(1, 0.8, 0.8, 0.2, 0.25, 8, 128)],
+    )
     exp = Experiment("single", str(tmp_path), "s", OBJECTIVES, (single,))
     write_report(exp, tmp_path)
     assert (tmp_path / "best_configs" / "macs_le_25.json").exists()
@@ -324,9 +399,16 @@ def test_many_tickets_stay_fast(tmp_path: Path) -> None:
     """A 200-trial, 5-state sweep: 1,000 tickets, still one report (fronts are not labelled)."""
     rng = random.Random(1)
     trials = tuple(
-        trial(f"t{i:03d}", "complete", 0.3, 0.3,
-              [state(s, rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0), 0.8**s, 0.8**s)
-               for s in range(5)])
+        trial(
+            f"t{i:03d}",
+            "complete",
+            0.3,
+            0.3,
+            [
+                state(s, rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0), 0.8**s, 0.8**s)
+                for s in range(5)
+            ],
+        )
         for i in range(200)
     )
     exp = Experiment("big", str(tmp_path), "s", OBJECTIVES, trials)
@@ -345,13 +427,32 @@ def exported_sweep(tmp_path_factory: pytest.TempPathFactory, digits_small: Any) 
     from rsst_tune.loop import PruneLoop
 
     run = tmp_path_factory.mktemp("run")
-    cfg = TrialConfig.from_dict(dict(
-        model="vit_digits", dataset="digits", method="refill", epochs=1, pruning_times=2,
-        head_ratio=0.25, mlp_ratio=0.5, device="cpu", amp=False, augment=False,
-        warmup_epochs=0.0, score_batches=1, eval_batch_size=512))
+    cfg = TrialConfig.from_dict(
+        dict(
+            model="vit_digits",
+            dataset="digits",
+            method="refill",
+            epochs=1,
+            pruning_times=2,
+            head_ratio=0.25,
+            mlp_ratio=0.5,
+            device="cpu",
+            amp=False,
+            augment=False,
+            warmup_epochs=0.0,
+            score_batches=1,
+            eval_batch_size=512,
+        )
+    )
     results = PruneLoop(cfg, run, data=digits_small).run()
-    record = TrialRecord("t_x", "complete", cfg.to_dict(), {"head_ratio": 0.25}, (results[1],),
-                         state_checkpoints={1: str(run)})
+    record = TrialRecord(
+        "t_x",
+        "complete",
+        cfg.to_dict(),
+        {"head_ratio": 0.25},
+        (results[1],),
+        state_checkpoints={1: str(run)},
+    )
     return Experiment("exp", str(run), "s", OBJECTIVES, (record,))
 
 

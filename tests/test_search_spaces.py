@@ -74,8 +74,9 @@ def test_smoke_profile_builds_a_runnable_loop(name: str) -> None:
 
 def test_overrides_are_checked_against_the_space() -> None:
     vit = get_space("vit_head_mlp")
-    base = vit.resolve_base({"model": "vit_digits", "dataset": "digits", "pruning_times": 2,
-                             "epochs": 3})
+    base = vit.resolve_base(
+        {"model": "vit_digits", "dataset": "digits", "pruning_times": 2, "epochs": 3}
+    )
     assert (base["model"], base["pruning_times"], base["epochs"]) == ("vit_digits", 2, 3)
     assert base["warmup_epochs"] <= 0.3  # warm-up shrinks with a shortened state
     with pytest.raises(ConfigError, match="does not allow --model resnet20"):
