@@ -274,3 +274,23 @@ def test_sparsity_counts_every_prunable_layer_whatever_the_target(digits_small) 
     assert list(results[1].heads_per_layer or ()) == [2] * 4
     assert results[1].sparsity == pytest.approx(0.25, abs=1e-6)
     assert results[1].neurons == 4 * 128  # reported though not pruned
+
+
+def test_every_run_flag_shows_help_default_and_choices() -> None:
+    """`rsst-tune run --help` is generated from the config's field metadata and registries."""
+    from rsst_tune.cli import build_parser
+
+    run = build_parser()._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]
+    by_dest = {a.dest: a for a in run._actions}
+    for f in dataclasses.fields(TrialConfig):
+        if f.name == "extra":
+            continue  # a free-form dict: set it in a --config file
+        action = by_dest[f.name]
+        assert action.help and f.metadata["help"] in action.help, f.name
+        assert "(default: " in action.help, f.name
+        choices = f.metadata.get("choices")
+        if choices:
+            assert all(str(c) in action.help for c in choices), f.name
+    for name, reg in (("method", METHODS), ("criteria", CRITERIA), ("RST_schedule", SCHEDULES)):
+        assert all(n in str(by_dest[name].help) for n in reg.names()), name
+    assert "timm:NAME" in str(by_dest["model"].help)
