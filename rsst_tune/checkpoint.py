@@ -32,8 +32,13 @@ _STATE_RE = re.compile(r"state_(\d\d)\.pt")
 Weights = dict[str, Tensor]
 
 
+MAX_STATE = 99  # two digits: `TrialConfig.pruning_times` is at most MAX_STATE + 1
+
+
 def state_file(state: int) -> str:
-    """The file name of state `state`'s checkpoint."""
+    """The file name of state `state`'s checkpoint (two digits, so names sort by state)."""
+    if not 0 <= state <= MAX_STATE:
+        raise ValueError(f"state must be in [0, {MAX_STATE}] for a checkpoint name, got {state}")
     return f"state_{state:02d}.pt"
 
 

@@ -6,7 +6,9 @@
     rsst-tune report EXPERIMENT_DIR               the best-config report of a sweep
     rsst-tune export CHECKPOINT --out DIR         a physically pruned model
 
-Bad input is one line on stderr and exit status 2, without a traceback.
+Bad input is one line on stderr and exit status 2, without a traceback, and nothing is
+written. A run whose training diverges (NaN or infinite loss) is one line and exit status 1;
+so is any unexpected error, with the log file that holds its traceback (`-v` prints it).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import argparse
 import dataclasses
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from rsst_tune.config import TrialConfig
-from rsst_tune.errors import ConfigError
+from rsst_tune.errors import CommandFailed, ConfigError, TrialDiverged, describe_exception
 
 # Spellings of the research code (seeds/) that map onto config fields.
 FLAG_ALIASES: dict[str, list[str]] = {
@@ -35,16 +38,28 @@ NO_FLAG = {"extra"}
 
 
 def _bool(text: str) -> bool:
-    low = text.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+    from rsst_tune.config import BOOL_WORDS
+
+    value = BOOL_WORDS.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(
+            f"expected true/false (also 1/0, yes/no, on/off), got {text!r}"
+        )
+    return value
 
 
 def _optional_float(text: str) -> float | None:
     return None if text.lower() in ("none", "null", "") else float(text)
+
+
+MAX_REPEATS = 10_000  # export: timed runs per model and batch size
+
+
+def _repeats(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_REPEATS:
+        raise argparse.ArgumentTypeError(f"must be an integer in [1, {MAX_REPEATS}], got {text}")
+    return value
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -160,10 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("checkpoint", help="a state_XX.pt written by `rsst-tune run`")
     export.add_argument("--out", required=True, help="directory for the exported model")
-    export.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier export in --out"
+    )
+    export.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     export.add_argument(
         "--repeats",
-        type=int,
+        type=_repeats,
         default=11,
         metavar="N",
         help="timed runs per model and batch size (median and IQR; default 11)",
@@ -192,14 +210,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "export":
         from rsst_tune.export import export_checkpoint
 
-        if args.repeats < 1:
-            raise ConfigError(f"--repeats must be at least 1, got {args.repeats}")
         report = export_checkpoint(
             args.checkpoint,
             args.out,
             device=args.device,
             measure=not args.no_measure,
             repeats=args.repeats,
+            overwrite=args.overwrite,
         )
         print(report.table())
         return 0
@@ -208,7 +225,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def run_guarded(prog: str, verbose: bool, command: Callable[[], int], resume_hint: str) -> int:
-    """Run a command with logging set up: bad input is one line and exit 2, Ctrl+C exit 130."""
+    """Run a command with logging set up: bad input is one line and exit 2; a diverged trial
+    or an unexpected error one line and exit 1 (the traceback only with `verbose`, and in the
+    log file a `CommandFailed` names); Ctrl+C exit 130."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
@@ -216,11 +235,33 @@ def run_guarded(prog: str, verbose: bool, command: Callable[[], int], resume_hin
     try:
         return command()
     except ConfigError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        if verbose:
+            traceback.print_exc()
+        print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
+    except TrialDiverged as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except CommandFailed as exc:
+        if verbose and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__)
+        print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; {resume_hint}", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if verbose:
+            traceback.print_exc()
+        hint = "" if verbose else " (run with -v for the traceback)"
+        print(
+            f"{prog}: error: unexpected {_one_line(describe_exception(exc))}{hint}", file=sys.stderr
+        )
+        return 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split("\n"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

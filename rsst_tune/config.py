@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -149,10 +150,16 @@ class TrialConfig:
     )
 
     def __post_init__(self) -> None:
+        for name, value in _normalised(self).items():  # 3 -> 3.0 for floats, lists -> tuples
+            object.__setattr__(self, name, value)
         self._validate()
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
+        """Type, finiteness and range of every field; the first problem is a ConfigError that
+        names the field, the value and what is valid."""
+        for f in fields(self):
+            _check_type_and_range(f, getattr(self, f.name))
         for f in fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
@@ -164,53 +171,14 @@ class TrialConfig:
         from rsst_tune.models import check_model_name  # registered names and timm:NAME
 
         check_model_name(self.model)
-        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.device):
+        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d{1,3}", self.device):
             raise unknown_choice("device", self.device, (*DEVICES, "cuda:N"))
-        for name in ("pruning_times", "epochs", "batch_size", "eval_batch_size", "score_batches"):
-            if int(getattr(self, name)) <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.threads < 0:
-            raise ConfigError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
-        if self.min_units < 1:
-            raise ConfigError(f"min_units must be >= 1, got {self.min_units}")
-        for name in ("head_ratio", "mlp_ratio", "filter_ratio"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1), got {value}")
-        if self.rate is not None and not 0.0 <= self.rate < 1.0:
-            raise ConfigError(
-                f"rate must be in [0, 1) (rate 1 would remove every weight), got {self.rate}"
-            )
-        if not 0.0 <= self.fillback_rate <= 1.0:
-            raise ConfigError(f"fillback_rate must be in [0, 1], got {self.fillback_rate}")
-        if not 0 <= self.reg_granularity_prune < math.inf:
-            raise ConfigError(
-                f"reg_granularity_prune must be finite and >= 0, got {self.reg_granularity_prune}"
-            )
-        if not 0 < self.exponents < math.inf:
-            raise ConfigError(f"exponents must be finite and > 0, got {self.exponents}")
-        if not 0 < self.lr < math.inf:
-            raise ConfigError(f"lr must be finite and > 0, got {self.lr}")
-        if not 0 <= self.weight_decay < math.inf:
-            raise ConfigError(f"weight_decay must be finite and >= 0, got {self.weight_decay}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
-        if not 0 <= self.rewind_epoch <= self.epochs:
+        if self.rewind_epoch > self.epochs:
             raise ConfigError(
                 f"rewind_epoch must be in [0, epochs={self.epochs}], got {self.rewind_epoch}"
             )
-        if not 0 <= self.warmup_epochs < math.inf:
-            raise ConfigError(f"warmup_epochs must be finite and >= 0, got {self.warmup_epochs}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lr_schedule == "multistep" and not self.decreasing_lr:
             raise ConfigError("lr_schedule 'multistep' needs decreasing_lr, e.g. [20, 30]")
-        if any(e < 1 for e in self.decreasing_lr):
-            raise ConfigError(f"decreasing_lr epochs must be >= 1, got {list(self.decreasing_lr)}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be >= 0, got {self.seed}")
-        if self.val_size is not None and self.val_size < 1:
-            raise ConfigError(f"val_size must be a positive integer, got {self.val_size}")
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -284,11 +252,14 @@ class TrialConfig:
     @classmethod
     def from_json_file(cls, path: str | Path) -> TrialConfig:
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
         except json.JSONDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ConfigError(f"config file {path} cannot be read: {reason}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a JSON object")
         # A best_config.json may wrap the config with other facts.
@@ -297,53 +268,220 @@ class TrialConfig:
         return cls.from_dict(data)
 
 
-_FLOAT_FIELDS = {
-    "rate",
-    "head_ratio",
-    "mlp_ratio",
-    "filter_ratio",
-    "fillback_rate",
-    "reg_granularity_prune",
-    "exponents",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "warmup_epochs",
-    "label_smoothing",
+# ---------------------------------------------------------------------- bounds
+MAX_STATES = 100  # state_00.pt ... state_99.pt: checkpoint names have two digits
+MAX_EPOCHS = 100_000
+MAX_BATCH = 2**20
+MAX_SEED = 2**32 - 1  # what every generator seeded from it (torch, numpy) accepts
+MAX_THREADS = 4096  # and at most the cores of the machine that runs it (`check_host`)
+MAX_COUNT = 2**20  # min_units, score_batches, decreasing_lr entries
+MAX_VAL_SIZE = 10**9
+MAX_COEFF = 1e6  # lr, weight decay, λ's ceiling, k: larger overflow float32 arithmetic
+BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True}
+BOOL_WORDS.update({"0": False, "false": False, "no": False, "off": False})
+
+# Integer fields: (low, high), both inclusive.
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "pruning_times": (1, MAX_STATES),
+    "epochs": (1, MAX_EPOCHS),
+    "min_units": (1, MAX_COUNT),
+    "score_batches": (1, MAX_COUNT),
+    "rewind_epoch": (0, MAX_EPOCHS),  # and at most epochs
+    "batch_size": (1, MAX_BATCH),
+    "eval_batch_size": (1, MAX_BATCH),
+    "val_size": (1, MAX_VAL_SIZE),
+    "seed": (0, MAX_SEED),
+    "threads": (0, MAX_THREADS),
 }
+# Float fields: (low, low included, high, high included); every value must also be finite.
+FLOAT_RANGES: dict[str, tuple[float, bool, float, bool]] = {
+    "rate": (0.0, True, 1.0, False),
+    "head_ratio": (0.0, True, 1.0, False),
+    "mlp_ratio": (0.0, True, 1.0, False),
+    "filter_ratio": (0.0, True, 1.0, False),
+    "fillback_rate": (0.0, True, 1.0, True),
+    "reg_granularity_prune": (0.0, True, MAX_COEFF, True),
+    "exponents": (0.0, False, MAX_COEFF, True),
+    "lr": (0.0, False, MAX_COEFF, True),
+    "momentum": (0.0, True, 1.0, False),
+    "weight_decay": (0.0, True, MAX_COEFF, True),
+    "warmup_epochs": (0.0, True, float(MAX_EPOCHS), True),
+    "label_smoothing": (0.0, True, 1.0, False),
+}
+_FLOAT_FIELDS = set(FLOAT_RANGES)
+OPTIONAL = {"rate", "head_ratio", "mlp_ratio", "filter_ratio", "augment", "val_size"}
+BOOL_FIELDS = {"pretrained", "download", "prune_stem", "amp", "compile", "augment"}
+STR_FIELDS = {
+    "model",
+    "dataset",
+    "data_dir",
+    "method",
+    "target",
+    "sorting",
+    "criteria",
+    "RST_schedule",
+    "prune_type",
+    "optimizer",
+    "lr_schedule",
+    "device",
+}
+_HINTS = {"rate": " (rate 1 would remove every weight)", "threads": " (0: torch's default)"}
+
+
+def interval(name: str) -> str:
+    """The valid values of a numeric field, as `[0, 1)` or `(0, inf)`."""
+    if name in INT_RANGES:
+        low, high = INT_RANGES[name]
+        return f"[{low}, {high}]"
+    low_f, low_in, high_f, high_in = FLOAT_RANGES[name]
+    return f"{'[' if low_in else '('}{low_f:g}, {high_f:g}{']' if high_in else ')'}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_type_and_range(f: dataclasses.Field[Any], value: Any) -> None:
+    name = f.name
+    if value is None and name in OPTIONAL:
+        return
+    if name in INT_RANGES:
+        low, high = INT_RANGES[name]
+        if not _is_int(value) or not low <= value <= high:
+            raise ConfigError(
+                f"{name} must be an integer in {interval(name)}{_HINTS.get(name, '')}, "
+                f"got {value!r}"
+            )
+    elif name in FLOAT_RANGES:
+        low_f, low_in, high_f, high_in = FLOAT_RANGES[name]
+        ok = _is_number(value) and math.isfinite(value)
+        ok = ok and (low_f <= value if low_in else low_f < value)
+        ok = ok and (value <= high_f if high_in else value < high_f)
+        if not ok:
+            raise ConfigError(
+                f"{name} must be a finite number in {interval(name)}{_HINTS.get(name, '')}, "
+                f"got {value!r}"
+            )
+    elif name in BOOL_FIELDS:
+        if not isinstance(value, bool):
+            raise ConfigError(
+                f"{name} must be true or false (also 1/0, yes/no)"
+                + (" or null" if name in OPTIONAL else "")
+                + f", got {value!r}"
+            )
+    elif name in STR_FIELDS:
+        if not isinstance(value, str) or not value or "\x00" in value:
+            raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
+    elif name == "decreasing_lr":
+        if not isinstance(value, tuple) or not all(
+            _is_int(e) and 1 <= e <= MAX_EPOCHS for e in value
+        ):
+            raise ConfigError(
+                f"decreasing_lr must be a list of epochs, integers in [1, {MAX_EPOCHS}], "
+                f"got {_shown(value)}"
+            )
+    elif name == "extra":
+        _check_extra(value)
+
+
+def _shown(value: Any) -> str:
+    return repr(list(value)) if isinstance(value, tuple) else repr(value)
+
+
+def _check_extra(value: Any) -> None:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"extra must be a JSON object with string keys, got {value!r}")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"extra must hold JSON data (finite numbers), got {value!r}: {exc}"
+        ) from None
+
+
+def _normalised(cfg: Any) -> dict[str, Any]:
+    """Fields of a directly built config that need a canonical type (ints for floats, tuples
+    for lists), so equal configs compare, hash and serialise the same."""
+    out: dict[str, Any] = {}
+    for name in _FLOAT_FIELDS:
+        value = getattr(cfg, name)
+        if _is_int(value):
+            out[name] = float(value)
+    if isinstance(cfg.decreasing_lr, list):
+        out["decreasing_lr"] = tuple(cfg.decreasing_lr)
+    return out
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def check_host(cfg: TrialConfig) -> None:
+    """What only the machine that runs the trial can check: `threads` within its cores, and
+    a `cuda:N` device that exists (`rsst_tune.device.resolve_device` checks the rest)."""
+    cores = available_cores()
+    if cfg.threads > cores:
+        raise ConfigError(
+            f"threads must be in [0, {cores}] on this machine ({cores} CPU cores available; "
+            f"0: torch's default), got {cfg.threads}"
+        )
+    if cfg.device.startswith("cuda:"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count and int(cfg.device.split(":", 1)[1]) >= count:
+            raise ConfigError(
+                f"device must be one of cuda:0 to cuda:{count - 1} on this machine "
+                f"({count} CUDA devices), got {cfg.device!r}"
+            )
 
 
 def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
-    """Tune and JSON hand us ints for floats, lists for tuples and numpy scalars: normalise."""
+    """Tune and JSON hand us ints for floats, lists for tuples, numpy scalars and words for
+    bools: normalise what is unambiguous; anything else is left for `_validate` to name."""
+    if f.name == "extra":
+        return {} if value is None else dict(value) if isinstance(value, Mapping) else value
     if value is None:
         return None
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalar
-        value = value.item()
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, str):
+        try:  # numpy / torch scalar
+            value = value.item()
+        except (TypeError, ValueError, RuntimeError):
+            return value
     name = f.name
-    try:
-        if name == "decreasing_lr":
-            return tuple(int(v) for v in value)
-        if name == "extra":
-            return dict(value)
-        if name in _FLOAT_FIELDS:
-            return float(value)
-        if isinstance(f.default, bool) or name == "augment":
-            if isinstance(value, str):
-                low = value.strip().lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError
-            if isinstance(value, bool) or value in (0, 1):
-                return bool(value)
-            raise ValueError
-        if isinstance(f.default, int) or name == "val_size":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: cannot use {value!r}") from None
+    if name == "decreasing_lr":
+        if isinstance(value, list | tuple):
+            return tuple(_coerce_int(v) for v in value)
+        return value
+    if name in _FLOAT_FIELDS:
+        return float(value) if _is_int(value) else value
+    if name in BOOL_FIELDS:
+        if isinstance(value, str):
+            return BOOL_WORDS.get(value.strip().lower(), value)
+        if _is_int(value) and value in (0, 1):
+            return bool(value)
+        return value
+    if name in INT_RANGES:
+        return _coerce_int(value)
+    return value
+
+
+def _coerce_int(value: Any) -> Any:
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, str):
+        try:
+            value = value.item()
+        except (TypeError, ValueError, RuntimeError):
+            return value
+    if isinstance(value, float) and value.is_integer():  # JSON's 5.0; 2.5 stays a float
+        return int(value)
     return value
 
 

@@ -1,8 +1,11 @@
 """Errors that reach the user as one line.
 
-`ConfigError` is bad input: the CLI prints it and exits with status 2. `SweepInterrupted` is
-a sweep that stopped before its trials finished: the CLI prints how to resume it and exits
-with status 130.
+`ConfigError` is bad input: the CLI prints it and exits with status 2. `TrialDiverged` is a
+trial whose training loss stopped being a finite number: `rsst-tune run` prints it and exits
+with status 1; in a sweep the trial ends as an error and the sweep goes on. `CommandFailed` is
+an unexpected error after work started, with the log file that holds its traceback (exit 1).
+`SweepInterrupted` is a sweep that stopped before its trials finished: the CLI prints how to
+resume it and exits with status 130.
 """
 
 from __future__ import annotations
@@ -23,6 +26,46 @@ def unknown_choice(kind: str, value: object, choices: Iterable[str]) -> ConfigEr
     """The error for an unknown registry name, naming every valid choice."""
     listed = ", ".join(sorted(choices))
     return ConfigError(f"unknown {kind} {value!r}; choose one of: {listed}")
+
+
+class TrialDiverged(RuntimeError):
+    """Training diverged: an epoch's mean loss (or the trained weights) became NaN or infinite.
+
+    Not bad input (the same config may train with another seed): the trial ends as an error,
+    no result of the diverged state is reported, and nothing selects it. `state` and `epoch`
+    (1-based, the epoch that ended non-finite) say where; `loss` is that epoch's mean loss.
+    """
+
+    def __init__(self, state: int, epoch: int, loss: float, what: str = "") -> None:
+        super().__init__(state, epoch, loss, what)  # args: what pickling (Ray) passes back
+        self.state = state
+        self.epoch = epoch
+        self.loss = loss
+        self.what = what
+
+    def __str__(self) -> str:
+        detail = self.what or f"loss {self.loss:g}"
+        return f"diverged in state {self.state}, epoch {self.epoch} ({detail})"
+
+
+class CommandFailed(Exception):
+    """An unexpected error after a command started work; its traceback is in `log_path`."""
+
+    def __init__(self, message: str, log_path: str | Path | None = None) -> None:
+        super().__init__(message, None if log_path is None else str(log_path))
+        self.message = message
+        self.log_path = None if log_path is None else str(log_path)
+
+    def __str__(self) -> str:
+        if self.log_path is None:
+            return self.message
+        return f"{self.message} (full traceback in {self.log_path})"
+
+
+def describe_exception(exc: BaseException) -> str:
+    """`TypeName: first line of the message`: an exception as one line."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 class SweepInterrupted(Exception):

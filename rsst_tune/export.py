@@ -249,17 +249,28 @@ def export_checkpoint(
     batch_sizes: Sequence[int] = (1, 64),
     repeats: int = 11,
     warmup: int = 3,
+    overwrite: bool = False,
 ) -> ExportReport:
     """Export a state checkpoint's ticket to `out_dir`/model.pt and record `out_dir`/export.json.
 
     The ticket is sliced on CPU, checked against the masked model (raises `ExportError` above
     1e-4) and moved to `device`. With `measure`, dense and pruned are timed on CPU at each
-    batch size, and on `device` too when it is not the CPU. A bad checkpoint is a ConfigError.
+    batch size, and on `device` too when it is not the CPU. A bad checkpoint, a device that
+    is not there, an `out_dir` that is a file or not writable, or one that already holds an
+    export (unless `overwrite`) is a one-line ConfigError, raised before anything is written.
     """
     from rsst_tune.device import resolve_device
     from rsst_tune.pruning.cost import CostModel, count_params
     from rsst_tune.pruning.structure import find_structure
 
+    out = Path(out_dir)
+    check_out_dir(out, overwrite=overwrite)
+    _check_device_name(device)
+    if repeats < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
+        raise ConfigError(
+            f"export needs repeats >= 1, warmup >= 0 and batch sizes >= 1, got repeats={repeats}, "
+            f"warmup={warmup}, batch_sizes={list(batch_sizes)}"
+        )
     cfg, spec, model = _load_ticket(checkpoint)
     dev = resolve_device(device)
     sample = (spec.in_chans, spec.img_size, spec.img_size)
@@ -279,8 +290,12 @@ def export_checkpoint(
                 dense, pruned, sample, where, batch_sizes, repeats=repeats, warmup=warmup
             )
 
-    out = Path(out_dir)
     model_path = out / MODEL_FILE
+    check_out_dir(out, overwrite=overwrite)  # again: another export may have finished meanwhile
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot create it ({exc.strerror or exc})") from None
     save_exported(
         result,
         model_path,
@@ -316,6 +331,38 @@ def export_checkpoint(
     fileio.write_text(out / REPORT_FILE, text)  # last: a record exists only when complete
     log.debug("exported %s to %s", checkpoint, model_path)
     return report
+
+
+def check_out_dir(out: Path, *, overwrite: bool = False) -> None:
+    """A one-line ConfigError for an export directory that is a file, cannot be created or
+    written, or already holds an export (unless `overwrite`)."""
+    import os
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory")
+    held = [name for name in (MODEL_FILE, REPORT_FILE) if (out / name).exists()]
+    if held and not overwrite:
+        raise ConfigError(
+            f"--out {out} already holds an export ({', '.join(held)}); pass --overwrite to "
+            "replace it, or choose another --out"
+        )
+    existing = out
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {existing} is not writable")
+
+
+def _check_device_name(device: str) -> None:
+    import re
+
+    from rsst_tune.config import DEVICES
+    from rsst_tune.errors import unknown_choice
+
+    if device not in DEVICES and not re.fullmatch(r"cuda:\d{1,3}", device):
+        raise unknown_choice("device", device, (*DEVICES, "cuda:N"))
 
 
 def _load_ticket(checkpoint: str | Path) -> tuple[TrialConfig, DataSpec, nn.Module]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -21,10 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from rsst_tune import checkpoint as ckpt
-from rsst_tune.config import EXECUTION, KIND_RATIO, NUMERICS, TrialConfig
+from rsst_tune.config import EXECUTION, KIND_RATIO, NUMERICS, TrialConfig, check_host
 from rsst_tune.data import DataBundle, DeviceData, make_generator
 from rsst_tune.dense_cache import DenseCache, dense_key
-from rsst_tune.errors import ConfigError
+from rsst_tune.errors import ConfigError, TrialDiverged
 from rsst_tune.pruning import masks as mk
 from rsst_tune.pruning.cost import nonzero_params
 from rsst_tune.pruning.criteria import ScoreInputs
@@ -77,7 +78,9 @@ class PruneLoop:
         on_epoch: EpochCallback | None = None,
         dense_cache: DenseCache | None = None,
     ) -> None:
+        check_host(cfg)  # before the data loads: threads this machine cannot run
         self.setup: TrialSetup = build_setup(cfg, data)
+        _check_batches(self.setup)
         self.cfg = cfg
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.on_epoch = on_epoch
@@ -147,6 +150,8 @@ class PruneLoop:
             train_loss=trained.stats.train_loss,
             epochs_trained=trained.epochs_trained,
             wall_time_s=time.perf_counter() - t0,
+            val_size=len(self.setup.val_data),
+            test_size=len(self.setup.test_data),
         )
         self.results.append(result)
         self.next_state = s + 1
@@ -181,6 +186,7 @@ class PruneLoop:
             pull=pull,
             amp=self.setup.amp,
             on_epoch=functools.partial(self._epoch_done, s, heartbeat),
+            state=s,
         )
 
     def _epoch_done(
@@ -204,6 +210,9 @@ class PruneLoop:
             dense_key(self.cfg), functools.partial(self._train_and_pack, train)
         )
         if not trained_here:
+            loss = float(payload["train_loss"])
+            if not math.isfinite(loss):  # written by an rsst-tune that did not check
+                raise TrialDiverged(0, self.cfg.epochs, loss)
             self.model.load_state_dict(payload["model"])
             if payload["theta_r"] is not None:
                 self.theta_r = mk.to_device(payload["theta_r"], self.device)
@@ -422,36 +431,43 @@ class PruneLoop:
         data: DataBundle | None = None,
         on_epoch: EpochCallback | None = None,
     ) -> PruneLoop:
-        """Continue the run in `out_dir` from its last state checkpoint."""
+        """Continue the run in `out_dir` from its last state checkpoint.
+
+        Checked before anything is written (a one-line ConfigError otherwise): the checkpoint
+        is the run's own (its config agrees with the run's `config.json` and with `cfg` on
+        every field a resumed run may not change) and fits the model, its units, θ0 and the
+        dataset.
+        """
         out_dir = Path(out_dir)
         path = ckpt.latest_state_file(out_dir)
         if path is None:
             raise ConfigError(f"nothing to resume: no state_XX.pt checkpoint in {out_dir}")
         saved = ckpt.TrialCheckpoint.load(path)
-        if cfg is None:
-            cfg = TrialConfig.from_dict(saved.config)
-        else:
-            diff = sorted(
-                k
-                for k, v in cfg.to_dict().items()
-                if k not in RESUMABLE_CHANGES and saved.config.get(k) != v
+        try:
+            written = TrialConfig.from_dict(saved.config)
+        except ConfigError as exc:
+            raise ConfigError(f"checkpoint {path} holds an invalid config: {exc}") from None
+        if saved.state != ckpt.state_of(path):
+            raise ConfigError(
+                f"checkpoint {path} holds state {saved.state}, not the state its name says; "
+                "it was renamed or copied from elsewhere"
             )
-            if diff:
-                raise ConfigError(
-                    f"checkpoint {path} was written with a different config ({', '.join(diff)}); "
-                    "resume with the same config or start a new --out"
-                )
+        recorded = out_dir / "config.json"
+        if recorded.is_file():
+            _check_same_run(path, written, TrialConfig.from_json_file(recorded), str(recorded))
+        if cfg is None:
+            cfg = written
+        else:
+            _check_same_run(path, written, cfg, "the config given")
         loop = cls(cfg, out_dir, data=data, on_epoch=on_epoch)
-        loop._restore(saved, ckpt.load_theta0(out_dir))
+        loop._restore(saved, ckpt.load_theta0(out_dir), path)
         return loop
 
-    def _restore(self, saved: ckpt.TrialCheckpoint, theta0: dict[str, Tensor]) -> None:
+    def _restore(
+        self, saved: ckpt.TrialCheckpoint, theta0: dict[str, Tensor], path: Path | None = None
+    ) -> None:
+        self._check_fits(saved, theta0, path)
         dev = self.device
-        expected = {k: v.shape for k, v in self.model.state_dict().items()}
-        if {k: v.shape for k, v in theta0.items()} != expected:
-            raise ConfigError(
-                f"{ckpt.THETA0_FILE} in {self.out_dir} does not belong to {self.cfg.model}"
-            )
         try:
             self.model.load_state_dict(saved.model)
             self.theta0 = mk.to_device(theta0, dev)
@@ -463,14 +479,111 @@ class PruneLoop:
             self.alive = mk.to_device(saved.alive, dev)
             self.results = [StateResult.from_dict(r) for r in saved.results]
             self.prune_stats = PruneStats(**saved.prune_stats)
-        except (KeyError, RuntimeError, TypeError) as exc:
-            first = str(exc).splitlines()[0]
+            torch.set_rng_state(saved.rng["torch"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConfigError(
                 f"checkpoint does not match model {self.cfg.model}: {first}"
             ) from None
         self.next_state = saved.next_state
         self._warned = set(saved.warned)
-        torch.set_rng_state(saved.rng["torch"])
+
+    def _check_fits(
+        self, saved: ckpt.TrialCheckpoint, theta0: dict[str, Tensor], path: Path | None
+    ) -> None:
+        """That a checkpoint fits this trial's model, units and data (nothing is changed)."""
+        where = f"checkpoint {path}" if path is not None else "checkpoint"
+        expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        if {k: tuple(v.shape) for k, v in theta0.items()} != expected:
+            raise ConfigError(
+                f"{ckpt.THETA0_FILE} in {self.out_dir} does not belong to {self.cfg.model}"
+            )
+        for name in ("model", "ticket"):
+            weights = getattr(saved, name)
+            if (
+                not isinstance(weights, dict)
+                or {k: tuple(v.shape) for k, v in weights.items()} != expected
+            ):
+                raise ConfigError(f"{where} holds weights of another model than {self.cfg.model}")
+        params = {n: tuple(p.shape) for n, p in self.model.named_parameters()}
+        maskable = set(self.structure.maskable_names)
+        masks = {"M": saved.M, "U": saved.U, "R": saved.R, "T": saved.T}
+        for name, m in masks.items():
+            if m is None:
+                continue
+            if (
+                not isinstance(m, dict)
+                or not set(m) <= maskable
+                or (name == "M" and set(m) != maskable)
+                or any(tuple(t.shape) != params[n] for n, t in m.items())
+            ):
+                raise ConfigError(
+                    f"{where}: its mask {name} does not fit the prunable units of "
+                    f"{self.cfg.model} (target {self.cfg.target!r})"
+                )
+        units = {g.name: g.num_units for g in self.structure.groups}
+        alive = saved.alive if isinstance(saved.alive, dict) else {}
+        if {k: int(v.numel()) for k, v in alive.items()} != units:
+            raise ConfigError(
+                f"{where}: its units do not match {self.cfg.model} (target {self.cfg.target!r})"
+            )
+        spec = dataclasses.asdict(self.setup.spec)
+        if _plain(saved.spec) != _plain(spec):
+            raise ConfigError(
+                f"{where} was written for other data ({saved.spec.get('name')!r}) than "
+                f"dataset {spec['name']!r}"
+            )
+        n = saved.next_state
+        if not 1 <= n <= self.cfg.pruning_times or len(saved.results) != n:
+            raise ConfigError(
+                f"{where} is inconsistent: next state {n} with {len(saved.results)} results "
+                f"for pruning_times={self.cfg.pruning_times}"
+            )
+
+
+def _check_batches(setup: TrialSetup) -> None:
+    """That every epoch has a training batch BatchNorm can train on (before any work)."""
+    cfg, train = setup.cfg, setup.train_data
+    if train.num_train_batches(cfg.batch_size) < 1:
+        raise ConfigError(
+            f"the training split has {len(train)} image(s), too few for a training batch "
+            f"(batch_size {cfg.batch_size}); lower val_size (got {cfg.val_size})"
+        )
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in setup.model.modules())
+    if has_bn and cfg.batch_size < 2:
+        raise ConfigError(
+            f"batch_size must be in [2, 1048576] for {cfg.model} (BatchNorm cannot train on "
+            f"one image), got {cfg.batch_size}"
+        )
+
+
+def _check_same_run(path: Path, written: TrialConfig, other: TrialConfig, source: str) -> None:
+    """A ConfigError naming each field (besides the resumable ones) where two configs differ."""
+    mine, theirs = written.to_dict(), other.to_dict()
+    first = ("model", "dataset", "method", "target")  # what the run is, named first
+    diff = sorted(
+        (k for k, v in theirs.items() if k not in RESUMABLE_CHANGES and mine[k] != v),
+        key=lambda k: (first.index(k) if k in first else len(first), k),
+    )
+    if not diff:
+        return
+    shown = "; ".join(
+        f"{k} {mine[k]!r} in the checkpoint, {theirs[k]!r} in {source}" for k in diff[:3]
+    )
+    more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+    raise ConfigError(
+        f"checkpoint {path} was written with a different config ({', '.join(diff)}): "
+        f"{shown}{more}; resume with the same config or start a new --out"
+    )
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively: a DataSpec as data compares equal after a round trip."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _state_dict(model: nn.Module) -> dict[str, Tensor]:

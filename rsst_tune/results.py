@@ -77,6 +77,10 @@ class StateResult:
     train_loss: float
     epochs_trained: int  # 0 when state 0 came from the shared dense cache
     wall_time_s: float
+    # images evaluated for val_acc / test_acc (the report's 95 % intervals need them); None
+    # in results recorded before they were recorded
+    val_size: int | None = None
+    test_size: int | None = None
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
@@ -92,7 +96,8 @@ class StateResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StateResult:
-        """Read a result back (keys beyond the schema are ignored, e.g. Ray's)."""
+        """Read a result back (keys beyond the schema are ignored, e.g. Ray's; optional keys
+        an older rsst-tune did not write, such as `val_size`, read as None)."""
         values: dict[str, Any] = {}
         missing = []
         for f in fields(cls):

@@ -2,17 +2,21 @@
 
 Writes, under the output directory: `config.json` (the resolved config), one checkpoint per
 state (`state_XX.pt`, plus `theta0.pt`), and `results.json` / `results.csv` rewritten after
-every state, so an interrupted run loses at most the state in progress (`--resume`).
+every state, so an interrupted run loses at most the state in progress (`--resume`). The
+command also keeps `run.log` there (its log lines, and the traceback of an unexpected error).
+
+Everything is validated before the first write: bad input leaves the directory untouched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import logging
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +24,14 @@ from rsst_tune import checkpoint as ckpt
 from rsst_tune import fileio
 from rsst_tune.config import TrialConfig
 from rsst_tune.data import DataBundle
-from rsst_tune.errors import ConfigError
+from rsst_tune.errors import CommandFailed, ConfigError, TrialDiverged, describe_exception
 from rsst_tune.loop import EpochCallback, PruneLoop
 from rsst_tune.results import UNIT_FIELDS, StateResult
 
 log = logging.getLogger(__name__)
 
-RESULT_FILES = ("results.json", "results.csv", "config.json", ckpt.THETA0_FILE)
+LOG_FILE = "run.log"
+RESULT_FILES = ("results.json", "results.csv", "config.json", ckpt.THETA0_FILE, LOG_FILE)
 
 
 def default_out(cfg: TrialConfig) -> Path:
@@ -56,22 +61,50 @@ def run_trial(
 
         >>> results = rsst_tune.run_trial({"method": "refill", "epochs": 5}, pruning_times=3)
         >>> [round(r.val_acc, 3) for r in results]
+
+    Raises `ConfigError` for bad input (before anything is written) and `TrialDiverged` when
+    the training loss becomes NaN or infinite (the states before it stay in `out_dir`).
     """
-    cfg = _config(config, overrides)
+    loop = open_run(
+        _config(config, overrides), out_dir, resume=resume, overwrite=overwrite, data=data,
+        on_epoch=on_epoch,
+    )  # fmt: skip
+    return _run_states(loop, out_dir, on_state)
+
+
+def open_run(
+    cfg: TrialConfig | None,
+    out_dir: str | Path | None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    data: DataBundle | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> PruneLoop:
+    """Validate everything, then prepare `out_dir`: the loop, ready to run its states."""
     if resume:
         if out_dir is None:
             raise ConfigError("resume needs the directory of the run to continue (out_dir)")
         loop = PruneLoop.resume(out_dir, cfg, data=data, on_epoch=on_epoch)
         log.info("resuming %s at state %d of %d", out_dir, loop.next_state, loop.cfg.pruning_times)
-    else:
-        cfg = cfg or TrialConfig()
-        if out_dir is not None:
-            _check_fresh(Path(out_dir), overwrite)
-        loop = PruneLoop(cfg, out_dir, data=data, on_epoch=on_epoch)  # validates first
-        if out_dir is not None:
-            _clear(Path(out_dir))
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            fileio.write_text(Path(out_dir) / "config.json", loop.cfg.to_json() + "\n")
+        return loop
+    cfg = cfg or TrialConfig()
+    if out_dir is not None:
+        _check_fresh(Path(out_dir), overwrite)
+        _check_writable(Path(out_dir))
+    loop = PruneLoop(cfg, out_dir, data=data, on_epoch=on_epoch)  # validates first
+    if out_dir is not None:
+        _clear(Path(out_dir))
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        fileio.write_text(Path(out_dir) / "config.json", loop.cfg.to_json() + "\n")
+    return loop
+
+
+def _run_states(
+    loop: PruneLoop,
+    out_dir: str | Path | None,
+    on_state: Callable[[StateResult], None] | None = None,
+) -> list[StateResult]:
     c = loop.cfg
     log.info(
         "run %s: %s on %s, %s, %d states x %d epochs, device %s",
@@ -115,29 +148,50 @@ def run_command(
         out_dir = Path(out)
     bar = _EpochBar(enabled=progress)
     table = StateTable()
+    loop = open_run(cfg, out_dir, resume=resume, overwrite=overwrite, on_epoch=bar.update)
     if resume:
-        for row in _saved_results(out_dir):
+        for row in loop.results:
             table.print_row(row)
 
     def on_state(result: StateResult) -> None:
         bar.close()
         table.print_row(result)
 
-    try:
-        run_trial(
-            cfg, out_dir, resume=resume, overwrite=overwrite, on_state=on_state,
-            on_epoch=bar.update,
-        )  # fmt: skip
-    finally:
-        bar.close()
+    with run_log(out_dir / LOG_FILE):
+        try:
+            _run_states(loop, out_dir, on_state)
+        finally:
+            bar.close()
     log.info("results: %s", out_dir / "results.json")
 
 
-def _saved_results(out_dir: Path) -> list[StateResult]:
-    path = ckpt.latest_state_file(out_dir)
-    if path is None:
-        return []
-    return [StateResult.from_dict(r) for r in ckpt.TrialCheckpoint.load(path).results]
+@contextlib.contextmanager
+def run_log(path: Path) -> Iterator[None]:
+    """The run's log lines into `path` (appended across resumes). An unexpected exception is
+    logged there with its traceback and raised again as a one-line `CommandFailed` naming the
+    file; bad input (`ConfigError`), divergence and Ctrl+C pass through as they are."""
+    logger = logging.getLogger("rsst_tune")
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    old_level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    except (ConfigError, TrialDiverged) as exc:
+        _to_file(handler, logging.ERROR, str(exc))
+        raise
+    except KeyboardInterrupt:
+        _to_file(handler, logging.WARNING, "interrupted; continue with --resume")
+        raise
+    except Exception as exc:
+        _to_file(handler, logging.ERROR, "run failed", sys.exc_info())
+        raise CommandFailed(describe_exception(exc), path) from exc
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        handler.close()
 
 
 def _check_fresh(out_dir: Path, overwrite: bool) -> None:
@@ -148,6 +202,28 @@ def _check_fresh(out_dir: Path, overwrite: bool) -> None:
             f"{out_dir} already holds a run; pass --resume to continue it "
             "or --overwrite to replace it"
         )
+
+
+def _to_file(handler: logging.Handler, level: int, message: str, exc_info: Any = None) -> None:
+    """A record for the log file only (the console gets the CLI's one line)."""
+    handler.handle(logging.LogRecord(log.name, level, __file__, 0, message, None, exc_info))
+
+
+def _check_writable(out_dir: Path) -> None:
+    """A one-line ConfigError for an --out that cannot become a run directory."""
+    import os
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file, not a directory")
+    existing = out_dir
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out_dir}: {existing} is not writable")
 
 
 def _clear(out_dir: Path) -> None:

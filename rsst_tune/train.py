@@ -3,6 +3,10 @@
 Data stay on the device; masks and the RSST pull are one fused op each per step; the loss is
 accumulated on the device and read once per epoch; evaluation runs at a large batch under
 `inference_mode`. AMP (bf16) only where the device has it.
+
+Divergence is caught where the loss is read anyway: an epoch whose mean loss is NaN or
+infinite raises `TrialDiverged` (no extra host synchronisation per step); the weights are
+checked for NaN/inf once, when the state's training ends.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from torch import Tensor, nn
 from rsst_tune.config import TrialConfig
 from rsst_tune.data import DeviceData
 from rsst_tune.device import autocast
+from rsst_tune.errors import TrialDiverged
 from rsst_tune.pruning.masks import MaskEnforcer
 from rsst_tune.pruning.regularizer import TargetPull, lam
 
@@ -74,8 +79,12 @@ def train_state(
     pull: TargetPull | None,
     amp: torch.dtype | None,
     on_epoch: EpochHook | None = None,
+    state: int = 0,
 ) -> TrainStats:
-    """Train `cfg.epochs` epochs with M enforced after every step and, in RSST states, the pull."""
+    """Train `cfg.epochs` epochs with M enforced after every step and, in RSST states, the pull.
+
+    Raises `TrialDiverged` (naming `state` and the epoch) when an epoch's mean loss is not
+    finite, or when the trained weights hold NaN or inf."""
     device = next(model.parameters()).device
     steps_per_epoch = data.num_train_batches(cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -117,9 +126,20 @@ def train_state(
             sched.step()
             step += 1
         mean_loss = float(loss_sum) / steps_per_epoch  # one host sync per epoch
+        if not math.isfinite(mean_loss):
+            raise TrialDiverged(state, epoch + 1, mean_loss)
         if on_epoch is not None:
             on_epoch(epoch + 1, mean_loss)
+    if not weights_finite(model):  # the last step can overflow after the last loss was read
+        raise TrialDiverged(state, cfg.epochs, mean_loss, "non-finite weights")
     return TrainStats(step, mean_loss, lam_value)
+
+
+@torch.no_grad()
+def weights_finite(model: nn.Module) -> bool:
+    """Whether every parameter is free of NaN and inf (one host synchronisation)."""
+    flags = [torch.isfinite(p).all() for p in model.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def train_step(

@@ -11,6 +11,7 @@ import pytest
 
 import rsst_tune
 from rsst_tune.errors import ConfigError
+from rsst_tune.report.select import choose_at_budget
 from rsst_tune.results import StateResult
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,7 +113,11 @@ def test_sweep_then_read_back_tickets_front_best_and_report(tmp_path: Path) -> N
         loaded.pareto(cost="val_acc")
 
     best = loaded.best(macs=None)
-    assert best is not None and best.val_acc == max(t.val_acc for t in tickets)
+    top = max(t.val_acc for t in tickets)
+    choice = choose_at_budget(tickets, None)
+    assert best is not None and choice is not None and best is choice.chosen
+    assert choice.leader.val_acc == top and best in choice.tied  # tied with the top ticket
+    assert best.macs_frac == min(t.macs_frac for t in choice.tied)  # a tie goes to fewer MACs
     assert loaded.best(macs=1e-6) is None  # no ticket is that cheap
     cheapest = min(t.macs_frac for t in tickets)
     at_budget = loaded.best(macs=cheapest)

@@ -334,7 +334,9 @@ def test_new_out_is_not_created_on_bad_input(tmp_path, capsys) -> None:
     assert not out.exists() or not any(out.iterdir())
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "other_config", "other_model"])
+@pytest.mark.parametrize(
+    "damage", ["garbage", "truncated", "other_config", "other_model", "other_run"]
+)
 def test_resume_with_corrupt_or_mismatched_checkpoint(finished_run, tmp_path, capsys, damage):
     out, _ = finished_run
     copy = tmp_path / "run"
@@ -347,7 +349,7 @@ def test_resume_with_corrupt_or_mismatched_checkpoint(finished_run, tmp_path, ca
         (copy / "state_02.pt").write_bytes(data[: len(data) // 3])
     elif damage == "other_config":
         extra = [*RUN_FLAGS, "--epochs", "2"]
-    else:  # the checkpoint of a ResNet run under a ViT run's θ0
+    else:  # the checkpoint of a ResNet run under a ViT run's θ0 (other_run: and its θ0)
         other = tmp_path / "cnn"
         rc = main(
             [
@@ -369,13 +371,17 @@ def test_resume_with_corrupt_or_mismatched_checkpoint(finished_run, tmp_path, ca
         (copy / "state_00.pt").write_bytes((other / "state_00.pt").read_bytes())
         (copy / "state_01.pt").unlink()
         (copy / "state_02.pt").unlink()
+        if damage == "other_run":  # a consistent ResNet run, beside the ViT's config.json
+            (copy / "theta0.pt").write_bytes((other / "theta0.pt").read_bytes())
     capsys.readouterr()
     before = _snapshot(copy)
     err = _bad(["run", "--resume", "--out", str(copy), *extra], capsys)
     assert err.startswith("rsst-tune: error:")
     if damage == "other_config":
         assert "epochs" in err
-    assert _snapshot(copy) == before
+    if damage == "other_run":
+        assert "model 'resnet20' in the checkpoint, 'vit_digits' in" in err
+    assert _snapshot(copy) == before  # results.json untouched, no run.log
 
 
 def test_non_numeric_flag_is_one_line_exit_2(capsys) -> None:
@@ -388,6 +394,7 @@ def test_non_numeric_flag_is_one_line_exit_2(capsys) -> None:
     assert len(err.splitlines()) == 1, f"{len(err.splitlines())} lines:\n{err}"
 
 
+@pytest.mark.slow  # interpreter start-ups: not for the inner loop
 def test_console_script_error_has_no_traceback(tmp_path) -> None:
     """The real process: stderr names the choices in one error line and has no traceback."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -108,3 +108,67 @@ def test_owner_keeps_its_lock_fresh_and_never_removes_a_successor_lock(tmp_path:
     assert cache.get_or_train("k", slow) == ({"x": 1}, True)
     assert seen[0] > 0  # the background heartbeat touched the lock during the long epoch
     assert lock.read_text() == "someone else\n"  # not ours any more: left in place
+
+
+# ---------------------------------------------------------------------- lock liveness (issue 8)
+def _dead_pid() -> int:
+    import subprocess
+
+    proc = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
+    return int(proc.stdout)
+
+
+def test_a_lock_whose_owner_died_on_this_host_is_taken_over_at_once(tmp_path: Path) -> None:
+    import time
+
+    from rsst_tune.locks import LockOwner
+
+    cache = DenseCache(tmp_path, poll_s=0.01)  # stale_after: 15 s, were the owner elsewhere
+    dead = LockOwner(_dead_pid(), LockOwner.me().host, "dead")
+    (tmp_path / "k.lock").write_text(dead.to_text())
+    t0 = time.monotonic()
+    assert cache.get_or_train("k", lambda beat: {"x": 1}) == ({"x": 1}, True)
+    assert time.monotonic() - t0 < 2.0
+    assert not (tmp_path / "k.lock").exists()
+
+
+def test_a_live_owner_on_this_host_is_never_stale_and_another_hosts_after_missed_beats(
+    tmp_path: Path,
+) -> None:
+    import os
+    import time
+
+    from rsst_tune.locks import LockOwner, Staleness
+
+    lock = tmp_path / "k.lock"
+    judge = Staleness(stale_after=0.3)
+    lock.write_text(LockOwner(os.getpid(), LockOwner.me().host, "me").to_text())
+    time.sleep(0.4)
+    assert judge.is_stale(lock)[0] is False  # alive here: however old its heartbeat
+
+    lock.write_text(LockOwner(1234, "another-host", "far").to_text())
+    assert judge.is_stale(lock)[0] is False  # unknown liveness: watch its heartbeat
+    time.sleep(0.2)
+    os.utime(lock)  # a beat
+    assert judge.is_stale(lock)[0] is False
+    time.sleep(0.2)
+    assert judge.is_stale(lock)[0] is False  # 0.2 s since the beat we saw
+    time.sleep(0.2)
+    stale, judged = judge.is_stale(lock)
+    assert stale and judged == lock.read_text()  # no beat for 0.4 s > 3 missed beats of 0.1 s
+
+
+def test_release_dead_locks_keeps_live_owners_and_reads_old_locks(tmp_path: Path) -> None:
+    import os
+
+    from rsst_tune.dense_cache import release_dead_locks
+    from rsst_tune.locks import LockOwner
+
+    me = LockOwner.me()
+    (tmp_path / "alive.lock").write_text(me.to_text())
+    (tmp_path / "dead.lock").write_text(LockOwner(_dead_pid(), me.host, "d").to_text())
+    (tmp_path / "old.lock").write_text(f"{_dead_pid()}@{me.host}/abc\n")  # the older format
+    (tmp_path / "far.lock").write_text(LockOwner(os.getpid(), "another-host", "f").to_text())
+    removed = release_dead_locks(tmp_path)
+    assert sorted(p.name for p in removed) == ["dead.lock", "old.lock"]
+    assert sorted(p.name for p in tmp_path.glob("*.lock")) == ["alive.lock", "far.lock"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -341,3 +342,55 @@ def test_export_command_rejects_bad_checkpoints(
     with pytest.raises(ConfigError):
         export_checkpoint(tmp_path / "other.pt", tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_export_refuses_to_overwrite_and_bad_out_dirs(
+    checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "export"
+    base = ["export", str(checkpoint), "--no-measure", "--device", "cpu"]
+    assert cli_main([*base, "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def one_line_error(argv: list[str], words: str) -> None:
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("rsst-tune: error:") and len(err.splitlines()) == 1, err
+        assert "Traceback" not in err and words in err, err
+
+    one_line_error([*base, "--out", str(out)], "pass --overwrite")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    one_line_error([*base, "--out", str(a_file)], "is a file, not a directory")
+    one_line_error([*base, "--out", str(a_file / "sub")], "is a file, not a directory")
+    assert a_file.read_text() == "x"
+    one_line_error([*base, "--out", str(tmp_path / "o"), "--device", "gpu0"], "unknown device")
+    real_access = os.access
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(
+        os, "access", lambda p, m: False if Path(p) == locked else real_access(p, m)
+    )
+    one_line_error([*base, "--out", str(locked / "e")], "is not writable")
+    assert not (locked / "e").exists()
+    monkeypatch.undo()
+    # --overwrite replaces the export
+    assert cli_main([*base, "--out", str(out), "--overwrite"]) == 0
+    assert read_report(out / REPORT_FILE).checkpoint == str(checkpoint)
+
+
+def test_report_re_exports_best_tickets_in_place(checkpoint: Path, tmp_path: Path) -> None:
+    """`rsst-tune report --measure` exports a best ticket again over its earlier export."""
+    from rsst_tune.report.exports import EXPORT_ERROR_FILE, export_best, export_dir
+    from rsst_tune.report.select import Ticket
+
+    ticket = Ticket("t0", 1, "complete", None, checkpoint=str(checkpoint.parent))
+    for replace in (False, True):
+        export_best({0.5: ticket}, tmp_path, replace=replace)
+        dest = export_dir(tmp_path, ticket)
+        assert (dest / REPORT_FILE).is_file() and not (dest / EXPORT_ERROR_FILE).exists()

@@ -18,8 +18,10 @@ from optuna.study import StudyDirection
 from rsst_tune.config import TrialConfig
 from rsst_tune.report import (
     BUDGETS,
+    TIE_RULE,
     Ticket,
     best_at_budget,
+    choose_at_budget,
     collect_tickets,
     param_importances,
     pareto_front,
@@ -29,6 +31,7 @@ from rsst_tune.report import (
     write_report,
 )
 from rsst_tune.results import StateResult
+from rsst_tune.stats import wilson_interval
 from rsst_tune.tune.records import Experiment, Objective, TrialRecord
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -45,8 +48,10 @@ def state(
     params: float | None = None,
     heads: int = 16,
     neurons: int = 512,
+    n: int | None = None,
 ) -> StateResult:
-    """A per-state result as `PruneLoop._run_state` reports it (digits ViT shapes)."""
+    """A per-state result as `PruneLoop._run_state` reports it (digits ViT shapes); without
+    `n` (the val and test split size) as an rsst-tune before split sizes were recorded."""
     params = macs if params is None else params
     out: dict[str, Any] = {
         "state": s,
@@ -72,6 +77,8 @@ def state(
     }
     if s > 0:
         out.update(acc_before_structure=val - 0.01, t_norm=1.7, lambda_reached=1.0)
+    if n is not None:
+        out.update(val_size=n, test_size=n)
     return StateResult.from_dict(out)
 
 
@@ -118,17 +125,18 @@ def told_study(multi: bool) -> optuna.Study:
     return study
 
 
-def make_sweep() -> Experiment:
-    """Three trials: complete (3 states), pruned by ASHA (2 states), error (no state)."""
+def make_sweep(n: int | None = None) -> Experiment:
+    """Three trials: complete (3 states), pruned by ASHA (2 states), error (no state); `n`:
+    the split size every state records (None: not recorded, as before split sizes were)."""
     a = trial(
         "t_a",
         "complete",
         0.3,
         0.3,
         [
-            state(0, 0.970, 0.962, 1.0),
-            state(1, 0.960, 0.950, 0.73, 0.74, 12, 360),
-            state(2, 0.940, 0.990, 0.48, 0.50, 8, 252),
+            state(0, 0.970, 0.962, 1.0, n=n),
+            state(1, 0.960, 0.950, 0.73, 0.74, 12, 360, n=n),
+            state(2, 0.940, 0.990, 0.48, 0.50, 8, 252, n=n),
         ],
     )  # test highest at state 2: never chooses
     b = trial(
@@ -136,7 +144,7 @@ def make_sweep() -> Experiment:
         "pruned",
         0.5,
         0.5,
-        [state(0, 0.965, 0.960, 1.0), state(1, 0.950, 0.945, 0.45, 0.47, 8, 256)],
+        [state(0, 0.965, 0.960, 1.0, n=n), state(1, 0.950, 0.945, 0.45, 0.47, 8, 256, n=n)],
         seed=1,
     )
     c = trial("t_c", "error", 0.1, 0.1, [], error="RuntimeError: CUDA out of memory\ntrace...")
@@ -267,6 +275,188 @@ def test_param_importances_not_available_says_why() -> None:
     assert param_importances(object()).values is None  # not a study: a reason, not a crash
 
 
+# ------------------------------------------------------------------ uncertainty and ties
+def test_state_results_record_split_sizes_and_old_rows_still_read() -> None:
+    new = state(1, 0.95, 0.94, 0.5, n=360)
+    assert (new.val_size, new.test_size) == (360, 360)
+    assert StateResult.from_dict(new.to_dict()) == new
+    old_row = new.to_dict()
+    del old_row["val_size"], old_row["test_size"]  # a result.json row written before
+    old = StateResult.from_dict(old_row)
+    assert (old.val_size, old.test_size) == (None, None)
+    ticket = Ticket("t", 1, "complete", old)
+    assert ticket.split_size() is None and ticket.interval() is None
+    sized = Ticket("t", 1, "complete", new)
+    assert sized.interval("val_acc") == wilson_interval(342, 360)
+    assert sized.interval("test_acc") == wilson_interval(338, 360)
+    assert sized.interval("macs_frac") is None  # not an accuracy
+
+
+def sized_ticket(
+    order: int, val: float, macs: float, params: float | None = None, n: int | None = 360
+) -> Ticket:
+    result = dataclasses.replace(
+        state(0, val, val, 1.0, n=n), macs_frac=macs, params_frac=macs if params is None else params
+    )
+    return Ticket(f"t{order}", 0, "complete", result, order=order)
+
+
+def test_tie_rule_chooses_fewest_macs_among_overlapping_intervals() -> None:
+    # n = 360: 97.0 % is [94.6, 98.3]; 95.0 % [92.2, 96.8] overlaps it; 90.0 % [86.5, 92.7]
+    # does not (92.7 < 94.6)
+    top = sized_ticket(0, 0.970, 1.00)
+    close = sized_ticket(1, 0.955, 0.60)
+    cheap = sized_ticket(2, 0.950, 0.45, 0.40)
+    cheap_more_params = sized_ticket(3, 0.950, 0.45, 0.50)
+    cheap_lower_val = sized_ticket(4, 0.9445, 0.45, 0.30)
+    far = sized_ticket(5, 0.900, 0.20)
+    tickets = [top, close, cheap, cheap_more_params, cheap_lower_val, far]
+    choice = choose_at_budget(tickets, None)
+    assert choice is not None and choice.leader is top
+    # fewest MACs, then the higher val (cheap_lower_val has fewer params but lower val), then
+    # fewer params; `far` is not tied
+    assert list(choice.tied) == [cheap, cheap_more_params, cheap_lower_val, close, top]
+    assert choice.chosen is cheap and best_at_budget(tickets, None) is cheap
+    assert choice.by_interval and far not in choice.tied and len(choice.others) == 4
+    # within 50 %: the leader is `cheap`; `far` (90.0 [86.5, 92.7]) overlaps 95.0 [92.2, 96.8]
+    at_half = choose_at_budget(tickets, 0.5)
+    assert at_half is not None and at_half.leader is cheap and at_half.chosen is far
+    # no recorded split size (an older rsst-tune): only an equal val ties, as before
+    unsized = [sized_ticket(t.order, t.val_acc or 0, t.macs_frac or 0, n=None) for t in tickets]
+    old = choose_at_budget(unsized, None)
+    assert old is not None and old.chosen is unsized[0] and old.tied == (unsized[0],)
+    assert not old.by_interval
+
+
+def test_intervals_and_ties_in_the_report(tmp_path: Path) -> None:
+    """Every budget picks t_b/s1 once the intervals (n = 360) tie it with the top val_acc:
+    one section for the three budgets, ties explained, best_config.json lists them."""
+    md = write_report(make_sweep(n=360), tmp_path).read_text()
+    for text in (
+        "val acc % [95 % CI], n=360",
+        "| t_b | 1 | 95.00 [92.2, 96.8] | 94.50 [91.6, 96.4] |",
+        "val 95.00 % (95 % interval 92.2–96.8 %, n = 360)",
+        "one image of 360 is 0.28 points",
+        TIE_RULE,
+        "4 other tickets are tied with it",
+        "A tie goes to fewer MACs: `t_b/s1`",
+        "### MACs ≤ 50 % · MACs ≤ 75 % · unconstrained",
+        "The same ticket is chosen at 3 budgets",
+        "`best_configs/macs_le_75.json`, `best_configs/unconstrained.json` hold the same config",
+        "2 other tickets are tied with `t_a/s0`, the front's highest val_acc",
+        "| top val |",
+        "| chosen; top val at MACs ≤ 50 % |",
+        "| top val at unconstrained |",
+    ):
+        assert text in md, text
+    assert md.count("\n### MACs") == 1  # one section per distinct answer
+    assert md.count("Expected per-state accuracies") == 1
+    best = json.loads((tmp_path / "best_config.json").read_text())
+    assert (best["trial_id"], best["state"], best["rule"]) == ("t_b", 1, TIE_RULE)
+    assert best["metrics"]["val_size"] == 360
+    assert best["val_interval"] == pytest.approx(list(wilson_interval(342, 360)))
+    assert [(t["trial_id"], t["state"], t["chosen"]) for t in best["tied"]] == [
+        ("t_b", 1, True),
+        ("t_a", 2, False),
+    ]  # within the headline budget, MACs ≤ 50 %: fewest MACs first
+    assert best["leader"]["trial_id"] == "t_b" and best["tied"][0]["top_val"]
+
+
+def test_old_results_say_they_have_no_interval(sweep: Experiment, tmp_path: Path) -> None:
+    md = write_report(sweep, tmp_path).read_text()
+    assert "val acc % (n not recorded)" in md and "[95 % CI]" not in md
+    assert "The split sizes were not recorded" in md
+    best = json.loads((tmp_path / "best_config.json").read_text())
+    assert best["val_interval"] is None and [t["trial_id"] for t in best["tied"]] == ["t_b"]
+
+
+def test_many_tied_tickets_are_counted_not_listed(tmp_path: Path) -> None:
+    trials = tuple(
+        trial(f"t{i:02d}", "complete", 0.3, 0.3, [state(0, 0.95 - 0.001 * i, 0.9, 0.4, n=360)])
+        for i in range(15)
+    )
+    md = write_report(Experiment("ties", str(tmp_path), "s", OBJECTIVES, trials), tmp_path)
+    text = md.read_text()
+    assert "14 other tickets are tied with it" in text
+    assert "… and 5 more tied tickets." in text
+
+
+def test_pareto_plot_draws_intervals(tmp_path: Path) -> None:
+    from rsst_tune import plots
+
+    args = ([40.0, 60.0, 100.0], [94.0, 95.0, 97.0], [0, 1, 2], ["a", "b", "c"])
+    plain = plots.pareto_plot(*args, x_label="MACs", path=tmp_path / "plain.png")
+    bars = plots.pareto_plot(
+        *args,
+        x_label="MACs",
+        path=tmp_path / "bars.png",
+        intervals=[(91.0, 96.0), None, (94.6, 98.3)],
+        band=(94.6, 98.3),
+    )
+    assert bars.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert bars.read_bytes() != plain.read_bytes()
+
+
+# ------------------------------------------------------------------ importances, quietly
+def regime_study() -> optuna.Study:
+    """8 complete trials; `rate` is missing in one, so optuna warns "Some regimes for
+    parameter `rate` have less than 2 trials"."""
+    study = optuna.create_study(
+        directions=[StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE],
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    for i in range(8):
+        t = study.ask()
+        hr = t.suggest_float("head_ratio", 0.0, 0.6)
+        rate = t.suggest_float("rate", 0.1, 0.5) if i else 0.3
+        study.tell(t, [0.9 + 0.01 * hr - 0.1 * rate, 1.0 - hr])
+    return study
+
+
+def test_importances_per_objective_and_a_warning_below_the_minimum(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import warnings
+
+    imp = param_importances(told_study(True), OBJECTIVES)
+    assert [name for name, _ in imp.by_objective] == ["val_acc", "macs_frac"]
+    assert imp.warning is None and imp.complete == 12
+    for _, values in imp.by_objective:
+        assert values[0][0] == "mlp_ratio" and math.isclose(sum(v for _, v in values), 1.0)
+    assert param_importances(told_study(True), OBJECTIVES, min_trials=20).warning is not None
+
+    exp_dir = tmp_path / "exp"
+    exp_dir.mkdir()
+    (exp_dir / "sweep.log").write_text("earlier lines\n")
+    exp = Experiment(
+        "quiet", str(exp_dir), "s", OBJECTIVES, make_sweep(360).trials, study=regime_study()
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        md = write_report(exp, tmp_path / "out").read_text()
+    # Optuna's importance warnings go to the experiment's log, not the terminal
+    assert not [w for w in caught if "regimes" in str(w.message)]
+    out, err = capfd.readouterr()
+    assert "regimes" not in out + err
+    log_text = (exp_dir / "sweep.log").read_text()
+    assert log_text.startswith("earlier lines\n")
+    assert "Some regimes for parameter `rate` have less than 2 trials" in log_text
+    assert not (tmp_path / "out" / "report.log").exists()
+    assert "Warning: only 8 complete trials (fewer than 10): these importances are unreliable" in md
+    assert "| parameter | val_acc | macs_frac |" in md
+    # no experiment directory here: the chatter goes to the report directory's report.log
+    elsewhere = Experiment("q", str(tmp_path / "gone"), "s", OBJECTIVES, (), study=regime_study())
+    write_report(elsewhere, tmp_path / "out2")
+    assert "Some regimes" in (tmp_path / "out2" / "report.log").read_text()
+
+
+def test_importance_errors_still_reach_the_user(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="rsst_tune.report.select"):
+        imp = param_importances(object())
+    assert imp.values is None
+    assert any("parameter importances not available" in r.message for r in caplog.records)
+
+
 # ------------------------------------------------------------------ the files
 def test_write_report_writes_every_artifact(sweep: Experiment, tmp_path: Path) -> None:
     md_path = write_report(sweep, tmp_path / "report")
@@ -336,7 +526,7 @@ def test_best_config_falls_back_to_overall_best(tmp_path: Path) -> None:
     best = json.loads((tmp_path / "best_config.json").read_text())
     assert (best["budget"], best["trial_id"], best["state"]) == (None, "t_x", 0)
     assert best["config_file"] == "best_configs/unconstrained.json"
-    assert md_has(tmp_path, "No ticket within budget.")
+    assert md_has(tmp_path, "No ticket within budget at MACs ≤ 25 %, MACs ≤ 50 %, MACs ≤ 75 %.")
 
 
 def md_has(out: Path, text: str) -> bool:
@@ -348,7 +538,8 @@ def test_empty_experiment_renders(tmp_path: Path) -> None:
     md = write_report(exp, tmp_path / "r")
     text = md.read_text()
     assert "The experiment has no trials yet." in text
-    assert text.count("No ticket within budget.") == len(BUDGETS)
+    assert text.count("No ticket within budget at") == 1  # one sentence names every budget
+    assert text.count("no ticket within budget") == len(BUDGETS)  # one table row per budget
     assert "Not available: no Optuna study" in text
     assert "not recorded" in text  # no command
     best = json.loads((md.parent / "best_config.json").read_text())
@@ -454,6 +645,14 @@ def exported_sweep(tmp_path_factory: pytest.TempPathFactory, digits_small: Any) 
         state_checkpoints={1: str(run)},
     )
     return Experiment("exp", str(run), "s", OBJECTIVES, (record,))
+
+
+def test_a_real_run_records_its_split_sizes(exported_sweep: Experiment, tmp_path: Path) -> None:
+    (result,) = exported_sweep.trials[0].states
+    assert (result.val_size, result.test_size) == (96, 96)  # digits_small: 256 / 96 / 96
+    assert round(result.val_acc * 96) == pytest.approx(result.val_acc * 96)  # correct / n
+    md = write_report(exported_sweep, tmp_path).read_text()
+    assert "val acc % [95 % CI], n=96" in md and "one image of 96 is 1.04 points" in md
 
 
 def export_rows_in(md: str) -> list[str]:

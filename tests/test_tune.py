@@ -521,3 +521,194 @@ def test_trials_ended_by_the_time_budget_become_pruned() -> None:
         "c": optuna.trial.TrialState.RUNNING,  # not ended by the sweep: left alone
     }
     assert study.get_trials()[0].user_attrs["stopped_by"] == "time_budget"
+
+
+# ---------------------------------------------------------------------- reliability (issue 8)
+def test_max_failures_is_a_plan_field_and_older_sweep_json_still_loads(tmp_path: Path) -> None:
+    from rsst_tune.tune.plan import SweepPlan
+
+    opts = SweepOptions(space="vit_head_mlp", preset="smoke", storage=str(tmp_path))
+    assert resolve_plan(opts).max_failures == 2
+    plan = resolve_plan(dataclasses_replace(opts, max_failures=0))
+    assert plan.max_failures == 0
+    data = json.loads(plan.to_json())
+    del data["max_failures"]  # a sweep.json written before --max-failures existed
+    assert SweepPlan.from_json(json.dumps(data)).max_failures == 2
+    with pytest.raises(ConfigError, match="--max-failures"):
+        resolve_plan(dataclasses_replace(opts, max_failures=-1))
+
+
+def dataclasses_replace(opts: SweepOptions, **changes: Any) -> SweepOptions:
+    import dataclasses
+
+    return dataclasses.replace(opts, **changes)
+
+
+def test_bad_max_failures_flag_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--space", "vit_head_mlp", "--preset", "smoke", "--storage", str(tmp_path)]
+    with pytest.raises(SystemExit) as stop:
+        tune_main([*argv, "--max-failures", "-1"])
+    assert stop.value.code == 2
+    assert "--max-failures" in capsys.readouterr().err
+
+
+def test_optuna_is_settled_from_rays_record() -> None:
+    import optuna
+
+    from rsst_tune.tune.searcher import (
+        FAIL_REASON_ATTR,
+        RAY_TRIAL_ATTR,
+        fail_lost,
+        settle_finished,
+    )
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trials = {rid: study.ask() for rid in ("done", "cut", "err", "lost", "live")}
+    for rid, t in trials.items():
+        t.set_user_attr(RAY_TRIAL_ATTR, rid)
+    last = {"state": 2, "pruning_times": 3, "val_acc": 0.9, "macs_frac": 0.5}
+    finished = {
+        "done": ("TERMINATED", last, None),
+        "cut": ("TERMINATED", {**last, "state": 0}, None),
+        "err": ("ERROR", None, "RuntimeError: boom"),
+    }
+    assert settle_finished(study, finished, ["val_acc", "macs_frac"], "time_budget") == 3
+    assert fail_lost(study, {"done", "cut", "err", "live"}, lambda rid: f"lost {rid}") == 1
+    by_id = {t.user_attrs[RAY_TRIAL_ATTR]: t for t in study.get_trials()}
+    assert by_id["done"].state.name == "COMPLETE" and by_id["done"].values == [0.9, 0.5]
+    assert by_id["cut"].state.name == "PRUNED"
+    assert by_id["cut"].user_attrs["stopped_by"] == "time_budget"
+    assert by_id["err"].state.name == "FAIL"
+    assert by_id["err"].user_attrs[FAIL_REASON_ATTR] == "RuntimeError: boom"
+    assert by_id["lost"].state.name == "FAIL"
+    assert by_id["lost"].user_attrs[FAIL_REASON_ATTR] == "lost lost"
+    assert by_id["live"].state.name == "RUNNING"  # Ray resumes it
+
+
+def test_a_journal_write_cut_by_a_full_disk_leaves_the_journal_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    from rsst_tune.tune.searcher import journal_storage
+
+    path = tmp_path / "optuna.journal"
+    study = optuna.create_study(study_name="s", storage=journal_storage(path))
+    study.tell(study.ask(), 1.0)
+
+    def half_then_enospc(self: Any, logs: list[dict[str, Any]]) -> None:
+        with open(self._file_path, "ab") as fh:
+            fh.write(b'{"op_code": 4, "worker_id": "cut')
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(JournalFileBackend, "append_logs", half_then_enospc)
+    with pytest.raises(OSError, match="No space"):
+        study.ask()
+    monkeypatch.undo()
+    again = optuna.load_study(study_name="s", storage=journal_storage(path))
+    assert [t.state.name for t in again.trials] == ["COMPLETE"]
+    again.tell(again.ask(), 2.0)  # and it takes new records after the cut
+    assert len(optuna.load_study(study_name="s", storage=journal_storage(path)).trials) == 2
+
+
+def test_a_retried_trial_is_complete_and_errors_are_summarised() -> None:
+    from optuna.trial import TrialState
+
+    from rsst_tune.tune.experiment import _status, error_summary
+
+    rows = [{"state": 0, "pruning_times": 2}, {"state": 1, "pruning_times": 2}]
+
+    class Ot:
+        state = TrialState.FAIL
+
+    assert _status("TERMINATED", rows, Ot()) == "complete"  # Ray's record decides
+    assert _status("TERMINATED", rows[:1], None) == "pruned"
+    assert _status("ERROR", rows, None) == "error"
+    assert _status("RUNNING", rows[:1], Ot()) == "running"
+    text = (
+        "Failure # 1 (occurred at 2026-01-01_00-00-00)\n"
+        "ray::ImplicitFunc.train() (pid=1, ip=127.0.0.1)\n  File x\n"
+        "RuntimeError: first\n"
+        "Failure # 2 (occurred at 2026-01-01_00-00-09)\n"
+        "The actor died unexpectedly before finishing this task.\n\tclass_name: ImplicitFunc\n"
+    )
+    assert error_summary(text) == "The actor died unexpectedly before finishing this task."
+    assert error_summary(text.split("Failure # 2")[0]) == "RuntimeError: first"
+
+
+def _fake_experiment(exp_dir: Path, known: list[str], on_disk: list[str]) -> None:
+    exp_dir.mkdir(parents=True)
+    trial_data = [[json.dumps({"trial_id": t, "status": "RUNNING"}), json.dumps({})] for t in known]
+    (exp_dir / "experiment_state-2026-01-01_00-00-00.json").write_text(
+        json.dumps({"trial_data": trial_data, "runner_data": {}, "stats": {}})
+    )
+    (exp_dir / "searcher-state-2026-01-01_00-00-00.pkl").write_bytes(b"\x80\x04N.")
+    for t in on_disk:
+        (exp_dir / f"trial_{t}" / "checkpoint_000000").mkdir(parents=True)
+
+
+def test_resume_after_a_killed_driver_settles_trials_ray_never_recorded(tmp_path: Path) -> None:
+    import optuna
+
+    from rsst_tune.tune.runner import LOST_DIR, _recover
+    from rsst_tune.tune.searcher import FAIL_REASON_ATTR, RAY_TRIAL_ATTR, journal_storage
+
+    plan = resolve_plan(
+        SweepOptions(space="vit_head_mlp", preset="smoke", storage=str(tmp_path), name="k")
+    )
+    exp_dir = Path(plan.experiment_dir)
+    _fake_experiment(exp_dir, known=["a"], on_disk=["a", "b"])
+    study = optuna.create_study(
+        study_name="k",
+        storage=journal_storage(exp_dir / "optuna.journal"),
+        directions=["maximize", "minimize"],
+    )
+    for rid in ("a", "b"):
+        study.ask().set_user_attr(RAY_TRIAL_ATTR, rid)
+    (exp_dir / "dense_cache").mkdir()
+    dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
+    from rsst_tune.locks import LockOwner
+
+    lock = exp_dir / "dense_cache" / "x.lock"
+    lock.write_text(LockOwner(int(dead.stdout), LockOwner.me().host, "t").to_text())
+
+    _recover(plan)
+    assert (exp_dir / "trial_a").is_dir()
+    assert not (exp_dir / "trial_b").exists() and (exp_dir / LOST_DIR / "trial_b").is_dir()
+    states = {t.user_attrs[RAY_TRIAL_ATTR]: t for t in study.get_trials()}
+    assert states["a"].state.name == "RUNNING"  # Ray resumes it
+    assert states["b"].state.name == "FAIL"
+    assert "driver was killed" in states["b"].user_attrs[FAIL_REASON_ATTR]
+    assert not lock.exists()
+
+
+def test_damaged_ray_state_is_restored_from_its_last_intact_copy(tmp_path: Path) -> None:
+    from rsst_tune.tune.experiment import (
+        RAY_STATE_BACKUP,
+        backup_ray_state,
+        ray_state_files,
+        ray_state_intact,
+        repair_ray_state,
+    )
+
+    exp_dir = tmp_path / "e"
+    _fake_experiment(exp_dir, known=["a"], on_disk=["a"])
+    assert backup_ray_state(exp_dir)
+    state = ray_state_files(exp_dir)[0]
+    good = state.read_text()
+    state.write_text(good[: len(good) // 2])  # cut off by a full disk
+    assert not ray_state_intact(ray_state_files(exp_dir))
+    assert backup_ray_state(exp_dir) is False  # a damaged state never replaces the copy
+    assert "restored" in (repair_ray_state(exp_dir) or "")
+    assert state.read_text() == good and ray_state_intact(ray_state_files(exp_dir))
+    assert repair_ray_state(exp_dir) is None
+    for path in (exp_dir / RAY_STATE_BACKUP).iterdir():
+        path.write_text("{")
+    state.write_text("{")
+    with pytest.raises(ConfigError, match="damaged"):
+        repair_ray_state(exp_dir)

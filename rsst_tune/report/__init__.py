@@ -9,7 +9,8 @@ validation accuracy (`val_acc`); test accuracy is reported beside it and never u
 One module per job:
 
 * `select`: pure computation on records (`collect_tickets`, `pareto_front`,
-  `best_at_budget`, `reproduce_config`, `rank_trials`, `param_importances`, ...);
+  `choose_at_budget` / `best_at_budget` with the tie rule `TIE_RULE`, `reproduce_config`,
+  `rank_trials`, `param_importances`, ...); the 95 % intervals come from `rsst_tune.stats`;
 * `document`: a tiny document model (`Heading`, `Para`, `Code`, `Table`, `Image`), rendered
   to Markdown and to self-contained HTML;
 * `sections`: the report's sections as blocks (and its plots);
@@ -39,12 +40,18 @@ from rsst_tune.report.select import (
     BUDGETS,
     DEFAULT_BUDGET,
     SELECT_METRIC,
+    TIE_RULE,
+    Choice,
     Importances,
     Ticket,
     best_at_budget,
     best_by_budget,
+    choices_by_budget,
+    choose_at_budget,
     collect_tickets,
+    headline_choice,
     headline_ticket,
+    is_tied,
     param_importances,
     pareto_front,
     rank_trials,
@@ -61,6 +68,8 @@ __all__ = [
     "DEFAULT_BUDGET",
     "EXPORT_MODES",
     "SELECT_METRIC",
+    "TIE_RULE",
+    "Choice",
     "ExportMode",
     "Importances",
     "Ticket",
@@ -68,12 +77,16 @@ __all__ = [
     "best_by_budget",
     "best_config_record",
     "build_blocks",
+    "choices_by_budget",
+    "choose_at_budget",
     "collect_tickets",
     "distinct_bests",
     "export_best",
     "fmt_latency",
     "fmt_pct",
+    "headline_choice",
     "headline_ticket",
+    "is_tied",
     "param_importances",
     "pareto_front",
     "rank_trials",

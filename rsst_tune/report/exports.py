@@ -68,7 +68,9 @@ def export_best(
         if not replace and ((dest / REPORT_FILE).is_file() or error.is_file()):
             continue
         try:
-            export_checkpoint(Path(ticket.checkpoint) / state_file(ticket.state), dest)
+            export_checkpoint(
+                Path(ticket.checkpoint) / state_file(ticket.state), dest, overwrite=True
+            )
         except Exception as exc:  # one ticket's export must not cost the report
             reason = f"{type(exc).__name__}: {first_line(str(exc))}"
             log.warning("could not export %s: %s", ticket.label, reason)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,14 +30,17 @@ from rsst_tune.report.sections import (
 )
 from rsst_tune.report.select import (
     SELECT_METRIC,
+    TIE_RULE,
+    Choice,
     Ticket,
-    best_by_budget,
     budget_label,
     budget_slug,
+    choices_by_budget,
     collect_tickets,
-    headline_ticket,
+    headline_choice,
     jsonable,
     param_importances,
+    quiet_log,
     reproduce_config,
     state_history,
 )
@@ -44,6 +48,8 @@ from rsst_tune.report.select import (
 log = logging.getLogger(__name__)
 
 BEST_CONFIGS_DIR = "best_configs"
+SWEEP_LOG = "sweep.log"  # the experiment's log (rsst_tune.tune.console.LOG_FILE)
+REPORT_LOG = "report.log"  # where third-party chatter goes when the experiment has no log dir
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -71,44 +77,103 @@ def write_best_configs(
     return files
 
 
+def _ticket_summary(ticket: Ticket) -> dict[str, Any]:
+    """A ticket's identity, accuracies with their 95 % intervals and split sizes, and cost."""
+    return {
+        "trial_id": ticket.trial_id,
+        "state": ticket.state,
+        "val_acc": ticket.val_acc,
+        "val_size": ticket.split_size("val_acc"),
+        "val_interval": ticket.interval("val_acc"),
+        "test_acc": ticket.test_acc,
+        "test_size": ticket.split_size("test_acc"),
+        "test_interval": ticket.interval("test_acc"),
+        "macs_frac": ticket.macs_frac,
+        "params_frac": ticket.params_frac,
+    }
+
+
 def best_config_record(
     experiment: Experiment,
     tickets: Sequence[Ticket],
-    headline: tuple[float | None, Ticket | None],
+    headline: tuple[float | None, Choice | None],
     files: Mapping[float | None, str],
 ) -> dict[str, Any]:
-    """best_config.json: the headline ticket, its metrics and the config reproducing it."""
-    budget, ticket = headline
+    """best_config.json: the headline ticket, its metrics and the config reproducing it, the
+    tickets tied with the top val_acc (`tied`, in the order of the rule) and the `rule`."""
+    budget, choice = headline
     record: dict[str, Any] = {
         "experiment": experiment.name,
         "selected_by": SELECT_METRIC,
+        "rule": TIE_RULE,
         "budget": budget,
         "budget_label": budget_label(budget),
     }
-    if ticket is None:
+    if choice is None:
         return {
             **record,
             "trial_id": None,
             "state": None,
             "config": None,
+            "tied": [],
             "reason": "no trial reported a state with a validation accuracy",
         }
+    ticket = choice.chosen
     config_file = files.get(budget, f"{BEST_CONFIGS_DIR}/{budget_slug(budget)}.json")
+    summary = _ticket_summary(ticket)
     return {
         **record,
         "trial_id": ticket.trial_id,
         "state": ticket.state,
         "status": ticket.status,
         "metrics": dict(ticket.metrics),
+        "val_interval": summary["val_interval"],
+        "test_interval": summary["test_interval"],
         "params": dict(ticket.params),
         "config": reproduce_config(ticket),
         "config_file": config_file,
         "command": run_command(config_file),
+        "leader": _ticket_summary(choice.leader),
+        "tied": [
+            {**_ticket_summary(t), "chosen": t is ticket, "top_val": t is choice.leader}
+            for t in choice.tied
+        ],
         "expected_states": [
             {"state": t.state, "val_acc": t.val_acc, "test_acc": t.test_acc}
             for t in state_history(tickets, ticket)
         ],
     }
+
+
+class _ChatterHandler(logging.FileHandler):
+    """Third-party chatter to a log file; a write that fails loses the line, quietly (it is
+    not worth a traceback on the terminal)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def report_logging(experiment: Experiment, out_dir: Path) -> Iterator[None]:
+    """Third-party chatter while the report is computed (Optuna's importance warnings, on
+    `select.quiet_log`) goes to the experiment's sweep.log, or `out_dir/report.log` when the
+    experiment directory is not here; never to the terminal."""
+    exp_dir = Path(experiment.path) if experiment.path else None
+    path = exp_dir / SWEEP_LOG if exp_dir is not None and exp_dir.is_dir() else out_dir / REPORT_LOG
+    handler = _ChatterHandler(path, encoding="utf-8", delay=True)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = quiet_log.level, quiet_log.propagate
+    quiet_log.addHandler(handler)
+    quiet_log.setLevel(logging.INFO)
+    quiet_log.propagate = False
+    try:
+        yield
+    finally:
+        quiet_log.removeHandler(handler)
+        quiet_log.setLevel(saved[0])
+        quiet_log.propagate = saved[1]
+        handler.close()
 
 
 def build_blocks(
@@ -123,18 +188,21 @@ def build_blocks(
     if export not in EXPORT_MODES:
         raise ValueError(f"export must be one of {EXPORT_MODES}, got {export!r}")
     tickets = collect_tickets(experiment)
-    bests = best_by_budget(tickets)
-    headline = headline_ticket(bests, tickets)
+    choices = choices_by_budget(tickets)
+    bests = {b: None if c is None else c.chosen for b, c in choices.items()}
+    headline = headline_choice(choices, tickets)
     files = write_best_configs(out_dir, bests)
     if export != "recorded":
         export_best(bests, out_dir, replace=export == "all")
+    with report_logging(experiment, out_dir):
+        importances = param_importances(experiment.study, experiment.objectives)
     blocks = [
         *summary_blocks(experiment, tickets, headline),
         *pareto_blocks(tickets, out_dir),
-        *budget_blocks(tickets, bests, files, out_dir),
+        *budget_blocks(tickets, choices, files, out_dir),
         *export_blocks(bests, out_dir),
         *states_blocks(tickets, out_dir),
-        *importance_blocks(param_importances(experiment.study, experiment.objectives), out_dir),
+        *importance_blocks(importances, out_dir),
         *trials_blocks(experiment),
     ]
     return blocks, best_config_record(experiment, tickets, headline, files)

@@ -1,6 +1,6 @@
 """Choosing tickets: every (trial, state) of a sweep, Pareto fronts, the best ticket at each
-MACs budget, the config that reproduces it, and parameter importances. Pure functions on
-records; nothing here renders or writes."""
+MACs budget (with the tickets the data cannot rank apart from it), the config that reproduces
+it, and parameter importances. Pure functions on records; nothing here renders or writes."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import numpy as np
 
 from rsst_tune.config import TrialConfig
 from rsst_tune.results import StateResult
+from rsst_tune.stats import accuracy_interval, overlaps
+from rsst_tune.tune.objectives import finite_state
 from rsst_tune.tune.records import STATUSES, Experiment, Objective
 
 if TYPE_CHECKING:
@@ -31,6 +33,15 @@ TOP_TRIALS = 5
 UNIT_KINDS = ("heads", "neurons", "filters")
 BUDGET_TOL = 1e-9  # a ticket at exactly 50.0 % MACs is within "MACs ≤ 50 %"
 FRONT_AXES = (("macs_frac", "MACs"), ("params_frac", "params"))  # (metric, axis name)
+SPLIT_SIZE = {"val_acc": "val_size", "test_acc": "test_size"}  # accuracy -> images evaluated
+MIN_IMPORTANCE_TRIALS = 10  # below this many complete trials, importances are only a hint
+TIE_RULE = (
+    "Tickets within a budget whose 95 % Wilson interval of val_acc overlaps the interval of the "
+    "ticket with the highest val_acc are tied with it: the validation split is too small to "
+    "rank them. Among tied tickets the one with the fewest MACs is chosen, then the higher "
+    "val_acc, then the fewer params, then the earlier ticket. A ticket whose split size was not "
+    "recorded has no interval and ties only on an equal val_acc."
+)
 
 
 def finite(value: Any) -> float | None:
@@ -85,6 +96,23 @@ class Ticket:
     def label(self) -> str:
         return f"{self.trial_id}/s{self.state}"
 
+    def split_size(self, metric: str = SELECT_METRIC) -> int | None:
+        """The number of images `metric` (val_acc or test_acc) was measured on, when recorded."""
+        key = SPLIT_SIZE.get(metric)
+        n = getattr(self.result, key, None) if key is not None else None
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+    def interval(self, metric: str = SELECT_METRIC) -> tuple[float, float] | None:
+        """The 95 % Wilson interval of an accuracy (val_acc or test_acc), or None when the
+        accuracy or its split size is missing."""
+        return accuracy_interval(self.metric(metric), self.split_size(metric))
+
+    @property
+    def selectable(self) -> bool:
+        """Whether the ticket may be chosen: its accuracies and training loss are finite (a
+        diverged state never is)."""
+        return self.result is not None and finite_state(self.result)
+
 
 def collect_tickets(experiment: Experiment) -> list[Ticket]:
     """Every (trial, state) of the experiment, in trial then state order."""
@@ -130,7 +158,9 @@ def pareto_front(points: Sequence[Sequence[float | None]], maximize: Sequence[bo
 
 
 def ticket_front(tickets: Sequence[Ticket], cost: str) -> list[Ticket]:
-    """Tickets on the front of `val_acc` (up) against `cost` (down), cheapest first."""
+    """Tickets on the front of `val_acc` (up) against `cost` (down), cheapest first; tickets
+    that are not `selectable` are never on it."""
+    tickets = [t for t in tickets if t.selectable]
     points = [(t.val_acc, t.metric(cost)) for t in tickets]
     front = [tickets[i] for i in pareto_front(points, (True, False))]
     return sorted(front, key=lambda t: (t.metric(cost), -or_default(t.val_acc, 0.0), t.order))
@@ -148,17 +178,71 @@ def or_default(value: float | None, default: float) -> float:
     return default if value is None else value
 
 
-def best_at_budget(
-    tickets: Sequence[Ticket], budget: float | None, metric: str = SELECT_METRIC
-) -> Ticket | None:
-    """The ticket with the highest `metric` among those within the MACs budget, or None.
+@dataclass(frozen=True, eq=False)
+class Choice:
+    """The answer at one budget: the chosen ticket, the ticket with the highest `metric`
+    (`leader`) and every ticket tied with the leader (`tied`, in the order of the rule, so the
+    chosen one first; the leader is among them)."""
 
-    Ties go to fewer MACs, then fewer params, then the earlier ticket.
+    budget: float | None
+    chosen: Ticket
+    leader: Ticket
+    tied: tuple[Ticket, ...]
+    metric: str = SELECT_METRIC
+
+    @property
+    def others(self) -> tuple[Ticket, ...]:
+        """The tied tickets besides the leader."""
+        return tuple(t for t in self.tied if t is not self.leader)
+
+    @property
+    def by_interval(self) -> bool:
+        """Whether intervals decided the ties (False: the leader's split size is unknown, and
+        only an equal value ties)."""
+        return self.leader.interval(self.metric) is not None
+
+
+def is_tied(ticket: Ticket, leader: Ticket, metric: str = SELECT_METRIC) -> bool:
+    """Whether the data cannot rank `ticket` apart from `leader` on `metric`: their 95 %
+    intervals overlap, or (an interval missing) their values are equal."""
+    if ticket is leader:
+        return True
+    a, b = ticket.interval(metric), leader.interval(metric)
+    if a is not None and b is not None:
+        return overlaps(a, b)
+    return ticket.metric(metric) is not None and ticket.metric(metric) == leader.metric(metric)
+
+
+def _tie_key(metric: str, t: Ticket) -> tuple[float, float, float, int]:
+    """Among tied tickets: fewer MACs, then higher `metric`, then fewer params, then earlier."""
+    return (
+        or_default(t.macs_frac, math.inf),
+        -or_default(t.metric(metric), -math.inf),
+        or_default(t.params_frac, math.inf),
+        t.order,
+    )
+
+
+def choose_at_budget(
+    tickets: Sequence[Ticket], budget: float | None, metric: str = SELECT_METRIC
+) -> Choice | None:
+    """The choice among the tickets within the MACs budget (`TIE_RULE`), or None.
+
+    The leader has the highest `metric` (equal values: fewer MACs, fewer params, earlier).
+    Every candidate whose 95 % interval overlaps the leader's is tied with it (for val_acc
+    and test_acc with a recorded split size; otherwise only an equal value ties), and among
+    the tied tickets the fewest MACs wins, then the higher `metric`, then fewer params, then
+    the earlier ticket. Tickets that are not `selectable` (NaN accuracy or training loss) are
+    never candidates.
     """
-    candidates = [t for t in tickets if t.metric(metric) is not None and within_budget(t, budget)]
+    candidates = [
+        t
+        for t in tickets
+        if t.selectable and t.metric(metric) is not None and within_budget(t, budget)
+    ]
     if not candidates:
         return None
-    return min(
+    leader = min(
         candidates,
         key=lambda t: (
             -or_default(t.metric(metric), -math.inf),
@@ -167,12 +251,56 @@ def best_at_budget(
             t.order,
         ),
     )
+    tied = sorted(
+        (t for t in candidates if is_tied(t, leader, metric)), key=partial(_tie_key, metric)
+    )
+    return Choice(budget, tied[0], leader, tuple(tied), metric)
+
+
+def best_at_budget(
+    tickets: Sequence[Ticket], budget: float | None, metric: str = SELECT_METRIC
+) -> Ticket | None:
+    """The ticket chosen within the MACs budget by `TIE_RULE` (`choose_at_budget`), or None.
+
+    Of the tickets whose 95 % `metric` interval overlaps that of the ticket with the highest
+    `metric`, the one with the fewest MACs; without recorded split sizes, the highest
+    `metric`, equal values going to fewer MACs, then fewer params, then the earlier ticket.
+    """
+    choice = choose_at_budget(tickets, budget, metric)
+    return None if choice is None else choice.chosen
+
+
+def choices_by_budget(
+    tickets: Sequence[Ticket], budgets: Sequence[float | None] = BUDGETS
+) -> dict[float | None, Choice | None]:
+    return {b: choose_at_budget(tickets, b) for b in budgets}
 
 
 def best_by_budget(
     tickets: Sequence[Ticket], budgets: Sequence[float | None] = BUDGETS
 ) -> dict[float | None, Ticket | None]:
-    return {b: best_at_budget(tickets, b) for b in budgets}
+    return {
+        b: None if c is None else c.chosen for b, c in choices_by_budget(tickets, budgets).items()
+    }
+
+
+def front_leader(front: Sequence[Ticket], metric: str = SELECT_METRIC) -> Ticket | None:
+    """The ticket of a front with the highest `metric` (equal values: the cheapest, as the
+    front is ordered)."""
+    scored = [t for t in front if t.metric(metric) is not None]
+    if not scored:
+        return None
+    return max(scored, key=lambda t: or_default(t.metric(metric), -math.inf))
+
+
+def headline_choice(
+    choices: Mapping[float | None, Choice | None], tickets: Sequence[Ticket]
+) -> tuple[float | None, Choice | None]:
+    """`headline_ticket` with the choice behind it (its leader and tied tickets)."""
+    choice = choices.get(DEFAULT_BUDGET, choose_at_budget(tickets, DEFAULT_BUDGET))
+    if choice is not None:
+        return DEFAULT_BUDGET, choice
+    return None, choices.get(None, choose_at_budget(tickets, None))
 
 
 def headline_ticket(
@@ -220,7 +348,7 @@ def rank_trials(tickets: Sequence[Ticket], n: int = TOP_TRIALS) -> list[str]:
     scores: dict[str, tuple[int, float]] = {}
     for t in tickets:
         val = t.val_acc
-        if val is None:
+        if val is None or not t.selectable:
             continue
         key = (1, val) if within_budget(t, DEFAULT_BUDGET) else (0, val)
         scores[t.trial_id] = max(scores.get(t.trial_id, key), key)
@@ -235,16 +363,51 @@ def status_counts(experiment: Experiment) -> dict[str, int]:
     return counts
 
 
+Ranked = tuple[tuple[str, float], ...]  # (parameter, importance), most important first
+
+# Optuna's own note that a target is read as "lower is better": we negate maximised ones.
+_EXPECTED_WARNINGS = (".*importances of params to achieve low",)
+# Optuna's importance warnings ("Some regimes for parameter ... have less than 2 trials") go to
+# the experiment's log through this logger, never to the terminal (`report_logging`).
+quiet_log = logging.getLogger("rsst_tune.report.optuna")
+quiet_log.addHandler(logging.NullHandler())
+
+
 @dataclass(frozen=True)
 class Importances:
-    """Parameter importances, or why there are none (`values` is None)."""
+    """Parameter importances for each objective of the study, or why there are none.
 
-    values: tuple[tuple[str, float], ...] | None
+    `by_objective`: (objective, ranked importances) per objective, in the study's order;
+    `values`: the first objective's (None: not available, `note` says why); `complete`: the
+    complete trials they were computed on; `warning`: why they are unreliable (fewer than
+    `MIN_IMPORTANCE_TRIALS` complete trials), or None.
+    """
+
+    values: Ranked | None
     note: str
+    by_objective: tuple[tuple[str, Ranked], ...] = ()
+    complete: int = 0
+    warning: str | None = None
 
 
-def param_importances(study: Any, objectives: Sequence[Objective] = ()) -> Importances:
-    """optuna's importances on a study; on a multi-objective study, for the first objective."""
+def objective_names(objectives: Sequence[Objective], count: int) -> list[str]:
+    """The study's objectives by name (`Objective.key`), or "objective i" when unknown."""
+    if len(objectives) == count:
+        return [o.key for o in objectives]
+    if count == 1:
+        return ["the objective"]
+    return [f"objective {i}" for i in range(count)]
+
+
+def param_importances(
+    study: Any, objectives: Sequence[Objective] = (), *, min_trials: int = MIN_IMPORTANCE_TRIALS
+) -> Importances:
+    """optuna's importances on a study, for each of its objectives.
+
+    Optuna's warnings while computing them (e.g. "Some regimes for parameter ... have less
+    than 2 trials") are logged to `quiet_log` at INFO (the experiment's sweep.log), not
+    shown; a study it cannot analyse gives a reason, never an exception.
+    """
     if study is None:
         return Importances(None, "no Optuna study was loaded with the experiment")
     try:
@@ -258,30 +421,64 @@ def param_importances(study: Any, objectives: Sequence[Objective] = ()) -> Impor
         varying = sorted(n for n in names if len({repr(t.params.get(n)) for t in complete}) > 1)
         if not varying:
             return Importances(None, "no searched parameter varies across the complete trials")
-        multi = len(study.directions) > 1
-        target: Callable[[Any], float] | None = None
-        if multi:  # optuna's evaluators read a target as "lower is better"
-            maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-            target = partial(_first_value, -1.0 if maximize else 1.0)
-        target_name = (
-            objectives[0].metric if objectives else ("objective 0" if multi else "the objective")
-        )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*importances of params to achieve low")
-            values = optuna.importance.get_param_importances(study, target=target)
+        directions = list(study.directions)
+        multi = len(directions) > 1
+        by_objective: list[tuple[str, Ranked]] = []
+        for i, name in enumerate(objective_names(objectives, len(directions))):
+            target: Callable[[Any], float] | None = None
+            if multi:  # optuna's evaluators read a target as "lower is better"
+                maximize = directions[i] == optuna.study.StudyDirection.MAXIMIZE
+                target = partial(_value_of, i, -1.0 if maximize else 1.0)
+            values = _logged_importances(optuna, study, target, name)
+            if values:
+                ranked = sorted(
+                    ((str(k), float(v)) for k, v in values.items()), key=lambda kv: -kv[1]
+                )
+                by_objective.append((name, tuple(ranked)))
     except Exception as exc:  # a report must not fail on a study it cannot analyse
         reason = f"{type(exc).__name__}: {first_line(str(exc))}"
         log.warning("parameter importances not available: %s", reason)
         return Importances(None, reason)
-    if not values:
+    if not by_objective:
         return Importances(None, "no parameter is shared by every complete trial")
-    ranked = tuple(sorted(((str(k), float(v)) for k, v in values.items()), key=lambda kv: -kv[1]))
-    return Importances(ranked, f"for {target_name}, over {len(complete)} complete trials")
+    n = len(complete)
+    warning = None
+    if n < min_trials:
+        warning = (
+            f"only {n} complete trials (fewer than {min_trials}): these importances are "
+            "unreliable, a hint at most; a parameter at 0.000 may still matter"
+        )
+    objectives_text = ", ".join(name for name, _ in by_objective)
+    return Importances(
+        by_objective[0][1],
+        f"for {objectives_text}, over {n} complete trials",
+        tuple(by_objective),
+        n,
+        warning,
+    )
 
 
-def _first_value(sign: float, trial: Any) -> float:
-    """The trial's first objective value, times `sign`."""
-    return sign * float(trial.values[0])
+def _logged_importances(
+    optuna: Any, study: Any, target: Callable[[Any], float] | None, name: str
+) -> dict[str, float]:
+    """`optuna.importance.get_param_importances`, its warnings sent to `quiet_log`."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for pattern in _EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        values: dict[str, float] = optuna.importance.get_param_importances(study, target=target)
+    seen: set[str] = set()
+    for w in caught:
+        text = f"{w.category.__name__}: {w.message}"
+        if text not in seen:
+            seen.add(text)
+            quiet_log.info("importances for %s: %s", name, text)
+    return values
+
+
+def _value_of(index: int, sign: float, trial: Any) -> float:
+    """The trial's `index`-th objective value, times `sign`."""
+    return sign * float(trial.values[index])
 
 
 def first_line(text: str | None) -> str:

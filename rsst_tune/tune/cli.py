@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rsst_tune.errors import ConfigError, SweepInterrupted
+from rsst_tune.errors import CommandFailed, ConfigError, SweepInterrupted, describe_exception
 
 if TYPE_CHECKING:
     from rsst_tune.tune.records import Experiment
@@ -25,18 +27,53 @@ TUNE_HELP = "a Ray Tune + Optuna sweep over the prune loop"
 REPORT_HELP = "write the best-config report of a sweep"
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+MAX_COUNT = 1_000_000  # trials, concurrent trials
+MAX_SEED = 2**32 - 1  # = rsst_tune.config.MAX_SEED (not imported: keeps this module light)
+MAX_RESOURCES = 4096.0  # CPUs or GPUs per trial
+
+
+def _int_in(text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1  # reported below
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}], got {text!r}")
     return value
+
+
+def _float_in(text: str, low: float, high: float, *, low_open: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    ok = math.isfinite(value) and (low < value if low_open else low <= value) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number in {bracket}{low:g}, {high:g}], got {text!r}"
+        )
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_in(text, 1, MAX_COUNT)
+
+
+def _seed(text: str) -> int:
+    return _int_in(text, 0, MAX_SEED)
 
 
 def _nonneg_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+    return _float_in(text, 0.0, MAX_RESOURCES, low_open=False)
+
+
+def _positive_float(text: str) -> float:
+    return _float_in(text, 0.0, MAX_RESOURCES, low_open=True)
+
+
+def _seconds(text: str) -> float:
+    return _float_in(text, 0.0, 10.0**9, low_open=True)
 
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +99,9 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         help="trial scheduler (default: the space's); asha stops weak trials "
         "between pruning states, only for spaces that do not search sparsity",
     )
-    what.add_argument("--seed", type=int, default=0, help="sampler seed and trial seed")
+    what.add_argument(
+        "--seed", type=_seed, default=0, help="sampler seed and trial seed (0 to 2**32-1)"
+    )
     what.add_argument(
         "--fix",
         type=_fixed_param,
@@ -100,7 +139,15 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="trials at once (default: as resources allow)",
     )
-    budget.add_argument("--cpus-per-trial", type=float, default=None, help="default 1")
+    budget.add_argument(
+        "--max-failures",
+        type=_max_failures,
+        default=2,
+        metavar="N",
+        help="restart a trial whose worker or node died up to N times, from its last state "
+        "checkpoint (default: 2; 0: never)",
+    )
+    budget.add_argument("--cpus-per-trial", type=_positive_float, default=None, help="default 1")
     budget.add_argument(
         "--gpus-per-trial",
         type=_nonneg_float,
@@ -109,7 +156,7 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     )
     budget.add_argument(
         "--time-budget",
-        type=float,
+        type=_seconds,
         default=None,
         metavar="SECONDS",
         help="stop the sweep after this long (running trials end as pruned)",
@@ -156,6 +203,10 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _max_failures(text: str) -> int:
+    return _int_in(text, 0, 100)  # = rsst_tune.tune.plan.MAX_FAILURES
+
+
 def add_tune_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `tune` and `report` on the `rsst-tune` command."""
     tune = subparsers.add_parser("tune", help=TUNE_HELP, description=TUNE_HELP)
@@ -191,11 +242,13 @@ def tune_command(args: argparse.Namespace) -> int:
         else:
             raise ConfigError("--resume needs an experiment directory (or --storage and --name)")
         plan = load_plan(path)
+        check_local_resources(plan, args.address)
         return _run(
             prog,
             lambda: run_sweep(
                 plan, resume=True, address=args.address, verbose=verbose, show=not args.quiet
             ),
+            Path(plan.local_dir) / "sweep.log",
         )
     if not args.space:
         raise ConfigError("--space NAME is required; " + spaces_sentence())
@@ -207,6 +260,7 @@ def tune_command(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         num_samples=args.num_samples,
         max_concurrent=args.max_concurrent,
+        max_failures=args.max_failures,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
         time_budget=args.time_budget,
@@ -228,18 +282,64 @@ def tune_command(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(describe_plan(plan))
         return 0
+    check_local_resources(plan, args.address)
     return _run(
-        prog, lambda: run_sweep(plan, address=args.address, verbose=verbose, show=not args.quiet)
+        prog,
+        lambda: run_sweep(plan, address=args.address, verbose=verbose, show=not args.quiet),
+        Path(plan.local_dir) / "sweep.log",
     )
 
 
-def _run(prog: str, sweep: Callable[[], Experiment | None]) -> int:
-    """Run the sweep and turn how it ended into an exit status."""
+def check_local_resources(plan: Any, address: str | None) -> None:
+    """On a local cluster (no `--address`), refuse what this machine cannot run up front: the
+    CUDA device, more GPUs or CPUs per trial than it has (Ray would wait for them forever)."""
+    if address is not None:
+        return
+    from rsst_tune.config import available_cores
+
+    device = str(plan.base_config.get("device", "auto"))
+    cores = available_cores()
+    if plan.cpus_per_trial > cores:
+        raise ConfigError(
+            f"--cpus-per-trial must be in (0, {cores}] on this machine ({cores} CPU cores, local "
+            f"Ray cluster; give --address to use a cluster), got {plan.cpus_per_trial:g}"
+        )
+    if not device.startswith("cuda") and plan.gpus_per_trial <= 0:
+        return
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.startswith("cuda") and gpus == 0:
+        raise ConfigError(
+            f"--device {device}: CUDA is not available on this machine (local Ray cluster); "
+            "use --device cpu or auto, or --address to join a cluster with GPUs"
+        )
+    if plan.gpus_per_trial > gpus:
+        raise ConfigError(
+            f"--gpus-per-trial must be in [0, {gpus}] on this machine ({gpus} CUDA GPUs, local "
+            f"Ray cluster; give --address to use a cluster), got {plan.gpus_per_trial:g}"
+        )
+
+
+def _run(prog: str, sweep: Callable[[], Experiment | None], log_path: Path | None = None) -> int:
+    """Run the sweep and turn how it ended into an exit status. An unexpected error becomes a
+    one-line `CommandFailed` naming `log_path` (where its traceback is appended)."""
     try:
         experiment = sweep()
     except SweepInterrupted as stop:
         print(f"{prog}: {stop.reason}; continue with: {stop.resume_hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except (ConfigError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if log_path is None or not log_path.parent.is_dir():
+            raise
+        try:
+            with log_path.open("a", encoding="utf-8") as fh:
+                fh.write("sweep failed:\n" + "".join(traceback.format_exception(exc)))
+        except OSError:
+            raise exc from None
+        raise CommandFailed(describe_exception(exc), log_path) from exc
     if experiment is None or not experiment.trials:  # URI storage: nothing to check here
         return 0
     if any(t.status in ("complete", "pruned") for t in experiment.trials):
@@ -288,7 +388,9 @@ def spaces_sentence() -> str:
 
 # ---------------------------------------------------------------------- tune_main.py
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from rsst_tune.cli import _Parser  # errors are one line and exit status 2
+
+    parser = _Parser(
         prog="tune_main.py",
         description="Start (or resume) a hyperparameter sweep of the prune loop: " + TUNE_HELP,
     )

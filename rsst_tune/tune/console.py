@@ -1,10 +1,14 @@
 """The sweep's console: one line per event, and the quiet logging setup around a sweep.
 
 `SweepConsole` is a Ray Tune callback that runs in the driver. It prints one line when a trial
-starts, finishes a pruning state, completes, is pruned by the scheduler or fails, with the
-counts and the best result so far, and appends every event to `events.jsonl` in the
-experiment directory (the benchmark reads trial wall times from it). Ray's and Optuna's
-chatter goes to `sweep.log` in the experiment directory instead of the console.
+starts, finishes a pruning state, completes, is pruned by the scheduler, is retried after a
+failure (`--max-failures`) or fails for good, with the counts and the best result so far, and
+appends every event to `events.jsonl` in the experiment directory (the benchmark reads trial
+wall times from it). Ray's and Optuna's chatter goes to `sweep.log` in the experiment
+directory instead of the console.
+
+`StorageGuard` is a Ray stopper that ends the sweep at the first storage error (disk full,
+permission) that a trial or the searcher met, instead of letting every trial fail in turn.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import re
+import sys
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,17 +26,21 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.stopper import Stopper
 
 from rsst_tune.errors import ConfigError
 from rsst_tune.results import StateResult
+from rsst_tune.tune.experiment import backup_ray_state, error_summary
 from rsst_tune.tune.objectives import trial_value
 from rsst_tune.tune.records import Objective
 from rsst_tune.tune.searcher import is_complete
+from rsst_tune.tune.storage import note_storage_failure, storage_error, storage_failure
 
 log = logging.getLogger(__name__)
 
 EVENTS_FILE = "events.jsonl"
 LOG_FILE = "sweep.log"
+BACKUP_EVERY_S = 2.0
 _SHOWN_KEYS = ("state", "val_acc", "test_acc", "macs_frac", "params_frac", "sparsity")
 
 
@@ -54,6 +65,7 @@ class SweepConsole(Callback):
 
     def _reset(self) -> None:
         self._t0 = time.monotonic()
+        self._last_backup = -BACKUP_EVERY_S
         self._states: dict[str, list[StateResult]] = {}
         self._status: dict[str, str] = {}
 
@@ -66,6 +78,19 @@ class SweepConsole(Callback):
         **info: Any,
     ) -> None:
         self._reset()
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        # Keep a copy of Ray's last intact experiment state: a full disk cuts the one Ray
+        # rewrites every second, and `--resume` then falls back to this copy.
+        now = time.monotonic()
+        if now - getattr(self, "_last_backup", -BACKUP_EVERY_S) < BACKUP_EVERY_S:
+            return
+        if self.experiment_dir and "://" not in self.experiment_dir and not storage_failure():
+            try:
+                if backup_ray_state(Path(self.experiment_dir)):
+                    self._last_backup = now
+            except OSError as exc:
+                log.debug("no backup of Ray's experiment state: %s", exc)
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._status[trial.trial_id] = "running"
@@ -86,7 +111,8 @@ class SweepConsole(Callback):
         except ConfigError as exc:  # not a pruning state (a result of someone else's trainable)
             log.debug("trial %s: unreadable result: %s", trial.trial_id, exc)
             return
-        row = {k: result[k] for k in (*_SHOWN_KEYS, "wall_time_s") if k in result}
+        # pid / node_ip: the worker that ran the state (Ray adds them to every result)
+        row = {k: result[k] for k in (*_SHOWN_KEYS, "wall_time_s", "pid", "node_ip") if k in result}
         self._event("state", trial, **row)
         total = result.get("pruning_times", "?")
         text = (
@@ -112,15 +138,33 @@ class SweepConsole(Callback):
         self._line(trial, status, text)
         self._summary()
 
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        # Ray restarts the trial from its last state checkpoint (`--max-failures`).
+        self._status[trial.trial_id] = "running"
+        message = self._error(trial)
+        failures = int(getattr(trial.run_metadata, "num_failures", 0))
+        limit = getattr(trial, "max_failures", None)
+        self._event("retry", trial, error=message, failures=failures, max_failures=limit)
+        of = f"/{limit}" if isinstance(limit, int) and limit >= 0 else ""
+        self._line(trial, "retry", f"{failures}{of} after: {message}")
+
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._status[trial.trial_id] = "error"
-        message = _first_error_line(trial)
+        message = self._error(trial)
         where = trial.error_file
         if self.experiment_dir and "://" not in self.experiment_dir:
             where = str(Path(self.experiment_dir) / f"trial_{trial.trial_id}" / "error.txt")
         self._event("error", trial, error=message, error_file=where)
         self._line(trial, "error", f"{message}  (traceback: {where})")
         self._summary()
+
+    def _error(self, trial: Any) -> str:
+        """The trial's latest error in one line; a storage error stops the sweep."""
+        text = _error_text(trial)
+        exc = _storage_error_in(text, self.experiment_dir)
+        if exc is not None:
+            note_storage_failure(exc)
+        return error_summary(text) if text else "failed"
 
     # ------------------------------------------------------------------ output
     def _line(self, trial: Any, status: str, text: str) -> None:
@@ -198,13 +242,34 @@ def _fmt_params(params: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _first_error_line(trial: Any) -> str:
-    path = trial.error_file
+def _error_text(trial: Any) -> str:
     try:
-        lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+        return Path(trial.error_file).read_text(errors="replace")
     except (OSError, TypeError):
-        return "failed"
-    return lines[-1][:200] if lines else "failed"
+        return ""
+
+
+# ENOSPC, EDQUOT, EROFS anywhere; EACCES/EPERM on a file of the experiment directory
+_STORAGE_MESSAGE = re.compile(r"\[Errno (28|122|30|13|1)\] ([^:\n]+)(?::\s*'([^'\n]*)')?")
+
+
+def _storage_error_in(text: str, root: str) -> OSError | None:
+    for match in _STORAGE_MESSAGE.finditer(text):
+        code, filename = int(match.group(1)), match.group(3)
+        if code in (13, 1) and not (root and filename and filename.startswith(root)):
+            continue
+        return OSError(code, os.strerror(code), filename)
+    return None
+
+
+class StorageGuard(Stopper):
+    """Ends the whole sweep once a storage error was noted (`tune.storage`)."""
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return storage_failure() is not None
 
 
 # ---------------------------------------------------------------------- quiet logging
@@ -214,10 +279,32 @@ class _QuietFilter(logging.Filter):
     NOISY = ("ray", "optuna", "py.warnings", "filelock", "urllib3", "wandb")
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and storage_error(record.exc_info[1] or Exception()) is not None:
+            return False  # a storage error: in sweep.log; the sweep stops with one line
         if record.levelno >= logging.ERROR:
             # Ray's summary of failed trials repeats what the console already said per trial.
             return not str(record.msg).startswith("Trials did not complete")
         return not record.name.startswith(self.NOISY)
+
+
+class _SweepLogHandler(logging.FileHandler):
+    """`sweep.log`; a write the storage refuses (disk full) stops the sweep instead of printing
+    a logging traceback on the console for every record."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            failure = storage_error(record.exc_info[1])  # e.g. Ray's state sync: disk full
+            if failure is not None:
+                note_storage_failure(failure)
+        super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        failure = storage_error(exc) if exc is not None else None
+        if failure is None:
+            super().handleError(record)
+        else:
+            note_storage_failure(failure)
 
 
 @contextlib.contextmanager
@@ -227,7 +314,7 @@ def sweep_logging(log_dir: Path, *, verbose: bool = False) -> Iterator[Path]:
 
     log_dir.mkdir(parents=True, exist_ok=True)
     path = log_dir / LOG_FILE
-    handler = logging.FileHandler(path)
+    handler = _SweepLogHandler(path)
     handler.setLevel(logging.DEBUG if verbose else logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -268,4 +355,5 @@ def sweep_logging(log_dir: Path, *, verbose: bool = False) -> Iterator[Path]:
         ray_logger.removeHandler(handler)
         root.removeHandler(handler)
         root.setLevel(saved_root_level)
-        handler.close()
+        with contextlib.suppress(OSError):  # a full disk: what is buffered is lost
+            handler.close()

@@ -5,14 +5,19 @@ configs, statuses), each trial's `result.json` (one row per pruning state) and `
 and the Optuna journal (what Optuna proposed, and PRUNED/COMPLETE/FAIL).
 
 Status of a trial: `complete` (ran every state), `pruned` (stopped early by the scheduler,
-or by the time budget), `error` (raised), `running` (unfinished: the sweep is running or was
-interrupted and can be resumed).
+or by the time budget), `error` (raised, after its retries), `running` (unfinished: the sweep
+is running or was interrupted and can be resumed). Ray's record decides whether a trial
+finished and how (a trial that failed, was retried and then ran every state is `complete`);
+Optuna's only tells pruned from complete where Ray cannot.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +87,16 @@ def _ray_trials(exp_dir: Path) -> list[tuple[str, str, dict[str, Any]]]:
         return []
     from ray.tune import ExperimentAnalysis
 
-    analysis = ExperimentAnalysis(str(exp_dir))
+    source = exp_dir
+    if not ray_state_intact(ray_state_files(exp_dir)):  # cut off by a full disk
+        source = exp_dir / RAY_STATE_BACKUP
+        if not ray_state_intact(ray_state_files(source)):
+            raise ConfigError(
+                f"Ray's experiment state in {exp_dir} is damaged (cut off by a full disk?) "
+                "and has no intact copy"
+            )
+        log.warning("%s: Ray's experiment state is damaged; reading its last intact copy", exp_dir)
+    analysis = ExperimentAnalysis(str(source))
     return [(str(t.trial_id), str(t.status), dict(t.config)) for t in analysis.trials]
 
 
@@ -100,13 +114,14 @@ def _record(
         if r.get("checkpoint_dir_name") and (trial_dir / r["checkpoint_dir_name"]).is_dir()
     }
     last_ckpt = checkpoints[max(checkpoints)] if checkpoints else None
+    status = _status(ray_status, rows, ot_trial)
     return TrialRecord(
         trial_id=trial_id,
-        status=_status(ray_status, rows, ot_trial),
+        status=status,
         config=config,
         params=dict(ot_trial.params) if ot_trial is not None else {},
         states=states,
-        error=_error(trial_dir),
+        error=_error(trial_dir) if status == "error" else None,
         checkpoint_dir=last_ckpt,
         state_checkpoints=checkpoints,
     )
@@ -147,16 +162,12 @@ def _status(ray_status: str, rows: list[dict[str, Any]], ot_trial: Any) -> str:
 
     if ray_status == "ERROR":
         return "error"
-    if ot_trial is not None:
-        state = ot_trial.state
-        if state == TrialState.COMPLETE:
-            return "complete"
-        if state == TrialState.PRUNED:
-            return "pruned"
-        if state == TrialState.FAIL:
-            return "error"
     if ray_status == "TERMINATED":
-        return "complete" if rows and is_complete(rows[-1]) else "pruned"
+        if rows and is_complete(rows[-1]):
+            return "complete"
+        return "pruned"
+    if ot_trial is not None and ot_trial.state == TrialState.COMPLETE and rows:
+        return "complete" if is_complete(rows[-1]) else "running"
     return "running"
 
 
@@ -164,5 +175,126 @@ def _error(trial_dir: Path) -> str | None:
     path = trial_dir / "error.txt"
     if not path.is_file():
         return None
-    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    return lines[-1] if lines else "error"
+    return error_summary(path.read_text(errors="replace"))
+
+
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Diverged|Exit)\b.*")
+
+
+def error_summary(text: str) -> str:
+    """One line for an error file: the last `...Error: ...` line of its latest failure (Ray
+    appends one `Failure # N` block per failure), else the block's first line."""
+    blocks = re.split(r"^Failure # \d+.*$", text, flags=re.M)
+    lines = [ln.strip() for ln in blocks[-1].splitlines() if ln.strip()]
+    if not lines:
+        return "error"
+    errors = [ln for ln in lines if _ERROR_LINE.match(ln)]
+    return (errors[-1] if errors else lines[0])[:200]
+
+
+def snapshot_trials(exp_dir: str | Path) -> dict[str, str] | None:
+    """Trial id -> Ray status in the newest Ray experiment state of `exp_dir` (read as JSON,
+    nothing unpickled); None when there is none or it cannot be read."""
+    states = sorted(Path(exp_dir).glob("experiment_state-*.json"))
+    if not states:
+        return None
+    try:
+        data = json.loads(states[-1].read_text())
+        out: dict[str, str] = {}
+        for trial_json, _meta in data["trial_data"]:
+            trial = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
+            out[str(trial["trial_id"])] = str(trial.get("status", "PENDING"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: unreadable experiment state (%s)", states[-1], exc)
+        return None
+    return out
+
+
+def last_row(exp_dir: str | Path, trial_id: str) -> dict[str, Any] | None:
+    """The trial's last complete result row (its last pruning state), None before any."""
+    from rsst_tune.tune.runner import trial_dirname
+
+    rows = _result_rows(Path(exp_dir) / trial_dirname(_Named(trial_id)) / "result.json")
+    return rows[-1] if rows else None
+
+
+def trial_error(exp_dir: str | Path, trial_id: str) -> str | None:
+    from rsst_tune.tune.runner import trial_dirname
+
+    return _error(Path(exp_dir) / trial_dirname(_Named(trial_id)))
+
+
+# ---------------------------------------------------------------------- Ray's state files
+RAY_STATE_BACKUP = ".ray_state_backup"
+_RAY_STATE = ("experiment_state-{}.json", "searcher-state-{}.pkl", "search_gen_state-{}.json")
+
+
+def ray_state_files(directory: str | Path) -> list[Path]:
+    """Ray's experiment-state files of the newest session in `directory` ([] if none)."""
+    newest = sorted(Path(directory).glob(_RAY_STATE[0].format("*")))
+    if not newest:
+        return []
+    session = newest[-1].name[len("experiment_state-") : -len(".json")]
+    return [p for t in _RAY_STATE if (p := Path(directory) / t.format(session)).is_file()]
+
+
+def ray_state_intact(files: list[Path]) -> bool:
+    """Whether Ray can read these files back: JSON that parses, pickles that end as a pickle
+    does (a write cut off by a full disk fails one or the other)."""
+    if not files or not files[0].name.startswith("experiment_state-"):
+        return False
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return False
+        if data[:1] == b"\x80":  # a pickle (search_gen_state-*.json is one too)
+            if not data.endswith(b"."):  # the STOP opcode
+                return False
+        else:
+            try:
+                json.loads(data)
+            except ValueError:
+                return False
+    return True
+
+
+def backup_ray_state(exp_dir: Path) -> bool:
+    """Copy Ray's newest experiment state to `.ray_state_backup/` when it is intact (each file
+    written aside and renamed, so a failed copy leaves the previous backup whole)."""
+    files = ray_state_files(exp_dir)
+    if not ray_state_intact(files):
+        return False
+    backup = exp_dir / RAY_STATE_BACKUP
+    backup.mkdir(exist_ok=True)
+    for path in files:
+        tmp = backup / f".{path.name}.tmp"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, backup / path.name)
+    names = {p.name for p in files}
+    for old in backup.iterdir():
+        if old.name not in names and not old.name.startswith("."):
+            old.unlink(missing_ok=True)
+    return True
+
+
+def repair_ray_state(exp_dir: Path) -> str | None:
+    """Before a resume: when Ray's newest experiment state is damaged (a full disk cut it),
+    put it aside (`*.damaged`) and restore the last intact copy from `.ray_state_backup/`.
+    Returns what was done, None when nothing needed doing; raises ConfigError when the state
+    is damaged and no intact copy exists."""
+    files = ray_state_files(exp_dir)
+    if not files or ray_state_intact(files):
+        return None
+    backup = ray_state_files(exp_dir / RAY_STATE_BACKUP)
+    if not ray_state_intact(backup):
+        raise ConfigError(
+            f"Ray's experiment state in {exp_dir} ({files[0].name}) is damaged (cut off by a "
+            "full disk?) and there is no intact copy to resume from; the trials' checkpoints, "
+            "results and the Optuna journal are intact: start a new sweep"
+        )
+    for path in files:
+        path.rename(path.with_name(path.name + ".damaged"))
+    for path in backup:
+        shutil.copyfile(path, exp_dir / path.name)
+    return f"restored Ray's experiment state from {backup[0].parent} ({files[0].name} was damaged)"

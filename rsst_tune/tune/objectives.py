@@ -11,7 +11,9 @@ A trial runs several pruning states; an objective turns its per-state results in
   that do not, the one closest to the budget ranks first. Budgets need a metric maximised
   (accuracy-like).
 
-Model selection uses validation accuracy; `test_acc` is reported but never optimised.
+Model selection uses validation accuracy; `test_acc` is reported but never optimised. A state
+whose accuracies or training loss are not finite numbers (a diverged state: `finite_state`) has
+no value and is never selected.
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ BUDGET_METRICS: dict[str, str] = {
     "density_total": "density_total",
 }
 _EPS = 1e-9
+# A state counts only when these are finite numbers (NaN marks a diverged or broken state).
+HEALTH_METRICS = ("val_acc", "test_acc", "train_loss")
+
+
+def finite_state(state: StateResult) -> bool:
+    """Whether a state may be selected: its accuracies and training loss are finite."""
+    return all(state.metric(key) is not None for key in HEALTH_METRICS)
 
 
 def parse_objectives(text: str) -> tuple[Objective, ...]:
@@ -115,15 +124,22 @@ def trial_value(objective: Objective, states: Sequence[StateResult]) -> float | 
     if not states:
         return None
     if objective.budget_metric is None or objective.budget is None:
-        return float(getattr(states[-1], objective.metric))
-    feasible = [
-        float(getattr(s, objective.metric))
+        last = states[-1]
+        return last.metric(objective.metric) if finite_state(last) else None
+    budget_metric = objective.budget_metric
+    usable = [
+        (value, cost)
         for s in states
-        if float(getattr(s, objective.budget_metric)) <= objective.budget + _EPS
+        if finite_state(s)
+        and (value := s.metric(objective.metric)) is not None
+        and (cost := s.metric(budget_metric)) is not None
     ]
+    if not usable:
+        return None
+    feasible = [value for value, cost in usable if cost <= objective.budget + _EPS]
     if feasible:
         return max(feasible)
-    closest = min(float(getattr(s, objective.budget_metric)) for s in states)
+    closest = min(cost for _, cost in usable)
     return -(closest - objective.budget)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class SweepOptions:
     command: str = ""
     share_dense: bool = True
     fixed: tuple[tuple[str, Any], ...] = ()  # searched parameters pinned with --fix NAME=VALUE
+    max_failures: int = 2  # restarts of a trial whose worker or node died (--max-failures)
 
     @classmethod
     def from_keywords(cls, space: str, options: Mapping[str, Any]) -> SweepOptions:
@@ -105,6 +107,7 @@ class SweepPlan:
     asha: dict[str, int] = field(default_factory=lambda: {"grace_period": 1, "reduction_factor": 2})
     share_dense: bool = True  # trials with identical state 0 train it once (local storage)
     fixed: dict[str, Any] = field(default_factory=dict)  # searched parameters pinned by --fix
+    max_failures: int = 2  # restarts of a trial from its last state checkpoint (--max-failures)
 
     @property
     def dense_cache_dir(self) -> str | None:
@@ -148,6 +151,7 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
     """Validate the options against the space; every bad input is a one-line ConfigError."""
     from search_spaces import get_space
 
+    _check_option_types(opts)
     space = get_space(opts.space)
     overrides = {
         "dataset": opts.dataset,
@@ -179,12 +183,16 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
         else preset.get("cpus_per_trial", 1.0)
     )
     _check_positive(num_samples=num_samples, cpus_per_trial=cpus)
+    _check_at_most(MAX_RESOURCES, cpus_per_trial=cpus)
     # One torch thread per CPU a trial holds; recorded so best configs repeat bit for bit.
     base = TrialConfig.from_dict({**base, "threads": max(1, int(cpus))}).to_dict()
     if max_concurrent is not None:
         _check_positive(max_concurrent=max_concurrent)
-    if opts.gpus_per_trial < 0:
-        raise ConfigError(f"--gpus-per-trial must be >= 0, got {opts.gpus_per_trial}")
+    if not 0 <= opts.gpus_per_trial <= MAX_RESOURCES:  # NaN fails too
+        raise ConfigError(
+            f"--gpus-per-trial must be a finite number in [0, {MAX_RESOURCES:g}], "
+            f"got {opts.gpus_per_trial}"
+        )
     if opts.time_budget is not None:
         _check_positive(time_budget=opts.time_budget)
     name = opts.name or _default_name(space.name, opts.preset)
@@ -219,6 +227,7 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
         share_dense=opts.share_dense,
         preset=opts.preset,
         fixed=fixed,
+        max_failures=_check_max_failures(opts.max_failures),
         overrides={k: v for k, v in overrides.items() if v is not None},
         command=opts.command,
         study_name=name,
@@ -236,7 +245,8 @@ def _check_asha(space: SearchSpace, base: Mapping[str, Any]) -> None:
 
 
 def _check_fixed(space: Any, base: Mapping[str, Any], fixed: Mapping[str, Any]) -> None:
-    """Every --fix name must be a parameter the space searches."""
+    """Every --fix name must be a parameter the space searches, and every value one that
+    `TrialConfig` accepts in the configs the space builds with it."""
     if not fixed:
         return
     params, _ = summarize(space, base, samples=32)
@@ -247,12 +257,79 @@ def _check_fixed(space: Any, base: Mapping[str, Any], fixed: Mapping[str, Any]) 
             f"space {space.name} does not search {', '.join(unknown)} (--fix); it searches: "
             f"{', '.join(sorted(searched))}; set other fields with the override flags"
         )
+    pinned = " ".join(f"{k}={v!r}" for k, v in fixed.items())
+    for name, value in fixed.items():
+        if name in TrialConfig.field_names():
+            try:
+                TrialConfig.from_dict({**base, name: value})
+            except ConfigError as exc:
+                raise ConfigError(f"--fix {name}={value!r}: {exc}") from None
+    try:
+        summarize(space, base, samples=8, fixed=fixed)
+    except ConfigError as exc:
+        raise ConfigError(f"--fix {pinned}: {exc}") from None
+    except (TypeError, ValueError) as exc:  # a value of the wrong type for the space's code
+        raise ConfigError(f"--fix {pinned}: not usable by space {space.name} ({exc})") from None
+
+
+MAX_RESOURCES = 4096.0  # CPUs or GPUs per trial
+MAX_SAMPLES = 1_000_000  # trials, and concurrent trials
+MAX_SEED = 2**32 - 1
+
+
+def _check_option_types(opts: SweepOptions) -> None:
+    """Types and ranges of the options a caller may pass as Python values (the CLI's argparse
+    types check the same): integers that are ints, numbers that are finite, names that are
+    strings; every message names the option, the value and the valid range."""
+    for name, low, high in (
+        ("num_samples", 1, MAX_SAMPLES),
+        ("max_concurrent", 1, MAX_SAMPLES),
+        ("states", 1, None),
+        ("epochs", 1, None),
+        ("seed", 0, MAX_SEED),
+    ):
+        value = getattr(opts, name)
+        if value is None and name != "seed":
+            continue
+        ok = isinstance(value, int) and not isinstance(value, bool) and low <= value
+        if not ok or (high is not None and value > high):
+            shown = f"[{low}, {high}]" if high is not None else f">= {low}"
+            raise ConfigError(
+                f"--{name.replace('_', '-')} must be an integer {shown}, got {value!r}"
+            )
+    for name in ("cpus_per_trial", "gpus_per_trial", "time_budget"):
+        value = getattr(opts, name)
+        if value is None:
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}")
+    for name in ("space", "sampler", "storage", "wandb", "command"):
+        if not isinstance(getattr(opts, name), str):
+            raise ConfigError(f"{name} must be a string, got {getattr(opts, name)!r}")
+    for name in ("objective", "scheduler", "name", "dataset", "model", "preset", "device"):
+        value = getattr(opts, name)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+    if not isinstance(opts.share_dense, bool):
+        raise ConfigError(f"share_dense must be true or false, got {opts.share_dense!r}")
 
 
 def _check_positive(**values: float) -> None:
     for name, value in values.items():
-        if value is None or value <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if value is None or not value > 0 or not math.isfinite(value):  # NaN fails too
+            raise ConfigError(
+                f"--{name.replace('_', '-')} must be a finite number > 0, got {value}"
+            )
+
+
+def _check_at_most(high: float, **values: float) -> None:
+    for name, value in values.items():
+        if value > high:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at most {high:g}, got {value}")
 
 
 def _default_name(space: str, preset: str | None) -> str:
@@ -325,3 +402,15 @@ def describe_plan(plan: SweepPlan) -> str:
         f"{plan.base_config['dataset']})"
     )
     return "\n".join(lines)
+
+
+MAX_FAILURES = 100
+
+
+def _check_max_failures(value: Any) -> int:
+    """`--max-failures`: restarts per trial, an integer in [0, MAX_FAILURES]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FAILURES:
+        raise ConfigError(
+            f"--max-failures must be an integer in [0, {MAX_FAILURES}], got {value!r}"
+        )
+    return value

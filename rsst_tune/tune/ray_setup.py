@@ -2,6 +2,17 @@
 
 prepare_ray_env(address)    # before `import ray`: the environment a quiet Ray needs
 started = init_ray(address) # True when this call started (or joined) Ray: shut it down
+reaper = start_reaper()     # a local cluster's helper processes die with the driver
+reaper.close()              # after ray.shutdown(): a clean exit, nothing to reap
+
+Ray saves its experiment state (which trials exist, their last registered checkpoint) every
+`TUNE_GLOBAL_CHECKPOINT_S` seconds; a sweep sets 1 (unless set), not Ray's 10 s or more, so
+that a driver killed with SIGKILL loses at most the state in flight of each trial.
+
+When the driver of a local cluster is killed (SIGKILL), the kernel ends Ray's GCS and raylet
+with it (Ray's fate sharing) but not the raylet's agents, which wait about a minute for the
+dead GCS. `start_reaper` starts a small process that waits for the driver's end and then
+kills the processes of this cluster's raylet that remain (found by their `RAY_RAYLET_PID`).
 """
 
 from __future__ import annotations
@@ -9,9 +20,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Any
+import subprocess
+import sys
+from typing import IO, Any
 
 from rsst_tune.errors import ConfigError
+
+SNAPSHOT_PERIOD_S = "1"
 
 
 def prepare_ray_env(address: str | None) -> None:
@@ -19,6 +34,7 @@ def prepare_ray_env(address: str | None) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # the console prints one line
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", SNAPSHOT_PERIOD_S)
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # A local cluster on the loopback address: Ray uses 127.0.0.1 as the node IP. Forced
@@ -69,3 +85,73 @@ def check_address(address: str, timeout: float = 3.0) -> None:
         raise ConfigError(
             f"--address {address}: nothing answers ({exc.strerror or exc}); is the cluster up?"
         ) from None
+
+
+# ---------------------------------------------------------------------- reaper
+_REAPER = r"""
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+mark = ("RAY_RAYLET_PID=" + sys.argv[1]).encode()
+if sys.stdin.buffer.read().strip() == b"bye":
+    sys.exit(0)
+time.sleep(0.5)
+me, uid = os.getpid(), os.getuid()
+for name in os.listdir("/proc"):
+    if not name.isdigit() or int(name) == me:
+        continue
+    try:
+        if os.stat("/proc/" + name).st_uid != uid:
+            continue
+        with open("/proc/" + name + "/environ", "rb") as fh:
+            env = fh.read().split(b"\0")
+    except OSError:
+        continue
+    if mark in env:
+        try:
+            os.kill(int(name), signal.SIGKILL)
+        except OSError:
+            pass
+"""
+
+
+class Reaper:
+    """The reaper process of a local cluster; `close()` after a clean `ray.shutdown()`."""
+
+    def __init__(self, proc: subprocess.Popen[bytes] | None) -> None:
+        self.proc = proc
+
+    def close(self) -> None:
+        if self.proc is None:
+            return
+        stdin: IO[bytes] | None = self.proc.stdin
+        try:
+            if stdin is not None:
+                stdin.write(b"bye")
+                stdin.close()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+        self.proc = None
+
+
+def start_reaper() -> Reaper:
+    """Reap the local cluster's helpers if this process dies (Linux; a no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return Reaper(None)
+    try:
+        import ray
+
+        node: Any = ray._private.worker._global_node
+        raylet_pid = int(node.all_processes["raylet"][0].process.pid)
+    except (AttributeError, KeyError, IndexError, TypeError):
+        logging.getLogger(__name__).debug("no raylet pid: no reaper", exc_info=True)
+        return Reaper(None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _REAPER, str(raylet_pid)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # not in the terminal's process group: Ctrl+C is the driver's
+        close_fds=True,
+    )
+    return Reaper(proc)

@@ -109,10 +109,11 @@ class Experiment:
         return ticket_front(self.tickets(), cost)
 
     def best(self, macs: float | None = 0.5) -> Ticket | None:
-        """The ticket with the best `val_acc` whose MACs are at most `macs` (a fraction of the
-        dense model's; None: unconstrained), or None when no ticket is within the budget.
-        Ties go to fewer MACs, then fewer params. The default, 0.5, is the budget the report's
-        `best_config.json` answers for.
+        """The ticket the report chooses at a MACs budget (`macs`: a fraction of the dense
+        model's; None: unconstrained), or None when no ticket is within the budget. Tickets
+        whose 95 % val_acc interval overlaps the top one's are tied with it, and the tie goes
+        to fewer MACs (`rsst_tune.report.select.TIE_RULE`). The default, 0.5, is the budget
+        the report's `best_config.json` answers for.
 
         >>> ticket = experiment.best(macs=0.25)
         >>> ticket.config if ticket else "no ticket at <= 25 % MACs"

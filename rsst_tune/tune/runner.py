@@ -1,8 +1,14 @@
 """Build the Ray Tuner for a plan (or restore it), run it, and finish the sweep.
 
 `execute` returns the finished sweep as an `Experiment` (None with URI storage) and raises
-`SweepInterrupted` when it stopped before its trials finished. Ray is imported here only, so
-that resolving, validating and `--dry-run` (`plan.py`) never import it.
+`SweepInterrupted` when it stopped before its trials finished (Ctrl+C, SIGTERM, a storage
+error); the report is written either way. Ray is imported here only, so that resolving,
+validating and `--dry-run` (`plan.py`) never import it.
+
+Reliability (docs/reliability.md): a trial whose worker or node dies is restarted from its
+last state checkpoint up to `plan.max_failures` times (`FailureConfig`); SIGTERM stops the
+sweep like Ctrl+C; when the sweep stops, the dense-cache locks of its stopped trials are
+released; `--resume` first settles what a killed driver left behind (`_recover`).
 """
 
 from __future__ import annotations
@@ -11,20 +17,32 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from rsst_tune import fileio
 from rsst_tune.errors import ConfigError, SweepInterrupted
 from rsst_tune.tune.plan import PLAN_FILE, SweepPlan
-from rsst_tune.tune.ray_setup import init_ray, prepare_ray_env
+from rsst_tune.tune.ray_setup import Reaper, init_ray, prepare_ray_env, start_reaper
 from rsst_tune.tune.records import Experiment
+from rsst_tune.tune.storage import (
+    describe_storage_error,
+    note_storage_failure,
+    reset_storage_failure,
+    storage_error,
+    storage_failure,
+)
 
 log = logging.getLogger(__name__)
 
 FINISHED = ("TERMINATED", "ERROR")
+LOST_DIR = "lost_trials"  # trial directories Ray never recorded (a killed driver), on resume
 
 
 def trial_name(trial: Any) -> str:
@@ -44,21 +62,78 @@ def execute(
 
     local = Path(plan.local_dir)
     local.mkdir(parents=True, exist_ok=True)
-    with sweep_logging(local, verbose=verbose):
+    reset_storage_failure()
+    reaper: Reaper | None = None
+    with sweep_logging(local, verbose=verbose), _wandb_env(plan.wandb, address):
         started = init_ray(address)  # a cluster that cannot be joined leaves no sweep behind
-        if not resume:
-            fileio.write_text(local / PLAN_FILE, plan.to_json() + "\n")
-        log.info("sweep %s: %s", "resumed" if resume else "started", plan.to_json())
         try:
-            return _fit(plan, resume=resume, show=show)
-        except KeyboardInterrupt:
-            log.info("sweep interrupted (KeyboardInterrupt)")
-            raise SweepInterrupted(plan.local_dir) from None
+            if started and address is None:
+                reaper = start_reaper()
+            with _sigterm_as_sigint():
+                try:
+                    if not resume:
+                        fileio.write_text(local / PLAN_FILE, plan.to_json() + "\n")
+                    log.info("sweep %s: %s", "resumed" if resume else "started", plan.to_json())
+                    return _fit(plan, resume=resume, show=show)
+                except KeyboardInterrupt:
+                    log.info("sweep interrupted (KeyboardInterrupt)")
+                    raise SweepInterrupted(plan.local_dir) from None
+                except SweepInterrupted:
+                    raise
+                except Exception as exc:
+                    failure = storage_error(exc) or storage_failure()
+                    if failure is None:
+                        raise
+                    note_storage_failure(failure)
+                    log.info("the sweep stopped on a storage error", exc_info=True)
+                    raise SweepInterrupted(plan.local_dir, _storage_reason(plan, failure)) from None
         finally:
             if started:
                 import ray
 
                 ray.shutdown()
+            if reaper is not None:
+                reaper.close()
+            _release_dense_locks(plan, wait_s=0.0 if started else 10.0)
+
+
+@contextlib.contextmanager
+def _sigterm_as_sigint() -> Iterator[None]:
+    """SIGTERM stops the sweep as Ctrl+C does (Ray's handler saves the experiment state and
+    ends the trials; outside `fit` a KeyboardInterrupt), so the locks and the report are
+    settled and the resume command printed, instead of the process just dying."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _release_dense_locks(plan: SweepPlan, *, wait_s: float) -> None:
+    """Remove the dense-cache locks left by trials this sweep stopped (their processes are
+    gone; with a joined cluster, wait a little for them to exit)."""
+    if plan.dense_cache_dir is None:
+        return
+    from rsst_tune.dense_cache import LOCK_SUFFIX, release_dead_locks
+
+    root = Path(plan.dense_cache_dir)
+    if not root.is_dir() or not any(root.glob(f"*{LOCK_SUFFIX}")):
+        return
+    try:
+        release_dead_locks(root, wait_s=wait_s)
+    except OSError as exc:
+        log.warning("could not release the dense-cache locks in %s: %s", root, exc)
 
 
 def _fit(plan: SweepPlan, *, resume: bool, show: bool) -> Experiment | None:
@@ -68,37 +143,91 @@ def _fit(plan: SweepPlan, *, resume: bool, show: bool) -> Experiment | None:
 
     local = Path(plan.local_dir)
     trainable = _trainable(plan)
-    with _wandb_env(plan.wandb):
-        if resume:
-            if not tune.Tuner.can_restore(plan.experiment_dir):
-                raise ConfigError(
-                    f"{plan.experiment_dir} holds no Ray Tune experiment state to resume"
-                )
-            tuner = tune.Tuner.restore(
-                plan.experiment_dir,
-                trainable=trainable,
-                resume_unfinished=True,
-                resume_errored=False,
-                restart_errored=False,
-            )
-        else:
-            tuner = _new_tuner(plan, trainable, show=show)
-        _say(
-            show,
-            f"sweep {plan.name}: space {plan.space}, {plan.num_samples} trials x "
-            f"{plan.states} states, objectives "
-            f"{', '.join(f'{o.key} ({o.mode})' for o in plan.objectives)}",
+    if resume:
+        if not tune.Tuner.can_restore(plan.experiment_dir):
+            raise ConfigError(f"{plan.experiment_dir} holds no Ray Tune experiment state to resume")
+        _recover(plan)
+        tuner = tune.Tuner.restore(
+            plan.experiment_dir,
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
         )
-        _say(
-            show,
-            f"experiment {plan.experiment_dir}  (logs: {local / 'sweep.log'}; "
-            f"dashboard: optuna-dashboard {local / JOURNAL_FILE})",
-        )
-        _warn_idle_gpus(plan, show)
-        t0 = time.monotonic()
-        tuner.fit()
-        elapsed = time.monotonic() - t0
+        if plan.wandb != "off":
+            _keyless_wandb(tuner)
+    else:
+        tuner = _new_tuner(plan, trainable, show=show)
+    _say(
+        show,
+        f"sweep {plan.name}: space {plan.space}, {plan.num_samples} trials x "
+        f"{plan.states} states, objectives "
+        f"{', '.join(f'{o.key} ({o.mode})' for o in plan.objectives)}",
+    )
+    _say(
+        show,
+        f"experiment {plan.experiment_dir}  (logs: {local / 'sweep.log'}; "
+        f"dashboard: optuna-dashboard {local / JOURNAL_FILE})",
+    )
+    _warn_idle_gpus(plan, show)
+    t0 = time.monotonic()
+    tuner.fit()  # Ctrl+C (or SIGTERM): Ray stops the trials, saves its state and returns
+    elapsed = time.monotonic() - t0
     return _finish(plan, elapsed, show=show)
+
+
+def _recover(plan: SweepPlan) -> None:
+    """Before `--resume` restores Ray: settle what a driver killed mid-sweep left behind.
+
+    Ray restores the trials of its last experiment-state snapshot (saved every second,
+    `ray_setup.SNAPSHOT_PERIOD_S`); unfinished ones restart from their last registered
+    state checkpoint. A trial started after that snapshot is unknown to Ray and cannot be
+    resumed: its directory moves to `lost_trials/` and its Optuna trial is told FAIL with the
+    reason in user attr `fail_reason`, so that no Optuna trial stays RUNNING and no trial
+    directory outside Ray's record is read as a trial. Locks of dead trials are released.
+    """
+    if plan.is_uri:
+        return
+    from rsst_tune.tune.experiment import open_study, repair_ray_state, snapshot_trials
+    from rsst_tune.tune.searcher import fail_lost
+
+    exp_dir = Path(plan.experiment_dir)
+    repaired = repair_ray_state(exp_dir)
+    if repaired:
+        log.warning("%s", repaired)
+    _release_dense_locks(plan, wait_s=0.0)
+    known = snapshot_trials(exp_dir)
+    if known is None:
+        return
+    lost = sorted(
+        p for p in exp_dir.glob("trial_*") if p.is_dir() and p.name[len("trial_") :] not in known
+    )
+    for path in lost:
+        target = exp_dir / LOST_DIR / path.name
+        target.parent.mkdir(exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        path.rename(target)
+        log.warning(
+            "trial %s started after Ray's last record of the sweep (the driver was killed): "
+            "it cannot be resumed; its files are in %s",
+            path.name,
+            target,
+        )
+
+    def reason(ray_id: str | None) -> str:
+        if ray_id is None:
+            return "lost: the driver stopped before the trial was handed to Ray"
+        return (
+            f"lost: the driver was killed before Ray recorded trial {ray_id}; it was not "
+            f"resumed (files in {LOST_DIR}/trial_{ray_id} if any)"
+        )
+
+    study = open_study(exp_dir, plan.study_name or plan.name)
+    if study is not None:
+        failed = fail_lost(study, known, reason)
+        if failed:
+            log.warning("%d Optuna trials Ray never recorded were told FAIL", failed)
 
 
 def _warn_idle_gpus(plan: SweepPlan, show: bool) -> None:
@@ -132,7 +261,7 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from rsst_tune.tune.console import EVENTS_FILE, SweepConsole
+    from rsst_tune.tune.console import EVENTS_FILE, StorageGuard, SweepConsole
     from rsst_tune.tune.searcher import (
         JOURNAL_FILE,
         PruningAwareOptunaSearch,
@@ -200,7 +329,8 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
             verbose=0,
             callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+            stop=StorageGuard(),
         ),
     )
 
@@ -208,10 +338,10 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
 def _wandb_callbacks(plan: SweepPlan) -> list[Any]:
     if plan.wandb == "off":
         return []
-    from ray.air.integrations.wandb import WandbLoggerCallback
+    from rsst_tune.tune.wandb_callback import KeylessWandbCallback
 
     return [
-        WandbLoggerCallback(
+        KeylessWandbCallback(
             project=os.environ.get("WANDB_PROJECT", "rsst-tune"),
             group=plan.name,
             mode=plan.wandb,
@@ -222,15 +352,47 @@ def _wandb_callbacks(plan: SweepPlan) -> list[Any]:
     ]
 
 
+WANDB_KEY = "WANDB_API_KEY"
+
+
+def _keyless_wandb(tuner: Any) -> None:
+    """A sweep started by an older rsst-tune stored Ray's own W&B callback in `tuner.pkl`;
+    make it the keyless one (a subclass without state of its own) before it starts actors."""
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    from rsst_tune.tune.wandb_callback import KeylessWandbCallback
+
+    run_config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
+    for callback in getattr(run_config, "callbacks", None) or ():
+        if type(callback) is WandbLoggerCallback:
+            callback.__class__ = KeylessWandbCallback
+
+
 @contextlib.contextmanager
-def _wandb_env(mode: str) -> Iterator[None]:
-    """Offline W&B must not look for an API key (Ray checks WANDB_MODE in the driver)."""
-    if mode != "offline":
+def _wandb_env(mode: str, address: str | None) -> Iterator[None]:
+    """The environment W&B needs, set before Ray starts (a local raylet inherits it).
+
+    Offline W&B must not look for an API key (Ray checks WANDB_MODE in the driver) and gets
+    none: `WANDB_API_KEY` leaves the environment for the sweep, so that no Ray process, log
+    or W&B file of it can hold the key. Online, the key stays in the driver's environment,
+    which the local raylet and so the logging actors inherit; it never goes into Ray's
+    runtime_env (`wandb_callback.KeylessWandbCallback`).
+    """
+    if mode == "off":
         yield
         return
-    saved = {k: os.environ.get(k) for k in ("WANDB_MODE", "WANDB_SILENT")}
-    os.environ["WANDB_MODE"] = "offline"
-    os.environ["WANDB_SILENT"] = "true"
+    names = ("WANDB_MODE", "WANDB_SILENT", WANDB_KEY) if mode == "offline" else ()
+    saved = {k: os.environ.get(k) for k in names}
+    if mode == "offline":
+        os.environ["WANDB_MODE"] = "offline"
+        os.environ["WANDB_SILENT"] = "true"
+        os.environ.pop(WANDB_KEY, None)
+    elif address is not None and os.environ.get(WANDB_KEY):
+        log.info(
+            "--wandb online with --address: the logging actors take WANDB_API_KEY from the "
+            "environment of the cluster's raylet on this node (rsst-tune never passes it "
+            "through Ray)"
+        )
     try:
         yield
     finally:
@@ -242,31 +404,25 @@ def _wandb_env(mode: str) -> Iterator[None]:
 
 
 def _finish(plan: SweepPlan, elapsed: float, *, show: bool) -> Experiment | None:
-    """Classify how the sweep ended, settle the study, export and time each budget's best
-    ticket once (into best_exports/; tickets already recorded are skipped), write the report.
+    """Classify how the sweep ended, settle the study, write the report, and (when every
+    trial finished) export and time each budget's best ticket once (into best_exports/;
+    tickets already recorded are skipped).
 
     Returns the experiment (None with URI storage); raises SweepInterrupted when trials are
-    unfinished.
+    unfinished (after writing the report of what finished, errored trials included).
     """
     from ray.tune import ExperimentAnalysis
 
-    from rsst_tune.tune.experiment import open_study
-    from rsst_tune.tune.searcher import mark_stopped
-
+    failure = storage_failure()
+    if failure is not None:  # Ray's files may be cut off: read nothing, write nothing
+        log.info("sweep %s", _storage_reason(plan, failure))
+        raise SweepInterrupted(plan.local_dir, _storage_reason(plan, failure))
     analysis = ExperimentAnalysis(plan.experiment_dir)
-    statuses = {t.trial_id: t.status for t in analysis.trials}
+    statuses = {str(t.trial_id): str(t.status) for t in analysis.trials}
     unfinished = [t for t, s in statuses.items() if s not in FINISHED]
     budget_hit = plan.time_budget_s is not None and elapsed >= 0.98 * plan.time_budget_s
-    if unfinished or (len(statuses) < plan.num_samples and not budget_hit):
-        reason = f"interrupted after {elapsed:.0f}s with {len(unfinished)} unfinished trials"
-        log.info("sweep %s", reason)
-        raise SweepInterrupted(plan.local_dir, reason)
-    study = open_study(Path(plan.local_dir), plan.study_name or plan.name)
-    if study is not None:
-        terminated = {t for t, s in statuses.items() if s == "TERMINATED"}
-        stopped = mark_stopped(study, terminated, "time_budget")
-        if stopped:
-            log.info("%d trials stopped by the time budget were told to Optuna as PRUNED", stopped)
+    stopped = bool(unfinished) or (len(statuses) < plan.num_samples and not budget_hit)
+    _settle_study(plan, statuses, "time_budget" if budget_hit else "stopped")
     counts: dict[str, int] = {}
     experiment = None
     if not plan.is_uri:
@@ -276,6 +432,16 @@ def _finish(plan: SweepPlan, elapsed: float, *, show: bool) -> Experiment | None
         for t in experiment.trials:
             counts[t.status] = counts.get(t.status, 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    if stopped:
+        reason = f"interrupted after {elapsed:.0f}s with {len(unfinished)} unfinished trials"
+        log.info("sweep %s", reason)
+        if experiment is not None:
+            report = write_report_if_available(
+                experiment, Path(plan.experiment_dir), export="recorded"
+            )
+            if report is not None:
+                _say(show, f"report so far {report}  ({summary})")
+        raise SweepInterrupted(plan.local_dir, reason)
     _say(show, f"finished in {elapsed:.0f}s: {summary or f'{len(statuses)} trials'}")
     if experiment is not None:
         report = write_report_if_available(experiment, Path(plan.experiment_dir), export="missing")
@@ -284,6 +450,42 @@ def _finish(plan: SweepPlan, elapsed: float, *, show: bool) -> Experiment | None
     else:
         _upload_side_files(plan)
     return experiment
+
+
+def _storage_reason(plan: SweepPlan, failure: OSError) -> str:
+    return (
+        f"stopped: {describe_storage_error(failure)} in {plan.storage} "
+        "(make room or fix its permissions first)"
+    )
+
+
+def _settle_study(plan: SweepPlan, statuses: dict[str, str], stopped_reason: str) -> None:
+    """Tell Optuna how finished Ray trials ended where it still has them RUNNING (trials
+    the time budget ended; tells a killed driver or a full disk prevented)."""
+    if plan.is_uri:
+        return
+    from rsst_tune.tune.experiment import last_row, open_study, trial_error
+    from rsst_tune.tune.searcher import settle_finished
+
+    study = open_study(Path(plan.local_dir), plan.study_name or plan.name)
+    if study is None:
+        return
+    finished = {
+        t: (
+            s,
+            last_row(plan.experiment_dir, t),
+            trial_error(plan.experiment_dir, t) if s == "ERROR" else None,
+        )
+        for t, s in statuses.items()
+        if s in FINISHED
+    }
+    try:
+        settled = settle_finished(study, finished, [o.key for o in plan.objectives], stopped_reason)
+    except OSError as exc:
+        log.warning("could not settle the Optuna study: %s", exc)
+        return
+    if settled:
+        log.info("%d finished trials still RUNNING in Optuna were settled", settled)
 
 
 def write_report_if_available(

@@ -7,37 +7,72 @@
 * each Optuna trial records its Ray trial id (user attr `ray_trial_id`);
 * a trial that ends before its last pruning state without an error (a scheduler stopped it)
   is told to Optuna as PRUNED, not COMPLETE. Ray's own searcher would tell it COMPLETE with
-  the values of an early, low-sparsity state.
+  the values of an early, low-sparsity state;
+* a trial that fails for good is told FAIL with user attr `fail_reason`. A trial Ray retries
+  (`--max-failures`) is not told anything until it ends, so one that finishes after a retry
+  is COMPLETE.
+
+Trials the searcher could not tell (the driver was killed, the disk was full) are settled
+from Ray's record by `settle_finished` when the sweep ends, and trials Ray never recorded by
+`fail_lost` when it resumes, so no Optuna trial stays RUNNING after a sweep.
 
 The study lives in the experiment directory in an Optuna JournalStorage file
-(`optuna.journal`), so `optuna-dashboard <experiment>/optuna.journal` can watch a sweep.
+(`optuna.journal`), so `optuna-dashboard <experiment>/optuna.journal` can watch a sweep. A
+write that fails (disk full) is cut back off the journal, which stays readable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from rsst_tune.errors import unknown_choice
+from rsst_tune.tune.storage import note_storage_failure, storage_error
 
 log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "optuna.journal"
 RAY_TRIAL_ATTR = "ray_trial_id"
 STOPPED_ATTR = "stopped_after_state"
+FAIL_REASON_ATTR = "fail_reason"
 SAMPLERS = ("tpe", "nsga2", "random")
 
 
-def journal_storage(path: str | Path) -> optuna.storages.JournalStorage:
-    from optuna.storages.journal import JournalFileBackend
+class SafeJournalFileBackend(JournalFileBackend):
+    """Optuna's journal file; a write that fails (disk full, permission) is cut back off it, so
+    the journal never ends mid-record and stays readable, and the error says what failed."""
 
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        path = self._file_path
+        try:
+            size: int | None = os.path.getsize(path)
+        except OSError:
+            size = None
+        try:
+            super().append_logs(logs)
+        except (OSError, RuntimeError) as exc:
+            if size is not None:
+                with contextlib.suppress(OSError):
+                    if os.path.getsize(path) > size:
+                        os.truncate(path, size)
+            cause = storage_error(exc)
+            if cause is not None and cause is not exc:
+                raise cause from exc
+            raise
+
+
+def journal_storage(path: str | Path) -> optuna.storages.JournalStorage:
+    return optuna.storages.JournalStorage(SafeJournalFileBackend(str(path)))
 
 
 def make_sampler(
@@ -109,10 +144,17 @@ class PruningAwareOptunaSearch(OptunaSearch):
         return dict(params)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        config: dict[str, Any] | None = super().suggest(trial_id)
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None:
-            ot_trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        try:
+            config: dict[str, Any] | None = super().suggest(trial_id)
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is not None:
+                ot_trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        except OSError as exc:  # the journal cannot be written: the sweep stops (StorageGuard)
+            if storage_error(exc) is None:
+                raise
+            note_storage_failure(exc)
+            self._ot_trials.pop(trial_id, None)
+            return None
         return config
 
     def on_trial_complete(
@@ -125,6 +167,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
             return
         try:
             if error:
+                ot_trial.set_user_attr(
+                    FAIL_REASON_ATTR, f"the trial raised; see trial_{trial_id}/error.txt"
+                )
                 self.study.tell(ot_trial, state=TrialState.FAIL)
             elif is_complete(result):
                 assert result is not None
@@ -137,6 +182,10 @@ class PruningAwareOptunaSearch(OptunaSearch):
                 self.study.tell(ot_trial, state=TrialState.PRUNED)
         except (ValueError, KeyError, RuntimeError) as exc:
             log.warning("could not tell Optuna about trial %s: %s", trial_id, exc)
+        except OSError as exc:  # left RUNNING; settled from Ray's record on resume
+            if storage_error(exc) is None:
+                raise
+            note_storage_failure(exc)
         self._completed_trials.add(trial_id)
 
 
@@ -152,4 +201,69 @@ def mark_stopped(study: optuna.Study, ray_trial_ids: set[str], reason: str) -> i
             study._storage.set_trial_user_attr(t._trial_id, "stopped_by", reason)
             study.tell(t.number, state=TrialState.PRUNED)
             count += 1
+    return count
+
+
+def _tell(study: optuna.Study, trial: Any, attrs: Mapping[str, Any], **tell: Any) -> bool:
+    try:
+        for key, value in attrs.items():
+            study._storage.set_trial_user_attr(trial._trial_id, key, value)
+        study.tell(trial.number, **tell)
+    except (ValueError, RuntimeError) as exc:  # e.g. finished meanwhile, a NaN value
+        log.warning("could not settle Optuna trial %d: %s", trial.number, exc)
+        return False
+    return True
+
+
+def settle_finished(
+    study: optuna.Study,
+    finished: Mapping[str, tuple[str, Mapping[str, Any] | None, str | None]],
+    metrics: Sequence[str],
+    stopped_reason: str,
+) -> int:
+    """Tell Optuna how Ray trials ended that Optuna still has RUNNING (the searcher could not
+    tell it: the driver was killed, the journal could not be written).
+
+    `finished`: Ray trial id -> (Ray status, its last result row or None, its error line or
+    None). An ERROR trial becomes FAIL (user attr `fail_reason`); a TERMINATED one COMPLETE
+    with its objective values when it ran every state, else PRUNED (user attr `stopped_by`:
+    `stopped_reason`). Returns how many were settled.
+    """
+    count = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        ray_id = str(t.user_attrs.get(RAY_TRIAL_ATTR))
+        if ray_id not in finished:
+            continue
+        status, row, error = finished[ray_id]
+        if status == "ERROR":
+            reason = error or f"the trial raised; see trial_{ray_id}/error.txt"
+            count += _tell(study, t, {FAIL_REASON_ATTR: reason}, state=TrialState.FAIL)
+        elif status == "TERMINATED" and is_complete(row):
+            assert row is not None
+            values = [float(row.get(m, math.nan)) for m in metrics]
+            if all(math.isfinite(v) for v in values):
+                count += _tell(study, t, {}, values=values if len(values) > 1 else values[0])
+            else:
+                reason = "finished without a finite value of every objective"
+                count += _tell(study, t, {FAIL_REASON_ATTR: reason}, state=TrialState.FAIL)
+        elif status == "TERMINATED":
+            attrs: dict[str, Any] = {"stopped_by": stopped_reason}
+            if row and "state" in row:
+                attrs[STOPPED_ATTR] = int(row["state"])
+            count += _tell(study, t, attrs, state=TrialState.PRUNED)
+    return count
+
+
+def fail_lost(
+    study: optuna.Study, known: Iterable[str], reason: Callable[[str | None], str]
+) -> int:
+    """Tell FAIL (user attr `fail_reason`: `reason(ray_trial_id)`) for RUNNING Optuna trials
+    of no Ray trial in `known`: trials Ray never recorded (the driver was killed first)."""
+    known = set(known)
+    count = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        ray_id = t.user_attrs.get(RAY_TRIAL_ATTR)
+        if ray_id in known:
+            continue
+        count += _tell(study, t, {FAIL_REASON_ATTR: reason(ray_id)}, state=TrialState.FAIL)
     return count

@@ -21,7 +21,7 @@ from rsst_tune.errors import ConfigError
 from rsst_tune.tune.plan import SweepPlan
 from rsst_tune.tune.ray_setup import check_address
 from rsst_tune.tune.records import Experiment
-from rsst_tune.tune.storage import check_storage
+from rsst_tune.tune.storage import check_storage, sweep_lock
 
 
 def run_sweep(
@@ -39,9 +39,13 @@ def run_sweep(
     returned too (its trials have status "error"; the CLI exits 1 for it).
 
     Raises `ConfigError` for what makes the plan unrunnable here (storage not writable, an
-    existing sweep of the same name, an `address` that does not answer, `--wandb online`
-    without a key) before anything is written, and `SweepInterrupted` (carrying the
-    directory to resume) when the sweep stopped before its trials finished.
+    existing sweep of the same name, another sweep running in the directory, an `address`
+    that does not answer, `--wandb online` without a key) before anything is written, and
+    `SweepInterrupted` (carrying the directory to resume) when the sweep stopped before its
+    trials finished (Ctrl+C, SIGTERM, a storage error such as a full disk).
+
+    The directory's `sweep.lock` is held from before Ray starts until the sweep ends, so one
+    sweep (or resume) at a time runs in it; the lock of a killed sweep is taken over.
 
     `address` joins a running Ray cluster (default: a local one, started and shut down here,
     unless `ray.init` was already called); `show` prints the console view; `verbose` puts
@@ -60,4 +64,5 @@ def run_sweep(
         and not any(Path(plan.experiment_dir).glob("experiment_state-*.json"))
     ):
         raise ConfigError(f"{plan.experiment_dir} holds no Ray Tune experiment state to resume")
-    return execute(plan, resume=resume, address=address, verbose=verbose, show=show)
+    with sweep_lock(plan):
+        return execute(plan, resume=resume, address=address, verbose=verbose, show=show)

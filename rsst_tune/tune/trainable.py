@@ -8,6 +8,10 @@ the loop continues at the next state, so finished states are never run again.
 
 Tune's `config` dict becomes a `TrialConfig` exactly once, here. All state is local to the
 call: a Ray worker runs many trials in one process (`reuse_actors=True`).
+
+A trial whose training diverges raises `TrialDiverged` ("diverged in state s, epoch e (loss
+nan)") out of the loop before its state is evaluated or reported: Ray ends the trial as an
+error with that message, the sweep goes on, and no report ever sees the diverged state.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rsst_tune.config import TrialConfig
+from rsst_tune.errors import TrialDiverged
 from rsst_tune.results import StateResult
 from rsst_tune.tune.objectives import objective_metrics
 from rsst_tune.tune.records import Objective
@@ -163,6 +168,9 @@ def _trial_log(path: Path) -> Iterator[None]:
         logger.setLevel(logging.INFO)
     try:
         yield
+    except TrialDiverged as exc:  # not a bug: one line, no traceback
+        logger.error("trial failed: %s", exc)
+        raise
     except Exception:
         logger.exception("trial failed")
         raise

@@ -1,0 +1,435 @@
+"""Chaos tests (issue 8): sweeps that survive a killed worker, SIGINT, a killed driver, a second
+sweep on their directory and a full disk, and keep the W&B key out of Ray and of every file
+(docs/reliability.md lists each guarantee beside its test).
+
+Each sweep runs `tune_main.py` in a subprocess that starts its own local Ray on 127.0.0.1
+with `RAY_TMPDIR` in the test's own temporary directory (so its session directory can be
+searched, and nothing is shared with other Ray processes on the machine); a sweep stops its
+Ray itself, and a test that fails kills only the processes it started. Tiny: digits, the
+`vit_digits` model, 2-3 states of a few epochs, 1-2 trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--preset", "smoke", "--dataset", "digits", "--model", "vit_digits"]
+
+pytestmark = [pytest.mark.sweep, pytest.mark.slow]
+
+
+@pytest.fixture
+def ray_tmp() -> Iterator[Path]:
+    """A short temporary directory for Ray's session files (Unix socket paths are short)."""
+    path = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _env(ray_tmp: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["RAY_AUTH_MODE"] = "disabled"
+    env["RAY_TMPDIR"] = str(ray_tmp)
+    env.pop("WANDB_API_KEY", None)
+    env.update(extra)
+    return env
+
+
+def _tune(*args: str) -> list[str]:
+    return [sys.executable, str(REPO / "tune_main.py"), *args]
+
+
+def _sweep(storage: Path, name: str, *args: str) -> list[str]:
+    return _tune("--space", "vit_head_mlp", *TINY, "--storage", str(storage), "--name", name, *args)
+
+
+class Sweep:
+    """A sweep running in a subprocess; stopped (by its pid only) if the test ends early."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # Ctrl+C of the test run is not the sweep's
+        )
+        self.out = self.err = ""
+
+    def wait_for(self, what: str, check: Any, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            if self.proc.poll() is not None:
+                _out, err = self.proc.communicate()
+                pytest.fail(f"the sweep ended (rc {self.proc.returncode}) before {what}:\n{err}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {what} within {timeout:.0f}s")
+            time.sleep(0.05)
+
+    def finish(self, timeout: float = 300) -> int:
+        self.out, self.err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()  # its reaper ends the Ray processes it started
+                self.proc.communicate()
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
+    return int(proc.stdout)
+
+
+def _events(exp_dir: Path) -> list[dict[str, Any]]:
+    path = exp_dir / "events.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a line being written
+            out.append(json.loads(line))
+    return out
+
+
+def _rows(exp_dir: Path, trial_id: str) -> list[dict[str, Any]]:
+    text = (exp_dir / f"trial_{trial_id}" / "result.json").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _study_states(exp_dir: Path) -> dict[str, str]:
+    from rsst_tune.tune import load_experiment
+
+    study = load_experiment(exp_dir).study
+    assert study is not None
+    return {t.user_attrs.get("ray_trial_id", f"#{t.number}"): t.state.name for t in study.trials}
+
+
+# ---------------------------------------------------------------------- retries
+def test_killed_worker_restarts_from_its_last_state_and_completes(
+    tmp_path: Path, ray_tmp: Path
+) -> None:
+    exp_dir = tmp_path / "kw"
+    cmd = _sweep(tmp_path, "kw", "--states", "3", "--epochs", "3", "--num-samples", "1")
+    sweep = Sweep(cmd, _env(ray_tmp), tmp_path)
+    try:
+        sweep.wait_for(
+            "a saved state", lambda: any(e["event"] == "saved" for e in _events(exp_dir))
+        )
+        state0 = next(e for e in _events(exp_dir) if e["event"] == "state")
+        os.kill(int(state0["pid"]), signal.SIGKILL)  # the trial's worker, mid state 1
+        assert sweep.finish() == 0, sweep.err
+    finally:
+        sweep.stop()
+
+    from rsst_tune.tune import load_experiment
+
+    (trial,) = load_experiment(exp_dir).trials
+    assert trial.status == "complete" and trial.error is None
+    events = [e["event"] for e in _events(exp_dir) if e["trial_id"] == trial.trial_id]
+    assert "retry" in events and events[-1] == "done" and "error" not in events, events
+    rows = _rows(exp_dir, trial.trial_id)
+    assert [r["state"] for r in rows] == [0, 1, 2]  # no state reported twice
+    assert rows[-1]["resumed_from"] >= 1, "the retry restarted from scratch"
+    assert _study_states(exp_dir) == {trial.trial_id: "COMPLETE"}
+    report = (exp_dir / "report.md").read_text()
+    assert f"| {trial.trial_id} | complete |" in report.replace("`", "")
+
+
+# ---------------------------------------------------------------------- interrupts
+def test_sigint_in_state0_releases_the_lock_and_resume_does_not_wait(
+    tmp_path: Path, ray_tmp: Path
+) -> None:
+    from rsst_tune.locks import LockOwner
+
+    exp_dir = tmp_path / "si"
+    cache = exp_dir / "dense_cache"
+    cmd = _sweep(tmp_path, "si", "--states", "1", "--epochs", "30", "--num-samples", "2", "--quiet")
+    sweep = Sweep(cmd, _env(ray_tmp), tmp_path)
+    try:
+        sweep.wait_for("the dense-cache lock", lambda: any(cache.glob("*.lock")))
+        (lock,) = cache.glob("*.lock")
+        sweep.proc.send_signal(signal.SIGINT)
+        assert sweep.finish(timeout=120) == 130, sweep.err
+    finally:
+        sweep.stop()
+    assert sweep.out == ""  # --quiet
+    last = sweep.err.strip().splitlines()[-1]
+    assert "--resume" in last and str(exp_dir) in last, sweep.err
+    # (Ray ends a trial within ~10 s of the SIGINT: 30 epochs of state 0 do not finish first on
+    # 2 cores; on a faster machine the trial may publish state 0 and release the lock itself.)
+    assert not list(cache.glob("*.lock")), "the interrupted trial's lock was left behind"
+    assert (exp_dir / "report.md").is_file(), "an interrupted sweep writes its report too"
+
+    # A lock whose owner was killed (SIGKILL: nothing could release it) is stale at once.
+    owner = LockOwner(_dead_pid(), LockOwner.me().host, "dead-owner")
+    lock.write_text(owner.to_text())
+    res = subprocess.run(
+        _tune("--resume", str(exp_dir), "--quiet"),
+        env=_env(ray_tmp),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert res.returncode == 0, res.stderr
+    from rsst_tune.tune import load_experiment
+
+    trials = load_experiment(exp_dir).trials
+    assert [t.status for t in trials] == ["complete", "complete"]
+    # --resume released the dead owner's lock before any trial could wait for it
+    assert (
+        f"(its owner pid {owner.pid} on {owner.host} is gone)"
+        in (exp_dir / "sweep.log").read_text()
+    )
+    logs = "".join(p.read_text() for p in exp_dir.glob("trial_*/checkpoint_*/trial.log"))
+    assert f"waiting for pid {owner.pid}" not in logs, logs
+    assert set(_study_states(exp_dir).values()) == {"COMPLETE"}
+
+
+def _live_processes_with(env_entry: str) -> list[int]:
+    """Live (not zombie) processes whose environment holds `env_entry`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "stat").read_text().rpartition(")")[2].split()[0] in ("Z", "X"):
+                continue
+            if env_entry.encode() in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+def test_sigkill_of_the_driver_leaves_no_process_and_resume_settles_every_trial(
+    tmp_path: Path, ray_tmp: Path
+) -> None:
+    exp_dir = tmp_path / "kd"
+    cmd = _sweep(tmp_path, "kd", "--states", "3", "--epochs", "2", "--num-samples", "2", "--quiet")
+    sweep = Sweep(cmd, _env(ray_tmp), tmp_path)
+    try:
+        sweep.wait_for(
+            "a saved state", lambda: any(e["event"] == "saved" for e in _events(exp_dir))
+        )
+        time.sleep(1.5)  # Ray's next experiment-state snapshot (every second)
+        mark = f"RAY_TMPDIR={ray_tmp}"
+        assert sweep.proc.pid in _live_processes_with(mark)  # how its processes are found
+        sweep.proc.kill()
+        sweep.proc.communicate(timeout=30)
+    finally:
+        sweep.stop()
+    saved: dict[str, int] = {}
+    for e in _events(exp_dir):
+        if e["event"] == "saved":
+            saved[e["trial_id"]] = max(saved.get(e["trial_id"], 0), int(e["state"]) + 1)
+
+    # Every Ray process of the killed driver (they carry its RAY_TMPDIR) is gone within seconds.
+    deadline = time.monotonic() + 10
+    while _live_processes_with(mark) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _live_processes_with(mark), "Ray processes outlived the killed driver"
+
+    res = subprocess.run(
+        _tune("--resume", str(exp_dir), "--quiet"),
+        env=_env(ray_tmp),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert res.returncode == 0, res.stderr
+    from rsst_tune.tune import load_experiment
+
+    exp = load_experiment(exp_dir)
+    assert exp.study is not None
+    assert all(t.status == "complete" for t in exp.trials), [t.status for t in exp.trials]
+    for t in exp.trials:
+        rows = _rows(exp_dir, t.trial_id)
+        assert [r["state"] for r in rows] == [0, 1, 2], t.trial_id
+        # at most 1 state lost: the resumed run started at most one state before the last
+        # state whose checkpoint was saved before the kill
+        assert max(r["resumed_from"] for r in rows) >= saved.get(t.trial_id, 0) - 1, t.trial_id
+    states = {t.user_attrs.get("ray_trial_id"): t for t in exp.study.trials}
+    for ray_id, ot in states.items():
+        if ray_id in {t.trial_id for t in exp.trials}:
+            assert ot.state.name == "COMPLETE", ray_id
+        else:  # started after Ray's last record: failed with a reason, files set aside
+            assert ot.state.name == "FAIL" and "lost" in ot.user_attrs["fail_reason"]
+    assert not list(exp_dir.glob("trial_*")) or {
+        p.name[len("trial_") :] for p in exp_dir.glob("trial_*")
+    } == {t.trial_id for t in exp.trials}, "a trial directory outside Ray's record"
+
+
+# ---------------------------------------------------------------------- one sweep per dir
+def test_a_second_sweep_on_the_same_directory_is_refused_naming_the_holder(
+    tmp_path: Path, ray_tmp: Path
+) -> None:
+    from rsst_tune.locks import LockOwner
+    from rsst_tune.tune import SweepOptions, resolve_plan
+    from rsst_tune.tune.storage import SWEEP_LOCK, sweep_lock
+
+    plan = resolve_plan(
+        SweepOptions(space="vit_head_mlp", preset="smoke", storage=str(tmp_path), name="two")
+    )
+    exp_dir = Path(plan.local_dir)
+    with sweep_lock(plan):  # what a running sweep holds, from before Ray starts to its end
+        (exp_dir / "sweep.json").write_text(plan.to_json())
+        for argv in (
+            _sweep(tmp_path, "two", "--num-samples", "1"),
+            _tune("--resume", str(exp_dir)),
+        ):
+            res = subprocess.run(
+                argv, env=_env(ray_tmp), cwd=tmp_path, capture_output=True, text=True, timeout=120
+            )
+            assert res.returncode == 2, res.stderr
+            (line,) = res.stderr.strip().splitlines()
+            assert "in use by another sweep" in line and f"pid {os.getpid()} on " in line, line
+    assert not (exp_dir / SWEEP_LOCK).exists(), "released on exit"
+    assert not list(ray_tmp.glob("ray/session_*")), "refused before Ray started"
+
+    # The lock of a sweep that was killed is taken over without a word from its owner.
+    dead = LockOwner(_dead_pid(), LockOwner.me().host, "x")
+    (exp_dir / SWEEP_LOCK).write_text(dead.to_text())
+    with sweep_lock(plan) as held:
+        assert LockOwner.parse((exp_dir / SWEEP_LOCK).read_text()) == held.owner
+
+
+# ---------------------------------------------------------------------- storage errors
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    return res.returncode == 0
+
+
+def test_a_full_disk_stops_the_sweep_in_one_line_and_it_resumes_once_freed(
+    tmp_path: Path, ray_tmp: Path
+) -> None:
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "24m"):
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        exp_dir = disk / "full"
+        cmd = _sweep(
+            disk,
+            "full",
+            "--states",
+            "3",
+            "--epochs",
+            "2",
+            "--num-samples",
+            "2",
+            "--max-concurrent",
+            "1",
+            "--quiet",
+        )
+        sweep = Sweep(cmd, _env(ray_tmp), tmp_path)
+        try:
+            sweep.wait_for(
+                "a saved state", lambda: any(e["event"] == "saved" for e in _events(exp_dir))
+            )
+            with open(disk / "filler", "wb") as fh:  # fill the disk
+                try:
+                    while True:
+                        fh.write(b"\0" * (1 << 16))
+                        fh.flush()
+                except OSError:
+                    pass
+            assert sweep.finish() == 130, sweep.err
+        finally:
+            sweep.stop()
+        (line,) = sweep.err.strip().splitlines()
+        assert "No space left on device" in line and "--resume" in line, sweep.err
+        import optuna
+
+        from rsst_tune.tune.searcher import journal_storage
+
+        study = optuna.load_study(
+            study_name="full", storage=journal_storage(exp_dir / "optuna.journal")
+        )
+        assert study.trials, "the journal must stay readable"
+
+        (disk / "filler").unlink()
+        res = subprocess.run(
+            _tune("--resume", str(exp_dir), "--quiet"),
+            env=_env(ray_tmp),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+        assert res.returncode == 0, res.stderr
+        from rsst_tune.tune import load_experiment
+
+        assert [t.status for t in load_experiment(exp_dir).trials] == ["complete", "complete"]
+        assert set(_study_states(exp_dir).values()) <= {"COMPLETE", "FAIL"}
+        assert "RUNNING" not in _study_states(exp_dir).values()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+# ---------------------------------------------------------------------- secrets
+def test_wandb_offline_keeps_the_api_key_out_of_ray_and_every_file(
+    tmp_path: Path, ray_tmp: Path
+) -> None:
+    key = "rsst-dummy-key-5f0c1d2e3a4b"
+    res = subprocess.run(
+        _sweep(
+            tmp_path,
+            "wb",
+            "--states",
+            "2",
+            "--epochs",
+            "1",
+            "--num-samples",
+            "1",
+            "--wandb",
+            "offline",
+            "--quiet",
+        ),
+        env=_env(ray_tmp, WANDB_API_KEY=key),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert res.returncode == 0, res.stderr
+    assert key not in res.stdout + res.stderr
+    searched = 0
+    for root in (tmp_path / "wb", ray_tmp):
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                searched += 1
+                assert key.encode() not in path.read_bytes(), path
+    assert list(ray_tmp.glob("ray/session_*/logs/runtime_env_agent.log")), "Ray's logs searched"
+    assert list((tmp_path / "wb" / "wandb").glob("offline-run-*")), "W&B ran offline"
+    assert searched > 50
