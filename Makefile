@@ -30,7 +30,7 @@ test: lint
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
 
 test-fast: lint
-	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -m "not slow and not sweep"
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -n 2 -m "not slow and not sweep"
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b --tiny || exit 1; done
