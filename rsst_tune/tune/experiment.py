@@ -83,11 +83,15 @@ def _optuna_trials(study: Any) -> dict[str, Any]:
 
 
 def _ray_trials(exp_dir: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    """(trial id, Ray status, config) of every trial Ray recorded, read as plain JSON.
+
+    Never through Ray's `ExperimentAnalysis`: its decoder unpickles values (cloudpickle), so a
+    crafted experiment directory could run code in `rsst-tune report`. The trial ids, statuses
+    and configs are plain JSON in Ray's experiment state; nothing else is read from it.
+    """
+    source = exp_dir
     if not any(exp_dir.glob("experiment_state-*.json")):
         return []
-    from ray.tune import ExperimentAnalysis
-
-    source = exp_dir
     if not ray_state_intact(ray_state_files(exp_dir)):  # cut off by a full disk
         source = exp_dir / RAY_STATE_BACKUP
         if not ray_state_intact(ray_state_files(source)):
@@ -96,8 +100,20 @@ def _ray_trials(exp_dir: Path) -> list[tuple[str, str, dict[str, Any]]]:
                 "and has no intact copy"
             )
         log.warning("%s: Ray's experiment state is damaged; reading its last intact copy", exp_dir)
-    analysis = ExperimentAnalysis(str(source))
-    return [(str(t.trial_id), str(t.status), dict(t.config)) for t in analysis.trials]
+    state = ray_state_files(source)[0]
+    try:
+        data = json.loads(state.read_text(encoding="utf-8"))
+        out = []
+        for trial_json, _meta in data["trial_data"]:
+            trial = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
+            config = trial.get("config")
+            if not isinstance(config, dict):
+                log.warning("%s: trial %s has no readable config", state, trial.get("trial_id"))
+                config = {}
+            out.append((str(trial["trial_id"]), str(trial.get("status", "PENDING")), config))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{state} is not a readable Ray experiment state: {exc}") from None
+    return out
 
 
 def _record(
