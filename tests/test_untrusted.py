@@ -58,3 +58,22 @@ def test_report_reads_ray_state_as_json_and_never_unpickles(tmp_path: Path) -> N
 
 def _payload(marker: Path) -> dict[str, str]:
     return {"_type": "CLOUDPICKLE_FALLBACK", "value": pickle.dumps(_Touch(marker)).hex()}
+
+
+def test_a_copied_experiment_directory_resumes_in_place(tmp_path: Path) -> None:
+    """No absolute path inside sweep.json is followed outside the directory it is in."""
+    import shutil
+
+    from rsst_tune.tune.plan import load_plan
+
+    plan = resolve_plan(SweepOptions(space="vit_head_mlp", preset="smoke",
+                                     storage=str(tmp_path / "orig"), name="x"))  # fmt: skip
+    Path(plan.experiment_dir).mkdir(parents=True)
+    (Path(plan.experiment_dir) / PLAN_FILE).write_text(plan.to_json())
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(plan.experiment_dir, copy)
+    moved = load_plan(copy)
+    assert moved.experiment_dir == moved.local_dir == str(copy.resolve())
+    assert moved.dense_cache_dir == str(copy.resolve() / "dense_cache")
+    assert moved.study_name == plan.study_name  # the Optuna study inside the journal
+    assert str(tmp_path / "orig") not in moved.to_json()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -24,6 +25,8 @@ from rsst_tune.errors import ConfigError, unknown_choice
 from rsst_tune.tune import objectives as objs
 from rsst_tune.tune.records import Objective
 from rsst_tune.tune.space import SMOKE_SWEEP, SearchSpace, summarize, varying_sparsity_fields
+
+log = logging.getLogger(__name__)
 
 PLAN_FILE = "sweep.json"
 PLAN_VERSION = 1
@@ -352,6 +355,17 @@ def load_plan(experiment_dir: str | Path) -> SweepPlan:
         plan = SweepPlan.from_json(plan_file.read_text())
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{plan_file} is not a readable sweep plan: {exc}") from None
+    if not plan.is_uri:  # a moved or copied directory resumes in place, never at the original
+        here = str(path.resolve())
+        if here != plan.experiment_dir:
+            log.info("%s was written at %s; resuming it in place", here, plan.experiment_dir)
+        plan = dataclasses.replace(
+            plan,
+            experiment_dir=here,
+            local_dir=here,
+            storage=str(Path(here).parent),
+            study_name=plan.study_name or plan.name,
+        )
     return plan
 
 
