@@ -114,9 +114,10 @@ class SweepConsole(Callback):
         # pid / node_ip: the worker that ran the state (Ray adds them to every result)
         row = {k: result[k] for k in (*_SHOWN_KEYS, "wall_time_s", "pid", "node_ip") if k in result}
         self._event("state", trial, **row)
-        total = result.get("pruning_times", "?")
-        text = (
-            f"state {int(result['state']) + 1}/{total}  val {_pct(result.get('val_acc'))}  "
+        last = int(result.get("pruning_times", 0)) - 1
+        text = (  # states are numbered as everywhere else: 0 is the dense one
+            f"state {int(result['state'])} of 0..{last if last >= 0 else '?'}  "
+            f"val {_pct(result.get('val_acc'))}  "
             f"test {_pct(result.get('test_acc'))}  MACs {_pct(result.get('macs_frac'))}  "
             f"params {_pct(result.get('params_frac'))}  ({result.get('wall_time_s', 0):.1f}s)"
         )
@@ -132,7 +133,7 @@ class SweepConsole(Callback):
             status, text = "done", ""
         else:
             status = "pruned"
-            text = f"stopped after state {int(last.get('state', -1)) + 1} by the scheduler"
+            text = f"stopped after state {int(last.get('state', -1))} by the scheduler"
         self._status[trial.trial_id] = status
         self._event(status, trial)
         self._line(trial, status, text)
