@@ -25,6 +25,7 @@ from rsst_tune import fileio
 from rsst_tune.config import TrialConfig
 from rsst_tune.data import DataBundle
 from rsst_tune.errors import CommandFailed, ConfigError, TrialDiverged, describe_exception
+from rsst_tune.logfile import log_to_file
 from rsst_tune.loop import EpochCallback, PruneLoop
 from rsst_tune.results import UNIT_FIELDS, StateResult
 
@@ -170,28 +171,18 @@ def run_log(path: Path) -> Iterator[None]:
     """The run's log lines into `path` (appended across resumes). An unexpected exception is
     logged there with its traceback and raised again as a one-line `CommandFailed` naming the
     file; bad input (`ConfigError`), divergence and Ctrl+C pass through as they are."""
-    logger = logging.getLogger("rsst_tune")
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    old_level = logger.level
-    logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-    try:
-        yield
-    except (ConfigError, TrialDiverged) as exc:
-        _to_file(handler, logging.ERROR, str(exc))
-        raise
-    except KeyboardInterrupt:
-        _to_file(handler, logging.WARNING, "interrupted; continue with --resume")
-        raise
-    except Exception as exc:
-        _to_file(handler, logging.ERROR, "run failed", sys.exc_info())
-        raise CommandFailed(describe_exception(exc), path) from exc
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-        handler.close()
+    with log_to_file(path) as handler:
+        try:
+            yield
+        except (ConfigError, TrialDiverged) as exc:
+            _to_file(handler, logging.ERROR, str(exc))
+            raise
+        except KeyboardInterrupt:
+            _to_file(handler, logging.WARNING, "interrupted; continue with --resume")
+            raise
+        except Exception as exc:
+            _to_file(handler, logging.ERROR, "run failed", sys.exc_info())
+            raise CommandFailed(describe_exception(exc), path) from exc
 
 
 def _check_fresh(out_dir: Path, overwrite: bool) -> None:

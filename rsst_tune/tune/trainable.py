@@ -29,6 +29,7 @@ from typing import Any
 
 from rsst_tune.config import TrialConfig
 from rsst_tune.errors import TrialDiverged
+from rsst_tune.logfile import log_to_file
 from rsst_tune.results import StateResult
 from rsst_tune.tune.objectives import objective_metrics
 from rsst_tune.tune.records import Objective
@@ -160,21 +161,12 @@ def _scratch_dir() -> Iterator[Path]:
 def _trial_log(path: Path) -> Iterator[None]:
     """The trial's log lines (rsst_tune loggers); a copy goes into every state checkpoint."""
     logger = logging.getLogger("rsst_tune")
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    old_level = logger.level
-    logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-    try:
-        yield
-    except TrialDiverged as exc:  # not a bug: one line, no traceback
-        logger.error("trial failed: %s", exc)
-        raise
-    except Exception:
-        logger.exception("trial failed")
-        raise
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-        handler.close()
+    with log_to_file(path):
+        try:
+            yield
+        except TrialDiverged as exc:  # not a bug: one line, no traceback
+            logger.error("trial failed: %s", exc)
+            raise
+        except Exception:
+            logger.exception("trial failed")
+            raise
