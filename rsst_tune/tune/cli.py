@@ -147,6 +147,14 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         help="restart a trial whose worker or node died up to N times, from its last state "
         "checkpoint (default: 2; 0: never)",
     )
+    budget.add_argument(
+        "--confirm",
+        type=_confirm,
+        default=None,
+        metavar="K",
+        help="when the sweep ends, re-run the top K tickets of each MACs budget with 2 more "
+        "seeds and choose by the mean over seeds (default: 2 with --preset smoke, else 0)",
+    )
     budget.add_argument("--cpus-per-trial", type=_positive_float, default=None, help="default 1")
     budget.add_argument(
         "--gpus-per-trial",
@@ -207,6 +215,10 @@ def _max_failures(text: str) -> int:
     return _int_in(text, 0, 100)  # = rsst_tune.tune.plan.MAX_FAILURES
 
 
+def _confirm(text: str) -> int:
+    return _int_in(text, 0, 20)  # = rsst_tune.tune.plan.MAX_CONFIRM
+
+
 def add_tune_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `tune` and `report` on the `rsst-tune` command."""
     tune = subparsers.add_parser("tune", help=TUNE_HELP, description=TUNE_HELP)
@@ -219,6 +231,18 @@ def add_tune_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: i
         action="store_true",
         help="export and time each budget's best ticket again (default: show the latency "
         "recorded when the sweep ended)",
+    )
+    report.add_argument(
+        "--confirm",
+        type=_confirm,
+        default=0,
+        metavar="K",
+        help="first re-run the top K tickets of each MACs budget with 2 more seeds (Ray, the "
+        "shared dense cache) and choose by the mean over seeds; runs already recorded in "
+        "confirm.json are kept",
+    )
+    report.add_argument(
+        "--address", default=None, help="for --confirm: join this Ray cluster (default: local)"
     )
     report.set_defaults(handler=report_command)
 
@@ -261,6 +285,7 @@ def tune_command(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         max_concurrent=args.max_concurrent,
         max_failures=args.max_failures,
+        confirm=args.confirm,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
         time_budget=args.time_budget,
@@ -359,8 +384,28 @@ def report_command(args: argparse.Namespace) -> int:
     from rsst_tune.tune.experiment import load_experiment
     from rsst_tune.tune.runner import write_report_if_available
 
-    experiment = load_experiment(args.experiment)
     export = "all" if getattr(args, "measure", False) else "recorded"
+    if getattr(args, "confirm", 0):
+        from rsst_tune.tune.confirm import confirm_sweep
+
+        try:
+            experiment = confirm_sweep(
+                args.experiment,
+                args.confirm,
+                address=getattr(args, "address", None),
+                verbose=bool(getattr(args, "verbose", False)),
+            )
+        except SweepInterrupted as stop:
+            again = shlex.join(["rsst-tune", "report", str(args.experiment), "--confirm"])
+            print(
+                f"rsst-tune: {stop.reason}; the finished runs are kept in confirm.json; "
+                f"continue with: {again} {args.confirm}",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
+        export = "all" if export == "all" else "missing"  # the best tickets may have changed
+    else:
+        experiment = load_experiment(args.experiment)
     path = write_report_if_available(experiment, Path(experiment.path), export=export)
     if path is None:
         print(

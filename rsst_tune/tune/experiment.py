@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 def load_experiment(path: str | Path) -> Experiment:
     """The sweep in `path` (a local experiment directory) as records."""
+    from rsst_tune.tune.confirm import read_confirmation
     from rsst_tune.tune.plan import PLAN_FILE, SweepPlan
 
     exp_dir = Path(path).expanduser().resolve()
@@ -51,6 +52,7 @@ def load_experiment(path: str | Path) -> Experiment:
         trials=tuple(sorted(records, key=lambda r: r.trial_id)),
         command=plan.command,
         study=study,
+        confirmation=read_confirmation(exp_dir),
     )
 
 

@@ -62,6 +62,7 @@ class SweepOptions:
     share_dense: bool = True
     fixed: tuple[tuple[str, Any], ...] = ()  # searched parameters pinned with --fix NAME=VALUE
     max_failures: int = 2  # restarts of a trial whose worker or node died (--max-failures)
+    confirm: int | None = None  # --confirm K: top K tickets per budget re-run with 2 more seeds
 
     @classmethod
     def from_keywords(cls, space: str, options: Mapping[str, Any]) -> SweepOptions:
@@ -111,6 +112,7 @@ class SweepPlan:
     share_dense: bool = True  # trials with identical state 0 train it once (local storage)
     fixed: dict[str, Any] = field(default_factory=dict)  # searched parameters pinned by --fix
     max_failures: int = 2  # restarts of a trial from its last state checkpoint (--max-failures)
+    confirm: int = 0  # seed confirmation of the top K tickets per budget (0: none)
 
     @property
     def dense_cache_dir(self) -> str | None:
@@ -147,6 +149,7 @@ class SweepPlan:
 # The smoke preset pins the digits training recipe, so all its trials share one dense state 0
 # (shared dense training) and the search spends its budget on the pruning parameters.
 SMOKE_FIXED: dict[str, Any] = {"lr": 3e-3}
+SMOKE_CONFIRM = 2  # the smoke preset confirms the top 2 tickets of each budget
 
 
 # ---------------------------------------------------------------------- resolution
@@ -231,6 +234,11 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
         preset=opts.preset,
         fixed=fixed,
         max_failures=_check_max_failures(opts.max_failures),
+        confirm=check_confirm(
+            opts.confirm
+            if opts.confirm is not None
+            else (SMOKE_CONFIRM if opts.preset == "smoke" else 0)
+        ),
         overrides={k: v for k, v in overrides.items() if v is not None},
         command=opts.command,
         study_name=name,
@@ -401,6 +409,11 @@ def describe_plan(plan: SweepPlan) -> str:
             f"reduction {plan.asha['reduction_factor']})"
         )
     lines.append(f"sampler     {sampler}; scheduler {sched}")
+    if plan.confirm:
+        lines.append(
+            f"confirm     the top {plan.confirm} tickets of each budget re-run with 2 more "
+            "seeds; chosen by the mean over seeds"
+        )
     concurrent = plan.max_concurrent or "as resources allow"
     lines.append(
         f"resources   {plan.cpus_per_trial:g} CPU, {plan.gpus_per_trial:g} GPU per trial; "
@@ -419,6 +432,15 @@ def describe_plan(plan: SweepPlan) -> str:
 
 
 MAX_FAILURES = 100
+MAX_CONFIRM = 20
+
+
+def check_confirm(value: Any) -> int:
+    """`--confirm K`: tickets per budget to confirm with more seeds, an integer in
+    [0, MAX_CONFIRM] (0: no confirmation)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CONFIRM:
+        raise ConfigError(f"--confirm must be an integer in [0, {MAX_CONFIRM}], got {value!r}")
+    return value
 
 
 def _check_max_failures(value: Any) -> int:

@@ -64,6 +64,33 @@ class TrialRecord:
 
 
 @dataclass(frozen=True)
+class SeedRun:
+    """One re-run of a ticket with another seed (seed confirmation, `--confirm K`): the
+    ticket's config with `seed` changed, run to the ticket's state."""
+
+    ticket: str  # the confirmed ticket's label, "<trial_id>/s<state>"
+    seed: int
+    status: str  # "complete" | "error"
+    result: StateResult | None = None  # the run's state `state` (None when it failed)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """The seed-confirmation stage of a sweep (`confirm.json`): the tickets it re-ran (the top
+    `k` of each budget) and every seed run; the report chooses among them by the mean over
+    seeds (`rsst_tune.report.seeds`)."""
+
+    k: int
+    seeds: tuple[int, ...]  # the extra seeds each ticket ran with
+    tickets: tuple[str, ...]  # labels of the confirmed tickets
+    runs: tuple[SeedRun, ...] = ()
+
+    def runs_of(self, label: str) -> list[SeedRun]:
+        return [r for r in self.runs if r.ticket == label]
+
+
+@dataclass(frozen=True)
 class Experiment:
     """A sweep: its space, objectives and trials, and the Optuna study when it is readable."""
 
@@ -74,6 +101,7 @@ class Experiment:
     trials: tuple[TrialRecord, ...]
     command: str = ""  # the command line that started the sweep
     study: Any = field(default=None, compare=False)  # optuna.Study | None
+    confirmation: Confirmation | None = None  # the seed-confirmation stage, when it ran
 
     # The methods below are thin views over `rsst_tune.report` (imported when called, so
     # records stay cheap to import): every (trial, state) pair is a candidate *ticket*, chosen

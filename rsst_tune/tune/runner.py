@@ -142,7 +142,7 @@ def _fit(plan: SweepPlan, *, resume: bool, show: bool) -> Experiment | None:
     from rsst_tune.tune.searcher import JOURNAL_FILE
 
     local = Path(plan.local_dir)
-    trainable = _trainable(plan)
+    trainable = trainable_for(plan)
     if resume:
         if not tune.Tuner.can_restore(plan.experiment_dir):
             raise ConfigError(f"{plan.experiment_dir} holds no Ray Tune experiment state to resume")
@@ -242,7 +242,9 @@ def _warn_idle_gpus(plan: SweepPlan, show: bool) -> None:
         )
 
 
-def _trainable(plan: SweepPlan) -> Any:
+def trainable_for(plan: SweepPlan, entry: Any = None) -> Any:
+    """The sweep's Ray trainable: `entry` (default `train_trial`) with the plan's objectives,
+    dense cache and per-trial resources (the seed-confirmation stage passes its own entry)."""
     from ray import tune
 
     from rsst_tune.tune.trainable import train_trial
@@ -250,7 +252,7 @@ def _trainable(plan: SweepPlan) -> Any:
     resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
     return tune.with_resources(
         tune.with_parameters(
-            train_trial, objectives=plan.objectives, dense_cache_dir=plan.dense_cache_dir
+            entry or train_trial, objectives=plan.objectives, dense_cache_dir=plan.dense_cache_dir
         ),
         resources,
     )
@@ -443,6 +445,8 @@ def _finish(plan: SweepPlan, elapsed: float, *, show: bool) -> Experiment | None
                 _say(show, f"report so far {report}  ({summary})")
         raise SweepInterrupted(plan.local_dir, reason)
     _say(show, f"finished in {elapsed:.0f}s: {summary or f'{len(statuses)} trials'}")
+    if experiment is not None and plan.confirm:
+        experiment = _confirm(plan, experiment, show=show)
     if experiment is not None:
         report = write_report_if_available(experiment, Path(plan.experiment_dir), export="missing")
         if report is not None:
@@ -450,6 +454,23 @@ def _finish(plan: SweepPlan, elapsed: float, *, show: bool) -> Experiment | None
     else:
         _upload_side_files(plan)
     return experiment
+
+
+def _confirm(plan: SweepPlan, experiment: Experiment, *, show: bool) -> Experiment:
+    """The seed-confirmation stage (`--confirm K`), then the experiment with its record. An
+    interrupted stage still leaves a report of the sweep (its finished runs are recorded and
+    `--resume` runs only the rest)."""
+    from rsst_tune.tune.confirm import run_confirmation
+    from rsst_tune.tune.experiment import load_experiment
+
+    try:
+        run_confirmation(plan, experiment, plan.confirm, show=show)
+    except SweepInterrupted:
+        write_report_if_available(
+            load_experiment(plan.experiment_dir), Path(plan.experiment_dir), export="recorded"
+        )
+        raise
+    return load_experiment(plan.experiment_dir)
 
 
 def _storage_reason(plan: SweepPlan, failure: OSError) -> str:
