@@ -71,7 +71,19 @@ class TrialConfig:
         "vit_digits", DENSE, "registered model or timm:NAME (see the model registry)"
     )
     pretrained: bool = _field(False, DENSE, "timm:NAME models: start from timm's weights")
+    pretrained_file: str | None = _field(
+        None,
+        DENSE,
+        "start from the weights in this local file, no hub needed: a timm/torchvision state "
+        "dict (.pt/.pth, read with weights_only=True) or a .safetensors file",
+    )
     dataset: str = _field("digits", DENSE, "registered dataset (digits and synthetic: offline)")
+    img_size: int | None = _field(
+        None,
+        DENSE,
+        "input image side in pixels; the data are resized to it; default: the model's (timm: "
+        "its pretrained input size, e.g. 224; the built-in models: the dataset's, 32 for CIFAR)",
+    )
     data_dir: str = _field("data", EXECUTION, "folder of the dataset's files")
     download: bool = _field(False, EXECUTION, "download the dataset into data_dir if missing")
     method: str = _field("rsst", PRUNE, "pruning method (ALGORITHMS.md §2.4)")
@@ -276,6 +288,7 @@ MAX_SEED = 2**32 - 1  # what every generator seeded from it (torch, numpy) accep
 MAX_THREADS = 4096  # and at most the cores of the machine that runs it (`check_host`)
 MAX_COUNT = 2**20  # min_units, score_batches, decreasing_lr entries
 MAX_VAL_SIZE = 10**9
+MAX_IMG_SIZE = 4096  # rsst_tune.models.inputs.MAX_IMG_SIZE
 MAX_COEFF = 1e6  # lr, weight decay, λ's ceiling, k: larger overflow float32 arithmetic
 BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True}
 BOOL_WORDS.update({"0": False, "false": False, "no": False, "off": False})
@@ -290,6 +303,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "batch_size": (1, MAX_BATCH),
     "eval_batch_size": (1, MAX_BATCH),
     "val_size": (1, MAX_VAL_SIZE),
+    "img_size": (1, MAX_IMG_SIZE),
     "seed": (0, MAX_SEED),
     "threads": (0, MAX_THREADS),
 }
@@ -309,10 +323,20 @@ FLOAT_RANGES: dict[str, tuple[float, bool, float, bool]] = {
     "label_smoothing": (0.0, True, 1.0, False),
 }
 _FLOAT_FIELDS = set(FLOAT_RANGES)
-OPTIONAL = {"rate", "head_ratio", "mlp_ratio", "filter_ratio", "augment", "val_size"}
+OPTIONAL = {
+    "rate",
+    "head_ratio",
+    "mlp_ratio",
+    "filter_ratio",
+    "augment",
+    "val_size",
+    "img_size",
+    "pretrained_file",
+}
 BOOL_FIELDS = {"pretrained", "download", "prune_stem", "amp", "compile", "augment"}
 STR_FIELDS = {
     "model",
+    "pretrained_file",
     "dataset",
     "data_dir",
     "method",

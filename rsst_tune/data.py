@@ -10,7 +10,8 @@
   60/20/20 split (1,077 / 360 / 360).
 * ``synthetic``: class-dependent patterns plus noise, 10 classes, 3x32x32, offline.
 * ``imagefolder``: torchvision ``ImageFolder`` trees ``data_dir/train`` and ``data_dir/val``
-  (and optionally ``data_dir/test``), resized to 32x32 RGB. With a ``test/`` folder the
+  (and optionally ``data_dir/test``), read as RGB resized to the trial's image size (32x32
+  unless ``img_size`` is given). With a ``test/`` folder the
   three folders are the three splits. Without one, ``val/`` is held out as the test split
   and the validation split is carved from ``train/`` with a fixed seed (10 % by default),
   so model selection never sees the test images.
@@ -18,10 +19,17 @@
 Splits never depend on the trial seed. Models receive normalised float input from
 ``DeviceData``, which keeps a split on the device and yields augmented batches with batched
 tensor ops only (random crop through an ``unfold`` window view, flips via ``torch.where``).
+A split stored at another size than ``spec.img_size`` (CIFAR's 32x32 for a model at 224) stays
+at its own size on the device and each batch is resized there, after augmentation (bilinear;
+antialiased when shrinking), so memory does not grow with the image size.
+
+A loader may take ``img_size`` (a keyword-only argument, like ``imagefolder``'s): then
+``load_dataset(..., img_size=N)`` asks it to read its images at that size.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -160,14 +168,37 @@ def list_datasets() -> list[str]:
     return DATASETS.names()
 
 
+def takes_img_size(loader: Callable[..., object]) -> bool:
+    """Whether a dataset loader reads its images at an asked size (an ``img_size`` keyword)."""
+    try:
+        return "img_size" in inspect.signature(loader).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return False
+
+
 def load_dataset(
-    name: str, *, data_dir: str | Path, val_size: int | None = None, download: bool = False
+    name: str,
+    *,
+    data_dir: str | Path,
+    val_size: int | None = None,
+    download: bool = False,
+    img_size: int | None = None,
 ) -> DataBundle:
-    """Load a registered dataset; ``val_size`` overrides its default validation size."""
+    """Load a registered dataset; ``val_size`` overrides its default validation size.
+
+    ``img_size``: loaders that take it read their images at that size (``imagefolder``);
+    the others keep their own size (``DeviceData`` resizes their batches)."""
     loader = DATASETS.get(name)
     if val_size is not None and (isinstance(val_size, bool) or val_size < 1):
         raise ConfigError(f"val_size must be a positive integer, got {val_size!r}")
-    bundle = loader(data_dir=Path(data_dir).expanduser(), val_size=val_size, download=download)
+    if img_size is not None and (isinstance(img_size, bool) or img_size < 1):
+        raise ConfigError(f"img_size must be a positive integer, got {img_size!r}")
+    kwargs: dict[str, object] = {}
+    if img_size is not None and takes_img_size(loader):
+        kwargs["img_size"] = img_size
+    bundle = loader(
+        data_dir=Path(data_dir).expanduser(), val_size=val_size, download=download, **kwargs
+    )
     logger.info(
         "dataset %s: train %d, val %d, test %d",
         name,
@@ -352,13 +383,13 @@ def synthetic(*, data_dir: Path, val_size: int | None, download: bool) -> DataBu
 IMAGEFOLDER_SIZE = 32
 
 
-def _read_folder(root: Path, classes: list[str] | None) -> tuple[Split, list[str]]:
-    """Read an ImageFolder tree into memory, resized to 32x32 RGB."""
+def _read_folder(
+    root: Path, classes: list[str] | None, size: int = IMAGEFOLDER_SIZE
+) -> tuple[Split, list[str]]:
+    """Read an ImageFolder tree into memory, resized to ``size`` x ``size`` RGB."""
     from torchvision import datasets, transforms
 
-    tf = transforms.Compose(
-        [transforms.Resize((IMAGEFOLDER_SIZE, IMAGEFOLDER_SIZE)), transforms.PILToTensor()]
-    )
+    tf = transforms.Compose([transforms.Resize((size, size)), transforms.PILToTensor()])
     try:
         ds = datasets.ImageFolder(str(root), transform=tf)
     except (FileNotFoundError, OSError) as err:
@@ -368,22 +399,26 @@ def _read_folder(root: Path, classes: list[str] | None) -> tuple[Split, list[str
             f"class folders of {root} differ from those of train/: {ds.classes} vs {classes}"
         )
     images = [ds[i][0] for i in range(len(ds))]  # one-off decode at load time, not per batch
-    x = torch.stack(images) if images else torch.zeros(0, 3, IMAGEFOLDER_SIZE, IMAGEFOLDER_SIZE)
+    x = torch.stack(images) if images else torch.zeros(0, 3, size, size)
     return Split(x.to(torch.uint8), torch.as_tensor(ds.targets, dtype=torch.int64)), ds.classes
 
 
 @register_dataset("imagefolder")
-def imagefolder(*, data_dir: Path, val_size: int | None, download: bool) -> DataBundle:
-    """``data_dir/{train,val[,test]}/CLASS/*.jpg`` resized to 32x32 RGB (see module doc)."""
+def imagefolder(
+    *, data_dir: Path, val_size: int | None, download: bool, img_size: int | None = None
+) -> DataBundle:
+    """``data_dir/{train,val[,test]}/CLASS/*.jpg`` resized to ``img_size`` (default 32) RGB,
+    decoded into memory once (see module doc)."""
+    size = IMAGEFOLDER_SIZE if img_size is None else img_size
     for sub in ("train", "val"):
         if not (data_dir / sub).is_dir():
             raise ConfigError(
                 f"image folder dataset needs {data_dir / sub}/ with one folder per class"
             )
-    train, classes = _read_folder(data_dir / "train", None)
-    val, _ = _read_folder(data_dir / "val", classes)
+    train, classes = _read_folder(data_dir / "train", None, size)
+    val, _ = _read_folder(data_dir / "val", classes, size)
     if (data_dir / "test").is_dir():
-        test, _ = _read_folder(data_dir / "test", classes)
+        test, _ = _read_folder(data_dir / "test", classes, size)
         if val_size is not None:
             logger.warning("imagefolder with test/: val_size ignored, val/ is the validation split")
     else:
@@ -391,9 +426,8 @@ def imagefolder(*, data_dir: Path, val_size: int | None, download: bool) -> Data
         n_val = val_size if val_size is not None else max(1, len(train) // 10)
         train, val = split_off(train, n_val)
     mean, std = channel_stats(train.x)
-    spec = DataSpec(
-        "imagefolder", len(classes), 3, IMAGEFOLDER_SIZE, mean, std, crop_padding=4, flip=True
-    )
+    pad = max(1, round(4 * size / IMAGEFOLDER_SIZE))  # CIFAR's 4 px at 32, scaled
+    spec = DataSpec("imagefolder", len(classes), 3, size, mean, std, crop_padding=pad, flip=True)
     return DataBundle(spec, train, val, test)
 
 
@@ -406,12 +440,25 @@ def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
 
 
 class DeviceData:
-    """One split resident on a device, batched with tensor ops only (no DataLoader)."""
+    """One split resident on a device, batched with tensor ops only (no DataLoader).
 
-    def __init__(self, split: Split, spec: DataSpec, device: torch.device | str) -> None:
-        """Copy ``split`` (still uint8) to ``device``; keep mean/std there as [1, C, 1, 1]."""
+    Batches come out at ``spec.img_size``: a split stored at another size is resized on the
+    device, one batch at a time, after augmentation."""
+
+    def __init__(
+        self,
+        split: Split,
+        spec: DataSpec,
+        device: torch.device | str,
+        *,
+        channels_last: bool = False,
+    ) -> None:
+        """Copy ``split`` (still uint8) to ``device``; keep mean/std there as [1, C, 1, 1].
+
+        ``channels_last``: batches come out in channels-last memory format (CNNs on CUDA)."""
         self.spec = spec
         self.device = torch.device(device)
+        self.channels_last = channels_last
         self.x = split.x.to(self.device)
         self.y = split.y.to(self.device)
         self.mean = torch.tensor(spec.mean, dtype=torch.float32, device=self.device).view(
@@ -435,6 +482,26 @@ class DeviceData:
     def normalise(self, x: Tensor) -> Tensor:
         """uint8 images to float32, scaled to 0..1 and normalised with the spec's mean/std."""
         return x.float().div_(255.0).sub_(self.mean).div_(self.std)
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        """(height, width) of the images as held on the device."""
+        return int(self.x.shape[-2]), int(self.x.shape[-1])
+
+    def to_model_input(self, x: Tensor) -> Tensor:
+        """uint8 images as the model takes them: normalised, at ``spec.img_size`` (bilinear
+        resize on the device when the stored size differs; antialiased when shrinking), in
+        channels-last memory format if asked."""
+        out = self.normalise(x)
+        size = self.spec.img_size
+        if self.stored_size != (size, size):
+            shrink = min(self.stored_size) > size
+            out = F.interpolate(
+                out, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
+            )
+        if self.channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
 
     def augment(self, x: Tensor, generator: torch.Generator) -> Tensor:
         """Random crop (padding ``spec.crop_padding``) and, if ``spec.flip``, random h-flips."""
@@ -469,7 +536,7 @@ class DeviceData:
             xb = self.x[idx]
             if augment:
                 xb = self.augment(xb, generator)
-            yield self.normalise(xb), self.y[idx]
+            yield self.to_model_input(xb), self.y[idx]
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """The split in order, normalised, without augmentation."""
@@ -477,4 +544,4 @@ class DeviceData:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
         for start in range(0, len(self), batch_size):
             stop = start + batch_size
-            yield self.normalise(self.x[start:stop]), self.y[start:stop]
+            yield self.to_model_input(self.x[start:stop]), self.y[start:stop]

@@ -1,11 +1,17 @@
 """What a trial builds once before its first state: device, data, model, structure, costs.
 
 `build_setup(cfg, data=None) -> TrialSetup`. Bad input fails here, before any training: an
+image size the model cannot take, a `pretrained_file` that is missing or does not fit, an
 unprunable model/target, a rate that would remove every weight, a method that needs `rate`.
+
+The trial's input: `cfg.img_size`, else the model's default (a `timm:` model's pretrained
+input size; the dataset's size for the built-in models). `setup.spec` is the dataset's spec at
+that size, with the mean/std of the timm model's data config where it has one per channel.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +23,13 @@ from rsst_tune.config import KIND_RATIO, TrialConfig
 from rsst_tune.data import DataBundle, DataSpec, DeviceData, load_dataset
 from rsst_tune.device import amp_dtype, can_compile, resolve_device
 from rsst_tune.errors import ConfigError
-from rsst_tune.models import create_model
+from rsst_tune.models import (
+    check_img_size,
+    create_model,
+    default_img_size,
+    input_stats,
+    load_pretrained_file,
+)
 from rsst_tune.pruning.cost import CostModel, count_params
 from rsst_tune.pruning.criteria import Criterion, get_criterion
 from rsst_tune.pruning.methods import Method, get_method
@@ -36,7 +48,7 @@ class TrialSetup:
     amp: torch.dtype | None
     method: Method
     criterion: Criterion
-    spec: DataSpec
+    spec: DataSpec  # the trial's input: the dataset's spec at the trial's size and mean/std
     train_data: DeviceData
     val_data: DeviceData
     test_data: DeviceData
@@ -54,21 +66,23 @@ def build_setup(cfg: TrialConfig, data: DataBundle | None = None) -> TrialSetup:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)  # per trial: one trial at a time per process
     device = resolve_device(cfg.device)
+    asked = cfg.img_size or default_img_size(cfg.model)
     bundle = data or load_dataset(
-        cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, download=cfg.download
+        cfg.dataset,
+        data_dir=cfg.data_dir,
+        val_size=cfg.val_size,
+        download=cfg.download,
+        img_size=asked,
     )
-    spec = bundle.spec
-    train, val, test = (
-        DeviceData(s, spec, device) for s in (bundle.train, bundle.val, bundle.test)
-    )
+    img_size = asked or bundle.spec.img_size
     torch.manual_seed(cfg.seed)
-    model = create_model(
-        cfg.model,
-        num_classes=spec.num_classes,
-        in_chans=spec.in_chans,
-        img_size=spec.img_size,
-        pretrained=cfg.pretrained,
-    ).to(device)
+    model, spec = _build_model(cfg, bundle.spec, img_size)
+    model.to(device)
+    cnn_on_cuda = device.type == "cuda" and _has_convs(model) and patch_free(model)
+    train, val, test = (
+        DeviceData(s, spec, device, channels_last=cnn_on_cuda)
+        for s in (bundle.train, bundle.val, bundle.test)
+    )
     example = next(val.eval_batches(2))[0]
     structure = find_structure(
         model, target=cfg.target, prune_stem=cfg.prune_stem, example_input=example
@@ -79,7 +93,7 @@ def build_setup(cfg: TrialConfig, data: DataBundle | None = None) -> TrialSetup:
     method = get_method(cfg.method)
     rate = cfg.effective_rate(structure.kinds)
     _check_prunable(cfg, model, structure, method, rate)
-    if device.type == "cuda" and structure.by_kind("filter"):
+    if cnn_on_cuda:
         model.to(memory_format=torch.channels_last)  # faster convs on tensor cores
     forward: Callable[[Tensor], Tensor] = model
     if cfg.compile and can_compile(device):
@@ -102,6 +116,54 @@ def build_setup(cfg: TrialConfig, data: DataBundle | None = None) -> TrialSetup:
         dense_params=count_params(model),
         rate=rate,
     )
+
+
+def _build_model(cfg: TrialConfig, spec: DataSpec, img_size: int) -> tuple[nn.Module, DataSpec]:
+    """The model at ``img_size`` (checked to take it), its weights from ``pretrained_file``
+    when given, and the trial's data spec (the size, and the timm model's mean/std)."""
+
+    def build(size: int, pretrained: bool = False) -> nn.Module:
+        return create_model(
+            cfg.model,
+            num_classes=spec.num_classes,
+            in_chans=spec.in_chans,
+            img_size=size,
+            pretrained=pretrained,
+        )
+
+    # a timm model with no size asked is built at its default (the size asked of the data)
+    model = build(img_size, cfg.pretrained and cfg.pretrained_file is None)
+    check_img_size(model, cfg.model, img_size, spec.in_chans, build)
+    if cfg.pretrained_file is not None:
+        load_pretrained_file(model, cfg.pretrained_file, name=cfg.model)
+    stats = input_stats(cfg.model, model, spec.in_chans)
+    mean, std = stats if stats is not None else (spec.mean, spec.std)
+    if (img_size, mean, std) != (spec.img_size, spec.mean, spec.std):
+        log.info(
+            "%s input: %dx%d (data %dx%d), mean %s, std %s",
+            cfg.model,
+            img_size,
+            img_size,
+            spec.img_size,
+            spec.img_size,
+            _fmt(mean),
+            _fmt(std),
+        )
+    return model, dataclasses.replace(spec, img_size=img_size, mean=mean, std=std)
+
+
+def _fmt(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+def _has_convs(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def patch_free(model: nn.Module) -> bool:
+    """Whether the model is a CNN rather than a patch-embedding transformer (whose single
+    patch convolution gains nothing from channels_last)."""
+    return getattr(model, "patch_embed", None) is None
 
 
 def _check_prunable(

@@ -292,6 +292,10 @@ BAD_INPUT = [
     (["--epochs", "-3"], ["epochs"]),
     (["--pruning_times", "0"], ["pruning_times"]),
     (["--target", "head", "--head_ratio", "0.25", "--min_units", "4"], ["min_units"]),
+    (["--img-size", "0"], ["img_size", "[1, 4096]"]),
+    (["--img_size", "13"], ["patch size 2", "12 or 14"]),
+    (["--model", "timm:deit_tiny_patch16_224", "--img_size", "8"], ["multiples", "16"]),
+    (["--pretrained_file", "no/such/weights.pt"], ["pretrained_file", "not found"]),
 ]
 
 

@@ -135,6 +135,8 @@ def _other_value(cfg: TrialConfig, name: str) -> object:
         "extra": {"a": 1},
         "augment": True,
         "val_size": 100,
+        "img_size": 16,
+        "pretrained_file": "weights.pt",
         "device": "cpu",
         "lr_schedule": "constant",
         "data_dir": "elsewhere",

@@ -219,7 +219,8 @@ def _create_timm(
             raise
         raise ConfigError(
             f"could not load pretrained weights for timm model {timm_name!r} "
-            f"({_first_line(err)}); is the machine offline? pass pretrained=False"
+            f"({_first_line(err)}); is the machine offline? pass pretrained_file=PATH with "
+            f"the weights fetched elsewhere (docs/data.md), or pretrained=False"
         ) from err
     assert isinstance(model, nn.Module)
     return model

@@ -33,9 +33,14 @@ def build_vit(
 ) -> VisionTransformer:
     """A timm ``VisionTransformer`` with a class token, qkv bias and dropout 0."""
     if img_size % patch_size:
+        below, above = (
+            (img_size // patch_size) * patch_size,
+            (img_size // patch_size + 1) * patch_size,
+        )
+        near = f"{below} or {above}" if below else f"{above}"
         raise ConfigError(
-            f"model {name!r} needs an image size divisible by its patch size {patch_size}, "
-            f"got {img_size}"
+            f"model {name!r} needs an image size divisible by its patch size {patch_size} "
+            f"(valid sizes: multiples of {patch_size}, e.g. {near}), got {img_size}"
         )
     return VisionTransformer(
         img_size=img_size,
