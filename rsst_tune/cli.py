@@ -4,7 +4,7 @@
     rsst-tune run --arch vit_tiny --struct rsst   the same, with the research code's flag names
     rsst-tune tune --space vit_head_mlp           a Ray Tune + Optuna sweep (also tune_main.py)
     rsst-tune report EXPERIMENT_DIR               the best-config report of a sweep
-    rsst-tune export CHECKPOINT --out DIR         a physically pruned model
+    rsst-tune export CHECKPOINT --out DIR         a physically pruned model (--onnx: and ONNX)
 
 Bad input is one line on stderr and exit status 2, without a traceback, and nothing is
 written. A run whose training diverges (NaN or infinite loss) is one line and exit status 1;
@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="physically remove pruned units from a checkpoint",
         description="Write DIR/model.pt (the physically pruned ticket) and DIR/export.json "
-        "(params, MACs, the equivalence check, dense vs pruned latency).",
+        "(params, MACs, the equivalence check, dense vs pruned latency); with --onnx also "
+        "DIR/model.onnx, checked and timed in onnxruntime.",
     )
     export.add_argument("checkpoint", help="a state_XX.pt written by `rsst-tune run`")
     export.add_argument("--out", required=True, help="directory for the exported model")
@@ -187,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="timed runs per model and batch size (median and IQR; default 11)",
     )
     export.add_argument("--no-measure", action="store_true", help="skip the latency measurement")
+    export.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write DIR/model.onnx (dynamic batch axis), check onnxruntime's outputs "
+        "against PyTorch's (max abs diff <= 1e-4) and time it in onnxruntime on CPU; exit "
+        "status 1 when no usable ONNX file could be written",
+    )
     return parser
 
 
@@ -217,8 +225,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             measure=not args.no_measure,
             repeats=args.repeats,
             overwrite=args.overwrite,
+            onnx=args.onnx,
         )
         print(report.table())
+        if report.onnx_error is not None:
+            print(f"rsst-tune: error: {_one_line(report.onnx_error)}", file=sys.stderr)
+            return 1
         return 0
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)

@@ -6,7 +6,8 @@
 `export_checkpoint` slices the checkpoint's evaluated ticket (`rsst_tune.pruning.slicing`),
 checks the outputs, counts params and MACs, times dense against pruned (`rsst_tune.latency`,
 unless `measure=False`), and writes DIR/model.pt (`rsst_tune.pruning.exported`) and
-DIR/export.json (`report.to_dict()`). It prints nothing; the CLI prints `report.table()`.
+DIR/export.json (`report.to_dict()`); with `onnx=True` also DIR/model.onnx, checked and
+timed in onnxruntime (`rsst_tune.onnx_export`). It prints nothing; the CLI prints `report.table()`.
 `ExportReport.from_dict(json.loads(...))` reads a recorded export.json back unchanged, so a
 report can show the numbers measured once instead of timing the model again.
 """
@@ -14,8 +15,10 @@ report can show the numbers measured once instead of timing the model again.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,7 @@ from rsst_tune import checkpoint as ckpt
 from rsst_tune import fileio
 from rsst_tune.errors import ConfigError
 from rsst_tune.latency import Latency, compare_latency
+from rsst_tune.onnx_export import ONNX_FILE, OnnxCheck, OnnxError, OnnxMismatch
 from rsst_tune.pruning.exported import load_call, save_exported
 from rsst_tune.pruning.slicing import ATOL, LayerReport, export_model
 
@@ -72,6 +76,26 @@ class ExportReport:
     input_shape: tuple[int, ...]  # one input, without the batch dimension
     input_mean: tuple[float, ...]  # the model takes inputs normalised with these
     input_std: tuple[float, ...]
+    # ONNX (`onnx=True`); None / empty where it was not asked for or not measured
+    onnx: OnnxCheck | None = None  # the pruned model's file and its onnxruntime check
+    onnx_error: str | None = None  # why no usable model.onnx was written (it was asked for)
+    onnx_dense_params: int | None = None  # weights in the dense model's ONNX (when measured)
+    onnx_latency: tuple[Latency, ...] = ()  # onnxruntime CPU, dense vs pruned ONNX
+    onnx_threads: int | None = None  # onnxruntime intra-op threads (= torch's)
+
+    @property
+    def onnx_file(self) -> str | None:
+        """The ONNX file written and verified, or None."""
+        if self.onnx is None or self.onnx_error is not None or not self.onnx.ok:
+            return None
+        return self.onnx.file
+
+    def onnx_vs_torch(self, lat: Latency) -> float | None:
+        """onnxruntime's pruned ms / PyTorch's pruned ms on CPU at `lat`'s batch size."""
+        torch_cpu = [t for t in self.latency if t.device == "cpu" and t.batch == lat.batch]
+        if not torch_cpu or torch_cpu[0].pruned_ms <= 0:
+            return None
+        return lat.pruned_ms / torch_cpu[0].pruned_ms
 
     @property
     def params_fraction(self) -> float:
@@ -147,6 +171,26 @@ class ExportReport:
                 "mean": list(self.input_mean),
                 "std": list(self.input_std),
             },
+            "onnx": self._onnx_dict(),
+        }
+
+    def _onnx_dict(self) -> dict[str, Any] | None:
+        if self.onnx is None and self.onnx_error is None:
+            return None
+        return {
+            "file": self.onnx_file,
+            "check": None if self.onnx is None else self.onnx.to_dict(),
+            "ok": self.onnx_file is not None,
+            "error": self.onnx_error,
+            "params": {
+                "dense": self.onnx_dense_params,
+                "pruned": None if self.onnx is None else self.onnx.params,
+            },
+            "threads": self.onnx_threads,
+            "latency": [
+                {**lat.to_dict(), "runtime": "onnxruntime", "vs_torch": self.onnx_vs_torch(lat)}
+                for lat in self.onnx_latency
+            ],
         }
 
     @classmethod
@@ -178,6 +222,7 @@ class ExportReport:
                 input_shape=tuple(int(v) for v in inp["shape"]),
                 input_mean=tuple(float(v) for v in inp["mean"]),
                 input_std=tuple(float(v) for v in inp["std"]),
+                **_onnx_fields(data.get("onnx")),  # absent in records before ONNX
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"incomplete export record: {exc!r}") from None
@@ -217,7 +262,63 @@ class ExportReport:
             f"difference {self.max_abs_diff:.2e} (<= {self.atol:g})",
             f"load with: {self.load}",
         ]
+        if self.onnx is not None or self.onnx_error is not None:
+            lines += ["", *self.onnx_lines()]
         return "\n".join(lines)
+
+    def onnx_lines(self) -> list[str]:
+        """The ONNX part of `table()`: the file, its check, onnxruntime's latency."""
+        check = self.onnx
+        if check is not None and self.onnx_file is not None:
+            dense = "" if self.onnx_dense_params is None else f"{self.onnx_dense_params:,} -> "
+            lines = [
+                f"ONNX: {check.file} (opset {check.opset}, dynamic batch axis; weights "
+                f"{dense}{check.params:,}; exported in {check.export_s:.1f}s)",
+                f"onnxruntime vs PyTorch: max abs difference {check.max_abs_diff:.2e} "
+                f"(<= {check.atol:g}) on a batch of {check.check_batch} "
+                f"(exported with {check.export_batch})",
+            ]
+        else:
+            lines = [f"ONNX not written: {self.onnx_error or 'unknown reason'}"]
+        if self.onnx_latency:
+            lines.append(
+                f"{'onnxruntime':<12}{'batch':>6}{'dense ms (IQR)':>20}{'pruned ms (IQR)':>20}"
+                f"{'speed-up':>10}{'vs torch':>10}"
+            )
+            for lat in self.onnx_latency:
+                ratio = self.onnx_vs_torch(lat)
+                lines.append(
+                    f"{'cpu':<12}{lat.batch:>6}"
+                    f"{fmt_ms(lat.dense_ms, lat.dense_iqr_ms):>20}"
+                    f"{fmt_ms(lat.pruned_ms, lat.pruned_iqr_ms):>20}"
+                    f"{lat.speedup:>9.2f}x"
+                    f"{'-' if ratio is None else f'{ratio:.2f}x':>10}"
+                )
+            lines.append(
+                f"onnxruntime CPUExecutionProvider, {self.onnx_threads} intra-op thread(s); "
+                "vs torch = onnxruntime pruned ms / PyTorch pruned ms on CPU"
+            )
+        elif check is not None and self.onnx_file is not None:
+            lines.append("onnxruntime latency not measured")
+        return lines
+
+
+def _onnx_fields(onnx: Mapping[str, Any] | None) -> dict[str, Any]:
+    """ExportReport's ONNX fields from export.json's `onnx` (None: ONNX not asked for)."""
+    if onnx is None:
+        return {}
+
+    def opt_int(value: Any) -> int | None:
+        return None if value is None else int(value)
+
+    check = onnx["check"]
+    return {
+        "onnx": None if check is None else OnnxCheck.from_dict(check),
+        "onnx_error": None if onnx["error"] is None else str(onnx["error"]),
+        "onnx_dense_params": opt_int(onnx["params"]["dense"]),
+        "onnx_latency": tuple(Latency.from_dict(lat) for lat in onnx["latency"]),
+        "onnx_threads": opt_int(onnx["threads"]),
+    }
 
 
 def fmt_ms(median: float, spread: float) -> str:
@@ -250,6 +351,7 @@ def export_checkpoint(
     repeats: int = 11,
     warmup: int = 3,
     overwrite: bool = False,
+    onnx: bool = False,
 ) -> ExportReport:
     """Export a state checkpoint's ticket to `out_dir`/model.pt and record `out_dir`/export.json.
 
@@ -258,6 +360,12 @@ def export_checkpoint(
     batch size, and on `device` too when it is not the CPU. A bad checkpoint, a device that
     is not there, an `out_dir` that is a file or not writable, or one that already holds an
     export (unless `overwrite`) is a one-line ConfigError, raised before anything is written.
+
+    With `onnx`, the pruned model is also written as `out_dir`/model.onnx (`write_onnx`:
+    dynamic batch axis, onnxruntime's outputs checked against PyTorch's on the 64-input check
+    batch) and, with `measure`, dense and pruned ONNX are timed in onnxruntime on CPU (the
+    dense ONNX only in a temporary directory). An ONNX failure does not raise: the report's
+    `onnx_error` says why, no model.onnx is kept, and the rest of the export stands.
     """
     from rsst_tune.device import resolve_device
     from rsst_tune.pruning.cost import CostModel, count_params
@@ -296,6 +404,7 @@ def export_checkpoint(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot create it ({exc.strerror or exc})") from None
+    (out / ONNX_FILE).unlink(missing_ok=True)  # an earlier export's (only with `overwrite`)
     save_exported(
         result,
         model_path,
@@ -327,10 +436,67 @@ def export_checkpoint(
         input_mean=tuple(float(v) for v in spec.mean),
         input_std=tuple(float(v) for v in spec.std),
     )
+    if onnx:
+        pruned_cpu = (
+            result.model if dev.type == "cpu" else _copy_to(result.model, torch.device("cpu"))
+        )
+        onnx_fields = _onnx_export(
+            model,
+            pruned_cpu,
+            batch,
+            out / ONNX_FILE,
+            sample,
+            batch_sizes if measure else (),
+            repeats=repeats,
+            warmup=warmup,
+        )
+        report = dataclasses.replace(report, **onnx_fields)
     text = json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"
     fileio.write_text(out / REPORT_FILE, text)  # last: a record exists only when complete
     log.debug("exported %s to %s", checkpoint, model_path)
     return report
+
+
+def _onnx_export(
+    dense: nn.Module,
+    pruned: nn.Module,
+    batch: torch.Tensor,
+    path: Path,
+    sample: Sequence[int],
+    batch_sizes: Sequence[int],
+    *,
+    repeats: int,
+    warmup: int,
+) -> dict[str, Any]:
+    """ExportReport's ONNX fields: write and check `path`; time dense vs pruned ONNX at
+    `batch_sizes` (none: not timed). Failures become `onnx_error`; nothing raises."""
+    from rsst_tune.errors import describe_exception
+    from rsst_tune.onnx_export import onnx_latency, write_onnx
+
+    threads = torch.get_num_threads()
+    fields: dict[str, Any] = {"onnx_threads": threads}
+    try:
+        fields["onnx"] = write_onnx(pruned, batch[:2], path, check=batch)
+    except OnnxMismatch as exc:
+        log.warning("ONNX export refused: %s", exc)
+        return {**fields, "onnx": exc.check, "onnx_error": str(exc)}
+    except (OnnxError, ValueError, RuntimeError) as exc:
+        log.warning("ONNX export failed: %s", exc)
+        return {**fields, "onnx_error": describe_exception(exc)}
+    if not batch_sizes:
+        return fields
+    from rsst_tune.onnx_export import export_onnx
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="rsst-tune-onnx-") as tmp:
+            dense_path = Path(tmp) / "dense.onnx"
+            fields["onnx_dense_params"] = export_onnx(dense, batch[:2], dense_path)
+            fields["onnx_latency"] = tuple(
+                onnx_latency(dense_path, path, sample, batch_sizes, repeats=repeats, warmup=warmup)
+            )
+    except (OnnxError, RuntimeError) as exc:  # the pruned file stands; only the timing is lost
+        log.warning("onnxruntime latency not measured: %s", exc)
+    return fields
 
 
 def check_out_dir(out: Path, *, overwrite: bool = False) -> None:
@@ -340,7 +506,7 @@ def check_out_dir(out: Path, *, overwrite: bool = False) -> None:
 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a directory")
-    held = [name for name in (MODEL_FILE, REPORT_FILE) if (out / name).exists()]
+    held = [name for name in (MODEL_FILE, REPORT_FILE, ONNX_FILE) if (out / name).exists()]
     if held and not overwrite:
         raise ConfigError(
             f"--out {out} already holds an export ({', '.join(held)}); pass --overwrite to "

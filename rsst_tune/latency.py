@@ -7,6 +7,9 @@ timed runs (their interquartile range). Every run is under `torch.inference_mode
 mode, after a warm-up; on CUDA the device is synchronised before and after each timed run (and
 nowhere else). A run repeats the forward enough times to last at least `min_run_s`, so batch-1
 timings are not dominated by timer noise.
+
+`compare_forwards` is the same measurement for any two callables that take a batch tensor,
+e.g. onnxruntime sessions (`rsst_tune.onnx_export.onnx_latency`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -26,7 +29,9 @@ from rsst_tune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Latency", "compare_latency", "iqr", "time_forward"]
+__all__ = ["Forward", "Latency", "compare_forwards", "compare_latency", "iqr", "time_forward"]
+
+Forward = Callable[[Tensor], object]  # a model, or anything else that runs a batch
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def time_forward(model: nn.Module, x: Tensor, inner: int) -> float:
+def time_forward(model: Forward, x: Tensor, inner: int) -> float:
     """Seconds per forward of `model(x)`, averaged over `inner` forwards (one timed run)."""
     device = x.device
     _sync(device)
@@ -109,7 +114,8 @@ def compare_latency(
     warmup: int = 3,
     min_run_s: float = 0.02,
 ) -> list[Latency]:
-    """Latency of `dense` and `pruned` on `device` at each batch size (models are not moved).
+    """Latency of `dense` and `pruned` on `device` at each batch size (models are not moved),
+    in eval mode under `torch.inference_mode()`.
 
     `sample_shape` is one input's shape without the batch dimension, e.g. (3, 32, 32).
     """
@@ -118,35 +124,62 @@ def compare_latency(
     modes = (dense.training, pruned.training)
     dense.eval()
     pruned.eval()
-    gen = torch.Generator().manual_seed(0)
-    out: list[Latency] = []
     try:
         with torch.inference_mode():
-            for batch in batch_sizes:
-                x = torch.randn(batch, *sample_shape, generator=gen).to(device)
-                for _ in range(warmup):
-                    time_forward(dense, x, 1)
-                    time_forward(pruned, x, 1)
-                single = time_forward(dense, x, 1)
-                inner = max(1, math.ceil(min_run_s / max(single, 1e-9)))
-                d_times: list[float] = []
-                p_times: list[float] = []
-                for _ in range(repeats):
-                    d_times.append(time_forward(dense, x, inner))
-                    p_times.append(time_forward(pruned, x, inner))
-                lat = Latency(
-                    device=str(device),
-                    batch=batch,
-                    dense_ms=1e3 * statistics.median(d_times),
-                    pruned_ms=1e3 * statistics.median(p_times),
-                    dense_iqr_ms=1e3 * iqr(d_times),
-                    pruned_iqr_ms=1e3 * iqr(p_times),
-                    repeats=repeats,
-                    inner=inner,
-                )
-                log.debug("latency %s", lat)
-                out.append(lat)
+            return compare_forwards(
+                dense,
+                pruned,
+                sample_shape,
+                device,
+                batch_sizes,
+                repeats=repeats,
+                warmup=warmup,
+                min_run_s=min_run_s,
+            )
     finally:
         dense.train(modes[0])
         pruned.train(modes[1])
+
+
+def compare_forwards(
+    dense: Forward,
+    pruned: Forward,
+    sample_shape: Sequence[int],
+    device: torch.device,
+    batch_sizes: Sequence[int] = (1, 64),
+    *,
+    repeats: int = 11,
+    warmup: int = 3,
+    min_run_s: float = 0.02,
+) -> list[Latency]:
+    """`compare_latency`'s measurement for two callables taking a batch on `device` (no mode
+    is set: the caller chooses eval mode, inference mode, or another runtime altogether)."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    gen = torch.Generator().manual_seed(0)
+    out: list[Latency] = []
+    for batch in batch_sizes:
+        x = torch.randn(batch, *sample_shape, generator=gen).to(device)
+        for _ in range(warmup):
+            time_forward(dense, x, 1)
+            time_forward(pruned, x, 1)
+        single = time_forward(dense, x, 1)
+        inner = max(1, math.ceil(min_run_s / max(single, 1e-9)))
+        d_times: list[float] = []
+        p_times: list[float] = []
+        for _ in range(repeats):
+            d_times.append(time_forward(dense, x, inner))
+            p_times.append(time_forward(pruned, x, inner))
+        lat = Latency(
+            device=str(device),
+            batch=batch,
+            dense_ms=1e3 * statistics.median(d_times),
+            pruned_ms=1e3 * statistics.median(p_times),
+            dense_iqr_ms=1e3 * iqr(d_times),
+            pruned_iqr_ms=1e3 * iqr(p_times),
+            repeats=repeats,
+            inner=inner,
+        )
+        log.debug("latency %s", lat)
+        out.append(lat)
     return out

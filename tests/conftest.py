@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -101,3 +102,43 @@ def digits_batches(digits_small: DataBundle) -> list[tuple[torch.Tensor, torch.T
 
     dd = DeviceData(digits_small.train, digits_small.spec, "cpu")
     return [(x, y) for x, y in list(dd.eval_batches(32))[:2]]
+
+
+def pruned_checkpoint(out: Path, data: DataBundle, **overrides: Any) -> Path:
+    """The last state checkpoint (state_01.pt) of a tiny real prune run on digits: CPU, one
+    epoch per state, two states; `overrides` set the model and the ratios."""
+    from rsst_tune.checkpoint import state_file
+    from rsst_tune.loop import PruneLoop
+
+    cfg = TrialConfig.from_dict(
+        {
+            **FAST,
+            "dataset": "digits",
+            "method": "refill",
+            "pruning_times": 2,
+            "score_batches": 1,
+            **overrides,
+        }
+    )
+    PruneLoop(cfg, out, data=data).run()
+    return out / state_file(1)
+
+
+@pytest.fixture(scope="session")
+def vit_ticket(tmp_path_factory: pytest.TempPathFactory, digits_small: DataBundle) -> Path:
+    """vit_digits after a real Refill run: 1 of 4 heads and half the MLP neurons pruned."""
+    return pruned_checkpoint(
+        tmp_path_factory.mktemp("vit_run"),
+        digits_small,
+        model="vit_digits",
+        head_ratio=0.25,
+        mlp_ratio=0.5,
+    )
+
+
+@pytest.fixture(scope="session")
+def resnet_ticket(tmp_path_factory: pytest.TempPathFactory, digits_small: DataBundle) -> Path:
+    """resnet20 after a real Refill run: half the filters pruned (removable ones sliced)."""
+    return pruned_checkpoint(
+        tmp_path_factory.mktemp("resnet_run"), digits_small, model="resnet20", filter_ratio=0.5
+    )

@@ -11,14 +11,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from rsst_tune.checkpoint import state_file
 from rsst_tune.cli import main as cli_main
-from rsst_tune.config import TrialConfig
-from rsst_tune.data import DataBundle
 from rsst_tune.errors import ConfigError
 from rsst_tune.export import MODEL_FILE, REPORT_FILE, ExportReport, export_checkpoint, read_report
 from rsst_tune.latency import Latency, compare_latency, iqr
-from rsst_tune.loop import PruneLoop
 from rsst_tune.models import create_model
 from rsst_tune.pruning.cost import CostModel, count_params
 from rsst_tune.pruning.exported import EXPORT_FORMAT, load_exported, save_exported
@@ -246,29 +242,11 @@ def test_latency_reports_median_and_spread(masked_vit: tuple[nn.Module, Structur
 
 
 # --------------------------------------------------------------------------- the command
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory, digits_small: DataBundle) -> Path:
-    """The last state of a tiny real Refill run on digits (1 of 4 heads, half the MLP)."""
-    out = tmp_path_factory.mktemp("run")
-    cfg = TrialConfig.from_dict(
-        dict(
-            model="vit_digits",
-            dataset="digits",
-            method="refill",
-            epochs=1,
-            pruning_times=2,
-            head_ratio=0.25,
-            mlp_ratio=0.5,
-            device="cpu",
-            amp=False,
-            augment=False,
-            warmup_epochs=0.0,
-            score_batches=1,
-            eval_batch_size=512,
-        )
-    )
-    PruneLoop(cfg, out, data=digits_small).run()
-    return out / state_file(1)
+@pytest.fixture
+def checkpoint(vit_ticket: Path) -> Path:
+    """The last state of a tiny real Refill run on digits (1 of 4 heads, half the MLP;
+    conftest's `vit_ticket`, shared with tests/test_onnx.py)."""
+    return vit_ticket
 
 
 def test_export_checkpoint_returns_what_export_json_holds(checkpoint: Path, tmp_path: Path) -> None:

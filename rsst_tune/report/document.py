@@ -92,6 +92,18 @@ img{max-width:100%;border:1px solid #dee2e6;margin:.5em 0}
 _INLINE_CODE = re.compile(r"`([^`]+)`")
 
 
+# A table cell that is exactly one relative Markdown link, `[text](path)` (e.g. the export
+# table's model.onnx), becomes a link in HTML too; any other cell is plain text.
+_CELL_LINK = re.compile(r"\[([^\]]+)\]\(([\w./-]+)\)")
+
+
+def _html_cell(text: str) -> str:
+    m = _CELL_LINK.fullmatch(text)
+    if m is None or m.group(2).startswith("/") or ".." in m.group(2).split("/"):
+        return html.escape(text)
+    return f'<a href="{html.escape(m.group(2))}">{html.escape(m.group(1))}</a>'
+
+
 def _html_inline(text: str) -> str:
     return _INLINE_CODE.sub(r"<code>\1</code>", html.escape(text))
 
@@ -121,7 +133,7 @@ def to_html(blocks: Sequence[Block], title: str) -> str:
         elif isinstance(b, Table):
             head = "".join(f"<th>{html.escape(h)}</th>" for h in b.headers)
             body = "".join(
-                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                "<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>"
                 for row in b.rows
             )
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")

@@ -10,16 +10,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from rsst_tune.tune.records import Experiment
-
-if TYPE_CHECKING:
-    from rsst_tune.export import ExportReport
-
+from typing import Any
 
 from rsst_tune.report.document import Block, Code, Heading, Image, Para, Table
-from rsst_tune.report.exports import distinct_bests, export_name, read_export
+
+# the export table lives with the exports (re-exported for files.py and the package)
+from rsst_tune.report.exports import export_blocks as export_blocks
+from rsst_tune.report.exports import fmt_latency as fmt_latency
 from rsst_tune.report.select import (
     BUDGETS,
     DEFAULT_BUDGET,
@@ -39,6 +36,7 @@ from rsst_tune.report.select import (
     status_counts,
     ticket_front,
 )
+from rsst_tune.tune.records import Experiment
 
 log = logging.getLogger(__name__)
 
@@ -619,77 +617,6 @@ def trials_blocks(experiment: Experiment) -> list[Block]:
                 "MACs %",
                 "params %",
                 "error",
-            ),
-            tuple(rows),
-        ),
-    ]
-
-
-def fmt_latency(median_ms: float, iqr_ms: float) -> str:
-    """`1.130 (IQR 0.021)`: the median of the timed runs and their interquartile range."""
-    return f"{median_ms:.3f} (IQR {iqr_ms:.3f})"
-
-
-def export_rows(
-    ticket: Ticket, budgets: Sequence[float | None], record: ExportReport | str
-) -> list[tuple[str, ...]]:
-    """One row per measured device and batch size of a ticket (one row when there is none)."""
-    where = export_name(ticket)
-    head = (ticket.label, "; ".join(budget_label(b) for b in budgets))
-    if isinstance(record, str):
-        return [(*head, record, *[DASH] * 5, DASH)]
-    ratio = f"{record.mac_ratio:.2f}x"
-    if not record.latency:
-        return [(*head, "latency not measured", *[DASH] * 4, ratio, where)]
-    return [
-        (
-            *head,
-            lat.device,
-            str(lat.batch),
-            fmt_latency(lat.dense_ms, lat.dense_iqr_ms),
-            fmt_latency(lat.pruned_ms, lat.pruned_iqr_ms),
-            f"{lat.speedup:.2f}x",
-            ratio,
-            where,
-        )
-        for lat in record.latency
-    ]
-
-
-def export_blocks(bests: Mapping[float | None, Ticket | None], out_dir: Path) -> list[Block]:
-    """The recorded latency of the physically pruned best tickets, beside their MAC ratio."""
-    tickets = distinct_bests(bests)
-    if not tickets:
-        return []
-    rows: list[tuple[str, ...]] = []
-    repeats: set[int] = set()
-    for ticket, budgets in tickets:
-        record = read_export(ticket, out_dir)
-        if not isinstance(record, str):
-            repeats.update(lat.repeats for lat in record.latency)
-        rows += export_rows(ticket, budgets, record)
-    runs = "/".join(str(r) for r in sorted(repeats)) or "the"
-    return [
-        Heading("Physically pruned best tickets"),
-        Para(
-            "Each best ticket is exported and timed once, when the sweep ends (again with "
-            "`rsst-tune report DIR --measure`): pruned heads, neurons and filters sliced out, "
-            "outputs checked against the masked model (max abs diff <= 1e-4). Latency is in "
-            f"ms per forward, as recorded then: the median of {runs} timed runs per model "
-            "(dense and pruned alternating) and their interquartile range. Load one with "
-            "`rsst_tune.pruning.exported.load_exported('best_exports/<ticket>/model.pt')`."
-        ),
-        Table(
-            (
-                "ticket",
-                "best at",
-                "device",
-                "batch",
-                "dense ms",
-                "pruned ms",
-                "speed-up",
-                "MAC ratio",
-                "export",
             ),
             tuple(rows),
         ),
