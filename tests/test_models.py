@@ -226,3 +226,117 @@ def test_user_registered_model() -> None:
     finally:
         unregister_model("test_user_mlp")
     assert not is_registered("test_user_mlp") and not is_registered("test_user_mlp_alias")
+
+
+# ----------------------------------------------------------------------------- pretrained_file
+# timm's tiny `test_vit` (patch 16, width 64, depth 6, 2 heads), built with explicit kwargs:
+# no download, no hub (HF_HUB_OFFLINE=1 in these tests).
+TINY_VIT = dict(num_classes=10, in_chans=1, img_size=32)
+VIT_TRIAL = dict(
+    model="timm:test_vit", dataset="digits", img_size=32, device="cpu", amp=False, epochs=1
+)
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _tiny_vit(seed: int = 1, **kwargs: object) -> nn.Module:
+    import timm
+
+    torch.manual_seed(seed)
+    return timm.create_model("test_vit", pretrained=False, **{**TINY_VIT, **kwargs})
+
+
+def _setup(tmp_path, digits_small, **kwargs: object):  # type: ignore[no-untyped-def]
+    from rsst_tune.config import TrialConfig
+    from rsst_tune.trial_setup import build_setup
+
+    return build_setup(TrialConfig(**{**VIT_TRIAL, **kwargs}), digits_small)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".safetensors"])
+def test_pretrained_file_loads_a_tiny_timm_vit(
+    tmp_path, digits_small, offline, suffix: str
+) -> None:
+    """Weights saved from a tiny timm ViT start the trial's model, bit for bit."""
+    src = _tiny_vit()
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(src.state_dict(), str(path))
+    else:
+        torch.save(src.state_dict(), path)
+    model = _setup(tmp_path, digits_small, pretrained_file=str(path)).model
+    got = model.state_dict()
+    assert set(got) == set(src.state_dict())
+    for key, value in src.state_dict().items():
+        assert torch.equal(got[key], value), key
+    fresh = _setup(tmp_path, digits_small).model.state_dict()
+    assert not torch.equal(fresh["blocks.0.attn.qkv.weight"], got["blocks.0.attn.qkv.weight"])
+
+
+def test_pretrained_file_adapts_head_size_and_channels(tmp_path, digits_small, offline) -> None:
+    """An ImageNet-shaped file (1000 classes, RGB, 48 px; wrapped as a training checkpoint
+    with DDP prefixes) fits: new head, the stem summed to one channel, pos_embed resampled."""
+    src = _tiny_vit(num_classes=1000, in_chans=3, img_size=48)
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}, "epoch": 3}
+    torch.save(wrapped, tmp_path / "imagenet.pth")
+    model = _setup(tmp_path, digits_small, pretrained_file=str(tmp_path / "imagenet.pth")).model
+    got, want = model.state_dict(), src.state_dict()
+    assert got["head.weight"].shape == (10, 64)  # kept at its fresh init
+    assert got["pos_embed"].shape == (1, 1 + 2 * 2, 64) != want["pos_embed"].shape
+    assert torch.equal(got["cls_token"], want["cls_token"])
+    stem = want["patch_embed.proj.weight"].sum(dim=1, keepdim=True)
+    assert torch.allclose(got["patch_embed.proj.weight"], stem)
+    for key in ("blocks.5.mlp.fc2.weight", "norm.bias", "blocks.0.attn.qkv.bias"):
+        assert torch.equal(got[key], want[key]), key
+
+
+def test_pretrained_file_errors_are_one_line(tmp_path, digits_small, offline) -> None:
+    def error(path: object) -> str:
+        with pytest.raises(ConfigError) as err:
+            _setup(tmp_path, digits_small, pretrained_file=str(path))
+        text = str(err.value)
+        assert "\n" not in text and "pretrained_file" in text
+        return text
+
+    assert "not found" in error(tmp_path / "missing.pt")
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    assert "is not a torch (weights_only=True) state dict" in error(tmp_path / "notes.pt")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 16)
+    assert "is not a safetensors state dict" in error(tmp_path / "bad.safetensors")
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    assert "holds no state dict" in error(tmp_path / "list.pt")
+    torch.save({"a.weight": torch.zeros(2), "step": 3}, tmp_path / "mixed.pt")
+    assert "not tensors, e.g. step" in error(tmp_path / "mixed.pt")
+    torch.save(_tiny_vit(depth=2).state_dict(), tmp_path / "shallow.pt")
+    text = error(tmp_path / "shallow.pt")
+    assert "does not fit timm:test_vit: missing 48" in text and "blocks.2." in text
+    torch.save(_tiny_vit(embed_dim=32).state_dict(), tmp_path / "narrow.pt")
+    assert "shape" in error(tmp_path / "narrow.pt") and "[1, 1, 32] vs [1, 1, 64]" in error(
+        tmp_path / "narrow.pt"
+    )
+    torch.save({**_tiny_vit().state_dict(), "extra.weight": torch.zeros(1)}, tmp_path / "x.pt")
+    assert "unexpected 1 (e.g. extra.weight)" in error(tmp_path / "x.pt")
+
+
+def test_pretrained_file_through_the_run_flag(tmp_path, offline, capsys) -> None:
+    """`rsst-tune run --pretrained_file w.pt`: state 0 starts from the file's weights (θ0)."""
+    from rsst_tune.checkpoint import load_theta0
+    from rsst_tune.cli import main
+
+    src = _tiny_vit()
+    torch.save(src.state_dict(), tmp_path / "w.pt")
+    out = tmp_path / "run"
+    argv = ["run", "--model", "timm:test_vit", "--dataset", "digits", "--img-size", "32"]
+    argv += ["--pretrained_file", str(tmp_path / "w.pt"), "--pruning_times", "1"]
+    argv += ["--epochs", "1", "--device", "cpu", "--val_size", "100", "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
+    theta0 = load_theta0(out)
+    for key, value in src.state_dict().items():
+        assert torch.equal(theta0[key], value), key
+    saved = (out / "config.json").read_text()
+    assert '"pretrained_file": "' in saved and '"img_size": 32' in saved

@@ -20,7 +20,7 @@ file) into ``model``:
 from __future__ import annotations
 
 import logging
-import pickle
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,11 +52,15 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             data: Any = load_file(str(file), device="cpu")
         else:
             data = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    except Exception as err:  # UnpicklingError, SafetensorError, EOFError, OSError, ...
+        first = re.sub(r"\x1b\[[0-9;]*m", "", (str(err).strip().splitlines() or [""])[0])
+        if "Weights only load failed" in first:
+            first = "it holds objects other than tensors (save model.state_dict() instead)"
+        else:
+            first = f"{type(err).__name__}: {first[:200]}"
         kind = "safetensors" if file.suffix == ".safetensors" else "torch (weights_only=True)"
         raise ConfigError(
-            f"pretrained_file {str(path)!r} is not a {kind} state dict: {first[:200]}"
+            f"pretrained_file {str(path)!r} is not a {kind} state dict: {first}"
         ) from err
     return _unwrap(data, path)
 
