@@ -7,6 +7,11 @@ model), then both run alternately (dense, pruned, dense, ...) under inference mo
 MAC ratio of `CostModel`, with the interquartile range of the timed runs.
 Goal: speed-up ≥ 0.9 × MAC ratio at batch 64 on CPU.
 
+Then both are written as ONNX (`rsst_tune.onnx_export.write_onnx`: onnxruntime's outputs
+checked against PyTorch's) and timed in onnxruntime on CPU the same way; the ONNX rows print
+onnxruntime's pruned time over PyTorch's (`ort/torch`, < 1 means onnxruntime is faster).
+`--no-onnx` skips them; `--tiny` skips them unless `--onnx` (the two exports take 5-10 s).
+
     python benchmarks/bench_export.py            # batch 1 and 64, CPU (and --device cuda)
     python benchmarks/bench_export.py --tiny     # seconds, for CI (no timing asserted)
 
@@ -17,6 +22,8 @@ On a machine whose cores are busy with other work, torch's intra-op threads stal
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,6 +31,7 @@ from torch import nn
 from rsst_tune.device import resolve_device
 from rsst_tune.latency import compare_latency
 from rsst_tune.models import create_model
+from rsst_tune.onnx_export import onnx_latency, write_onnx
 from rsst_tune.pruning.cost import CostModel, count_params
 from rsst_tune.pruning.slicing import export_model
 from rsst_tune.pruning.structure import Structure, find_structure
@@ -52,6 +60,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu (the goal's setting), cuda, auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument(
+        "--onnx",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="onnxruntime rows (default: on, off with --tiny: two exports cost ~5-10 s)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,6 +105,39 @@ def main() -> None:
             f"speed-up {lat.speedup:.2f}x  MAC ratio {mac_ratio:.2f}x  "
             f"speed-up/MAC ratio {lat.speedup / mac_ratio:.2f} "
             f"(goal >= {GOAL} at batch 64 on CPU)"
+        )
+
+    if not (args.onnx if args.onnx is not None else not args.tiny):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        checks = {
+            name: write_onnx(m, x[:2], Path(tmp) / f"{name}.onnx", check=x)
+            for name, m in (("dense", model), ("pruned", result.model))
+        }
+        ort_lats = onnx_latency(
+            Path(tmp) / "dense.onnx",
+            Path(tmp) / "pruned.onnx",
+            (3, 32, 32),
+            batches,
+            repeats=repeats,
+            warmup=1 if args.tiny else 3,
+            min_run_s=min_run,
+        )
+    print(
+        f"onnxruntime (CPU, {torch.get_num_threads()} threads): ONNX weights "
+        f"{checks['dense'].params:,} -> {checks['pruned'].params:,}, exported in "
+        f"{checks['dense'].export_s:.1f}s / {checks['pruned'].export_s:.1f}s, max abs diff vs "
+        f"PyTorch {checks['dense'].max_abs_diff:.1e} / {checks['pruned'].max_abs_diff:.1e}"
+    )
+    torch_cpu = {lat.batch: lat for lat in lats if lat.device == "cpu"}
+    for lat in ort_lats:
+        ref = torch_cpu.get(lat.batch)
+        vs = "" if ref is None else f"  ort/torch pruned {lat.pruned_ms / ref.pruned_ms:.2f}x"
+        print(
+            f"  ort batch {lat.batch:>3}: "
+            f"dense {lat.dense_ms:8.2f} ({lat.dense_iqr_ms:.2f}) ms  "
+            f"pruned {lat.pruned_ms:8.2f} ({lat.pruned_iqr_ms:.2f}) ms  "
+            f"speed-up {lat.speedup:.2f}x  MAC ratio {mac_ratio:.2f}x{vs}"
         )
 
 

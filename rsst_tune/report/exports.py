@@ -181,7 +181,7 @@ def export_rows(
     if not record.latency:
         return [(*head, "latency not measured", *[DASH] * 4, ratio, DASH, DASH, check, link, where)]
     ort = {lat.batch: lat for lat in record.onnx_latency}
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for lat in record.latency:
         o = ort.get(lat.batch) if lat.device == "cpu" else None
         rows.append(
