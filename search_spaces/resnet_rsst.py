@@ -37,7 +37,7 @@ SPACE = SearchSpace(
     },
     define=define,
     objectives=(Objective("val_acc", "max"), Objective("macs_frac", "min")),
-    scheduler="fifo",
+    scheduler="moasha",
     overridable={
         "dataset": ("*",),
         "model": CNN_MODELS,

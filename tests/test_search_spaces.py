@@ -28,7 +28,9 @@ def test_space_declares_what_a_sweep_needs(name: str) -> None:
     assert space.description and "\n" not in space.description
     assert space.objectives and all(isinstance(o, Objective) for o in space.objectives)
     assert all(o.metric != "test_acc" for o in space.objectives), "select on validation only"
-    assert space.scheduler in ("fifo", "asha")
+    assert space.scheduler in ("moasha", "asha", "fifo")
+    if varying_sparsity_fields(space, space.resolve_base()):  # trials differ in sparsity
+        assert space.scheduler in ("moasha", "fifo")
     TrialConfig.from_dict(dict(space.base))  # the base config is valid on its own
     if space.scheduler == "asha":
         assert varying_sparsity_fields(space, space.resolve_base()) == []

@@ -94,10 +94,26 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     )
     what.add_argument(
         "--scheduler",
-        choices=("asha", "fifo"),
+        choices=("moasha", "asha", "fifo"),
         default=None,
-        help="trial scheduler (default: the space's); asha stops weak trials "
-        "between pruning states, only for spaces that do not search sparsity",
+        help="trial scheduler (default: the space's): moasha stops trials outside the top "
+        "1/η of a rung state by Pareto rank (val_acc, MACs); asha ranks the first objective, "
+        "only for spaces that do not search sparsity; fifo runs every trial to the end",
+    )
+    what.add_argument(
+        "--grace",
+        type=_grace,
+        default=None,
+        metavar="STATE",
+        help="moasha/asha: the first rung, a pruning state (default: 1 for moasha, the first "
+        "pruned state; 0, the dense state, for asha); rungs at grace, grace·η, ...",
+    )
+    what.add_argument(
+        "--reduction-factor",
+        type=_reduction_factor,
+        default=None,
+        metavar="η",
+        help="moasha/asha: keep the top 1/η of the trials at each rung (default: 2)",
     )
     what.add_argument(
         "--seed", type=_seed, default=0, help="sampler seed and trial seed (0 to 2**32-1)"
@@ -211,6 +227,14 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _grace(text: str) -> int:
+    return _int_in(text, 0, MAX_COUNT)
+
+
+def _reduction_factor(text: str) -> int:
+    return _int_in(text, 2, 100)  # = rsst_tune.tune.plan.MAX_REDUCTION_FACTOR
+
+
 def _max_failures(text: str) -> int:
     return _int_in(text, 0, 100)  # = rsst_tune.tune.plan.MAX_FAILURES
 
@@ -282,6 +306,8 @@ def tune_command(args: argparse.Namespace) -> int:
         objective=args.objective,
         sampler=args.sampler,
         scheduler=args.scheduler,
+        grace=args.grace,
+        reduction_factor=args.reduction_factor,
         num_samples=args.num_samples,
         max_concurrent=args.max_concurrent,
         max_failures=args.max_failures,

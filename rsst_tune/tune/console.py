@@ -135,7 +135,10 @@ class SweepConsole(Callback):
             status = "pruned"
             text = f"stopped after state {int(last.get('state', -1))} by the scheduler"
         self._status[trial.trial_id] = status
-        self._event(status, trial)
+        if status == "pruned" and "state" in last:  # where the scheduler stopped it
+            self._event(status, trial, state=int(last["state"]))
+        else:
+            self._event(status, trial)
         self._line(trial, status, text)
         self._summary()
 

@@ -30,7 +30,11 @@ log = logging.getLogger(__name__)
 
 PLAN_FILE = "sweep.json"
 PLAN_VERSION = 1
-SCHEDULERS = ("asha", "fifo")
+SCHEDULERS = ("moasha", "asha", "fifo")
+# First rung (a pruning state; 0 = dense) when --grace is not given, per scheduler.
+DEFAULT_GRACE = {"moasha": 1, "asha": 0}
+DEFAULT_REDUCTION_FACTOR = 2
+MAX_REDUCTION_FACTOR = 100
 WANDB_MODES = ("off", "offline", "online")
 DEFAULT_STORAGE = "experiments"
 
@@ -43,6 +47,8 @@ class SweepOptions:
     objective: str | None = None
     sampler: str = "tpe"
     scheduler: str | None = None  # None: the space's default
+    grace: int | None = None  # first rung state of asha/moasha (--grace)
+    reduction_factor: int | None = None  # η of asha/moasha (--reduction-factor)
     num_samples: int | None = None
     max_concurrent: int | None = None
     cpus_per_trial: float | None = None
@@ -108,7 +114,9 @@ class SweepPlan:
     overrides: dict[str, Any] = field(default_factory=dict)
     command: str = ""
     study_name: str = ""
-    asha: dict[str, int] = field(default_factory=lambda: {"grace_period": 1, "reduction_factor": 2})
+    # asha/moasha: first rung state (`grace`, 0 = dense) and η; plans written before MO-ASHA
+    # stored `grace_period` in Ray iterations (state + 1): `halving_settings` reads both
+    asha: dict[str, int] = field(default_factory=lambda: {"grace": 0, "reduction_factor": 2})
     share_dense: bool = True  # trials with identical state 0 train it once (local storage)
     fixed: dict[str, Any] = field(default_factory=dict)  # searched parameters pinned by --fix
     max_failures: int = 2  # restarts of a trial from its last state checkpoint (--max-failures)
@@ -178,6 +186,7 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
         raise unknown_choice("scheduler", scheduler, SCHEDULERS)
     if scheduler == "asha":
         _check_asha(space, base)
+    halving = _check_halving(scheduler, opts.grace, opts.reduction_factor)
     if opts.wandb not in WANDB_MODES:
         raise unknown_choice("--wandb mode", opts.wandb, WANDB_MODES)
     preset = SMOKE_SWEEP if opts.preset == "smoke" else {}
@@ -234,6 +243,7 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
         preset=opts.preset,
         fixed=fixed,
         max_failures=_check_max_failures(opts.max_failures),
+        asha=halving,
         confirm=check_confirm(
             opts.confirm
             if opts.confirm is not None
@@ -253,6 +263,49 @@ def _check_asha(space: SearchSpace, base: Mapping[str, Any]) -> None:
             f"sparsity when the space does not search it; space {space.name} searches "
             f"{', '.join(varying)}: use --scheduler fifo"
         )
+
+
+def _check_halving(scheduler: str, grace: int | None, factor: int | None) -> dict[str, int]:
+    """--grace and --reduction-factor: only for asha and moasha; moasha's first rung is a
+    pruned state (>= 1), asha's may be the dense state 0; η an integer >= 2."""
+    if scheduler not in DEFAULT_GRACE:
+        if grace is not None or factor is not None:
+            raise ConfigError(
+                f"--grace and --reduction-factor apply to --scheduler moasha or asha, "
+                f"not {scheduler}"
+            )
+        return {"grace": 0, "reduction_factor": DEFAULT_REDUCTION_FACTOR}
+    low = 1 if scheduler == "moasha" else 0
+    grace = DEFAULT_GRACE[scheduler] if grace is None else grace
+    if grace < low:
+        why = " (state 0 is the dense model, the same sparsity in every trial)" if low else ""
+        raise ConfigError(
+            f"--grace must be a pruning state >= {low} for {scheduler}{why}, got {grace}"
+        )
+    factor = DEFAULT_REDUCTION_FACTOR if factor is None else factor
+    if not 2 <= factor <= MAX_REDUCTION_FACTOR:
+        raise ConfigError(
+            f"--reduction-factor must be an integer in [2, {MAX_REDUCTION_FACTOR}], got {factor}"
+        )
+    return {"grace": int(grace), "reduction_factor": int(factor)}
+
+
+def halving_settings(plan: SweepPlan) -> tuple[int, int]:
+    """(first rung state, reduction factor) of the plan's asha/moasha scheduler."""
+    settings = plan.asha
+    if "grace" in settings:
+        grace = int(settings["grace"])
+    else:  # an older plan: ASHA's grace period in iterations, state + 1
+        grace = int(settings.get("grace_period", 1)) - 1
+    return grace, int(settings.get("reduction_factor", DEFAULT_REDUCTION_FACTOR))
+
+
+def moasha_rungs(plan: SweepPlan) -> list[int]:
+    """The rung states MO-ASHA would use for the plan's trials (may be empty)."""
+    from rsst_tune.tune.moasha import rung_states
+
+    grace, factor = halving_settings(plan)
+    return rung_states(max(1, grace), factor, plan.states - 1)
 
 
 def _check_fixed(space: Any, base: Mapping[str, Any], fixed: Mapping[str, Any]) -> None:
@@ -298,6 +351,8 @@ def _check_option_types(opts: SweepOptions) -> None:
         ("states", 1, None),
         ("epochs", 1, None),
         ("seed", 0, MAX_SEED),
+        ("grace", 0, None),
+        ("reduction_factor", 2, MAX_REDUCTION_FACTOR),
     ):
         value = getattr(opts, name)
         if value is None and name != "seed":
@@ -403,10 +458,24 @@ def describe_plan(plan: SweepPlan) -> str:
     lines.append(f"objectives  {objs.describe(plan.objectives)}")
     sampler = f"{plan.sampler} (seed {plan.seed})"
     sched = plan.scheduler
+    grace, factor = halving_settings(plan)
     if sched == "asha":
         sched += (
-            f" over pruning states (max_t {plan.states}, grace {plan.asha['grace_period']}, "
-            f"reduction {plan.asha['reduction_factor']})"
+            f" over pruning states (first rung state {grace}, reduction factor {factor}; "
+            f"ranks {plan.objectives[0].key})"
+        )
+    elif sched == "moasha":
+        rungs = moasha_rungs(plan)
+        where = (
+            f"rungs at states {', '.join(map(str, rungs))}"
+            if rungs
+            else f"no rung below the last state {plan.states - 1}, so no trial is stopped"
+        )
+        sched += (
+            f" over pruning states ({where}; reduction factor {factor}; a trial continues "
+            f"in the top 1/{factor} of its rung by non-dominated sort of "
+            f"{', '.join(f'{o.key} ({o.mode})' for o in plan.objectives)}, "
+            "crowding distance within a front)"
         )
     lines.append(f"sampler     {sampler}; scheduler {sched}")
     if plan.confirm:
@@ -422,7 +491,7 @@ def describe_plan(plan: SweepPlan) -> str:
     )
     trial_states = plan.num_samples * plan.states
     epochs = trial_states * int(plan.base_config["epochs"])
-    bound = "at most " if plan.scheduler == "asha" else ""
+    bound = "at most " if plan.scheduler in ("asha", "moasha") else ""
     lines.append(
         f"would run   {plan.num_samples} trials x {plan.states} states = {bound}{trial_states} "
         f"trial-states ({bound}{epochs} epochs of {plan.base_config['model']} on "

@@ -264,6 +264,9 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
     from ray.tune.search import ConcurrencyLimiter
 
     from rsst_tune.tune.console import EVENTS_FILE, StorageGuard, SweepConsole
+    from rsst_tune.tune.retries import RetryPolicy
+    from rsst_tune.tune.moasha import make_scheduler as make_moasha
+    from rsst_tune.tune.plan import halving_settings
     from rsst_tune.tune.searcher import (
         JOURNAL_FILE,
         PruningAwareOptunaSearch,
@@ -292,18 +295,28 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
     if plan.max_concurrent:
         search_alg = ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)
     first = plan.objectives[0]
+    grace, factor = halving_settings(plan)
     if plan.scheduler == "asha":
         scheduler: Any = ASHAScheduler(
-            time_attr="training_iteration",
+            time_attr="training_iteration",  # state s is iteration s + 1
             metric=first.key,
             mode=first.mode,
             max_t=plan.states,
-            grace_period=plan.asha["grace_period"],
-            reduction_factor=plan.asha["reduction_factor"],
+            grace_period=min(grace + 1, plan.states),
+            reduction_factor=factor,
+        )
+    elif plan.scheduler == "moasha":
+        scheduler = make_moasha(
+            [o.key for o in plan.objectives],
+            [o.mode for o in plan.objectives],
+            grace=grace,
+            reduction_factor=factor,
+            default_last_state=plan.states - 1,
         )
     else:
         scheduler = FIFOScheduler()
     callbacks: list[Any] = [
+        RetryPolicy(),  # only infrastructure failures are retried
         SweepConsole(
             str(local / EVENTS_FILE),
             plan.objectives,

@@ -8,6 +8,11 @@
 * a trial that ends before its last pruning state without an error (a scheduler stopped it)
   is told to Optuna as PRUNED, not COMPLETE. Ray's own searcher would tell it COMPLETE with
   the values of an early, low-sparsity state;
+* every pruning state is recorded as it arrives: user attr `values_state_<s>` holds the
+  objectives at state s (and a single-objective study gets `trial.report(value, step=s)`;
+  Optuna refuses `report` in a multi-objective study); a PRUNED trial keeps its last state's
+  objectives in user attr `pruned_values` (Optuna stores no values for PRUNED trials); the
+  study carries the objective names (`study.metric_names`) for optuna-dashboard;
 * a trial that fails for good is told FAIL with user attr `fail_reason`. A trial Ray retries
   (`--max-failures`) is not told anything until it ends, so one that finishes after a retry
   is COMPLETE.
@@ -44,6 +49,8 @@ log = logging.getLogger(__name__)
 JOURNAL_FILE = "optuna.journal"
 RAY_TRIAL_ATTR = "ray_trial_id"
 STOPPED_ATTR = "stopped_after_state"
+STATE_VALUES_ATTR = "values_state_"  # + state: {objective: value} at that pruning state
+PRUNED_VALUES_ATTR = "pruned_values"  # {objective: value} of a stopped trial's last state
 FAIL_REASON_ATTR = "fail_reason"
 SAMPLERS = ("tpe", "nsga2", "random")
 
@@ -126,6 +133,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
             storage=storage,
             points_to_evaluate=[dict(p) for p in points_to_evaluate] or None,
         )
+        names = [metric] if isinstance(metric, str) else list(metric)
+        if self.study.metric_names != names:  # optuna-dashboard shows named objectives
+            self.study.set_metric_names(names)
 
     @property
     def study(self) -> optuna.Study:
@@ -157,6 +167,28 @@ class PruningAwareOptunaSearch(OptunaSearch):
             return None
         return config
 
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        """One intermediate value per pruning state: user attr `values_state_<s>` (every
+        objective), and for a single objective also `trial.report(value, step=state)`
+        (Optuna refuses `report` in a multi-objective study)."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials or "state" not in result:
+            return
+        state = int(result["state"])
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        values = {m: _finite(result[m]) for m in metrics if m in result}
+        try:
+            ot_trial.set_user_attr(f"{STATE_VALUES_ATTR}{state}", values)
+            value = values.get(metrics[0])
+            if len(metrics) == 1 and value is not None:
+                ot_trial.report(value, step=state)
+        except (ValueError, RuntimeError) as exc:
+            log.warning("could not record trial %s's state %d in Optuna: %s", trial_id, state, exc)
+        except OSError as exc:
+            if storage_error(exc) is None:
+                raise
+            note_storage_failure(exc)
+
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
@@ -179,6 +211,10 @@ class PruningAwareOptunaSearch(OptunaSearch):
             else:
                 if result and "state" in result:
                     ot_trial.set_user_attr(STOPPED_ATTR, int(result["state"]))
+                    metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+                    last = {m: _finite(result[m]) for m in metrics if m in result}
+                    ot_trial.set_user_attr(PRUNED_VALUES_ATTR, last)  # a multi-objective
+                    # PRUNED trial has no values in Optuna; a single one gets the last report
                 self.study.tell(ot_trial, state=TrialState.PRUNED)
         except (ValueError, KeyError, RuntimeError) as exc:
             log.warning("could not tell Optuna about trial %s: %s", trial_id, exc)
@@ -187,6 +223,15 @@ class PruningAwareOptunaSearch(OptunaSearch):
                 raise
             note_storage_failure(exc)
         self._completed_trials.add(trial_id)
+
+
+def _finite(value: Any) -> float | None:
+    """A JSON-safe objective value for a user attr (None when not a finite number)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def mark_stopped(study: optuna.Study, ray_trial_ids: set[str], reason: str) -> int:

@@ -8,7 +8,9 @@ after the module. Its parts:
 * ``define``: an Optuna define-by-run function ``(trial) -> dict`` returning the *searched*
   TrialConfig fields (conditional parameters are only suggested when their condition holds);
 * ``objectives``: the default objectives (several = multi-objective);
-* ``scheduler``: ``"fifo"`` or ``"asha"`` by default;
+* ``scheduler``: the default scheduler: ``"moasha"`` (multi-objective early stopping, for
+  spaces that search sparsity), ``"asha"`` (only where state s is the same sparsity in
+  every trial) or ``"fifo"`` (every trial runs every state);
 * ``overridable``: which base fields the CLI may override (``--dataset --model --states
   --epochs``), each with the glob patterns its value must match;
 * ``smoke``: the base-config changes of ``--preset smoke`` (an offline digits profile);
@@ -85,8 +87,10 @@ class SearchSpace:
     name: str = ""  # filled in by the registry: the module name
 
     def __post_init__(self) -> None:
-        if self.scheduler not in ("fifo", "asha"):
-            raise ConfigError(f"space scheduler must be fifo or asha, got {self.scheduler!r}")
+        if self.scheduler not in ("moasha", "asha", "fifo"):
+            raise ConfigError(
+                f"space scheduler must be moasha, asha or fifo, got {self.scheduler!r}"
+            )
         if not self.objectives:
             raise ConfigError("a search space needs at least one objective")
         unknown = set(self.overridable) - set(OVERRIDE_FLAGS.values())
