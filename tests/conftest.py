@@ -13,6 +13,7 @@ from torch import nn
 from rsst_tune.config import TrialConfig
 from rsst_tune.data import DataBundle, load_dataset
 from rsst_tune.models import create_model
+from rsst_tune.results import StateResult
 
 # One thread per test process: the CI machines have 2 shared cores, and one thread per
 # process is several times faster than two threads fighting for them.
@@ -43,6 +44,42 @@ def digits_small(digits: DataBundle) -> DataBundle:
         digits.val.subset(torch.arange(96)),
         digits.test.subset(torch.arange(96)),
     )
+
+
+# Real tiny prune runs on digits_small (1 epoch per state, under a second each on a CPU).
+TINY_RUN: dict[str, Any] = dict(
+    model="vit_digits",
+    dataset="digits",
+    epochs=1,
+    device="cpu",
+    amp=False,
+    augment=False,
+    warmup_epochs=0.0,
+    score_batches=1,
+    eval_batch_size=512,
+)
+TINY_RUNS: tuple[dict[str, Any], ...] = (
+    # the first: Refill, 1 of 4 heads and half the MLP removed per prune, states 0 and 1
+    dict(method="refill", pruning_times=2, head_ratio=0.25, mlp_ratio=0.5),
+    dict(method="rsst", pruning_times=3, head_ratio=0.25, mlp_ratio=0.25, lr=1e-2),
+    dict(method="refill", pruning_times=3, head_ratio=0.5, mlp_ratio=0.25, lr=1e-3),
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(
+    tmp_path_factory: pytest.TempPathFactory, digits_small: DataBundle
+) -> list[tuple[TrialConfig, Path, list[StateResult]]]:
+    """The TINY_RUNS, really run (PruneLoop, CPU): (config, run directory, per-state results)
+    each; the directories hold theta0.pt and every state's checkpoint."""
+    from rsst_tune.loop import PruneLoop
+
+    out = []
+    for i, overrides in enumerate(TINY_RUNS):
+        run = tmp_path_factory.mktemp(f"tiny_run{i}")
+        cfg = TrialConfig.from_dict({**TINY_RUN, **overrides})
+        out.append((cfg, run, PruneLoop(cfg, run, data=digits_small).run()))
+    return out
 
 
 FAST = dict(

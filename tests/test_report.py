@@ -488,10 +488,15 @@ def test_write_report_writes_every_artifact(sweep: Experiment, tmp_path: Path) -
         assert text in md, text
     assert "trace..." not in md  # error messages: first line only
 
+    # report.html: self-contained; plotly.js (whose text names URLs it never fetches here) is
+    # inlined once, the Pareto fronts and importances are interactive, the states plot a PNG
     html_text = (out / "report.html").read_text()
-    assert not re.search(r'(src|href)\s*=\s*["\']?(https?:|//|file:)', html_text)
-    assert "<link" not in html_text and "<script" not in html_text
-    assert html_text.count('src="data:image/png;base64,') == 4
+    markup = re.sub(r"<script>.*?</script>", "", html_text, flags=re.S)
+    assert not re.search(r'(src|href)\s*=\s*["\']?(https?:|//|file:)', markup)
+    assert "<link" not in html_text and not re.search(r"<script[^>]+src", html_text)
+    assert html_text.count("* plotly.js v") == 1
+    assert html_text.count('class="plotly-graph-div"') == 5
+    assert markup.count('src="data:image/png;base64,') == 1
 
 
 def test_best_configs_load_and_stop_at_their_ticket(sweep: Experiment, tmp_path: Path) -> None:
@@ -612,30 +617,11 @@ def test_many_tickets_stay_fast(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ physical exports
 @pytest.fixture(scope="module")
-def exported_sweep(tmp_path_factory: pytest.TempPathFactory, digits_small: Any) -> Experiment:
-    """One trial of a real tiny Refill run on digits, reporting its state 1 (1 of 4 heads and
-    half the MLP removed, 63 % MACs): the best ticket at MACs ≤ 75 % and unconstrained."""
-    from rsst_tune.loop import PruneLoop
-
-    run = tmp_path_factory.mktemp("run")
-    cfg = TrialConfig.from_dict(
-        dict(
-            model="vit_digits",
-            dataset="digits",
-            method="refill",
-            epochs=1,
-            pruning_times=2,
-            head_ratio=0.25,
-            mlp_ratio=0.5,
-            device="cpu",
-            amp=False,
-            augment=False,
-            warmup_epochs=0.0,
-            score_batches=1,
-            eval_batch_size=512,
-        )
-    )
-    results = PruneLoop(cfg, run, data=digits_small).run()
+def exported_sweep(tiny_runs: list[tuple[TrialConfig, Path, list[StateResult]]]) -> Experiment:
+    """One trial of a real tiny Refill run on digits (conftest's first `tiny_runs`), reporting
+    its state 1 (1 of 4 heads and half the MLP removed, 63 % MACs): the best ticket at MACs
+    ≤ 75 % and unconstrained."""
+    cfg, run, results = tiny_runs[0]
     record = TrialRecord(
         "t_x",
         "complete",

@@ -1,5 +1,6 @@
-"""A tiny document model (`Heading`, `Para`, `Code`, `Table`, `Image`), rendered once to
-Markdown and once to self-contained HTML (images inlined as base64)."""
+"""A tiny document model (`Heading`, `Para`, `Code`, `Table`, `Image`, `Plot`), rendered once
+to Markdown and once to self-contained HTML (images inlined as base64; interactive plots as
+prepared HTML fragments, their one script library inlined once by the caller)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,11 @@ class Heading:
 
 @dataclass(frozen=True)
 class Para:
-    """Plain text; `backticks` mark inline code."""
+    """Plain text; `backticks` mark inline code. `warning`: set apart (a quote in Markdown, a
+    highlighted box in HTML)."""
 
     text: str
+    warning: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,18 @@ class Image:
     alt: str
 
 
-Block = Heading | Para | Code | Table | Image
+@dataclass(frozen=True)
+class Plot:
+    """An interactive plot: `html`, a self-contained fragment (a div and the script drawing it,
+    without the plotting library) for the HTML page; Markdown shows `fallback` (a PNG of the
+    same data) or, without one, `title` and where to find the plot."""
+
+    html: str
+    title: str
+    fallback: Image | None = None
+
+
+Block = Heading | Para | Code | Table | Image | Plot
 
 
 def _md_cell(text: str) -> str:
@@ -62,9 +76,14 @@ def to_markdown(blocks: Sequence[Block]) -> str:
         if isinstance(b, Heading):
             parts.append(f"{'#' * b.level} {b.text}")
         elif isinstance(b, Para):
-            parts.append(b.text)
+            parts.append(f"> {b.text}" if b.warning else b.text)
         elif isinstance(b, Code):
             parts.append(f"```\n{b.text}\n```")
+        elif isinstance(b, Plot):
+            if b.fallback is not None:
+                parts.append(f"![{b.fallback.alt}]({b.fallback.path.name})")
+            else:
+                parts.append(f"*{b.title}: interactive plot in `report.html`.*")
         elif isinstance(b, Table):
             lines = [
                 "| " + " | ".join(_md_cell(h) for h in b.headers) + " |",
@@ -87,6 +106,24 @@ th{background:#f1f3f5}tr:nth-child(even) td{background:#f8f9fa}
 code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;background:#f1f3f5;border-radius:3px}
 code{padding:0 .25em}pre{padding:.7em;overflow-x:auto}
 img{max-width:100%;border:1px solid #dee2e6;margin:.5em 0}
+p.warning{background:#fff3bf;border-left:4px solid #f08c00;padding:.4em .7em}
+.plot{border:1px solid #dee2e6;margin:.5em 0}
+#report-errors{display:none}
+""".strip()
+
+# Installed before any other script: every uncaught error and rejected promise of the page is
+# written into the hidden #report-errors element (and its count into data-errors on <body>),
+# so a headless browser's dumped DOM says whether the page ran cleanly.
+ERROR_HOOK = """
+window.__reportErrors=[];
+function __reportFlush(){var el=document.getElementById('report-errors');
+if(el){el.textContent=window.__reportErrors.join('\\n');}
+if(document.body){document.body.setAttribute('data-errors',String(window.__reportErrors.length));}}
+function __reportError(text){window.__reportErrors.push(String(text));__reportFlush();}
+window.addEventListener('error',function(e){__reportError((e&&e.message)||e);});
+window.addEventListener('unhandledrejection',
+  function(e){__reportError('unhandled rejection: '+(e&&e.reason));});
+document.addEventListener('DOMContentLoaded',__reportFlush);
 """.strip()
 
 _INLINE_CODE = re.compile(r"`([^`]+)`")
@@ -116,18 +153,30 @@ def _data_uri(path: Path) -> str | None:
     return f"data:image/png;base64,{payload}"
 
 
-def to_html(blocks: Sequence[Block], title: str) -> str:
-    """Render blocks as one self-contained HTML page: inline CSS, images as data URIs."""
+def to_html(blocks: Sequence[Block], title: str, *, script: str = "") -> str:
+    """Render blocks as one self-contained HTML page: inline CSS, images as data URIs, and
+    `script` (the library the `Plot` fragments call, e.g. plotly.js) inlined once in <head>,
+    after a hook that records the page's JavaScript errors in a hidden `#report-errors`."""
+    if "</script" in script.lower():
+        raise ValueError("an inlined script must not contain '</script'")
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<title>{html.escape(title)}</title><style>{CSS}</style>",
+        f"<script>{ERROR_HOOK}</script>",
     ]
+    if script:
+        parts.append(f"<script>{script}</script>")
+    parts.append('</head><body data-errors="0">')
+    parts.append('<pre id="report-errors"></pre>')
     for b in blocks:
         if isinstance(b, Heading):
             parts.append(f"<h{b.level}>{html.escape(b.text)}</h{b.level}>")
         elif isinstance(b, Para):
-            parts.append(f"<p>{_html_inline(b.text)}</p>")
+            cls = ' class="warning"' if b.warning else ""
+            parts.append(f"<p{cls}>{_html_inline(b.text)}</p>")
+        elif isinstance(b, Plot):
+            parts.append(f'<div class="plot">{b.html}</div>')
         elif isinstance(b, Code):
             parts.append(f"<pre><code>{html.escape(b.text)}</code></pre>")
         elif isinstance(b, Table):

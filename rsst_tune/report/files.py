@@ -1,4 +1,7 @@
-"""Writing a report: report.md, report.html, PNG plots, best_config.json and best_configs/."""
+"""Writing a report: report.md, report.html, PNG plots, best_config.json and best_configs/.
+
+report.md shows the PNG plots; report.html shows interactive plotly plots instead (and the
+search history, which has no PNG), plotly's JavaScript inlined once: it needs no network."""
 
 from __future__ import annotations
 
@@ -16,8 +19,9 @@ if TYPE_CHECKING:
 
 
 from rsst_tune import fileio
-from rsst_tune.report.document import Block, to_html, to_markdown
+from rsst_tune.report.document import Block, Plot, to_html, to_markdown
 from rsst_tune.report.exports import EXPORT_MODES, ExportMode, export_best
+from rsst_tune.report.interactive import interactive_blocks, plotly_js, search_blocks
 from rsst_tune.report.sections import (
     budget_blocks,
     export_blocks,
@@ -202,9 +206,11 @@ def build_blocks(
         *budget_blocks(tickets, choices, files, out_dir),
         *export_blocks(bests, out_dir),
         *states_blocks(tickets, out_dir),
+        *search_blocks(experiment, tickets),
         *importance_blocks(importances, out_dir),
         *trials_blocks(experiment),
     ]
+    blocks = interactive_blocks(blocks, tickets, importances)
     return blocks, best_config_record(experiment, tickets, headline, files)
 
 
@@ -221,7 +227,9 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     blocks, best = build_blocks(experiment, out, export=export)
     _write_json(out / "best_config.json", best)
-    fileio.write_text(out / "report.html", to_html(blocks, f"rsst-tune report: {experiment.name}"))
+    script = plotly_js() if any(isinstance(b, Plot) for b in blocks) else ""
+    title = f"rsst-tune report: {experiment.name}"
+    fileio.write_text(out / "report.html", to_html(blocks, title, script=script))
     md = out / "report.md"
     fileio.write_text(md, to_markdown(blocks))
     log.info("report written to %s", md)

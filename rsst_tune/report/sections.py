@@ -21,6 +21,7 @@ from rsst_tune.report.select import (
     BUDGETS,
     DEFAULT_BUDGET,
     FRONT_AXES,
+    MIN_IMPORTANCE_TRIALS,
     TIE_RULE,
     UNIT_KINDS,
     Choice,
@@ -537,11 +538,13 @@ def importance_blocks(imp: Importances, out_dir: Path) -> list[Block]:
     if imp.values is None:
         return [*blocks, Para(f"Not available: {imp.note}.")]
     if imp.warning is not None:
-        blocks.append(Para(f"Warning: {imp.warning}."))
+        blocks.append(Para(f"Warning: {imp.warning}.", warning=True))
     blocks.append(
         Para(
             f"optuna.importance.get_param_importances (Optuna's default evaluator), {imp.note}; "
-            "one column per objective, each normalised to sum to 1."
+            "one column per objective, each normalised to sum to 1. Below "
+            f"`MIN_IMPORTANCE_TRIALS` = {MIN_IMPORTANCE_TRIALS} complete trials the report "
+            "warns that they are only a hint."
         )
     )
     by_objective = imp.by_objective or (("the objective", imp.values),)
