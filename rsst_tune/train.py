@@ -7,11 +7,19 @@ accumulated on the device and read once per epoch; evaluation runs at a large ba
 Divergence is caught where the loss is read anyway: an epoch whose mean loss is NaN or
 infinite raises `TrialDiverged` (no extra host synchronisation per step); the weights are
 checked for NaN/inf once, when the state's training ends.
+
+Long epochs log their progress (`rsst_tune.train` logger, INFO: the console of `rsst-tune
+run`, `run.log`, a sweep's `trial.log`): batches done, images/s, the running loss and the time
+left, at most once every `PROGRESS_EVERY_S` seconds of wall time and never in an epoch shorter
+than that. Between those lines a step costs one `time.monotonic()` call; the loss is read (the
+one host synchronisation) only when a line is written.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +34,11 @@ from rsst_tune.pruning.masks import MaskEnforcer
 from rsst_tune.pruning.regularizer import TargetPull, lam
 
 EpochHook = Callable[[int, float], None]  # (epochs done, mean train loss)
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 5.0
+"""Wall-time seconds between two progress lines inside an epoch (and before the first)."""
 
 
 @dataclass(frozen=True)
@@ -80,9 +93,11 @@ def train_state(
     amp: torch.dtype | None,
     on_epoch: EpochHook | None = None,
     state: int = 0,
+    progress_every_s: float | None = PROGRESS_EVERY_S,
 ) -> TrainStats:
     """Train `cfg.epochs` epochs with M enforced after every step and, in RSST states, the pull.
 
+    `progress_every_s`: seconds between progress lines inside an epoch (None: none).
     Raises `TrialDiverged` (naming `state` and the epoch) when an epoch's mean loss is not
     finite, or when the trained weights hold NaN or inf."""
     device = next(model.parameters()).device
@@ -100,10 +115,26 @@ def train_state(
     mean_loss = float("nan")
     for epoch in range(cfg.epochs):
         loss_sum = torch.zeros((), device=device)
-        for x, y in data.train_batches(
-            cfg.batch_size,
-            generator,
-            augment=data.spec.augment_default if cfg.augment is None else cfg.augment,
+        progress = (
+            None
+            if progress_every_s is None
+            else EpochProgress(
+                state=state,
+                epoch=epoch + 1,
+                epochs=cfg.epochs,
+                steps=steps_per_epoch,
+                images=len(data),
+                batch_size=cfg.batch_size,
+                every_s=progress_every_s,
+            )
+        )
+        for done, (x, y) in enumerate(
+            data.train_batches(
+                cfg.batch_size,
+                generator,
+                augment=data.spec.augment_default if cfg.augment is None else cfg.augment,
+            ),
+            start=1,
         ):
             if pull is not None:
                 lam_value = lam(
@@ -125,6 +156,8 @@ def train_state(
             )
             sched.step()
             step += 1
+            if progress is not None:
+                progress.tick(done, loss_sum)
         mean_loss = float(loss_sum) / steps_per_epoch  # one host sync per epoch
         if not math.isfinite(mean_loss):
             raise TrialDiverged(state, epoch + 1, mean_loss)
@@ -133,6 +166,68 @@ def train_state(
     if not weights_finite(model):  # the last step can overflow after the last loss was read
         raise TrialDiverged(state, cfg.epochs, mean_loss, "non-finite weights")
     return TrainStats(step, mean_loss, lam_value)
+
+
+class EpochProgress:
+    """Progress lines inside one epoch, throttled by wall time: `tick` after every step costs
+    a clock read; only when `every_s` seconds have passed since the epoch began or since the
+    last line does it read the running loss (one host synchronisation) and log a line."""
+
+    def __init__(
+        self,
+        *,
+        state: int,
+        epoch: int,
+        epochs: int,
+        steps: int,
+        images: int,
+        batch_size: int,
+        every_s: float,
+    ) -> None:
+        """Epoch `epoch` (1-based) of `epochs`, `steps` batches over `images` images."""
+        self.state, self.epoch, self.epochs = state, epoch, epochs
+        self.steps, self.images, self.batch_size = steps, images, batch_size
+        self.every_s = every_s
+        self.start = time.monotonic()
+        self.next_at = self.start + every_s
+        self.lines = 0
+
+    def tick(self, done: int, loss_sum: Tensor) -> None:
+        """After `done` batches of the epoch, whose losses sum (on the device) to `loss_sum`."""
+        if time.monotonic() < self.next_at or done >= self.steps:
+            return
+        loss = float(loss_sum) / done  # the host sync: the steps so far have finished
+        now = time.monotonic()
+        elapsed = max(now - self.start, 1e-9)
+        per_batch = elapsed / done
+        left_epoch = (self.steps - done) * per_batch
+        left_state = left_epoch + (self.epochs - self.epoch) * self.steps * per_batch
+        seen = min(done * self.batch_size, self.images)
+        log.info(
+            "state %d epoch %d/%d: batch %d/%d (%d%%), %.0f img/s, loss %.4f, left %s (state %s)",
+            self.state,
+            self.epoch,
+            self.epochs,
+            done,
+            self.steps,
+            100 * done // self.steps,
+            seen / elapsed,
+            loss,
+            _duration(left_epoch),
+            _duration(left_state),
+        )
+        self.lines += 1
+        self.next_at = now + self.every_s
+
+
+def _duration(seconds: float) -> str:
+    """`42s`, `3m05s`, `2h07m`."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 @torch.no_grad()
