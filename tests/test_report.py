@@ -397,6 +397,56 @@ def test_pareto_plot_draws_intervals(tmp_path: Path) -> None:
     assert bars.read_bytes() != plain.read_bytes()
 
 
+# ------------------------------------------------------------------ interactive figures
+def test_interactive_figures_are_built_from_the_records() -> None:
+    from rsst_tune.report.interactive import (
+        history_figure,
+        hypervolume,
+        importance_figure,
+        parallel_figure,
+        pareto_figure,
+    )
+
+    exp = make_sweep(n=360)
+    tickets = collect_tickets(exp)
+    # front b/s1 (45 %, 95.0), a/s1 (73 %, 96.0), a/s0 (100 %, 97.0): the area they dominate
+    assert hypervolume(tickets) == pytest.approx(0.28 * 0.95 + 0.27 * 0.96)
+    assert hypervolume([t for t in tickets if t.trial_id == "t_a"]) == pytest.approx(
+        0.25 * 0.94 + 0.27 * 0.96
+    )
+    assert hypervolume([]) == 0.0
+    fig = pareto_figure(tickets, "macs_frac")
+    assert fig is not None
+    front = next(tr for tr in fig.data if tr.name == "Pareto front")
+    assert list(front.x) == pytest.approx([45.0, 73.0, 100.0])
+    low, high = wilson_interval(round(0.95 * 360), 360)
+    assert front.error_y.arrayminus[0] == pytest.approx(95.0 - 100 * low)
+    assert front.error_y.array[0] == pytest.approx(100 * high - 95.0)
+    assert "trial t_b, state 1</b> (pruned)" in front.text[0]
+    assert "n = 360" in front.text[0] and "head_ratio = 0.5" in front.text[0]
+    history = history_figure(exp, tickets)
+    assert history is not None
+    volumes = next(tr for tr in history.data if tr.name == "hypervolume").y
+    assert list(volumes) == pytest.approx([0.4942, 0.5252, 0.5252])  # t_c errored: no change
+    # a categorical and a conditional parameter: ints with labels, `absent` below the numbers
+    trials = (
+        trial("p0", "complete", 0.3, 0.3, [state(0, 0.9, 0.9, 1.0, n=100)]),
+        dataclasses.replace(
+            trial("p1", "complete", 0.5, 0.5, [state(0, 0.8, 0.8, 0.6, n=100)]),
+            params={"mlp_ratio": 0.5, "target": "mlp"},
+        ),
+    )
+    par = parallel_figure(Experiment("p", "", "s", OBJECTIVES, trials))
+    assert par is not None
+    dims = {d.label: d for d in par.data[0].dimensions}
+    assert dims["head_ratio"].ticktext[0] == "absent"
+    assert dims["head_ratio"].values[1] < dims["head_ratio"].values[0] == 0.3
+    assert list(dims["target"].ticktext) == ["absent", "mlp"]
+    assert list(dims["target"].values) == [0, 1]
+    assert list(dims["val_acc (max)"].values) == [0.9, 0.8]
+    assert importance_figure(param_importances(None)) is None
+
+
 # ------------------------------------------------------------------ importances, quietly
 def regime_study() -> optuna.Study:
     """8 complete trials; `rate` is missing in one, so optuna warns "Some regimes for
