@@ -687,6 +687,88 @@ def test_resume_after_a_killed_driver_settles_trials_ray_never_recorded(tmp_path
     assert not lock.exists()
 
 
+def _define_lr(trial: Any) -> dict[str, Any]:
+    return {"lr": trial.suggest_float("lr", 1e-3, 1e-1, log=True)}
+
+
+def _search_generator(plan: Any, num_samples: int) -> Any:
+    """Ray's SearchGenerator around the sweep's searcher, as `runner._new_tuner` builds it
+    (real Optuna, the plan's journal, a concurrency limit of 1)."""
+    import optuna
+    from ray.tune.experiment import Experiment as RayExperiment
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.search_generator import SearchGenerator
+
+    from rsst_tune.tune.searcher import JOURNAL_FILE, PruningAwareOptunaSearch, journal_storage
+
+    searcher = PruningAwareOptunaSearch(
+        _define_lr,
+        metric="val_acc",
+        mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        study_name=plan.study_name or plan.name,
+        storage=journal_storage(Path(plan.experiment_dir) / JOURNAL_FILE),
+    )
+    gen = SearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=1))
+
+    def trainable(config: dict[str, Any]) -> None:  # pragma: no cover - never run
+        pass
+
+    gen.add_configurations(
+        [RayExperiment(plan.name, trainable, num_samples=num_samples, storage_path=plan.storage)]
+    )
+    return gen
+
+
+def test_a_trial_generated_but_never_recorded_is_lost_and_generated_again(
+    tmp_path: Path,
+) -> None:
+    """A full disk (or a killed driver) between the searcher's suggestion of a trial and Ray's
+    record of it: the resume fails the trial in Optuna and still runs --num-samples trials."""
+    import shutil
+
+    from rsst_tune.tune.experiment import open_study
+    from rsst_tune.tune.runner import _recover
+    from rsst_tune.tune.searcher import FAIL_REASON_ATTR, RAY_TRIAL_ATTR
+
+    plan = resolve_plan(
+        SweepOptions(space="vit_head_mlp", preset="smoke", storage=str(tmp_path), name="g")
+    )
+    exp_dir = Path(plan.experiment_dir)
+    exp_dir.mkdir(parents=True)
+    gen = _search_generator(plan, num_samples=2)
+    first = gen.next_trial()
+    assert gen.next_trial() is None  # the limit: one trial at a time
+    gen.on_trial_complete(first.trial_id, result={"val_acc": 0.9, "state": 1, "pruning_times": 2})
+    second = gen.next_trial()  # suggested (Optuna RUNNING), then the disk filled
+    assert second is not None and gen.is_finished()
+    session = "2026-01-01_00-00-00"
+    gen.save_to_dir(str(exp_dir), session_str=session)
+    record = [[json.dumps({"trial_id": first.trial_id, "status": "TERMINATED"}), "{}"]]
+    (exp_dir / f"experiment_state-{session}.json").write_text(
+        json.dumps({"trial_data": record, "runner_data": {}, "stats": {}})
+    )
+    as_saved = tmp_path / "as_saved"
+    shutil.copytree(exp_dir, as_saved)
+    unfixed = _search_generator(plan, num_samples=2)
+    unfixed.restore_from_dir(str(as_saved))
+    assert unfixed.is_finished()  # Ray's restored state alone: the sweep would end 1 short
+
+    _recover(plan)
+    study = open_study(exp_dir, plan.study_name or plan.name)
+    by_id = {t.user_attrs[RAY_TRIAL_ATTR]: t for t in study.get_trials()}
+    assert by_id[second.trial_id].state.name == "FAIL"
+    assert "lost" in by_id[second.trial_id].user_attrs[FAIL_REASON_ATTR]
+    resumed = _search_generator(plan, num_samples=2)
+    resumed.restore_from_dir(str(exp_dir))
+    assert not resumed.is_finished()
+    third = resumed.next_trial()  # the missing trial is generated again
+    assert third is not None and third.trial_id not in (first.trial_id, second.trial_id)
+    assert resumed.is_finished() and resumed.next_trial() is None
+    study = open_study(exp_dir, plan.study_name or plan.name)
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE", "FAIL", "RUNNING"]
+
+
 def test_damaged_ray_state_is_restored_from_its_last_intact_copy(tmp_path: Path) -> None:
     from rsst_tune.tune.experiment import (
         RAY_STATE_BACKUP,
@@ -712,3 +794,48 @@ def test_damaged_ray_state_is_restored_from_its_last_intact_copy(tmp_path: Path)
     state.write_text("{")
     with pytest.raises(ConfigError, match="damaged"):
         repair_ray_state(exp_dir)
+
+
+def test_only_infrastructure_failures_are_retried(ray_cluster: str, tmp_path: Path) -> None:
+    """A failure the trial's code raised deterministically (a diverged state, a bad config, a
+    programming error) ends the trial at once; a dead worker is retried (`--max-failures`)."""
+    import math
+
+    from ray.exceptions import ActorDiedError, RayTaskError
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+
+    from rsst_tune.errors import TrialDiverged
+    from rsst_tune.tune.retries import RetryPolicy, failure_line
+
+    def trial(adopted: bool = True) -> Any:
+        t = Trial("train_trial", stub=True, max_failures=2)
+        t.storage = StorageContext(str(tmp_path), "e", trial_dir_name=f"trial_{t.trial_id}")
+        Path(t.local_path).mkdir(parents=True)  # where Ray writes error.txt
+        if adopted:
+            RetryPolicy().on_trial_start(0, [t], t)
+        return t
+
+    def raised(exc: BaseException) -> BaseException:  # how ray.get hands a task's error over
+        return RayTaskError("ImplicitFunc.train", "Traceback ...", exc).as_instanceof_cause()
+
+    diverged = trial()
+    assert diverged.should_recover()  # not failed yet
+    diverged.handle_error(raised(TrialDiverged(1, 2, math.nan)))
+    assert diverged.run_metadata.num_failures == 1
+    assert not diverged.should_recover()
+    line = "TrialDiverged: diverged in state 1, epoch 2 (loss nan)"
+    assert failure_line(diverged.trial_id) == line
+    bug = trial()
+    bug.handle_error(raised(KeyError("val_acc")))
+    assert not bug.should_recover()
+    for infra in (ActorDiedError(), raised(RuntimeError("CUDA error: launch failure"))):
+        died = trial()
+        died.handle_error(infra)
+        assert died.should_recover(), infra  # retried, up to max_failures times
+        died.handle_error(infra)
+        died.handle_error(infra)
+        assert not died.should_recover()  # 3 failures > max_failures 2
+    plain = trial(adopted=False)  # Ray's own Trial retries everything
+    plain.handle_error(raised(TrialDiverged(1, 2, math.nan)))
+    assert plain.should_recover()

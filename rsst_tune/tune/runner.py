@@ -154,6 +154,7 @@ def _fit(plan: SweepPlan, *, resume: bool, show: bool) -> Experiment | None:
             resume_errored=False,
             restart_errored=False,
         )
+        _with_retry_policy(tuner)
         if plan.wandb != "off":
             _keyless_wandb(tuner)
     else:
@@ -184,12 +185,14 @@ def _recover(plan: SweepPlan) -> None:
     state checkpoint. A trial started after that snapshot is unknown to Ray and cannot be
     resumed: its directory moves to `lost_trials/` and its Optuna trial is told FAIL with the
     reason in user attr `fail_reason`, so that no Optuna trial stays RUNNING and no trial
-    directory outside Ray's record is read as a trial. Locks of dead trials are released.
+    directory outside Ray's record is read as a trial; Ray's search state stops counting it
+    (`searcher.recount_search_state`), so the resumed sweep still runs `--num-samples`
+    trials. Locks of dead trials are released.
     """
     if plan.is_uri:
         return
     from rsst_tune.tune.experiment import open_study, repair_ray_state, snapshot_trials
-    from rsst_tune.tune.searcher import fail_lost
+    from rsst_tune.tune.searcher import fail_lost, recount_search_state
 
     exp_dir = Path(plan.experiment_dir)
     repaired = repair_ray_state(exp_dir)
@@ -228,6 +231,19 @@ def _recover(plan: SweepPlan) -> None:
         failed = fail_lost(study, known, reason)
         if failed:
             log.warning("%d Optuna trials Ray never recorded were told FAIL", failed)
+    recounted = recount_search_state(exp_dir, known)  # the lost trials are generated again
+    if recounted:
+        log.warning("%s", recounted)
+
+
+def _sign(plan: SweepPlan) -> None:
+    """Sign the pickles Ray wrote in the experiment directory (`trust.sign_all`), so that
+    `--resume` unpickles them; with URI storage they are not checked."""
+    if plan.is_uri or not Path(plan.experiment_dir).is_dir():
+        return
+    from rsst_tune.tune.trust import sign_all
+
+    sign_all(plan.experiment_dir)
 
 
 def _warn_idle_gpus(plan: SweepPlan, show: bool) -> None:
@@ -264,9 +280,9 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
     from ray.tune.search import ConcurrencyLimiter
 
     from rsst_tune.tune.console import EVENTS_FILE, StorageGuard, SweepConsole
-    from rsst_tune.tune.retries import RetryPolicy
     from rsst_tune.tune.moasha import make_scheduler as make_moasha
     from rsst_tune.tune.plan import halving_settings
+    from rsst_tune.tune.retries import RetryPolicy
     from rsst_tune.tune.searcher import (
         JOURNAL_FILE,
         PruningAwareOptunaSearch,
@@ -323,7 +339,7 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
             plan.base_config,
             experiment_dir=plan.experiment_dir,
             show=show,
-        )
+        ),
     ]
     callbacks += _wandb_callbacks(plan)
     return tune.Tuner(
@@ -365,6 +381,18 @@ def _wandb_callbacks(plan: SweepPlan) -> list[Any]:
             excludes=["heads_per_layer", "neurons_per_layer", "filters_per_layer"],
         )
     ]
+
+
+def _with_retry_policy(tuner: Any) -> None:
+    """A sweep started by an older rsst-tune has no `RetryPolicy` in `tuner.pkl`: add it."""
+    from rsst_tune.tune.retries import RetryPolicy
+
+    run_config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
+    if run_config is None:
+        return
+    callbacks = list(getattr(run_config, "callbacks", None) or ())
+    if not any(isinstance(c, RetryPolicy) for c in callbacks):
+        run_config.callbacks = [RetryPolicy(), *callbacks]
 
 
 WANDB_KEY = "WANDB_API_KEY"

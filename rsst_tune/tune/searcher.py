@@ -42,6 +42,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from rsst_tune.errors import unknown_choice
+from rsst_tune.tune.retries import failure_line
 from rsst_tune.tune.storage import note_storage_failure, storage_error
 
 log = logging.getLogger(__name__)
@@ -199,8 +200,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
             return
         try:
             if error:
+                reason = failure_line(trial_id) or "the trial raised"
                 ot_trial.set_user_attr(
-                    FAIL_REASON_ATTR, f"the trial raised; see trial_{trial_id}/error.txt"
+                    FAIL_REASON_ATTR, f"{reason} (see trial_{trial_id}/error.txt)"
                 )
                 self.study.tell(ot_trial, state=TrialState.FAIL)
             elif is_complete(result):
@@ -312,3 +314,55 @@ def fail_lost(
             continue
         count += _tell(study, t, {FAIL_REASON_ATTR: reason(ray_id)}, state=TrialState.FAIL)
     return count
+
+
+SEARCH_GEN_STATE = "search_gen_state-"  # Ray's SearchGenerator state (a pickle, despite .json)
+LIMITER_STATE = "name:ConcurrencyLimiter"
+
+
+def recount_search_state(exp_dir: str | Path, recorded: Mapping[str, str]) -> str | None:
+    """Before a resume: make Ray's saved search state agree with its record of the trials.
+
+    Ray saves the trials (`experiment_state-*.json`) and the search state
+    (`search_gen_state-*.json`: how many trials were generated, and the concurrency limiter's
+    live trials) side by side and copies them to storage one file at a time; a full disk or a
+    killed driver can leave a search state that counts a trial the record lacks (generated,
+    never recorded). Restored as it is, that trial counts towards `--num-samples` and, under
+    `--max-concurrent`, stays "live" for ever: the resumed sweep ends short of its trials.
+
+    `recorded`: Ray trial id -> status of every trial in the record. The count of generated
+    trials becomes the number recorded and the limiter's live trials the recorded unfinished
+    ones, so the resumed sweep generates the trials still missing (the lost trial's Optuna
+    trial is told FAIL by `fail_lost`). The file is rewritten atomically; it must be trusted
+    (`rsst_tune.tune.trust`): it is unpickled here. Returns what changed, None when nothing.
+    """
+    import ray.cloudpickle as cloudpickle
+
+    from rsst_tune.tune.experiment import ray_state_files
+
+    files = [p for p in ray_state_files(exp_dir) if p.name.startswith(SEARCH_GEN_STATE)]
+    if not files:
+        return None
+    path = files[0]
+    with path.open("rb") as fh:
+        state = cloudpickle.load(fh)
+    if not isinstance(state, dict) or not isinstance(state.get("counter"), int):
+        return None
+    changes = []
+    if state["counter"] != len(recorded):
+        changes.append(f"{state['counter']} trials generated -> {len(recorded)} recorded")
+        state["counter"] = len(recorded)
+    limiter = state.get(LIMITER_STATE)
+    if isinstance(limiter, dict) and not limiter.get("batch") and "live_trials" in limiter:
+        live = {t for t, s in recorded.items() if s not in ("TERMINATED", "ERROR")}
+        if set(limiter["live_trials"]) != live:
+            changes.append(f"live trials {sorted(limiter['live_trials'])} -> {sorted(live)}")
+            limiter["live_trials"] = live
+            limiter["num_unfinished_live_trials"] = len(live)
+    if not changes:
+        return None
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as fh:
+        cloudpickle.dump(state, fh)
+    os.replace(tmp, path)
+    return f"Ray's search state recounted ({'; '.join(changes)})"
