@@ -1,0 +1,322 @@
+"""`make gpu-check`: the CUDA paths, exercised and measured on one GPU, in one table.
+
+    python benchmarks/gpu_check.py            # about 4-6 minutes on one H100
+    python benchmarks/gpu_check.py --json gpu_check.json
+
+Without a CUDA device it prints "gpu-check: no CUDA device; nothing measured" and exits 0 at
+once, so a CPU machine never reports a pass. On a GPU it runs, in order, each part with its
+own limit, and prints one row per measurement (a part that fails is a FAIL row; the others
+still run; the exit status is 1 when any part failed):
+
+1. **CUDA tests**: `pytest -m cuda tests/` (a trial on the GPU and its resume, bf16 autocast,
+   channels_last CNNs, export latency on CUDA; tests/test_gpu.py).
+2. **Training throughput**: images/s of one vit_tiny epoch on CIFAR-shaped synthetic data
+   (20,480 images, batch 256, the batched crop and flip on the device) in fp32, bf16 autocast
+   and bf16 + `torch.compile`, through the trial's own setup (`build_setup`) and hot path
+   (`train_state`); each after a warm-up epoch (which also pays the compile), with the ratios
+   to fp32.
+3. **Fractional GPUs**: a sweep of 4 trials at 0.25 GPU each, all at once, run to completion
+   (`tune_main.py --space vit_head_mlp --preset smoke --num-samples 4 --gpus-per-trial 0.25
+   --scheduler fifo --confirm 0 --device cuda`, in a temporary storage directory).
+4. **Exported latency**: a refill ticket of vit_tiny (32 px) and of timm's DeiT-tiny (at its
+   224 px, the data resized on the device) exported with `rsst-tune export`'s code on CUDA:
+   dense and pruned milliseconds per forward at batch 1, 64 and 256, the speed-up beside the
+   MAC ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+NO_CUDA = "gpu-check: no CUDA device; nothing measured"
+DEVICE = "cuda"
+DRY_RUN = False  # --cpu-dry-run: the code paths on the CPU at toy sizes, for development
+LIMITS_S = {"tests": 240, "sweep": 300}
+
+
+@dataclass
+class Table:
+    rows: list[tuple[str, str, str, str]] = field(default_factory=list)
+    failed: bool = False
+
+    def add(self, part: str, item: str, value: str, ok: bool = True) -> None:
+        self.rows.append((part, item, value, "ok" if ok else "FAIL"))
+        self.failed |= not ok
+        print(f"  {part}: {item}: {value}{'' if ok else '  FAIL'}", flush=True)
+
+    def render(self) -> str:
+        head = ("part", "measurement", "value", "")
+        widths = [max(len(r[i]) for r in [head, *self.rows]) for i in range(4)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                 for r in [head, *self.rows]]  # fmt: skip
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+def run_part(table: Table, part: str, fn: Callable[[Table], None]) -> None:
+    """Run one part; an exception is a FAIL row with its first line, and the next part runs."""
+    t0 = time.perf_counter()
+    print(f"== {part}", flush=True)
+    try:
+        fn(table)
+    except Exception as err:  # a failing part must not hide the others
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        table.add(part, "error", f"{type(err).__name__}: {first}", ok=False)
+    table.add(part, "wall time", f"{time.perf_counter() - t0:.0f} s")
+
+
+# ----------------------------------------------------------------------------- 1. tests
+def cuda_tests(table: Table) -> None:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=LIMITS_S["tests"]
+    )
+    out = proc.stdout + proc.stderr
+    counts = dict(
+        (word, int(n))
+        for n, word in re.findall(r"(\d+) (passed|failed|skipped|error|errors|deselected)", out)
+    )
+    summary = ", ".join(f"{n} {w}" for w, n in counts.items() if w != "deselected") or "none"
+    ok = proc.returncode == 0 and counts.get("passed", 0) > 0 and not counts.get("skipped")
+    table.add("cuda tests", "pytest -m cuda tests/", summary, ok)
+    if not ok:
+        print(out[-4000:], flush=True)
+
+
+# ----------------------------------------------------------------------------- 2. throughput
+def throughput(table: Table) -> None:
+    from rsst_tune.config import TrialConfig
+    from rsst_tune.data import make_synthetic
+    from rsst_tune.trial_setup import build_setup
+
+    images, batch = (512, 64) if DRY_RUN else (20_480, 256)
+    bundle = make_synthetic(sizes=(images, 512, 512))
+    rates: dict[str, float] = {}
+    for label, amp, compile_ in (
+        ("fp32", False, False),
+        ("bf16 autocast", True, False),
+        ("bf16 + torch.compile", True, True),
+    ):
+        cfg = TrialConfig(
+            model="vit_tiny", dataset="synthetic", device=DEVICE, epochs=1, batch_size=batch,
+            warmup_epochs=0.0, augment=True, amp=amp, compile=compile_,
+        )  # fmt: skip
+        setup = build_setup(cfg, bundle)
+        if amp and setup.amp is None:
+            table.add("throughput", label, "no bf16 on this device", ok=DRY_RUN)
+            continue
+        if compile_ and setup.forward is setup.model:
+            table.add("throughput", label, "torch.compile not used", ok=DRY_RUN)
+            continue
+
+        warm = timed_epoch(setup)  # cuDNN/cuBLAS autotuning, and the compile
+        rate = images / timed_epoch(setup)
+        rates[label] = rate
+        ratio = (
+            f" ({rate / rates['fp32']:.2f}x fp32)" if "fp32" in rates and label != "fp32" else ""
+        )
+        table.add("throughput", f"vit_tiny epoch, {label}", f"{rate:,.0f} img/s{ratio}")
+        if compile_:
+            table.add("throughput", "  first epoch with the compile", f"{warm:.1f} s")
+
+
+def timed_epoch(setup: Any) -> float:
+    """Seconds of one training epoch of a `TrialSetup` through `train_state`, synchronised."""
+    import torch
+
+    from rsst_tune.data import make_generator
+    from rsst_tune.pruning.masks import MaskEnforcer
+    from rsst_tune.train import train_state
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    train_state(
+        setup.model, setup.forward, setup.train_data, setup.cfg,
+        generator=make_generator(0, setup.device),
+        enforcer=MaskEnforcer(setup.model, {}), pull=None, amp=setup.amp,
+        progress_every_s=None,
+    )  # fmt: skip
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------- 3. sweep
+def fractional_sweep(table: Table) -> None:
+    from rsst_tune.tune.experiment import load_experiment
+
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as storage:
+        cmd = [
+            sys.executable, "tune_main.py", "--space", "vit_head_mlp", "--preset", "smoke",
+            "--num-samples", "4", "--max-concurrent", "4",
+            "--gpus-per-trial", "0" if DRY_RUN else "0.25",
+            "--scheduler", "fifo", "--confirm", "0", "--device", DEVICE,
+            "--storage", storage, "--name", "gpu-check", "--quiet",
+        ]  # fmt: skip
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=LIMITS_S["sweep"]
+        )
+        took = time.perf_counter() - t0
+        if proc.returncode != 0:
+            print((proc.stdout + proc.stderr)[-4000:], flush=True)
+            table.add("sweep", "tune_main.py exit status", str(proc.returncode), ok=False)
+            return
+        experiment = load_experiment(Path(storage) / "gpu-check")
+        trials = experiment.trials
+        states = {t.config.get("pruning_times") for t in trials}
+        done = [
+            t
+            for t in trials
+            if t.status == "complete" and len(t.states) == t.config["pruning_times"]
+        ]
+        devices = sorted({str(t.config.get("device")) for t in trials})
+        ok = len(trials) == 4 and len(done) == 4
+        table.add(
+            "sweep",
+            "4 trials at 0.25 GPU (smoke, fifo)",
+            f"{len(done)}/{len(trials)} complete with all {states} states, device {devices}, "
+            f"{took:.0f} s",
+            ok,
+        )
+
+
+# ----------------------------------------------------------------------------- 4. export
+def export_latency(table: Table) -> None:
+    import torch
+
+    from rsst_tune.checkpoint import TrialCheckpoint
+    from rsst_tune.data import make_synthetic
+    from rsst_tune.export import export_checkpoint
+    from rsst_tune.latency import compare_latency
+    from rsst_tune.models import create_model
+    from rsst_tune.pruning.exported import load_exported
+    from rsst_tune.run import run_trial
+
+    device = torch.device(DEVICE)
+    scale = 16 if DRY_RUN else 1
+    cases: list[tuple[str, dict[str, Any], Any]] = [
+        (
+            "vit_tiny 32px",
+            {"model": "vit_tiny", "epochs": 2},
+            make_synthetic(sizes=(4096 // scale, 512 // scale, 512 // scale)),
+        ),
+        (
+            "deit_tiny 224px",
+            {"model": "timm:deit_tiny_patch16_224", "epochs": 1},
+            make_synthetic(sizes=(1024 // scale, 256 // scale, 256 // scale)),
+        ),
+    ]
+    batches = (1, 8) if DRY_RUN else (1, 64, 256)
+    for label, extra, data in cases:
+        with tempfile.TemporaryDirectory(prefix="gpu-check-export-") as tmp:
+            cfg = {
+                "dataset": "synthetic", "method": "refill", "head_ratio": 0.34,
+                "mlp_ratio": 0.5, "pruning_times": 3, "device": DEVICE, "amp": True,
+                "batch_size": 128, "warmup_epochs": 0.0, **extra,
+            }  # fmt: skip
+            run_trial(cfg, Path(tmp) / "run", data=data)
+            ticket = Path(tmp) / "run" / "state_02.pt"
+            # the export and its equivalence check; timed below on CUDA only (the CPU
+            # timings of export_checkpoint would take minutes at batch 256 for DeiT)
+            report = export_checkpoint(ticket, Path(tmp) / "export", device=DEVICE, measure=False)
+            spec = TrialCheckpoint.load(ticket).spec
+            pruned = load_exported(Path(tmp) / "export" / "model.pt", map_location=device)
+        shape = (spec["in_chans"], spec["img_size"], spec["img_size"])
+        dense = create_model(
+            str(extra["model"]), num_classes=spec["num_classes"], in_chans=shape[0],
+            img_size=shape[1],
+        ).to(device)  # fmt: skip
+        table.add(
+            "export",
+            f"{label}: equivalence, MACs",
+            f"max diff {report.max_abs_diff:.1e}, pruned {report.macs_fraction:.0%} of dense "
+            f"MACs (MAC ratio {report.mac_ratio:.2f}x)",
+            report.max_abs_diff <= report.atol,
+        )
+        repeats = 3 if DRY_RUN else 11
+        for lat in compare_latency(dense, pruned, shape, device, batches, repeats=repeats):
+            table.add(
+                "export",
+                f"{label}, batch {lat.batch}",
+                f"dense {lat.dense_ms:.3f} ms, pruned {lat.pruned_ms:.3f} ms: "
+                f"{lat.speedup:.2f}x (MAC ratio {report.mac_ratio:.2f}x)",
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--json", help="also write the table to this JSON file")
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=("tests", "throughput", "sweep", "export"),
+        help="leave a part out (repeatable)",
+    )
+    parser.add_argument(
+        "--cpu-dry-run",
+        action="store_true",
+        help="run the parts on the CPU at toy sizes to check the script itself (measures "
+        "nothing about a GPU; never a gpu-check pass)",
+    )
+    args = parser.parse_args(argv)
+    import torch
+
+    global DEVICE, DRY_RUN
+    if args.cpu_dry_run:
+        DEVICE, DRY_RUN = "cpu", True
+        name = "CPU (dry run: nothing measured on a GPU)"
+        print("gpu-check --cpu-dry-run: the code paths on the CPU; nothing measured on a GPU")
+    elif not torch.cuda.is_available():
+        print(NO_CUDA)
+        return 0
+    else:
+        props = torch.cuda.get_device_properties(0)
+        name = name
+        print(
+            f"gpu-check on {name} ({props.total_memory / 2**30:.0f} GiB), torch "
+            f"{torch.__version__}, CUDA {torch.version.cuda}, "
+            f"bf16 {torch.cuda.is_bf16_supported()}",
+            flush=True,
+        )
+    sys.path.insert(0, str(REPO))  # tune_main's search_spaces, when run from elsewhere
+    table = Table()
+    t0 = time.perf_counter()
+    parts: list[tuple[str, Callable[[Table], None]]] = [
+        ("tests", cuda_tests),
+        ("throughput", throughput),
+        ("sweep", fractional_sweep),
+        ("export", export_latency),
+    ]
+    for name, fn in parts:
+        if name not in args.skip:
+            run_part(table, name, fn)
+    print()
+    print(table.render())
+    status = "FAILED" if table.failed else "passed"
+    print(f"\ngpu-check {status} in {time.perf_counter() - t0:.0f} s on {name}")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"device": name, "failed": table.failed, "rows": table.rows}, indent=2)
+        )
+    return 1 if table.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The CUDA paths: a trial on the GPU, bf16 autocast, channels_last CNNs, latency on CUDA.
+
+Every test here is marked `cuda` and skipped without a CUDA device; `make gpu-check`
+(benchmarks/gpu_check.py) runs them on a GPU machine (`pytest -m cuda`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rsst_tune.config import TrialConfig
+from rsst_tune.data import DataBundle, make_generator, make_synthetic
+from rsst_tune.device import amp_dtype, autocast
+from rsst_tune.pruning.masks import MaskEnforcer
+from rsst_tune.train import evaluate, train_state
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+FAST = dict(device="cuda", epochs=1, warmup_epochs=0.0, batch_size=64, score_batches=1)
+
+
+@pytest.fixture(scope="module")
+def rgb() -> DataBundle:
+    """CIFAR-shaped synthetic data (3x32x32, 10 classes), small."""
+    return make_synthetic(sizes=(512, 128, 128))
+
+
+def test_a_trial_runs_on_cuda_and_resumes(tmp_path: Path, digits_small: DataBundle) -> None:
+    """Two states of vit_digits on the GPU (at img_size 16: the resize runs on the device);
+    checkpoints load on the CPU; a resume of the finished run adds nothing."""
+    from rsst_tune.loop import PruneLoop
+    from rsst_tune.run import run_trial
+
+    cfg = dict(model="vit_digits", dataset="digits", pruning_times=2, img_size=16, **FAST)
+    results = run_trial(cfg, tmp_path / "run", data=digits_small)
+    assert [r.state for r in results] == [0, 1]
+    assert all(0.0 <= r.val_acc <= 1.0 and r.train_loss == r.train_loss for r in results)
+    assert results[1].macs_frac < 1.0
+    state = torch.load(tmp_path / "run" / "state_01.pt", map_location="cpu", weights_only=True)
+    assert state["spec"]["img_size"] == 16
+    loop = PruneLoop.resume(tmp_path / "run", data=digits_small)
+    assert loop.setup.device.type == "cuda" and loop.next_state == 2
+
+
+def test_bf16_autocast_trains_with_fp32_weights(rgb: DataBundle) -> None:
+    from rsst_tune.trial_setup import build_setup
+
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    setup = build_setup(TrialConfig(model="vit_tiny", dataset="synthetic", amp=True, **FAST), rgb)
+    assert setup.amp == torch.bfloat16 == amp_dtype(setup.device, True)
+    x, _ = next(setup.val_data.eval_batches(8))
+    with autocast(setup.device, setup.amp):
+        assert setup.forward(x).dtype == torch.bfloat16
+    stats = train_state(
+        setup.model,
+        setup.forward,
+        setup.train_data,
+        setup.cfg,
+        generator=make_generator(0, setup.device),
+        enforcer=MaskEnforcer(setup.model, {}),
+        pull=None,
+        amp=setup.amp,
+    )
+    assert stats.train_loss == stats.train_loss and stats.train_loss < 3.0
+    assert all(p.dtype == torch.float32 for p in setup.model.parameters())
+    acc = evaluate(setup.model, setup.forward, setup.val_data, 256, setup.amp)
+    assert 0.0 <= acc <= 1.0
+
+
+def test_cnn_runs_channels_last_and_matches_contiguous(rgb: DataBundle) -> None:
+    """resnet20 on CUDA: weights and batches in channels_last; the same outputs as the
+    model in the default layout."""
+    from rsst_tune.trial_setup import build_setup
+
+    setup = build_setup(TrialConfig(model="resnet20", dataset="synthetic", amp=False, **FAST), rgb)
+    convs = [m for m in setup.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    x, _ = next(setup.val_data.eval_batches(16))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    setup.model.eval()
+    with torch.no_grad():
+        out = setup.model(x)
+        plain = setup.model.to(memory_format=torch.contiguous_format)(x.contiguous())
+    torch.testing.assert_close(out, plain, rtol=1e-3, atol=1e-3)
+    # a setup on the CPU keeps the default layout
+    cpu = build_setup(
+        TrialConfig(model="resnet20", dataset="synthetic", amp=False, **{**FAST, "device": "cpu"}),
+        rgb,
+    )
+    assert not next(cpu.val_data.eval_batches(4))[0].is_contiguous(
+        memory_format=torch.channels_last
+    )
+
+
+def test_export_measures_latency_on_cuda(tmp_path: Path, rgb: DataBundle) -> None:
+    """A pruned vit_tiny ticket exported on CUDA: it matches the masked model, and dense and
+    pruned are timed on the GPU at each batch size."""
+    from rsst_tune.export import export_checkpoint
+    from rsst_tune.pruning.exported import load_exported
+    from rsst_tune.run import run_trial
+
+    cfg = dict(
+        model="vit_tiny", dataset="synthetic", method="refill", head_ratio=0.34,
+        mlp_ratio=0.5, pruning_times=2, amp=True, **FAST,
+    )  # fmt: skip
+    run_trial(cfg, tmp_path / "run", data=rgb)
+    report = export_checkpoint(
+        tmp_path / "run" / "state_01.pt",
+        tmp_path / "export",
+        device="cuda",
+        batch_sizes=(1, 64),
+        repeats=3,
+    )
+    assert report.max_abs_diff <= report.atol
+    assert report.macs_pruned < report.macs_dense
+    on_gpu = [t for t in report.latency if t.device.startswith("cuda")]
+    assert sorted(t.batch for t in on_gpu) == [1, 64]
+    assert all(t.dense_ms > 0 and t.pruned_ms > 0 for t in on_gpu)
+    model = load_exported(tmp_path / "export" / "model.pt")
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
