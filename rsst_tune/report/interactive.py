@@ -357,7 +357,10 @@ def parallel_figure(experiment: Experiment) -> go.Figure | None:
         }
 
     # the colour bar right of the last axis, not over its tick labels
-    fig = go.Figure(go.Parcoords(dimensions=dims, line=line(0), domain={"x": [0.0, 0.9]}))
+    # labels slanted: a space's many parameters still read side by side
+    fig = go.Figure(
+        go.Parcoords(dimensions=dims, line=line(0), domain={"x": [0.0, 0.9]}, labelangle=-20)
+    )
     if len(objectives) > 1:
         buttons = [
             {
@@ -373,13 +376,13 @@ def parallel_figure(experiment: Experiment) -> go.Figure | None:
                     "type": "buttons",
                     "direction": "right",
                     "x": 0,
-                    "y": 1.3,
+                    "y": 1.4,
                     "xanchor": "left",
                     "buttons": buttons,
                 }
             ]
         )
-    fig.update_layout(height=500, margin={"l": 80, "r": 40, "t": 110, "b": 40})
+    fig.update_layout(height=540, margin={"l": 130, "r": 40, "t": 150, "b": 40})
     return fig
 
 
