@@ -27,7 +27,12 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--preset", "smoke", "--dataset", "digits", "--model", "vit_digits", "--confirm", "0"]
+# fifo: these tests need every trial to run every state (MO-ASHA, the space's default, may
+# stop one); they test recovery, not scheduling
+TINY = [
+    *("--preset", "smoke", "--dataset", "digits", "--model", "vit_digits", "--confirm", "0"),
+    *("--scheduler", "fifo"),
+]
 
 pytestmark = [pytest.mark.sweep, pytest.mark.slow]
 

@@ -261,7 +261,7 @@ def _check_asha(space: SearchSpace, base: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"--scheduler asha compares trials at the same pruning state, which is only the same "
             f"sparsity when the space does not search it; space {space.name} searches "
-            f"{', '.join(varying)}: use --scheduler fifo"
+            f"{', '.join(varying)}: use --scheduler moasha (it ranks MACs too) or --scheduler fifo"
         )
 
 

@@ -175,20 +175,24 @@ class PruningAwareOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None or trial_id in self._completed_trials or "state" not in result:
             return
-        state = int(result["state"])
-        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        values = {m: _finite(result[m]) for m in metrics if m in result}
         try:
-            ot_trial.set_user_attr(f"{STATE_VALUES_ATTR}{state}", values)
-            value = values.get(metrics[0])
-            if len(metrics) == 1 and value is not None:
-                ot_trial.report(value, step=state)
+            self._record_state(ot_trial, result)
         except (ValueError, RuntimeError) as exc:
-            log.warning("could not record trial %s's state %d in Optuna: %s", trial_id, state, exc)
+            log.warning("could not record trial %s's state in Optuna: %s", trial_id, exc)
         except OSError as exc:
             if storage_error(exc) is None:
                 raise
             note_storage_failure(exc)
+
+    def _record_state(self, ot_trial: optuna.Trial, result: Mapping[str, Any]) -> dict[str, Any]:
+        state = int(result["state"])
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        values = {m: _finite(result[m]) for m in metrics if m in result}
+        ot_trial.set_user_attr(f"{STATE_VALUES_ATTR}{state}", values)
+        value = values.get(metrics[0])
+        if len(metrics) == 1 and value is not None:  # a repeated step is ignored
+            ot_trial.report(value, step=state)
+        return values
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -213,10 +217,10 @@ class PruningAwareOptunaSearch(OptunaSearch):
             else:
                 if result and "state" in result:
                     ot_trial.set_user_attr(STOPPED_ATTR, int(result["state"]))
-                    metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-                    last = {m: _finite(result[m]) for m in metrics if m in result}
-                    ot_trial.set_user_attr(PRUNED_VALUES_ATTR, last)  # a multi-objective
-                    # PRUNED trial has no values in Optuna; a single one gets the last report
+                    # Ray does not pass the result a scheduler stops on to on_trial_result.
+                    # Optuna keeps no values for a PRUNED trial of a multi-objective study
+                    # (a single objective gets its last report): user attr `pruned_values`.
+                    ot_trial.set_user_attr(PRUNED_VALUES_ATTR, self._record_state(ot_trial, result))
                 self.study.tell(ot_trial, state=TrialState.PRUNED)
         except (ValueError, KeyError, RuntimeError) as exc:
             log.warning("could not tell Optuna about trial %s: %s", trial_id, exc)

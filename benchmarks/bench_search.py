@@ -1,0 +1,293 @@
+"""Benchmark search efficiency: hypervolume against trial-epochs for three search setups.
+
+    python benchmarks/bench_search.py           # 3 seeds x 3 setups on digits (tens of minutes)
+    python benchmarks/bench_search.py --tiny    # 1 seed, a few 1-epoch trials (CI, ~2 minutes)
+
+Setups, on the digits profile of `vit_head_mlp` (`--preset smoke`: vit_digits, digits, `lr`
+pinned so every trial shares one dense state 0):
+
+* `tpe+moasha`: TPE sampler, MO-ASHA scheduler (rungs at states 1, 2, ...; η = 2);
+* `tpe+fifo`:   TPE sampler, every trial runs every state;
+* `random+fifo`: random sampler, every trial runs every state (the baseline).
+
+Budget: the same number of **trial-epochs** for every setup, B = (FIFO trials) x (pruned
+states) x (epochs per state) + one dense state 0 (`epochs_trained` of every state of every
+trial is what counts: a state 0 loaded from the shared dense cache costs 0). A MO-ASHA sweep
+stops trials early, so it is given more trials; its curve is cut at B like the others.
+
+Measured: after each reported state (in the order the driver saw them, `events.jsonl`), the
+epochs spent so far and the **hypervolume** of the tickets so far (every state of every trial,
+as the report's Pareto front) in the plane (val_acc, 1 - macs_frac), both maximised, against
+the fixed reference point (0.1, 0.0): chance accuracy (10 classes) and no MACs saved. Printed:
+hypervolume at fractions of B (mean over seeds, and min..max), and per seed the epochs each
+setup needed to reach random+fifo's final hypervolume of that seed, as a ratio of the epochs
+random+fifo itself needed (goal for tpe+moasha: <= 0.5; "never" when not reached within B).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+from rsst_tune.errors import SweepInterrupted  # noqa: E402
+from rsst_tune.tune import SweepOptions, load_experiment, resolve_plan, run_sweep  # noqa: E402
+from rsst_tune.tune.console import EVENTS_FILE  # noqa: E402
+
+REFERENCE = (0.1, 0.0)  # (val_acc, 1 - macs_frac): chance accuracy on 10 classes, no saving
+SETUPS = (
+    ("tpe+moasha", "tpe", "moasha"),
+    ("tpe+fifo", "tpe", "fifo"),
+    ("random+fifo", "random", "fifo"),
+)
+BASELINE = "random+fifo"
+GOAL = 0.5
+FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+# The smoke preset may re-run its best tickets with more seeds when a sweep ends (`confirm`):
+# not part of the search, so off here (where the option exists).
+NO_CONFIRM = {"confirm": 0} if "confirm" in {f.name for f in fields(SweepOptions)} else {}
+
+
+@dataclass(frozen=True)
+class Size:
+    seeds: tuple[int, ...]
+    states: int
+    epochs: int
+    fifo_trials: int
+    moasha_trials: int
+    max_concurrent: int = 2
+
+
+FULL = Size(seeds=(0, 1, 2), states=3, epochs=4, fifo_trials=8, moasha_trials=16)
+TINY = Size(seeds=(0,), states=3, epochs=2, fifo_trials=2, moasha_trials=3)
+
+
+def hypervolume(
+    points: Sequence[tuple[float, float]], ref: tuple[float, float] = REFERENCE
+) -> float:
+    """The area dominated by `points` (both coordinates maximised) above `ref`."""
+    inside = sorted(((a, b) for a, b in points if a > ref[0] and b > ref[1]), reverse=True)
+    area, best_b = 0.0, ref[1]
+    for a, b in inside:  # by a descending: each point adds the strip its b rises above
+        if b > best_b:
+            area += (a - ref[0]) * (b - best_b)
+            best_b = b
+    return area
+
+
+def curve(exp_dir: Path) -> list[tuple[int, float]]:
+    """(epochs spent, hypervolume) after each reported state, in the order the driver saw
+    them; a state seen twice (a resumed trial) counts once."""
+    exp = load_experiment(exp_dir)
+    states = {(t.trial_id, s.state): s for t in exp.trials for s in t.states}
+    seen: set[tuple[str, int]] = set()
+    spent = 0
+    points: list[tuple[float, float]] = []
+    out: list[tuple[int, float]] = []
+    for line in (exp_dir / EVENTS_FILE).read_text().splitlines():
+        event = json.loads(line)
+        if event.get("event") != "state":
+            continue
+        key = (str(event["trial_id"]), int(event["state"]))
+        if key in seen or key not in states:
+            continue
+        seen.add(key)
+        state = states[key]
+        spent += int(state.epochs_trained)
+        points.append((state.val_acc, 1.0 - state.macs_frac))
+        out.append((spent, hypervolume(points)))
+    return out
+
+
+def value_at(points: list[tuple[int, float]], epochs: float) -> float:
+    """The hypervolume reached within `epochs` epochs."""
+    return max((hv for spent, hv in points if spent <= epochs), default=0.0)
+
+
+def epochs_to(points: list[tuple[int, float]], target: float, budget: int) -> int | None:
+    """The epochs spent when the hypervolume first reached `target` (None: not within budget)."""
+    for spent, hv in points:
+        if spent > budget:
+            return None
+        if hv >= target - 1e-12:
+            return spent
+    return None
+
+
+def run_setup(
+    storage: str, name: str, sampler: str, scheduler: str, seed: int, size: Size
+) -> list[tuple[int, float]]:
+    trials = size.moasha_trials if scheduler == "moasha" else size.fifo_trials
+    plan = resolve_plan(
+        SweepOptions(
+            space="vit_head_mlp",
+            preset="smoke",
+            storage=storage,
+            name=name,
+            seed=seed,
+            sampler=sampler,
+            scheduler=scheduler,
+            states=size.states,
+            epochs=size.epochs,
+            num_samples=trials,
+            max_concurrent=size.max_concurrent,
+            command="python benchmarks/bench_search.py",
+            **NO_CONFIRM,
+        )
+    )
+    try:
+        run_sweep(plan, show=False)
+    except SweepInterrupted as stop:
+        print(f"bench_search: {name}: {stop}", file=sys.stderr)
+    exp_dir = Path(plan.experiment_dir)
+    exp = load_experiment(exp_dir)
+    stopped: dict[int, int] = {}
+    for t in exp.trials:
+        if t.status == "pruned" and t.states:
+            stopped[t.states[-1].state] = stopped.get(t.states[-1].state, 0) + 1
+    where = ", ".join(f"{n} at state {s}" for s, n in sorted(stopped.items())) or "none"
+    print(
+        f"  {name:<24} {len(exp.trials)} trials, stopped early: {where}; "
+        f"{curve(exp_dir)[-1][0] if curve(exp_dir) else 0} epochs",
+        flush=True,
+    )
+    return curve(exp_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--tiny", action="store_true", help="1 seed, tiny trials (CI)")
+    parser.add_argument("--storage", default=None, help="keep the experiments here")
+    args = parser.parse_args(argv)
+    size = TINY if args.tiny else FULL
+    os.environ.setdefault("RSST_TUNE_ONNX", "0")  # the reports' exports: no ONNX timing
+    budget = size.fifo_trials * (size.states - 1) * size.epochs + size.epochs
+    print(
+        f"bench_search: vit_head_mlp --preset smoke, {size.states} states x {size.epochs} "
+        f"epochs, seeds {list(size.seeds)}; budget {budget} trial-epochs ({size.fifo_trials} "
+        f"FIFO trials; MO-ASHA gets {size.moasha_trials} trials and is cut at the budget); "
+        f"hypervolume of (val_acc, 1 - macs_frac) against {REFERENCE}",
+        flush=True,
+    )
+    tmp = None
+    storage = args.storage
+    if storage is None:
+        tmp = tempfile.mkdtemp(prefix="bench_search_")
+        storage = tmp
+    from rsst_tune.tune.ray_setup import prepare_ray_env
+
+    prepare_ray_env(None)
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=size.max_concurrent,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
+    t0 = time.perf_counter()
+    curves: dict[str, dict[int, list[tuple[int, float]]]] = {s[0]: {} for s in SETUPS}
+    try:
+        for seed in size.seeds:
+            for label, sampler, scheduler in SETUPS:
+                name = f"{label.replace('+', '_')}_s{seed}"
+                curves[label][seed] = run_setup(storage, name, sampler, scheduler, seed, size)
+    finally:
+        ray.shutdown()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    elapsed = time.perf_counter() - t0
+
+    # hypervolume against epochs spent
+    labels = [s[0] for s in SETUPS]
+    print(f"\nhypervolume (mean over {len(size.seeds)} seeds, [min..max]) by trial-epochs spent")
+    print(f"{'epochs':>8}  " + "  ".join(f"{label:>24}" for label in labels))
+    for at in sorted({max(1, round(frac * budget)) for frac in FRACTIONS}):
+        cells = []
+        for label in labels:
+            values = [value_at(curves[label][s], at) for s in size.seeds]
+            cells.append(f"{statistics.mean(values):.4f} [{min(values):.3f}..{max(values):.3f}]")
+        print(f"{at:>8}  " + "  ".join(f"{c:>24}" for c in cells))
+
+    # epochs to reach the baseline's final hypervolume
+    print(f"\nepochs to reach {BASELINE}'s final hypervolume (ratio to {BASELINE}'s own epochs)")
+    ratios: dict[str, list[float]] = {label: [] for label in labels}
+    for seed in size.seeds:
+        target = value_at(curves[BASELINE][seed], budget)
+        own = epochs_to(curves[BASELINE][seed], target, budget)
+        parts = []
+        for label in labels:
+            needed = epochs_to(curves[label][seed], target, budget)
+            if target <= 0.0:  # nothing to reach: no ratio
+                ratios[label].append(math.nan)
+                parts.append(f"{label} -")
+            elif needed is None or not own:
+                ratios[label].append(math.inf)
+                parts.append(f"{label} never")
+            else:
+                ratios[label].append(needed / own)
+                parts.append(f"{label} {needed} ({needed / own:.2f})")
+        print(f"  seed {seed}: target {target:.4f}: " + ", ".join(parts))
+    summary = {}
+    for label in labels:
+        defined = [r for r in ratios[label] if not math.isnan(r)]
+        finite = [r for r in defined if math.isfinite(r)]
+        if not defined:
+            mean = math.nan
+        else:
+            mean = statistics.mean(defined) if len(finite) == len(defined) else math.inf
+        summary[label] = mean
+        shown = (
+            f"{mean:.2f}"
+            if math.isfinite(mean) or math.isnan(mean)
+            else f"never in {len(defined) - len(finite)} seed(s)"
+        )
+        print(f"  {label:<12} mean ratio {shown}")
+    met = math.isfinite(summary["tpe+moasha"]) and summary["tpe+moasha"] <= GOAL
+    print(
+        f"goal tpe+moasha <= {GOAL} of {BASELINE}'s epochs: "
+        + ("met" if met else "NOT met")
+        + f" (measured {summary['tpe+moasha']:.2f})"
+    )
+    print(f"total {elapsed:.0f} s")
+    print(
+        json.dumps(
+            {
+                "budget_epochs": budget,
+                "seeds": list(size.seeds),
+                "ratio": {
+                    k: (round(v, 3) if math.isfinite(v) else None) for k, v in summary.items()
+                },
+                "final_hypervolume": {
+                    label: round(
+                        statistics.mean(value_at(curves[label][s], budget) for s in size.seeds), 4
+                    )
+                    for label in labels
+                },
+                "goal_met": met,
+                "total_s": round(elapsed, 1),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
