@@ -455,3 +455,56 @@ def test_smoke_sweep_with_moasha_stops_trials_and_ends_with_a_pareto_front(
     assert front and any(t.macs_frac < 1.0 for t in front)
     report = (tmp_path / "mo" / "report.md").read_text()
     assert "Pareto front" in report and "pruned" in report
+
+
+# ---------------------------------------------------------------------- options and plan
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--grace", "0"], "--grace must be a pruning state >= 1 for moasha"),
+        (["--grace", "-1"], "--grace: must be an integer"),
+        (["--reduction-factor", "1"], "--reduction-factor: must be an integer in [2, 100]"),
+        (["--scheduler", "fifo", "--grace", "2"], "apply to --scheduler moasha or asha"),
+        (["--scheduler", "asha"], "use --scheduler moasha"),
+    ],
+)
+def test_bad_moasha_options_are_one_line_and_exit_2(
+    argv: list[str], words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rsst_tune.tune.cli import main as tune_main
+
+    storage = tmp_path / "store"
+    try:  # argparse's type errors exit; a plan's ConfigError returns the status
+        rc = tune_main(["--space", "vit_head_mlp", "--storage", str(storage), "--dry-run", *argv])
+    except SystemExit as exc:
+        rc = exc.code  # type: ignore[assignment]
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
+    assert not storage.exists()
+
+
+def test_the_plan_keeps_the_rungs_and_reads_older_asha_settings(tmp_path: Path) -> None:
+    import dataclasses
+
+    from rsst_tune.tune.plan import (
+        SweepPlan,
+        describe_plan,
+        halving_settings,
+        moasha_rungs,
+        resolve_plan,
+    )
+
+    plan = resolve_plan(
+        SweepOptions(space="vit_head_mlp", storage=str(tmp_path), reduction_factor=3, states=8)
+    )
+    assert plan.scheduler == "moasha"  # the space's default: it searches sparsity
+    assert halving_settings(plan) == (1, 3) and moasha_rungs(plan) == [1, 3]
+    assert "rungs at states 1, 3; reduction factor 3" in describe_plan(plan)
+    again = SweepPlan.from_json(plan.to_json())
+    assert halving_settings(again) == (1, 3)
+    # a plan written before MO-ASHA stored ASHA's grace period in Ray iterations (state + 1)
+    older = dataclasses.replace(plan, asha={"grace_period": 1, "reduction_factor": 2})
+    assert halving_settings(older) == (0, 2)
+    two = resolve_plan(SweepOptions(space="vit_head_mlp", storage=str(tmp_path), states=2))
+    assert moasha_rungs(two) == [] and "no rung below the last state 1" in describe_plan(two)
