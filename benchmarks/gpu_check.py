@@ -304,9 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         ("sweep", fractional_sweep),
         ("export", export_latency),
     ]
-    for name, fn in parts:
-        if name not in args.skip:
-            run_part(table, name, fn)
+    for part, fn in parts:
+        if part not in args.skip:
+            run_part(table, part, fn)
     print()
     print(table.render())
     status = "FAILED" if table.failed else "passed"
