@@ -52,6 +52,7 @@ def _env(ray_tmp: Path, **extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["RAY_AUTH_MODE"] = "disabled"
     env["RAY_TMPDIR"] = str(ray_tmp)
+    env["RSST_TUNE_RESUME_KEY"] = str(ray_tmp / "resume.key")  # the test's own signing key
     env.pop("WANDB_API_KEY", None)
     env.update(extra)
     return env

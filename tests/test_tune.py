@@ -58,6 +58,12 @@ def ray_cluster() -> Iterator[str]:
         ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _resume_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sweeps sign their pickles with a per-user key: a test's own, not the user's."""
+    monkeypatch.setenv("RSST_TUNE_RESUME_KEY", str(tmp_path / "resume.key"))
+
+
 def _study_trials(exp_dir: Path) -> list[Any]:
     exp = load_experiment(exp_dir)
     assert exp.study is not None, "the Optuna journal must be in the experiment directory"

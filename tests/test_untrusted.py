@@ -6,6 +6,8 @@ import json
 import pickle
 from pathlib import Path
 
+import pytest
+
 from rsst_tune.cli import main
 from rsst_tune.config import TrialConfig
 from rsst_tune.tune.experiment import load_experiment
@@ -77,3 +79,105 @@ def test_a_copied_experiment_directory_resumes_in_place(tmp_path: Path) -> None:
     assert moved.dense_cache_dir == str(copy.resolve() / "dense_cache")
     assert moved.study_name == plan.study_name  # the Optuna study inside the journal
     assert str(tmp_path / "orig") not in moved.to_json()
+
+
+# ---------------------------------------------------------------------- --resume and pickles
+def _resumable(root: Path, name: str = "r") -> Path:
+    """A sweep directory as Ray leaves it: sweep.json, tuner.pkl, its state, a backup copy."""
+    plan = resolve_plan(SweepOptions(space="vit_head_mlp", preset="smoke", storage=str(root),
+                                     name=name))  # fmt: skip
+    exp = Path(plan.experiment_dir)
+    exp.mkdir(parents=True)
+    (exp / PLAN_FILE).write_text(plan.to_json())
+    (exp / "tuner.pkl").write_bytes(pickle.dumps({"tuner": 1}))
+    session = "2026-01-01_00-00-00"
+    state = {"trial_data": [[json.dumps({"trial_id": "t1", "status": "RUNNING"}), "{}"]]}
+    (exp / f"experiment_state-{session}.json").write_text(json.dumps(state))
+    (exp / f"searcher-state-{session}.pkl").write_bytes(pickle.dumps({"searcher": 1}))
+    (exp / f"search_gen_state-{session}.json").write_bytes(pickle.dumps({"counter": 1}))
+    return exp
+
+
+def _resume(exp: Path, *extra: str) -> int:
+    from rsst_tune.tune.cli import main as tune_main
+
+    try:
+        return tune_main(["--resume", str(exp), "--quiet", *extra])
+    except SystemExit as stop:
+        return int(stop.code or 0)
+
+
+@pytest.fixture
+def resume_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    key = tmp_path / "config" / "rsst-tune" / "resume.key"
+    monkeypatch.setenv("RSST_TUNE_RESUME_KEY", str(key))
+    return key
+
+
+def test_resume_refuses_a_crafted_tuner_pkl_and_runs_none_of_it(
+    tmp_path: Path, resume_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rsst_tune.tune.trust import sign_all
+
+    marker = tmp_path / "pwned"
+    exp = _resumable(tmp_path)
+    sign_all(exp)  # a directory this user's rsst-tune wrote...
+    assert resume_key.stat().st_mode & 0o777 == 0o600
+    (exp / "tuner.pkl").write_bytes(pickle.dumps(_Touch(marker)))  # ...then tampered with
+    assert _resume(exp) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "tuner.pkl was not written by your rsst-tune" in line and "--trust-pickles" in line
+    assert not marker.exists(), "the crafted pickle ran"
+    assert not (exp / "sweep.lock").exists()
+
+    # a directory from elsewhere, never signed here (no signatures.json), is refused the same
+    other = _resumable(tmp_path, "other")
+    (other / "searcher-state-2026-01-01_00-00-00.pkl").write_bytes(pickle.dumps(_Touch(marker)))
+    assert _resume(other) == 2
+    assert "there is no valid signature" not in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_a_signed_directory_verifies_and_a_killed_driver_falls_back_to_the_signed_copy(
+    tmp_path: Path, resume_key: Path
+) -> None:
+    from rsst_tune.tune.experiment import RAY_STATE_BACKUP, backup_ray_state
+    from rsst_tune.tune.trust import check_resume, sign_all
+
+    exp = _resumable(tmp_path)
+    assert check_resume(exp, trust=True) == []
+    assert sign_all(exp) == 4  # the runner signs tuner.pkl (and the rest) before Ray runs
+    assert backup_ray_state(exp)  # the driver's copy every 2 s: signed with the files it copies
+    assert check_resume(exp) == []  # nothing rewritten since: every file verifies
+    # Ray rewrites its state after the last signed copy, then the driver is SIGKILLed
+    state = exp / "experiment_state-2026-01-01_00-00-00.json"
+    copied = state.read_text()
+    state.write_text(copied.replace("RUNNING", "PENDING"))
+    (notes,) = check_resume(exp)
+    assert "last signed copy" in notes
+    assert state.read_text() == copied == (exp / RAY_STATE_BACKUP / state.name).read_text()
+    assert Path(f"{state}.unsigned").is_file()
+    assert check_resume(exp) == []
+    # an unsigned error.pkl of a trial is set aside (Ray reads error.txt instead)
+    (exp / "trial_t1").mkdir()
+    (exp / "trial_t1" / "error.pkl").write_bytes(pickle.dumps(ValueError("x")))
+    (note,) = check_resume(exp)
+    assert "trial_t1/error.pkl" in note and not (exp / "trial_t1" / "error.pkl").exists()
+    # the end of a sweep signs what is there
+    (exp / "trial_t1" / "error.pkl").write_bytes(pickle.dumps(ValueError("y")))
+    assert sign_all(exp) >= 5
+    assert check_resume(exp) == [] and (exp / "trial_t1" / "error.pkl").exists()
+
+
+def test_the_resume_key_must_be_private(tmp_path: Path, resume_key: Path) -> None:
+    from rsst_tune.errors import ConfigError
+    from rsst_tune.tune import trust
+
+    exp = _resumable(tmp_path)
+    assert trust.sign_all(exp)
+    resume_key.chmod(0o644)
+    trust._keys.clear()
+    with pytest.raises(ConfigError, match="readable by you only"):
+        trust.check_resume(exp)
+    resume_key.chmod(0o600)
+    assert trust.check_resume(exp) == []

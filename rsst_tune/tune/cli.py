@@ -201,6 +201,14 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue an interrupted sweep (default dir: STORAGE/NAME)",
     )
     where.add_argument(
+        "--trust-pickles",
+        action="store_true",
+        help="with --resume: let Ray load the directory's pickles (tuner.pkl, its experiment "
+        "and searcher state, error.pkl) even when they carry no signature of your rsst-tune "
+        "(a directory from another user or machine); loading a pickle runs any code it "
+        "holds, so use it only for a directory whose writer you trust",
+    )
+    where.add_argument(
         "--address",
         default=None,
         help="join a Ray cluster (auto, HOST:PORT, ray://HOST:PORT); "
@@ -294,7 +302,12 @@ def tune_command(args: argparse.Namespace) -> int:
         return _run(
             prog,
             lambda: run_sweep(
-                plan, resume=True, address=args.address, verbose=verbose, show=not args.quiet
+                plan,
+                resume=True,
+                address=args.address,
+                verbose=verbose,
+                show=not args.quiet,
+                trust_pickles=args.trust_pickles,
             ),
             Path(plan.local_dir) / "sweep.log",
         )

@@ -261,34 +261,46 @@ def ray_state_intact(files: list[Path]) -> bool:
     does (a write cut off by a full disk fails one or the other)."""
     if not files or not files[0].name.startswith("experiment_state-"):
         return False
-    for path in files:
-        try:
-            data = path.read_bytes()
-        except OSError:
-            return False
-        if data[:1] == b"\x80":  # a pickle (search_gen_state-*.json is one too)
-            if not data.endswith(b"."):  # the STOP opcode
-                return False
-        else:
-            try:
-                json.loads(data)
-            except ValueError:
-                return False
+    return all(_file_intact(path) for path in files)
+
+
+def _file_intact(path: Path) -> bool:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    if data[:1] == b"\x80":  # a pickle (search_gen_state-*.json is one too)
+        return data.endswith(b".")  # the STOP opcode
+    try:
+        json.loads(data)
+    except ValueError:
+        return False
     return True
 
 
 def backup_ray_state(exp_dir: Path) -> bool:
     """Copy Ray's newest experiment state to `.ray_state_backup/` when it is intact (each file
-    written aside and renamed, so a failed copy leaves the previous backup whole)."""
+    written aside, signed (`trust.sign_copies`) and renamed, so a failed copy leaves the
+    previous backup whole and signed)."""
     files = ray_state_files(exp_dir)
     if not ray_state_intact(files):
         return False
+    from rsst_tune.tune.trust import sign_copies
+
     backup = exp_dir / RAY_STATE_BACKUP
     backup.mkdir(exist_ok=True)
-    for path in files:
-        tmp = backup / f".{path.name}.tmp"
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, backup / path.name)
+    copies = [(backup / f".{path.name}.tmp", backup / path.name, path) for path in files]
+    try:
+        for path, (tmp, _, _) in zip(files, copies, strict=True):
+            shutil.copyfile(path, tmp)
+        if not all(_file_intact(tmp) for tmp, _, _ in copies):  # Ray rewrote one meanwhile
+            return False
+        sign_copies(exp_dir, copies)  # before they replace the signed backup
+        for tmp, target, _ in copies:
+            os.replace(tmp, target)
+    finally:
+        for tmp, _, _ in copies:
+            tmp.unlink(missing_ok=True)
     names = {p.name for p in files}
     for old in backup.iterdir():
         if old.name not in names and not old.name.startswith("."):

@@ -95,6 +95,7 @@ def execute(
             if reaper is not None:
                 reaper.close()
             _release_dense_locks(plan, wait_s=0.0 if started else 10.0)
+            _sign(plan)  # Ray has stopped writing: what it wrote may be resumed
 
 
 @contextlib.contextmanager
@@ -171,6 +172,7 @@ def _fit(plan: SweepPlan, *, resume: bool, show: bool) -> Experiment | None:
         f"dashboard: optuna-dashboard {local / JOURNAL_FILE})",
     )
     _warn_idle_gpus(plan, show)
+    _sign(plan)  # tuner.pkl, written by Ray as the Tuner was made
     t0 = time.monotonic()
     tuner.fit()  # Ctrl+C (or SIGTERM): Ray stops the trials, saves its state and returns
     elapsed = time.monotonic() - t0

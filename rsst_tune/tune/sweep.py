@@ -15,6 +15,7 @@ there and ours stay in `./experiments/<name>/`.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from rsst_tune.errors import ConfigError
@@ -22,6 +23,7 @@ from rsst_tune.tune.plan import SweepPlan
 from rsst_tune.tune.ray_setup import check_address
 from rsst_tune.tune.records import Experiment
 from rsst_tune.tune.storage import check_storage, sweep_lock
+from rsst_tune.tune.trust import check_resume
 
 
 def run_sweep(
@@ -31,6 +33,7 @@ def run_sweep(
     address: str | None = None,
     verbose: bool = False,
     show: bool = True,
+    trust_pickles: bool = False,
 ) -> Experiment | None:
     """Run (or resume) the sweep and return it, finished, as an `Experiment`.
 
@@ -50,6 +53,10 @@ def run_sweep(
     `address` joins a running Ray cluster (default: a local one, started and shut down here,
     unless `ray.init` was already called); `show` prints the console view; `verbose` puts
     debug logs in `sweep.log`.
+
+    A resume first checks that every pickle Ray would load from the directory was signed by
+    this user's rsst-tune (`rsst_tune.tune.trust.check_resume`; ConfigError otherwise);
+    `trust_pickles` (`--trust-pickles`) skips that check.
     """
     from rsst_tune.tune.runner import execute
 
@@ -65,4 +72,7 @@ def run_sweep(
     ):
         raise ConfigError(f"{plan.experiment_dir} holds no Ray Tune experiment state to resume")
     with sweep_lock(plan):
+        if resume and not plan.is_uri:
+            for note in check_resume(plan.experiment_dir, trust=trust_pickles):
+                print(f"rsst-tune: {note}", file=sys.stderr)
         return execute(plan, resume=resume, address=address, verbose=verbose, show=show)
