@@ -237,6 +237,129 @@ def test_a_diverged_trial_is_an_error_at_once_and_the_sweep_goes_on(
     assert f"| {bad.trial_id} | error |" in report and "diverged in state 0" in report
 
 
+# ---------------------------------------------------------------------- a 2-node cluster
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Node:
+    """One node of a local Ray cluster started with `ray start --block` in its own process
+    group; its processes (raylet, workers, agents) carry `RSST_TEST_NODE=<tag>` in their
+    environment, so they are found, and killed, by pid. Never `ray stop`: that stops every
+    Ray process of the machine."""
+
+    def __init__(self, tag: str, args: list[str], env: dict[str, str]) -> None:
+        self.mark = f"RSST_TEST_NODE={tag}"
+        ray_cli = str(Path(sys.executable).with_name("ray"))
+        self.proc = subprocess.Popen(
+            [ray_cli, "start", "--block", "--disable-usage-stats", *args],
+            env={**env, "RSST_TEST_NODE": tag},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def pids(self) -> list[int]:
+        return _live_processes_with(self.mark)
+
+    def kill(self) -> None:
+        for _ in range(3):  # processes started while others die
+            for pid in self.pids():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+        with contextlib.suppress(OSError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+
+
+def _alive_nodes(address: str, env: dict[str, str]) -> int:
+    code = (
+        f"import ray; ray.init(address={address!r}, log_to_driver=False); "
+        "print(sum(n['Alive'] for n in ray.nodes()))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    return int(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else 0
+
+
+def test_a_killed_worker_node_moves_its_trial_to_the_head_and_the_sweep_finishes(
+    tmp_path: Path, ray_tmp: Path
+) -> None:
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    env = _env(ray_tmp)
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0"]
+    head = Node(
+        f"head-{port}",
+        [
+            "--head",
+            f"--port={port}",
+            "--include-dashboard=false",
+            "--temp-dir",
+            str(ray_tmp / "h"),
+            *common,
+        ],
+        env,
+    )
+    worker: Node | None = None
+    sweep: Sweep | None = None
+    exp_dir = tmp_path / "wn"
+    try:
+        deadline = time.monotonic() + 120
+        while _alive_nodes(address, env) < 1:
+            assert time.monotonic() < deadline, "the head node did not start"
+            time.sleep(1)
+        worker = Node(
+            f"worker-{port}",
+            [f"--address={address}", "--temp-dir", str(ray_tmp / "w"), *common],
+            env,
+        )
+        while _alive_nodes(address, env) < 2:
+            assert time.monotonic() < deadline, "the worker node did not join"
+            time.sleep(1)
+        cmd = _sweep(tmp_path, "wn", "--states", "3", "--epochs", "3", "--num-samples", "2")
+        sweep = Sweep([*cmd, "--address", address, "--quiet"], env, tmp_path)
+        on_worker = worker
+
+        def moved_trial() -> str | None:  # a trial on the worker node with a saved state
+            pids = set(on_worker.pids())
+            events = _events(exp_dir)
+            there = {e["trial_id"] for e in events if e["event"] == "state" and e["pid"] in pids}
+            saved = [e["trial_id"] for e in events if e["event"] == "saved"]
+            return next((t for t in saved if t in there), None)
+
+        sweep.wait_for("a state saved by a trial on the worker node", lambda: moved_trial())
+        moved = moved_trial()
+        worker.kill()  # the node's raylet, its workers and agents, by pid
+        assert not worker.pids()
+        assert sweep.finish(timeout=400) == 0, sweep.err
+    finally:
+        if sweep is not None:
+            sweep.stop()
+        for node in (worker, head):
+            if node is not None:
+                node.kill()
+    assert not head.pids() and (worker is None or not worker.pids())
+
+    from rsst_tune.tune import load_experiment
+
+    trials = load_experiment(exp_dir).trials
+    assert [t.status for t in trials] == ["complete", "complete"], trials
+    events = [e["event"] for e in _events(exp_dir) if e["trial_id"] == moved]
+    assert "retry" in events and events[-1] == "done", events
+    rows = _rows(exp_dir, moved)
+    assert [r["state"] for r in rows] == [0, 1, 2]
+    assert rows[-1]["resumed_from"] >= 1, "the moved trial restarted from scratch"
+    assert set(_study_states(exp_dir).values()) == {"COMPLETE"}
+
+
 # ---------------------------------------------------------------------- interrupts
 def test_sigint_in_state0_releases_the_lock_and_resume_does_not_wait(
     tmp_path: Path, ray_tmp: Path
@@ -484,7 +607,7 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_it_resumes_once_freed(
 
 
 # ---------------------------------------------------------------------- secrets
-def test_wandb_offline_keeps_the_api_key_out_of_ray_and_every_file(
+def test_wandb_offline_keeps_the_api_key_out_and_every_run_holds_history_and_exit(
     tmp_path: Path, ray_tmp: Path
 ) -> None:
     key = "rsst-dummy-key-5f0c1d2e3a4b"
@@ -497,7 +620,7 @@ def test_wandb_offline_keeps_the_api_key_out_of_ray_and_every_file(
             "--epochs",
             "1",
             "--num-samples",
-            "1",
+            "2",
             "--wandb",
             "offline",
             "--quiet",
@@ -517,5 +640,58 @@ def test_wandb_offline_keeps_the_api_key_out_of_ray_and_every_file(
                 searched += 1
                 assert key.encode() not in path.read_bytes(), path
     assert list(ray_tmp.glob("ray/session_*/logs/runtime_env_agent.log")), "Ray's logs searched"
-    assert list((tmp_path / "wb" / "wandb").glob("offline-run-*")), "W&B ran offline"
     assert searched > 50
+
+    # Every trial's offline run holds one history row per pruning state and an exit record.
+    from rsst_tune.tune import load_experiment
+
+    trials = load_experiment(tmp_path / "wb").trials
+    assert [t.status for t in trials] == ["complete", "complete"]
+    for trial in trials:
+        (run,) = (tmp_path / "wb" / "wandb").glob(f"offline-run-*-{trial.trial_id}")
+        (log,) = run.glob("*.wandb")
+        records = _wandb_records(log)
+        kinds = [r.WhichOneof("record_type") for r in records]
+        assert "run" in kinds and "exit" in kinds, (trial.trial_id, kinds)
+        states = [
+            json.loads(item.value_json)
+            for r in records
+            if r.WhichOneof("record_type") == "history"
+            for item in r.history.item
+            if (item.key or "/".join(item.nested_key)) == "state"
+        ]
+        assert states == [0, 1], (trial.trial_id, kinds)
+
+
+def _wandb_records(path: Path) -> list[Any]:
+    """The records of a W&B run file (`run-<id>.wandb`), parsed with W&B's own protobuf
+    `Record`. The file is a LevelDB-style log: a 7-byte header (`:W&B`, magic, version),
+    then 32 KiB blocks of chunks, each `crc32 (4) | length (2) | type (1) | data`, a record
+    being one FULL chunk or FIRST, MIDDLE..., LAST."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", path
+    block, pos, pending, raw = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's zero trailer
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 1:
+            raw.append(chunk)
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            raw.append(pending + chunk)
+    records = []
+    for blob in raw:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(blob)
+        records.append(record)
+    return records

@@ -379,7 +379,7 @@ def _wandb_callbacks(plan: SweepPlan) -> list[Any]:
             group=plan.name,
             mode=plan.wandb,
             dir=plan.local_dir,  # offline runs stay in the experiment directory (wandb/)
-            upload_timeout=20 if plan.wandb == "offline" else 120,
+            upload_timeout=120,  # wait for every run's wandb.finish (history, exit record)
             excludes=["heads_per_layer", "neurons_per_layer", "filters_per_layer"],
         )
     ]
