@@ -848,3 +848,33 @@ def test_only_infrastructure_failures_are_retried(ray_cluster: str, tmp_path: Pa
     plain = trial(adopted=False)  # Ray's own Trial retries everything
     plain.handle_error(raised(TrialDiverged(1, 2, math.nan)))
     assert plain.should_recover()
+
+
+def test_a_storage_failure_noted_while_logging_it_does_not_recurse() -> None:
+    """sweep.log on the full disk: logging "storage error ...; stopping" fails, and the log
+    handler notes that failure again (console._SweepLogHandler.handleError); the note must
+    already be taken, or this recursed until RecursionError (seen in the full-disk chaos test)."""
+    import errno
+
+    from rsst_tune.tune.storage import note_storage_failure, reset_storage_failure, storage_failure
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    seen: list[str] = []
+
+    class FullDiskHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+            note_storage_failure(OSError(errno.ENOSPC, "No space left on device", "sweep.log"))
+
+    logger = logging.getLogger("rsst_tune.tune.storage")
+    handler, level = FullDiskHandler(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    reset_storage_failure()
+    try:
+        note_storage_failure(full)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert storage_failure() is full and len(seen) == 1, seen
+    reset_storage_failure()

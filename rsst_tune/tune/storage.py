@@ -192,8 +192,8 @@ _FAILURE: list[OSError] = []
 
 def note_storage_failure(exc: OSError) -> None:
     if not _FAILURE:
+        _FAILURE.append(exc)  # first: the log line below may itself fail on the full disk
         log.info("%s; stopping the sweep", describe_storage_error(exc))
-        _FAILURE.append(exc)
 
 
 def storage_failure() -> OSError | None:

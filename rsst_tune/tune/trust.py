@@ -211,8 +211,8 @@ def _verified(key: bytes, root: Path, path: Path, signed: Mapping[str, list[str]
 
 def check_resume(exp_dir: str | Path, *, trust: bool = False) -> list[str]:
     """Before `--resume` lets Ray unpickle anything: every file it would unpickle must carry
-    this user's signature (see the module doc for the fallbacks). Returns what was done (one
-    line each); raises ConfigError (one line) naming the first file that does not verify.
+    this user's signature (see the module doc for the fallbacks). Returns what was done (at
+    most one line); raises ConfigError (one line) naming the first file that does not verify.
     `trust=True` (`--trust-pickles`) checks nothing."""
     root = Path(exp_dir)
     if trust:
@@ -242,7 +242,10 @@ def check_resume(exp_dir: str | Path, *, trust: bool = False) -> list[str]:
     errors = [p for p in bad if p.name == "error.pkl" and p.parent.name.startswith("trial_")]
     for path in errors:
         path.rename(path.with_name(path.name + UNSIGNED_SUFFIX))
-        notes.append(f"set aside the unsigned {_rel(root, path)} (Ray reads error.txt instead)")
+    if errors:
+        names = ", ".join(_rel(root, p) for p in errors[:3]) + (", ..." if len(errors) > 3 else "")
+        what = f"set aside {len(errors)} unsigned error.pkl ({names}; Ray reads error.txt instead)"
+        notes = [f"{notes[0]}; {what}"] if notes else [what]
     bad = [p for p in bad if p not in errors]
     if bad:
         why = (
