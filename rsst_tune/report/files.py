@@ -24,6 +24,7 @@ from rsst_tune.report.exports import EXPORT_MODES, ExportMode, export_best
 from rsst_tune.report.interactive import interactive_blocks, plotly_js, search_blocks
 from rsst_tune.report.sections import (
     budget_blocks,
+    confirmation_blocks,
     export_blocks,
     importance_blocks,
     pareto_blocks,
@@ -31,6 +32,14 @@ from rsst_tune.report.sections import (
     states_blocks,
     summary_blocks,
     trials_blocks,
+)
+from rsst_tune.report.seeds import (
+    CONFIRM_RULE,
+    EXTRA_SEEDS,
+    ConfirmedChoice,
+    SeedStats,
+    confirmed_choices,
+    seed_stats,
 )
 from rsst_tune.report.select import (
     SELECT_METRIC,
@@ -192,7 +201,11 @@ def build_blocks(
     if export not in EXPORT_MODES:
         raise ValueError(f"export must be one of {EXPORT_MODES}, got {export!r}")
     tickets = collect_tickets(experiment)
-    choices = choices_by_budget(tickets)
+    stats = seed_stats(experiment.confirmation, tickets)
+    k = experiment.confirmation.k if experiment.confirmation is not None else 0
+    singles = choices_by_budget(tickets)
+    confirmed = confirmed_choices(stats, singles) if stats else {}
+    choices = {b: _confirmed_or(c, confirmed.get(b)) for b, c in singles.items()}
     bests = {b: None if c is None else c.chosen for b, c in choices.items()}
     headline = headline_choice(choices, tickets)
     files = write_best_configs(out_dir, bests)
@@ -204,6 +217,7 @@ def build_blocks(
         *summary_blocks(experiment, tickets, headline),
         *pareto_blocks(tickets, out_dir),
         *budget_blocks(tickets, choices, files, out_dir),
+        *confirmation_blocks(confirmed, k),
         *export_blocks(bests, out_dir),
         *states_blocks(tickets, out_dir),
         *search_blocks(experiment, tickets),
@@ -211,7 +225,41 @@ def build_blocks(
         *trials_blocks(experiment),
     ]
     blocks = interactive_blocks(blocks, tickets, importances)
-    return blocks, best_config_record(experiment, tickets, headline, files)
+    best = best_config_record(experiment, tickets, headline, files)
+    chosen = confirmed.get(headline[0])
+    if chosen is not None and headline[1] is not None:
+        best["seeds"] = _seeds_record(chosen.chosen)
+        best["rule"] = f"{TIE_RULE} {CONFIRM_RULE.format(k=k, extra=EXTRA_SEEDS)}"
+    return blocks, best
+
+
+def _confirmed_or(single: Choice | None, confirmed: ConfirmedChoice | None) -> Choice | None:
+    """The answer at a budget: the seed-confirmed choice when there is one (as a `Choice` of
+    its tickets), else the single-seed choice."""
+    if confirmed is None:
+        return single
+    return Choice(
+        confirmed.budget,
+        confirmed.chosen.ticket,
+        confirmed.leader.ticket,
+        tuple(s.ticket for s in confirmed.tied),
+        SELECT_METRIC,
+    )
+
+
+def _seeds_record(stats: SeedStats) -> dict[str, Any]:
+    """best_config.json's `seeds`: the chosen ticket's accuracy on every seed."""
+    return {
+        "seeds": list(stats.seeds),
+        "val_acc": list(stats.val),
+        "test_acc": list(stats.test),
+        "val_acc_mean": stats.mean_val,
+        "val_acc_std": stats.std_val,
+        "test_acc_mean": stats.mean_test,
+        "test_acc_std": stats.std_test,
+        "val_interval_of_mean": stats.interval(),
+        "failed_runs": stats.failed,
+    }
 
 
 def write_report(

@@ -17,6 +17,7 @@ from rsst_tune.report.document import Block, Code, Heading, Image, Para, Table
 # the export table lives with the exports (re-exported for files.py and the package)
 from rsst_tune.report.exports import export_blocks as export_blocks
 from rsst_tune.report.exports import fmt_latency as fmt_latency
+from rsst_tune.report.seeds import CONFIRM_RULE, EXTRA_SEEDS, ConfirmedChoice
 from rsst_tune.report.select import (
     BUDGETS,
     DEFAULT_BUDGET,
@@ -624,3 +625,76 @@ def trials_blocks(experiment: Experiment) -> list[Block]:
             tuple(rows),
         ),
     ]
+
+
+# ---------------------------------------------------------------------- seed confirmation
+def _mean_std(mean: float | None, std: float | None) -> str:
+    return DASH if mean is None or std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def confirmation_blocks(
+    confirmed: Mapping[float | None, ConfirmedChoice | None], k: int
+) -> list[Block]:
+    """The seed-confirmation stage: per distinct answer, every confirmed ticket's accuracy on
+    each seed, mean ± std, and whether the extra seeds changed the single-seed choice."""
+    answers = [c for c in confirmed.values() if c is not None]
+    if not answers:
+        return []
+    blocks: list[Block] = [
+        Heading("Seed confirmation", 2),
+        Para(CONFIRM_RULE.format(k=k, extra=EXTRA_SEEDS)),
+    ]
+    changed = [c for c in answers if c.changed]
+    if changed:
+        moves = "; ".join(
+            f"{budget_label(c.budget)}: {c.single.chosen.label if c.single else DASH} → "
+            f"{c.chosen.ticket.label}"
+            for c in changed
+        )
+        blocks.append(Para(f"The extra seeds changed the choice at {moves}."))
+    else:
+        blocks.append(Para("The extra seeds confirmed the single-seed choice at every budget."))
+    # budgets with the same answer from the same confirmed tickets share one table
+    seen: dict[tuple[str, ...], list[str]] = {}
+    order: list[ConfirmedChoice] = []
+    for c in answers:
+        key = (c.chosen.ticket.label, *(s.ticket.label for s in c.candidates))
+        if key not in seen:
+            seen[key] = []
+            order.append(c)
+        seen[key].append(budget_label(c.budget))
+    for c in order:
+        key = (c.chosen.ticket.label, *(s.ticket.label for s in c.candidates))
+        rows = []
+        for s in c.candidates:
+            mark = "chosen" if s is c.chosen else ("tied" if s in c.tied else "")
+            if s is c.leader and s is not c.chosen:
+                mark = "top mean, tied"
+            rows.append(
+                (
+                    s.ticket.label,
+                    fmt_pct(s.ticket.macs_frac, 1),
+                    ", ".join(str(x) for x in s.seeds)
+                    + (f" ({s.failed} failed)" if s.failed else ""),
+                    " / ".join(fmt_pct(v) for v in s.val),
+                    _mean_std(s.mean_val, s.std_val),
+                    _mean_std(s.mean_test, s.std_test),
+                    mark,
+                )
+            )
+        blocks.append(Heading(", ".join(seen[key]), 3))
+        blocks.append(
+            Table(
+                (
+                    "ticket",
+                    "MACs %",
+                    "seeds",
+                    "val_acc % per seed",
+                    "val_acc % mean ± std",
+                    "test_acc % mean ± std",
+                    "",
+                ),
+                tuple(rows),
+            )
+        )
+    return blocks
