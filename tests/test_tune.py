@@ -878,3 +878,45 @@ def test_a_storage_failure_noted_while_logging_it_does_not_recurse() -> None:
         logger.setLevel(level)
     assert storage_failure() is full and len(seen) == 1, seen
     reset_storage_failure()
+
+
+def test_rays_state_is_signed_as_it_is_saved_and_verifies_when_synced(
+    ray_cluster: str, tmp_path: Path
+) -> None:
+    """StateSigner signs each version Ray saves in its staging directory under the name its
+    syncer gives it in the experiment directory: after a SIGKILL the synced files verify
+    (the last few versions are accepted, so a late copy verifies too)."""
+    import pickle
+    import shutil
+
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+
+    from rsst_tune.tune.trust import StateSigner, check_resume, sign_all
+
+    trial = Trial("train_trial", stub=True)
+    trial.storage = StorageContext(str(tmp_path), "e", trial_dir_name=f"trial_{trial.trial_id}")
+    staging = Path(trial.storage.experiment_driver_staging_path)
+    exp = Path(trial.storage.experiment_fs_path)
+    staging.mkdir(parents=True)
+    exp.mkdir(exist_ok=True)
+    assert exp == tmp_path / "e"
+    (exp / "tuner.pkl").write_bytes(pickle.dumps({"tuner": 1}))
+    sign_all(exp)  # the runner, before Ray runs
+    signer = StateSigner()
+    versions = []
+    for n in range(3):  # Ray saves its state (one step each), its syncer copies it later
+        state = {"trial_data": [[json.dumps({"trial_id": "t", "n": n}), "{}"]]}
+        (staging / "experiment_state-s.json").write_text(json.dumps(state))
+        (staging / "searcher-state-s.pkl").write_bytes(pickle.dumps({"n": n}))
+        signer.on_step_end(n, [trial])
+        versions.append({p.name: p.read_bytes() for p in staging.iterdir()})
+    for synced in (versions[2], versions[1]):  # the latest, or one copied late
+        for name, data in synced.items():
+            (exp / name).write_bytes(data)
+        assert check_resume(exp) == []
+    (exp / "searcher-state-s.pkl").write_bytes(pickle.dumps({"n": 99}))  # never signed
+    with pytest.raises(ConfigError, match=r"searcher-state-s\.pkl was not written by your"):
+        check_resume(exp)
+    assert pickle.loads(pickle.dumps(signer)).__dict__ == {"_seen": {}}  # tuner.pkl: no state
+    shutil.rmtree(staging)

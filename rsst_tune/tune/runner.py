@@ -291,6 +291,7 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
         journal_storage,
         make_sampler,
     )
+    from rsst_tune.tune.trust import StateSigner
     from search_spaces import get_space
 
     space = get_space(plan.space)
@@ -335,6 +336,7 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
         scheduler = FIFOScheduler()
     callbacks: list[Any] = [
         RetryPolicy(),  # only infrastructure failures are retried
+        StateSigner(),  # Ray's state signed as it is saved: `--resume` loads it
         SweepConsole(
             str(local / EVENTS_FILE),
             plan.objectives,
@@ -386,15 +388,19 @@ def _wandb_callbacks(plan: SweepPlan) -> list[Any]:
 
 
 def _with_retry_policy(tuner: Any) -> None:
-    """A sweep started by an older rsst-tune has no `RetryPolicy` in `tuner.pkl`: add it."""
+    """A sweep started by an older rsst-tune has no `RetryPolicy` (nor `StateSigner`) in
+    `tuner.pkl`: add them."""
     from rsst_tune.tune.retries import RetryPolicy
+    from rsst_tune.tune.trust import StateSigner
 
     run_config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
     if run_config is None:
         return
     callbacks = list(getattr(run_config, "callbacks", None) or ())
-    if not any(isinstance(c, RetryPolicy) for c in callbacks):
-        run_config.callbacks = [RetryPolicy(), *callbacks]
+    for kind in (StateSigner, RetryPolicy):
+        if not any(isinstance(c, kind) for c in callbacks):
+            callbacks.insert(0, kind())
+    run_config.callbacks = callbacks
 
 
 WANDB_KEY = "WANDB_API_KEY"

@@ -23,7 +23,6 @@ from rsst_tune.tune.plan import SweepPlan
 from rsst_tune.tune.ray_setup import check_address
 from rsst_tune.tune.records import Experiment
 from rsst_tune.tune.storage import check_storage, sweep_lock
-from rsst_tune.tune.trust import check_resume
 
 
 def run_sweep(
@@ -73,6 +72,8 @@ def run_sweep(
         raise ConfigError(f"{plan.experiment_dir} holds no Ray Tune experiment state to resume")
     with sweep_lock(plan):
         if resume and not plan.is_uri:
+            from rsst_tune.tune.trust import check_resume
+
             for note in check_resume(plan.experiment_dir, trust=trust_pickles):
                 print(f"rsst-tune: {note}", file=sys.stderr)
         return execute(plan, resume=resume, address=address, verbose=verbose, show=show)

@@ -10,17 +10,22 @@ Every such file rsst-tune lets Ray write is signed: an HMAC-SHA256 of its path i
 directory and its bytes, under a per-user key (`key_path()`: `$RSST_TUNE_RESUME_KEY`, else
 `$XDG_CONFIG_HOME/rsst-tune/resume.key`, else `~/.config/rsst-tune/resume.key`; 32 random
 bytes, created with mode 0600 on first use, refused when others can read it). The MACs live
-in `signatures.json` in the experiment directory (a list per file: the latest and the one
-before, so a crash between a copy and its signature never leaves a file unsigned):
+in `signatures.json` in the experiment directory (a list per file: its latest few versions,
+so a crash between a write and its signature, or Ray's syncer copying a version late, never
+leaves the file unsigned):
 
-* `sign_all` when the sweep's driver ends (finished, interrupted, or stopped by an error);
+* `sign_all` before Ray runs (`tuner.pkl`) and when the sweep's driver ends (finished,
+  interrupted, or stopped by an error);
+* `StateSigner`, a Ray callback, each time Ray saves its experiment state: Ray writes it in
+  the driver's staging directory (every second) and its syncer then copies it, byte for byte,
+  into the experiment directory; the staged version is signed under the name it gets there;
 * `sign_copies` each time the driver copies Ray's experiment state to `.ray_state_backup/`
   (every 2 s, `experiment.backup_ray_state`): the copy and the file it was copied from get
-  the same MAC, so the live file verifies as long as Ray has not rewritten it since.
+  the same MAC.
 
 `check_resume` runs before Ray starts: `tuner.pkl` and every file Ray would unpickle must
-verify. After a SIGKILL of the driver, Ray has usually rewritten its state after the last
-signature; then the last signed copy in `.ray_state_backup/` (at most about 2 s older) is
+verify. Should the driver have been killed between Ray's save and its signature (a few
+milliseconds), the last signed copy in `.ray_state_backup/` (at most about 2 s older) is
 restored instead, as after a full disk, and the unsigned files are set aside as
 `<name>.unsigned`. An unsigned `trial_*/error.pkl` is set aside too (Ray then reads the
 trial's `error.txt`). Anything else unsigned is refused in one line (exit 2) unless
@@ -40,6 +45,9 @@ import shutil
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
 
 from rsst_tune import fileio
 from rsst_tune.errors import ConfigError
@@ -51,7 +59,7 @@ SIGNATURES_FILE = "signatures.json"
 UNSIGNED_SUFFIX = ".unsigned"
 TRUST_FLAG = "--trust-pickles"
 _KEY_BYTES = 32
-_KEEP = 2  # MACs kept per file: the latest and the one before
+_KEEP = 4  # MACs kept per file: the latest versions (Ray's syncer may copy one a bit late)
 # Ray's files that it unpickles on a resume, at the top of the experiment directory.
 RAY_STATE_PATTERNS = (
     "experiment_state-*.json",
@@ -195,6 +203,67 @@ def sign_copies(exp_dir: str | Path, copies: Iterable[tuple[Path, Path, Path]]) 
             rel = _rel(root, target)
             _add(signed, rel, _mac(key, rel, data), keep_old=True)
     _write_signatures(root, signed)
+
+
+def sign_staged(exp_dir: str | Path, staging: str | Path, seen: dict[str, tuple[int, int]]) -> int:
+    """Sign the versions of Ray's state files (and trials' `error.pkl`) in Ray's staging
+    directory `staging` that `seen` (path -> (mtime_ns, size), updated) has not seen, under
+    the names they get in `exp_dir`. Returns how many were signed."""
+    from rsst_tune.tune.experiment import _file_intact
+
+    root, stage = Path(exp_dir), Path(staging)
+    found = [p for pattern in RAY_STATE_PATTERNS for p in stage.glob(pattern)]
+    found += list(stage.glob("trial_*/error.pkl"))
+    fresh: list[tuple[Path, tuple[int, int]]] = []
+    for path in found:
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        mark = (info.st_mtime_ns, info.st_size)
+        if seen.get(str(path)) != mark and _file_intact(path):
+            fresh.append((path, mark))
+    if not fresh:
+        return 0
+    key = load_key(create=True)
+    assert key is not None
+    signed = _read_signatures(root)
+    for path, _ in fresh:
+        rel = path.relative_to(stage).as_posix()
+        _add(signed, rel, _mac(key, rel, path.read_bytes()), keep_old=True)
+    _write_signatures(root, signed)
+    seen.update((str(path), mark) for path, mark in fresh)
+    return len(fresh)
+
+
+class StateSigner(Callback):
+    """Signs Ray's experiment state each time Ray saves it (`sign_staged`): Ray saves it in the
+    step before `on_step_end`, into the driver's staging directory, which its syncer copies
+    into the experiment directory. Local storage only; no state of its own is saved."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[int, int]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}  # tuner.pkl holds the callback, not what it saw
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._seen = {}
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        import pyarrow.fs
+
+        storage = getattr(trials[0], "storage", None) if trials else None
+        if storage is None or not isinstance(
+            storage.storage_filesystem, pyarrow.fs.LocalFileSystem
+        ):
+            return
+        try:
+            sign_staged(
+                storage.experiment_fs_path, storage.experiment_driver_staging_path, self._seen
+            )
+        except (OSError, ConfigError) as exc:  # a full disk: check_resume falls back
+            log.debug("could not sign Ray's experiment state: %s", exc)
 
 
 def _verified(key: bytes, root: Path, path: Path, signed: Mapping[str, list[str]]) -> bool:
