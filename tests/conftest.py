@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,22 @@ from rsst_tune.results import StateResult
 # One thread per test process: the CI machines have 2 shared cores, and one thread per
 # process is several times faster than two threads fighting for them.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def resume_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The key `--resume` signs Ray's pickles with (rsst_tune.tune.trust): a session temp
+    file, so the tests never create or read the user's ~/.config/rsst-tune/resume.key;
+    subprocesses inherit it."""
+    path = tmp_path_factory.mktemp("trust") / "resume.key"
+    saved = os.environ.get("RSST_TUNE_RESUME_KEY")
+    os.environ["RSST_TUNE_RESUME_KEY"] = str(path)
+    yield path
+    if saved is None:
+        os.environ.pop("RSST_TUNE_RESUME_KEY", None)
+    else:
+        os.environ["RSST_TUNE_RESUME_KEY"] = saved
+
 
 # Keys that legitimately differ between two otherwise identical runs.
 TIMING_KEYS = {"wall_time_s"}

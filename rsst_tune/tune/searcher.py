@@ -32,6 +32,7 @@ import contextlib
 import logging
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
         )
         names = [metric] if isinstance(metric, str) else list(metric)
         if self.study.metric_names != names:  # optuna-dashboard shows named objectives
-            self.study.set_metric_names(names)
+            with warnings.catch_warnings():  # "experimental" since Optuna 3.2, stable in use
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names(names)
 
     @property
     def study(self) -> optuna.Study:
