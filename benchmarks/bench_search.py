@@ -30,15 +30,15 @@ import argparse
 import json
 import logging
 import math
-import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
@@ -59,9 +59,9 @@ GOAL = 0.5
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
-# The smoke preset may re-run its best tickets with more seeds when a sweep ends (`confirm`):
-# not part of the search, so off here (where the option exists).
-NO_CONFIRM = {"confirm": 0} if "confirm" in {f.name for f in fields(SweepOptions)} else {}
+# The smoke preset re-runs its best tickets with more seeds when a sweep ends (`confirm`) and
+# exports them to ONNX too: neither is part of the search, so both are off here.
+AFTER_SEARCH_OFF: dict[str, Any] = {"confirm": 0, "onnx": False}
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def run_setup(
             num_samples=trials,
             max_concurrent=size.max_concurrent,
             command="python benchmarks/bench_search.py",
-            **NO_CONFIRM,
+            **AFTER_SEARCH_OFF,
         )
     )
     try:
@@ -176,7 +176,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", default=None, help="keep the experiments here")
     args = parser.parse_args(argv)
     size = TINY if args.tiny else FULL
-    os.environ.setdefault("RSST_TUNE_ONNX", "0")  # the reports' exports: no ONNX timing
     budget = size.fifo_trials * (size.states - 1) * size.epochs + size.epochs
     print(
         f"bench_search: vit_head_mlp --preset smoke, {size.states} states x {size.epochs} "

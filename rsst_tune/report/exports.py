@@ -1,14 +1,13 @@
 """The physically pruned best tickets: exported and timed once (when the sweep ends, or on
 `--measure`) into best_exports/, then only read back; and the report's table of them.
 
-Each export writes model.pt and, unless `onnx=False` (or RSST_TUNE_ONNX=0 in the
-environment), model.onnx checked and timed in onnxruntime: about 5 s more per ticket on one
-CPU thread for the digits models (two torch.onnx.export calls, dense and pruned)."""
+Each export writes model.pt and, unless `onnx=False` (`tune_main.py --no-onnx`), model.onnx
+checked and timed in onnxruntime: about 5 s more per ticket on one CPU thread for the digits
+models (two torch.onnx.export calls, dense and pruned)."""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -32,13 +31,7 @@ BEST_EXPORTS_DIR = "best_exports"
 ExportMode = Literal["recorded", "missing", "all"]
 EXPORT_MODES: tuple[str, ...] = ("recorded", "missing", "all")
 EXPORT_ERROR_FILE = "error.txt"
-ONNX_ENV = "RSST_TUNE_ONNX"  # "0" (or false/no/off): the sweep's exports skip model.onnx
 DASH = "—"
-
-
-def onnx_default() -> bool:
-    """Whether best tickets are exported to ONNX too: yes unless RSST_TUNE_ONNX says no."""
-    return os.environ.get(ONNX_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def export_name(ticket: Ticket) -> str:
@@ -67,10 +60,10 @@ def export_best(
     out_dir: Path,
     *,
     replace: bool = False,
-    onnx: bool | None = None,
+    onnx: bool = True,
 ) -> None:
     """Export and time each budget's best ticket (once per ticket) into its `export_dir`,
-    with model.onnx when `onnx` (None: `onnx_default()`, i.e. yes unless RSST_TUNE_ONNX=0).
+    with model.onnx when `onnx`.
 
     A ticket already recorded (export.json, or error.txt of a failed export) is skipped unless
     `replace`. A failure is logged and recorded in error.txt; it never raises (a failed ONNX
@@ -79,9 +72,6 @@ def export_best(
     from rsst_tune.checkpoint import state_file
     from rsst_tune.export import MODEL_FILE, REPORT_FILE, export_checkpoint
     from rsst_tune.onnx_export import ONNX_FILE
-
-    if onnx is None:
-        onnx = onnx_default()
 
     for ticket, _ in distinct_bests(bests):
         if ticket.checkpoint is None:
@@ -228,7 +218,7 @@ def export_blocks(bests: Mapping[float | None, Ticket | None], out_dir: Path) ->
             "`rsst_tune.pruning.exported.load_exported('best_exports/<ticket>/model.pt')`, or "
             "deploy its `model.onnx` (dynamic batch axis; onnxruntime's outputs checked against "
             "PyTorch's, max abs diff <= 1e-4; onnxruntime timed on CPU with torch's thread count, "
-            f"dense vs pruned ONNX). `{ONNX_ENV}=0` skips the ONNX files."
+            "dense vs pruned ONNX). `tune_main.py --no-onnx` skips the ONNX files."
         ),
         Table(EXPORT_HEADERS, tuple(rows)),
     ]

@@ -190,7 +190,7 @@ def report_logging(experiment: Experiment, out_dir: Path) -> Iterator[None]:
 
 
 def build_blocks(
-    experiment: Experiment, out_dir: Path, *, export: ExportMode = "recorded"
+    experiment: Experiment, out_dir: Path, *, export: ExportMode = "recorded", onnx: bool = True
 ) -> tuple[list[Block], dict[str, Any]]:
     """Compute everything, write the plots and configs; return the document and best_config.
 
@@ -210,7 +210,7 @@ def build_blocks(
     headline = headline_choice(choices, tickets)
     files = write_best_configs(out_dir, bests)
     if export != "recorded":
-        export_best(bests, out_dir, replace=export == "all")
+        export_best(bests, out_dir, replace=export == "all", onnx=onnx)
     with report_logging(experiment, out_dir):
         importances = param_importances(experiment.study, experiment.objectives)
     blocks = [
@@ -263,7 +263,11 @@ def _seeds_record(stats: SeedStats) -> dict[str, Any]:
 
 
 def write_report(
-    experiment: Experiment, out_dir: str | Path, *, export: ExportMode = "recorded"
+    experiment: Experiment,
+    out_dir: str | Path,
+    *,
+    export: ExportMode = "recorded",
+    onnx: bool = True,
 ) -> Path:
     """Write report.md, report.html, PNG plots, best_config.json and best_configs/ to out_dir.
 
@@ -273,7 +277,7 @@ def write_report(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    blocks, best = build_blocks(experiment, out, export=export)
+    blocks, best = build_blocks(experiment, out, export=export, onnx=onnx)
     _write_json(out / "best_config.json", best)
     script = plotly_js() if any(isinstance(b, Plot) for b in blocks) else ""
     title = f"rsst-tune report: {experiment.name}"

@@ -171,6 +171,13 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         help="when the sweep ends, re-run the top K tickets of each MACs budget with 2 more "
         "seeds and choose by the mean over seeds (default: 2 with --preset smoke, else 0)",
     )
+    budget.add_argument(
+        "--no-onnx",
+        dest="onnx",
+        action="store_false",
+        help="export the best tickets as model.pt only (default: also model.onnx, checked and "
+        "timed in onnxruntime; about 5 s per ticket on a CPU)",
+    )
     budget.add_argument("--cpus-per-trial", type=_positive_float, default=None, help="default 1")
     budget.add_argument(
         "--gpus-per-trial",
@@ -276,6 +283,12 @@ def add_tune_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: i
     report.add_argument(
         "--address", default=None, help="for --confirm: join this Ray cluster (default: local)"
     )
+    report.add_argument(
+        "--no-onnx",
+        dest="onnx",
+        action="store_false",
+        help="with --measure or --confirm: export the best tickets as model.pt only",
+    )
     report.set_defaults(handler=report_command)
 
 
@@ -325,6 +338,7 @@ def tune_command(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent,
         max_failures=args.max_failures,
         confirm=args.confirm,
+        onnx=args.onnx,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
         time_budget=args.time_budget,
@@ -445,7 +459,9 @@ def report_command(args: argparse.Namespace) -> int:
         export = "all" if export == "all" else "missing"  # the best tickets may have changed
     else:
         experiment = load_experiment(args.experiment)
-    path = write_report_if_available(experiment, Path(experiment.path), export=export)
+    path = write_report_if_available(
+        experiment, Path(experiment.path), export=export, onnx=getattr(args, "onnx", True)
+    )
     if path is None:
         print(
             "rsst-tune: error: the report could not be written (see the log above)", file=sys.stderr

@@ -69,6 +69,7 @@ class SweepOptions:
     fixed: tuple[tuple[str, Any], ...] = ()  # searched parameters pinned with --fix NAME=VALUE
     max_failures: int = 2  # restarts of a trial whose worker or node died (--max-failures)
     confirm: int | None = None  # --confirm K: top K tickets per budget re-run with 2 more seeds
+    onnx: bool = True  # the best tickets' exports also write model.onnx (--no-onnx: not)
 
     @classmethod
     def from_keywords(cls, space: str, options: Mapping[str, Any]) -> SweepOptions:
@@ -121,6 +122,7 @@ class SweepPlan:
     fixed: dict[str, Any] = field(default_factory=dict)  # searched parameters pinned by --fix
     max_failures: int = 2  # restarts of a trial from its last state checkpoint (--max-failures)
     confirm: int = 0  # seed confirmation of the top K tickets per budget (0: none)
+    onnx: bool = True  # the best tickets' exports also write model.onnx
 
     @property
     def dense_cache_dir(self) -> str | None:
@@ -243,6 +245,7 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
         preset=opts.preset,
         fixed=fixed,
         max_failures=_check_max_failures(opts.max_failures),
+        onnx=_check_bool("onnx", opts.onnx),
         asha=halving,
         confirm=check_confirm(
             opts.confirm
@@ -502,6 +505,12 @@ def describe_plan(plan: SweepPlan) -> str:
 
 MAX_FAILURES = 100
 MAX_CONFIRM = 20
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 def check_confirm(value: Any) -> int:

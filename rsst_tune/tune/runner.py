@@ -497,7 +497,9 @@ def _finish(plan: SweepPlan, elapsed: float, *, show: bool) -> Experiment | None
     if experiment is not None and plan.confirm:
         experiment = _confirm(plan, experiment, show=show)
     if experiment is not None:
-        report = write_report_if_available(experiment, Path(plan.experiment_dir), export="missing")
+        report = write_report_if_available(
+            experiment, Path(plan.experiment_dir), export="missing", onnx=plan.onnx
+        )
         if report is not None:
             _say(show, f"report {report}")
     else:
@@ -559,12 +561,13 @@ def _settle_study(plan: SweepPlan, statuses: dict[str, str], stopped_reason: str
 
 
 def write_report_if_available(
-    experiment: Any, out_dir: Path, *, export: str = "recorded"
+    experiment: Any, out_dir: Path, *, export: str = "recorded", onnx: bool = True
 ) -> Path | None:
     """`rsst_tune.report.write_report`, when that module is installed; never fails the sweep.
 
     `export`: "recorded" renders the best tickets' recorded exports and measures nothing;
-    "missing" first exports and times those not recorded yet; "all" does it for every one.
+    "missing" first exports and times those not recorded yet; "all" does it for every one;
+    `onnx`: the exports also write and time model.onnx.
     """
     try:
         from rsst_tune.report import EXPORT_MODES, write_report
@@ -574,7 +577,9 @@ def write_report_if_available(
     if export not in EXPORT_MODES:
         raise ValueError(f"export must be one of {EXPORT_MODES}, got {export!r}")
     try:
-        return Path(write_report(experiment, out_dir, export=export))  # type: ignore[arg-type]
+        return Path(
+            write_report(experiment, out_dir, export=export, onnx=onnx)  # type: ignore[arg-type]
+        )
     except Exception:
         log.exception("writing the report failed; the sweep's results are intact in %s", out_dir)
         return None
