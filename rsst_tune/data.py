@@ -9,16 +9,26 @@
 * ``digits``: scikit-learn's bundled 8x8 digits (offline), scaled to 0..255; a fixed-seed
   60/20/20 split (1,077 / 360 / 360).
 * ``synthetic``: class-dependent patterns plus noise, 10 classes, 3x32x32, offline.
-* ``imagefolder``: torchvision ``ImageFolder`` trees ``data_dir/train`` and ``data_dir/val``
-  (and optionally ``data_dir/test``), read as RGB resized to the trial's image size (32x32
-  unless ``img_size`` is given). With a ``test/`` folder the
-  three folders are the three splits. Without one, ``val/`` is held out as the test split
-  and the validation split is carved from ``train/`` with a fixed seed (10 % by default),
-  so model selection never sees the test images.
+* ``imagefolder``: ImageNet-layout trees ``data_dir/train/CLASS/...`` and
+  ``data_dir/val/CLASS/...`` (and optionally ``data_dir/test/``) of JPEG/PNG (any mode, read
+  as RGB) at their own resolution. Each image is decoded once, short side resized to
+  ``img_size / 0.875`` (256 for 224; JPEGs decoded at reduced scale where that stays above
+  it), and its central square is kept; training batches take a random-resized crop of it
+  (scale 0.08..1, aspect 3/4..4/3) to ``img_size`` and flips, on the device; evaluation
+  takes the centre ``img_size`` crop (the ImageNet convention: resize to img_size / 0.875,
+  centre crop). With a ``test/`` folder the three folders are the three splits. Without
+  one, ``val/`` is held out as the test split and the validation split is carved from
+  ``train/`` with a fixed seed (10 % by default), so model selection never sees the test
+  images. Class folders that differ between splits, an empty class folder and a split with
+  no images are a ``ConfigError``; an unreadable image is skipped and counted (one warning
+  per split).
 
 Splits never depend on the trial seed. Models receive normalised float input from
 ``DeviceData``, which keeps a split on the device and yields augmented batches with batched
-tensor ops only (random crop through an ``unfold`` window view, flips via ``torch.where``).
+tensor ops only (random crop through an ``unfold`` window view, flips via ``torch.where``;
+for ``DataSpec.crop == "resized"``, random-resized crops and flips through one
+``affine_grid`` / ``grid_sample`` per batch, and a centre crop of ``eval_crop`` for
+evaluation).
 A split stored at another size than ``spec.img_size`` (CIFAR's 32x32 for a model at 224) stays
 at its own size on the device and each batch is resized there, after augmentation (bilinear;
 antialiased when shrinking), so memory does not grow with the image size.
@@ -32,11 +42,14 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol, TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -50,6 +63,7 @@ __all__ = [
     "CIFAR100_MEAN",
     "CIFAR100_STD",
     "DATASETS",
+    "EVAL_CROP",
     "SPLIT_SEED",
     "DataBundle",
     "DataSpec",
@@ -63,6 +77,7 @@ __all__ = [
     "make_synthetic",
     "register_dataset",
     "split_off",
+    "stored_size",
     "unregister_dataset",
 ]
 
@@ -75,6 +90,12 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
+CROPS = ("pad", "resized")
+EVAL_CROP = 0.875
+"""The ImageNet evaluation convention: resize to img_size / 0.875, centre crop img_size."""
+RRC_SCALE = (0.08, 1.0)
+RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 
 @dataclass(frozen=True)
@@ -90,6 +111,10 @@ class DataSpec:
     crop_padding: int
     flip: bool
     augment_default: bool = True  # whether trials augment unless the config says otherwise
+    # "pad": random crop after zero padding by crop_padding (CIFAR); "resized": a
+    # random-resized crop (scale 0.08..1, aspect 3/4..4/3) to img_size (ImageNet)
+    crop: str = "pad"
+    eval_crop: float = 1.0  # fraction of the stored side centre-cropped for evaluation
 
     def __post_init__(self) -> None:
         """Check that mean/std have one entry per channel and the sizes are sane."""
@@ -99,6 +124,11 @@ class DataSpec:
             raise ConfigError(f"dataset {self.name!r}: std must be positive, got {self.std}")
         if self.crop_padding < 0 or self.num_classes < 1 or self.img_size < 1:
             raise ConfigError(f"dataset {self.name!r}: invalid spec {self}")
+        if self.crop not in CROPS or not 0.0 < self.eval_crop <= 1.0:
+            raise ConfigError(
+                f"dataset {self.name!r}: crop must be one of {CROPS} and eval_crop in (0, 1], "
+                f"got {self.crop!r} and {self.eval_crop!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -381,53 +411,186 @@ def synthetic(*, data_dir: Path, val_size: int | None, download: bool) -> DataBu
 # ----------------------------------------------------------------------------- imagefolder
 
 IMAGEFOLDER_SIZE = 32
+"""The served size of an image folder when neither the config nor the model names one."""
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+STATS_CHUNK = 256  # images per chunk of the channel statistics (bounded float64 memory)
 
 
-def _read_folder(
-    root: Path, classes: list[str] | None, size: int = IMAGEFOLDER_SIZE
-) -> tuple[Split, list[str]]:
-    """Read an ImageFolder tree into memory, resized to ``size`` x ``size`` RGB."""
-    from torchvision import datasets, transforms
+def stored_size(img_size: int, eval_crop: float = EVAL_CROP) -> int:
+    """The side an image folder keeps its images at for ``img_size``: img_size / eval_crop
+    (256 for 224), so that evaluation's centre crop of ``img_size`` needs no resize."""
+    return max(img_size, round(img_size / eval_crop))
 
-    tf = transforms.Compose([transforms.Resize((size, size)), transforms.PILToTensor()])
-    try:
-        ds = datasets.ImageFolder(str(root), transform=tf)
-    except (FileNotFoundError, OSError) as err:
-        raise ConfigError(f"cannot read image folder {root}: {str(err).splitlines()[0]}") from err
-    if classes is not None and ds.classes != classes:
-        raise ConfigError(
-            f"class folders of {root} differ from those of train/: {ds.classes} vs {classes}"
+
+def _image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder`` (recursively, following links, hidden ones skipped),
+    sorted by path."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found.extend(
+            Path(dirpath) / f
+            for f in filenames
+            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
         )
-    images = [ds[i][0] for i in range(len(ds))]  # one-off decode at load time, not per batch
-    x = torch.stack(images) if images else torch.zeros(0, 3, size, size)
-    return Split(x.to(torch.uint8), torch.as_tensor(ds.targets, dtype=torch.int64)), ds.classes
+    return sorted(found)
+
+
+def _scan_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(sorted class names, [(file, class index)]) of ``root/CLASS/...``; a ``ConfigError``
+    when there are no class folders, no images at all, or an empty class folder."""
+    kinds = ", ".join(IMAGE_EXTENSIONS)
+    try:
+        classes = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name[:1] != ".")
+    except OSError as err:
+        raise ConfigError(f"cannot read image folder {root}: {err.strerror or err}") from err
+    if not classes:
+        raise ConfigError(f"no images in {root}/: expected one folder per class, {root}/CLASS/*")
+    per_class = [_image_files(root / c) for c in classes]
+    if not any(per_class):
+        raise ConfigError(
+            f"no images in {root}/ ({len(classes)} class folders; looked for {kinds})"
+        )
+    empty = [c for c, files in zip(classes, per_class, strict=True) if not files]
+    if empty:
+        raise ConfigError(
+            f"empty class folder{'s' if len(empty) > 1 else ''} in {root}/: "
+            f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''} (no {kinds} files)"
+        )
+    return classes, [(f, i) for i, files in enumerate(per_class) for f in files]
+
+
+def _check_classes(root: Path, classes: list[str], train_classes: list[str]) -> None:
+    """A one-line ``ConfigError`` naming the classes one split has and train/ lacks (and back)."""
+    if classes == train_classes:
+        return
+    extra = sorted(set(classes) - set(train_classes))
+    missing = sorted(set(train_classes) - set(classes))
+
+    def names(items: list[str]) -> str:
+        return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+
+    parts = [f"only in train/: {names(missing)}"] if missing else []
+    parts += [f"only in {root.name}/: {names(extra)}"] if extra else []
+    raise ConfigError(
+        f"class folders of {root}/ differ from those of train/: {'; '.join(parts)}; every split "
+        "needs the same class folders"
+    )
+
+
+def _decode(path: Path, side: int, img_size: int) -> Tensor:
+    """One image as uint8 [3, side, side]: RGB, short side resized to ``side`` (PIL bilinear,
+    as torchvision's ``Resize``), the long side cropped so that a later centre crop of
+    ``img_size`` is exactly torchvision's ``CenterCrop(img_size)`` of the resized image."""
+    from PIL import Image
+
+    with Image.open(path) as raw:
+        w, h = raw.size
+        if w <= h:
+            new_w, new_h = side, max(side, int(side * h / w))
+        else:
+            new_w, new_h = max(side, int(side * w / h)), side
+        raw.draft("RGB", (new_w, new_h))  # JPEG: decode at 1/2, 1/4, 1/8 scale if still >= size
+        image = raw.convert("RGB")
+    if image.size != (new_w, new_h):
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+
+    def offset(length: int) -> int:
+        # centre crop of img_size from `length` (torchvision's rounding) minus the one from side
+        wanted = round((length - img_size) / 2.0) - round((side - img_size) / 2.0)
+        return min(max(wanted, 0), length - side)
+
+    left, top = offset(new_w), offset(new_h)
+    image = image.crop((left, top, left + side, top + side))
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+
+
+def _read_folder(root: Path, files: list[tuple[Path, int]], side: int, img_size: int) -> Split:
+    """Decode ``files`` (threads: PIL releases the GIL) into one uint8 [N, 3, side, side]
+    tensor; unreadable images are skipped and counted in one warning."""
+    n = len(files)
+    x = torch.empty(n, 3, side, side, dtype=torch.uint8)
+    errors: list[str | None] = [None] * n
+
+    def work(i: int) -> None:
+        try:
+            x[i] = _decode(files[i][0], side, img_size)
+        except Exception as err:  # corrupt, truncated, not an image: skipped, counted
+            lines = str(err).strip().splitlines()
+            errors[i] = f"{type(err).__name__}: {lines[0][:160]}" if lines else type(err).__name__
+
+    workers = max(1, min(8, torch.get_num_threads(), n))
+    logger.info("imagefolder: decoding %d images of %s/ at %dx%d", n, root.name, side, side)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(work, range(n)):
+            pass
+    bad = [i for i in range(n) if errors[i] is not None]
+    y = torch.tensor([label for _, label in files], dtype=torch.int64)
+    if bad:
+        first = f"{files[bad[0]][0]} ({errors[bad[0]]})"
+        if len(bad) == n:
+            raise ConfigError(f"no readable images in {root}/: all {n} failed; first: {first}")
+        logger.warning(
+            "skipped %d unreadable image%s in %s/: first: %s",
+            len(bad),
+            "s" if len(bad) > 1 else "",
+            root.name,
+            first,
+        )
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[bad] = False
+        x, y = x[keep], y[keep]
+    return Split(x, y)
+
+
+def _chunked_channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``channel_stats`` in chunks of images, so float64 memory stays bounded."""
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    squares = torch.zeros(x.shape[1], dtype=torch.float64)
+    for start in range(0, len(x), STATS_CHUNK):
+        chunk = x[start : start + STATS_CHUNK].transpose(0, 1).reshape(x.shape[1], -1).double()
+        chunk /= 255.0
+        total += chunk.sum(dim=1)
+        squares += chunk.square().sum(dim=1)
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    var = (squares - count * mean.square()) / max(count - 1, 1)
+    return tuple(mean.tolist()), tuple(var.clamp_min(0).sqrt().clamp_min(1e-6).tolist())
 
 
 @register_dataset("imagefolder")
 def imagefolder(
     *, data_dir: Path, val_size: int | None, download: bool, img_size: int | None = None
 ) -> DataBundle:
-    """``data_dir/{train,val[,test]}/CLASS/*.jpg`` resized to ``img_size`` (default 32) RGB,
-    decoded into memory once (see module doc)."""
+    """``data_dir/{train,val[,test]}/CLASS/*.jpg|png`` at their own resolution, decoded once
+    at ``stored_size(img_size)`` (img_size defaults to 32); see the module doc."""
     size = IMAGEFOLDER_SIZE if img_size is None else img_size
+    side = stored_size(size)
     for sub in ("train", "val"):
         if not (data_dir / sub).is_dir():
             raise ConfigError(
                 f"image folder dataset needs {data_dir / sub}/ with one folder per class"
             )
-    train, classes = _read_folder(data_dir / "train", None, size)
-    val, _ = _read_folder(data_dir / "val", classes, size)
-    if (data_dir / "test").is_dir():
-        test, _ = _read_folder(data_dir / "test", classes, size)
+    subs = ["train", "val"] + (["test"] if (data_dir / "test").is_dir() else [])
+    scanned = {sub: _scan_folder(data_dir / sub) for sub in subs}  # every check before decoding
+    classes = scanned["train"][0]
+    for sub in subs[1:]:
+        _check_classes(data_dir / sub, scanned[sub][0], classes)
+    splits = {sub: _read_folder(data_dir / sub, scanned[sub][1], side, size) for sub in subs}
+    train, val = splits["train"], splits["val"]
+    if "test" in splits:
+        test = splits["test"]
         if val_size is not None:
             logger.warning("imagefolder with test/: val_size ignored, val/ is the validation split")
     else:
         test = val
         n_val = val_size if val_size is not None else max(1, len(train) // 10)
         train, val = split_off(train, n_val)
-    mean, std = channel_stats(train.x)
-    pad = max(1, round(4 * size / IMAGEFOLDER_SIZE))  # CIFAR's 4 px at 32, scaled
-    spec = DataSpec("imagefolder", len(classes), 3, size, mean, std, crop_padding=pad, flip=True)
+    mean, std = _chunked_channel_stats(train.x)
+    spec = DataSpec(
+        "imagefolder", len(classes), 3, size, mean, std, crop_padding=0, flip=True,
+        crop="resized", eval_crop=EVAL_CROP,
+    )  # fmt: skip
     return DataBundle(spec, train, val, test)
 
 
@@ -494,11 +657,66 @@ class DeviceData:
         channels-last memory format if asked."""
         out = self.normalise(x)
         size = self.spec.img_size
-        if self.stored_size != (size, size):
-            shrink = min(self.stored_size) > size
+        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        if hw != (size, size):
+            shrink = min(hw) > size
             out = F.interpolate(
                 out, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
             )
+        if self.channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+    def eval_view(self, x: Tensor) -> Tensor:
+        """The centre ``spec.eval_crop`` of uint8 images (all of them when it is 1)."""
+        if self.spec.eval_crop >= 1.0:
+            return x
+        h, w = x.shape[-2:]
+        ch, cw = max(1, round(h * self.spec.eval_crop)), max(1, round(w * self.spec.eval_crop))
+        top, left = round((h - ch) / 2.0), round((w - cw) / 2.0)
+        return x[..., top : top + ch, left : left + cw]
+
+    def random_resized_crop(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """uint8 images to normalised float at ``spec.img_size``: per image a random crop of
+        scale 0.08..1 of the area and aspect 3/4..4/3 (torchvision's ``RandomResizedCrop``:
+        10 tries, else the whole image), resized bilinearly and, if ``spec.flip``, mirrored
+        at random; one ``affine_grid`` + ``grid_sample`` for the batch."""
+        n, c, h, w = x.shape
+        size, dev = self.spec.img_size, self.device
+        target = stored_size(size)
+        if min(h, w) > 3 * target // 2:  # far larger than served: shrink first (antialiased)
+            r = target / min(h, w)
+            x = F.interpolate(
+                self.normalise(x), size=(round(h * r), round(w * r)), mode="bilinear",
+                align_corners=False, antialias=True,
+            )  # fmt: skip
+            h, w = x.shape[-2:]
+        else:
+            x = self.normalise(x)
+        tries = 10
+        lo, hi = math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])
+        scale = RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * torch.rand(
+            n, tries, generator=generator, device=dev
+        )
+        ratio = torch.exp(lo + (hi - lo) * torch.rand(n, tries, generator=generator, device=dev))
+        area = scale * float(h * w)
+        cw_all, ch_all = (area * ratio).sqrt().round(), (area / ratio).sqrt().round()
+        fits = (cw_all >= 1) & (cw_all <= w) & (ch_all >= 1) & (ch_all <= h)
+        first = fits.int().argmax(dim=1, keepdim=True)
+        found = fits.any(dim=1)
+        cw = torch.where(found, cw_all.gather(1, first).squeeze(1), float(w))
+        ch = torch.where(found, ch_all.gather(1, first).squeeze(1), float(h))
+        top = (torch.rand(n, generator=generator, device=dev) * (h - ch + 1)).floor()
+        left = (torch.rand(n, generator=generator, device=dev) * (w - cw + 1)).floor()
+        sx = cw / w
+        if self.spec.flip:
+            flip = torch.rand(n, generator=generator, device=dev) < 0.5
+            sx = torch.where(flip, -sx, sx)
+        theta = torch.zeros(n, 2, 3, device=dev)
+        theta[:, 0, 0], theta[:, 0, 2] = sx, (2 * left + cw) / w - 1
+        theta[:, 1, 1], theta[:, 1, 2] = ch / h, (2 * top + ch) / h - 1
+        grid = F.affine_grid(theta, [n, c, size, size], align_corners=False)
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         if self.channels_last:
             out = out.contiguous(memory_format=torch.channels_last)
         return out
@@ -534,14 +752,17 @@ class DeviceData:
         for start in range(0, self.num_train_batches(batch_size) * batch_size, batch_size):
             idx = perm[start : start + batch_size]
             xb = self.x[idx]
-            if augment:
-                xb = self.augment(xb, generator)
+            if augment and self.spec.crop == "resized":
+                yield self.random_resized_crop(xb, generator), self.y[idx]
+                continue
+            xb = self.augment(xb, generator) if augment else self.eval_view(xb)
             yield self.to_model_input(xb), self.y[idx]
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """The split in order, normalised, without augmentation."""
+        """The split in order, normalised, without augmentation (centre-cropped to
+        ``spec.eval_crop``)."""
         if batch_size < 1:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
         for start in range(0, len(self), batch_size):
             stop = start + batch_size
-            yield self.to_model_input(self.x[start:stop]), self.y[start:stop]
+            yield self.to_model_input(self.eval_view(self.x[start:stop])), self.y[start:stop]

@@ -251,7 +251,8 @@ def test_cifar_missing_names_path_and_digits(tmp_path: Path) -> None:
 
 
 def test_imagefolder(tmp_path: Path) -> None:
-    """An image folder loads resized to 32x32 RGB; without test/, val/ is the test split."""
+    """An image folder is kept at 32 / 0.875 = 37 px and served at 32 (the default size);
+    without test/, val/ is the test split."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -263,8 +264,8 @@ def test_imagefolder(tmp_path: Path) -> None:
                 Image.fromarray(pixels).save(tmp_path / sub / cls / f"{i}.png")
     bundle = load_dataset("imagefolder", data_dir=tmp_path, val_size=2)
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (10, 2, 4)
-    assert bundle.train.x.shape[1:] == (3, 32, 32)
-    assert bundle.spec.num_classes == 2
+    assert bundle.train.x.shape[1:] == (3, 37, 37)
+    assert bundle.spec.num_classes == 2 and bundle.spec.img_size == 32
     with pytest.raises(ConfigError, match=str(tmp_path / "missing")):
         load_dataset("imagefolder", data_dir=tmp_path / "missing")
 

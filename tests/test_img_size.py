@@ -179,8 +179,8 @@ def test_imagefolder_reads_at_the_asked_size(tmp_path: Path) -> None:
                 pixels = rng.integers(0, 256, (50, 60), dtype=np.uint8)  # greyscale
                 Image.fromarray(pixels).save(tmp_path / sub / cls / f"{i}.png")
     bundle = load_dataset("imagefolder", data_dir=tmp_path, val_size=2, img_size=48)
-    assert bundle.train.x.shape[1:] == (3, 48, 48)
-    assert bundle.spec.img_size == 48 and bundle.spec.crop_padding == 6
+    assert bundle.train.x.shape[1:] == (3, 55, 55)  # 48 / 0.875: the eval centre crop is 48
+    assert bundle.spec.img_size == 48 and bundle.spec.crop == "resized"
     assert load_dataset("imagefolder", data_dir=tmp_path, val_size=2).spec.img_size == 32
     # a loader without img_size keeps its own size; DeviceData resizes its batches
     assert load_dataset("digits", data_dir=".", img_size=48).spec.img_size == 8
