@@ -79,6 +79,9 @@ class TrialCheckpoint:
     warned: list[str] = field(default_factory=list)
     optimizer_step: int = 0  # the optimizer and LR schedule restart each state
     theta0: str = THETA0_FILE  # θ0 never changes: a pointer to its file
+    # distillation (distill_alpha > 0): the trained dense state 0, the teacher of states >= 1;
+    # in every state file, so the latest one alone resumes a run (a sweep keeps only it)
+    teacher: Weights | None = None
 
     @property
     def state(self) -> int:

@@ -84,7 +84,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs.update(type=_bool, nargs="?", const=True, metavar="BOOL")
         elif f.name in ("rate", "head_ratio", "mlp_ratio", "filter_ratio"):
             kwargs.update(type=_optional_float, metavar="FLOAT")
-        elif f.name in ("val_size", "img_size"):
+        elif f.name in ("val_size", "img_size", "finetune_epochs"):
             kwargs.update(type=int, metavar="N")
         elif isinstance(default, float):
             kwargs.update(type=float, metavar="FLOAT")

@@ -89,6 +89,12 @@ class TrialConfig:
     method: str = _field("rsst", PRUNE, "pruning method (ALGORITHMS.md §2.4)")
     pruning_times: int = _field(4, PRUNE, "number of pruning states S (state 0 is dense)")
     epochs: int = _field(40, DENSE, "training epochs per state")
+    finetune_epochs: int | None = _field(
+        None,
+        PRUNE,
+        "training epochs of each state >= 1 (pt fine-tuning, or the retraining of lt/rewind_lt "
+        "and RSST's pull); state 0 trains epochs; default: epochs",
+    )
     # how much to prune (ALGORITHMS.md §2.4, §3.2)
     rate: float | None = _field(
         None,
@@ -120,6 +126,13 @@ class TrialConfig:
     RST_schedule: str = _field("x^2", PRUNE, "shape of λ over a state (RSST)")
     reg_granularity_prune: float = _field(1.0, PRUNE, "λ's ceiling g, reached at the state's end")
     exponents: float = _field(4.0, PRUNE, "k of the exp_custom_exponents schedule")
+    # distillation from the trial's own dense state 0 (§4b)
+    distill_alpha: float = _field(
+        0.0,
+        PRUNE,
+        "states >= 1 train on (1-A)*CE + A*T^2*KL against the trial's dense state 0 (0: off)",
+    )
+    distill_T: float = _field(4.0, PRUNE, "distillation temperature T (distill_alpha > 0)")
     # rewinding (§2.5)
     prune_type: str = _field(
         "lt",
@@ -193,6 +206,13 @@ class TrialConfig:
             raise ConfigError("lr_schedule 'multistep' needs decreasing_lr, e.g. [20, 30]")
 
     # ------------------------------------------------------------------ derived values
+    def state_epochs(self, state: int) -> int:
+        """Training epochs of state `state`: `epochs` for state 0, `finetune_epochs` (default
+        `epochs`) for every later state."""
+        if state == 0 or self.finetune_epochs is None:
+            return self.epochs
+        return self.finetune_epochs
+
     @property
     def method_info(self) -> Any:
         """The registered `Method` (structured, regularized, default rate, policy)."""
@@ -289,6 +309,7 @@ MAX_THREADS = 4096  # and at most the cores of the machine that runs it (`check_
 MAX_COUNT = 2**20  # min_units, score_batches, decreasing_lr entries
 MAX_VAL_SIZE = 10**9
 MAX_IMG_SIZE = 4096  # rsst_tune.models.inputs.MAX_IMG_SIZE
+MAX_TEMPERATURE = 1e3  # distill_T: T² scales the soft loss
 MAX_COEFF = 1e6  # lr, weight decay, λ's ceiling, k: larger overflow float32 arithmetic
 BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True}
 BOOL_WORDS.update({"0": False, "false": False, "no": False, "off": False})
@@ -297,6 +318,7 @@ BOOL_WORDS.update({"0": False, "false": False, "no": False, "off": False})
 INT_RANGES: dict[str, tuple[int, int]] = {
     "pruning_times": (1, MAX_STATES),
     "epochs": (1, MAX_EPOCHS),
+    "finetune_epochs": (1, MAX_EPOCHS),
     "min_units": (1, MAX_COUNT),
     "score_batches": (1, MAX_COUNT),
     "rewind_epoch": (0, MAX_EPOCHS),  # and at most epochs
@@ -316,6 +338,8 @@ FLOAT_RANGES: dict[str, tuple[float, bool, float, bool]] = {
     "fillback_rate": (0.0, True, 1.0, True),
     "reg_granularity_prune": (0.0, True, MAX_COEFF, True),
     "exponents": (0.0, False, MAX_COEFF, True),
+    "distill_alpha": (0.0, True, 1.0, True),
+    "distill_T": (0.0, False, MAX_TEMPERATURE, True),
     "lr": (0.0, False, MAX_COEFF, True),
     "momentum": (0.0, True, 1.0, False),
     "weight_decay": (0.0, True, MAX_COEFF, True),
@@ -324,6 +348,7 @@ FLOAT_RANGES: dict[str, tuple[float, bool, float, bool]] = {
 }
 _FLOAT_FIELDS = set(FLOAT_RANGES)
 OPTIONAL = {
+    "finetune_epochs",
     "rate",
     "head_ratio",
     "mlp_ratio",

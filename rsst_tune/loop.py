@@ -9,6 +9,7 @@ lives on the instance: a Ray worker may run many trials in one process.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import logging
@@ -40,7 +41,7 @@ from rsst_tune.pruning.select import (
 )
 from rsst_tune.pruning.structure import Structure, UnitGroup
 from rsst_tune.results import KIND_REPORT, PruneStats, StateResult
-from rsst_tune.train import TrainStats, evaluate, train_state
+from rsst_tune.train import Distillation, TrainStats, evaluate, train_state
 from rsst_tune.trial_setup import TrialSetup, build_setup
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,13 @@ log = logging.getLogger(__name__)
 # (state, epochs done, epochs, mean train loss of the last epoch); called with 0 (and NaN) when
 # a state starts, then after every epoch.
 EpochCallback = Callable[[int, int, int, float], None]
-# Fields a resumed run may change (they do not change what the checkpoint means).
-RESUMABLE_CHANGES = frozenset(TrialConfig.fields_in(NUMERICS) + TrialConfig.fields_in(EXECUTION))
+# Fields a resumed run may change (they do not change what the checkpoint means), and
+# `pruning_times`: a resumed run may stop earlier or go on longer (never below the states it
+# has done); a finished run resumed with more states prunes its last ticket and continues
+# exactly as a run started with the larger `pruning_times`.
+RESUMABLE_CHANGES = frozenset(
+    (*TrialConfig.fields_in(NUMERICS), *TrialConfig.fields_in(EXECUTION), "pruning_times")
+)
 
 
 def derive_seed(seed: int, state: int, salt: int = 0) -> int:
@@ -100,6 +106,12 @@ class PruneLoop:
         self.results: list[StateResult] = []
         self.prune_stats = PruneStats.dense(self.setup.method.structured, structure.kinds)
         self._warned: set[str] = set()
+        # distillation: the trained dense state 0 (CPU copy, for checkpoints) and the frozen
+        # teacher model built from it; set after state 0 when distill_alpha > 0
+        self.teacher_weights: dict[str, Tensor] | None = None
+        self.teacher: nn.Module | None = None
+        # a finished run resumed with more states: its last ticket still has to be pruned
+        self._pending_prune: dict[str, Tensor] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -121,6 +133,8 @@ class PruneLoop:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if not (self.out_dir / ckpt.THETA0_FILE).exists():
                 ckpt.save_theta0(mk.to_cpu(self.theta0), self.out_dir)
+        if self._pending_prune is not None and self.next_state < self.cfg.pruning_times:
+            self._extend(self._pending_prune)
         while self.next_state < self.cfg.pruning_times:
             yield self._run_state(self.next_state)
 
@@ -132,6 +146,8 @@ class PruneLoop:
     def _run_state(self, s: int) -> StateResult:
         t0 = time.perf_counter()
         trained = self._train(s)  # 1. train
+        if s == 0 and self.cfg.distill_alpha > 0:
+            self._set_teacher(mk.to_cpu(_state_dict(self.model)))
         before = self._impose_structure(trained)  # 2. RSST: M ← R
         val_acc, test_acc = self._eval(self.setup.val_data), self._eval(self.setup.test_data)  # 3.
         measured, ticket_stats = self._measure(), self.prune_stats
@@ -158,6 +174,17 @@ class PruneLoop:
         self._save(ticket)
         return result
 
+    def _extend(self, ticket: dict[str, Tensor]) -> None:
+        """A finished run resumed with a larger `pruning_times`: steps 4 and 5 of its last
+        state, which the shorter run skipped (same seeds, so the run goes on exactly as one
+        started with the larger `pruning_times`); its checkpoint is written again."""
+        s = self.next_state - 1
+        log.info("extending the run from %d to %d states", s + 1, self.cfg.pruning_times)
+        self.prune_stats = self._prune(s)
+        self._rewind()
+        self._pending_prune = None
+        self._save(ticket)
+
     # ------------------------------------------------------------------ step 1
     def _train(self, s: int) -> _Trained:
         cfg = self.cfg
@@ -165,13 +192,14 @@ class PruneLoop:
         pull = TargetPull(self.model, self.T) if self.setup.method.regularized and self.T else None
         if s == 0 and cfg.prune_type == "rewind_lt" and cfg.rewind_epoch == 0:
             self.theta_r = _state_dict(self.model)
+        epochs = cfg.state_epochs(s)
         if self.on_epoch is not None:
-            self.on_epoch(s, 0, cfg.epochs, float("nan"))  # the state starts
+            self.on_epoch(s, 0, epochs, float("nan"))  # the state starts
         train = functools.partial(self._train_epochs, s, pull)
         if s == 0 and self.dense_cache is not None:
             stats, trained_here = self._shared_dense_state(train)
-            return _Trained(stats, cfg.epochs if trained_here else 0, pull)
-        return _Trained(train(None), cfg.epochs, pull)
+            return _Trained(stats, epochs if trained_here else 0, pull)
+        return _Trained(train(None), epochs, pull)
 
     def _train_epochs(
         self, s: int, pull: TargetPull | None, heartbeat: Callable[[], None] | None
@@ -187,7 +215,27 @@ class PruneLoop:
             amp=self.setup.amp,
             on_epoch=functools.partial(self._epoch_done, s, heartbeat),
             state=s,
+            epochs=self.cfg.state_epochs(s),
+            distill=self._distillation() if s >= 1 else None,
         )
+
+    def _distillation(self) -> Distillation | None:
+        """States >= 1 with distill_alpha > 0: the loss against the dense state 0 (§4b)."""
+        if self.cfg.distill_alpha <= 0:
+            return None
+        assert self.teacher is not None, "the teacher is set after state 0"
+        return Distillation(self.teacher, self.cfg.distill_alpha, self.cfg.distill_T)
+
+    def _set_teacher(self, weights: dict[str, Tensor]) -> None:
+        """The frozen teacher (§4b): a copy of the model with the trained dense weights of
+        state 0, in eval mode, without gradients; trained never."""
+        teacher = copy.deepcopy(self.setup.model)
+        teacher.load_state_dict(weights)
+        for p in teacher.parameters():
+            p.grad = None
+            p.requires_grad_(False)
+        self.teacher = teacher.eval()
+        self.teacher_weights = weights
 
     def _epoch_done(
         self, s: int, heartbeat: Callable[[], None] | None, epoch: int, loss: float
@@ -195,7 +243,7 @@ class PruneLoop:
         if s == 0 and self.cfg.prune_type == "rewind_lt" and epoch == self.cfg.rewind_epoch:
             self.theta_r = _state_dict(self.model)
         if self.on_epoch is not None:
-            self.on_epoch(s, epoch, self.cfg.epochs, loss)
+            self.on_epoch(s, epoch, self.cfg.state_epochs(s), loss)
         if heartbeat is not None:
             heartbeat()
 
@@ -420,6 +468,7 @@ class PruneLoop:
             results=[r.to_dict() for r in self.results],
             rng={"torch": torch.get_rng_state()},
             warned=sorted(self._warned),
+            teacher=self.teacher_weights,
         ).save(self.out_dir)
 
     @classmethod
@@ -459,8 +508,15 @@ class PruneLoop:
             cfg = written
         else:
             _check_same_run(path, written, cfg, "the config given")
+        if cfg.pruning_times < saved.next_state:
+            raise ConfigError(
+                f"pruning_times must be at least {saved.next_state}, the states the run in "
+                f"{out_dir} has done, got {cfg.pruning_times}"
+            )
         loop = cls(cfg, out_dir, data=data, on_epoch=on_epoch)
         loop._restore(saved, ckpt.load_theta0(out_dir), path)
+        if saved.next_state == written.pruning_times < cfg.pruning_times:
+            loop._pending_prune = saved.ticket  # the last state did not prune: states() will
         return loop
 
     def _restore(
@@ -479,6 +535,8 @@ class PruneLoop:
             self.alive = mk.to_device(saved.alive, dev)
             self.results = [StateResult.from_dict(r) for r in saved.results]
             self.prune_stats = PruneStats(**saved.prune_stats)
+            if saved.teacher is not None:
+                self._set_teacher(saved.teacher)
             torch.set_rng_state(saved.rng["torch"])
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -532,6 +590,11 @@ class PruneLoop:
             raise ConfigError(
                 f"{where} was written for other data ({saved.spec.get('name')!r}) than "
                 f"dataset {spec['name']!r}"
+            )
+        if self.cfg.distill_alpha > 0 and not isinstance(saved.teacher, dict):
+            raise ConfigError(
+                f"{where} holds no teacher (the dense state 0) for distill_alpha "
+                f"{self.cfg.distill_alpha}"
             )
         n = saved.next_state
         if not 1 <= n <= self.cfg.pruning_times or len(saved.results) != n:

@@ -88,6 +88,12 @@ def open_run(
             raise ConfigError("resume needs the directory of the run to continue (out_dir)")
         loop = PruneLoop.resume(out_dir, cfg, data=data, on_epoch=on_epoch)
         log.info("resuming %s at state %d of %d", out_dir, loop.next_state, loop.cfg.pruning_times)
+        recorded = Path(out_dir) / "config.json"
+        if recorded.is_file():  # a run extended (or shortened): --resume reads the new length
+            before = TrialConfig.from_json_file(recorded)
+            if before.pruning_times != loop.cfg.pruning_times:
+                after = before.replace(pruning_times=loop.cfg.pruning_times)
+                fileio.write_text(recorded, after.to_json() + "\n")
         return loop
     cfg = cfg or TrialConfig()
     if out_dir is not None:

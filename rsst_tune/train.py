@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rsst_tune.config import TrialConfig
@@ -65,10 +66,39 @@ def build_optimizer(model: nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
 
 
-def lr_factor(cfg: TrialConfig, step: int, steps_per_epoch: int) -> float:
-    """Multiplier of the base LR at optimizer step `step` (pure function: linear warm-up, then
-    cosine to zero, multistep ×0.1 at each epoch of `decreasing_lr`, or constant)."""
-    total = cfg.epochs * steps_per_epoch
+@dataclass(frozen=True)
+class Distillation:
+    """Hinton distillation (ALGORITHMS.md §4b): the loss (1 − α)·CE(labels) +
+    α·T²·KL(softmax(z_t/T) ‖ softmax(z/T)), z_t the logits of a frozen teacher.
+
+    `teacher` is called in eval mode under `torch.inference_mode()` (no graph, no gradient),
+    under the student's autocast; its log-probabilities are cloned out of inference mode so
+    that autograd can save them for the student's backward. No host synchronisation."""
+
+    teacher: Callable[[Tensor], Tensor]
+    alpha: float
+    T: float
+
+    def soft_targets(self, x: Tensor) -> Tensor:
+        """log softmax(z_t / T) for the batch `x`, as a normal (non-inference) float32 tensor."""
+        with torch.inference_mode():
+            log_p = F.log_softmax(self.teacher(x).float() / self.T, dim=1)
+        return log_p.clone()
+
+    def loss(self, hard: Tensor, logits: Tensor, log_p_teacher: Tensor) -> Tensor:
+        """Mix the label loss `hard` with the soft loss of the student's `logits`."""
+        log_p = F.log_softmax(logits.float() / self.T, dim=1)
+        soft = F.kl_div(log_p, log_p_teacher, reduction="batchmean", log_target=True)
+        return (1.0 - self.alpha) * hard + (self.alpha * self.T * self.T) * soft
+
+
+def lr_factor(
+    cfg: TrialConfig, step: int, steps_per_epoch: int, epochs: int | None = None
+) -> float:
+    """Multiplier of the base LR at optimizer step `step` of a state of `epochs` epochs
+    (default `cfg.epochs`) (pure function: linear warm-up, then cosine to zero, multistep ×0.1
+    at each epoch of `decreasing_lr`, or constant)."""
+    total = (cfg.epochs if epochs is None else epochs) * steps_per_epoch
     warm = min(round(cfg.warmup_epochs * steps_per_epoch), total)
     if step < warm:
         return (step + 1) / warm
@@ -94,18 +124,22 @@ def train_state(
     on_epoch: EpochHook | None = None,
     state: int = 0,
     progress_every_s: float | None = PROGRESS_EVERY_S,
+    epochs: int | None = None,
+    distill: Distillation | None = None,
 ) -> TrainStats:
-    """Train `cfg.epochs` epochs with M enforced after every step and, in RSST states, the pull.
+    """Train `epochs` epochs (default `cfg.epochs`) with M enforced after every step and, in
+    RSST states, the pull; with `distill`, on the distillation loss.
 
     `progress_every_s`: seconds between progress lines inside an epoch (None: none).
     Raises `TrialDiverged` (naming `state` and the epoch) when an epoch's mean loss is not
     finite, or when the trained weights hold NaN or inf."""
     device = next(model.parameters()).device
+    n_epochs = cfg.epochs if epochs is None else epochs
     steps_per_epoch = data.num_train_batches(cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
+    total = n_epochs * steps_per_epoch
     opt = build_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: lr_factor(cfg, step, steps_per_epoch)
+        opt, lambda step: lr_factor(cfg, step, steps_per_epoch, n_epochs)
     )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     model.train()
@@ -113,7 +147,7 @@ def train_state(
     step = 0
     lam_value = 0.0
     mean_loss = float("nan")
-    for epoch in range(cfg.epochs):
+    for epoch in range(n_epochs):
         loss_sum = torch.zeros((), device=device)
         progress = (
             None
@@ -121,7 +155,7 @@ def train_state(
             else EpochProgress(
                 state=state,
                 epoch=epoch + 1,
-                epochs=cfg.epochs,
+                epochs=n_epochs,
                 steps=steps_per_epoch,
                 images=len(data),
                 batch_size=cfg.batch_size,
@@ -153,6 +187,7 @@ def train_state(
                 pull=pull,
                 lam_value=lam_value,
                 amp=amp,
+                distill=distill,
             )
             sched.step()
             step += 1
@@ -164,7 +199,7 @@ def train_state(
         if on_epoch is not None:
             on_epoch(epoch + 1, mean_loss)
     if not weights_finite(model):  # the last step can overflow after the last loss was read
-        raise TrialDiverged(state, cfg.epochs, mean_loss, "non-finite weights")
+        raise TrialDiverged(state, n_epochs, mean_loss, "non-finite weights")
     return TrainStats(step, mean_loss, lam_value)
 
 
@@ -248,13 +283,20 @@ def train_step(
     pull: TargetPull | None,
     lam_value: float,
     amp: torch.dtype | None,
+    distill: Distillation | None = None,
 ) -> Tensor:
-    """One optimizer step: forward, backward, RSST pull on T, step, re-apply M.
+    """One optimizer step: forward (and the teacher's, distilling), backward, RSST pull on T,
+    step, re-apply M.
 
     Returns the detached loss, still on the device (no host synchronisation).
     """
     with autocast(x.device, amp):
-        loss = loss_fn(forward(x), y)
+        if distill is None:
+            loss = loss_fn(forward(x), y)
+        else:
+            log_p_teacher = distill.soft_targets(x)
+            logits = forward(x)
+            loss = distill.loss(loss_fn(logits, y), logits, log_p_teacher)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if pull is not None:

@@ -20,11 +20,16 @@ def define(trial: Any) -> dict[str, Any]:
     cfg.update(suggest_regularizer(trial))
     cfg["criteria"] = suggest_criteria(trial)
     cfg["lr"] = trial.suggest_float("lr", 5e-4, 5e-3, log=True)
+    # distillation from the trial's own dense state 0 (ALGORITHMS.md §4b): conditional
+    if trial.suggest_categorical("distill", ["off", "on"]) == "on":
+        cfg["distill_alpha"] = trial.suggest_float("distill_alpha", 0.3, 0.9)
+        cfg["distill_T"] = trial.suggest_categorical("distill_T", [2.0, 4.0, 8.0])
     return cfg
 
 
 SPACE = SearchSpace(
-    description="RSST on vit_tiny/CIFAR-10: head and MLP ratios, rate, regularizer, criteria, lr",
+    description="RSST on vit_tiny/CIFAR-10: head and MLP ratios, rate, regularizer, criteria, lr, "
+    "distillation",
     base={
         "model": "vit_tiny",
         "dataset": "cifar10",
@@ -57,6 +62,7 @@ SPACE = SearchSpace(
             "RST_schedule": "x^2",
             "criteria": "l1",
             "lr": 3e-3,
+            "distill": "off",
         },
     ),
 )

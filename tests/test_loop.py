@@ -412,6 +412,69 @@ def test_resume_equals_uninterrupted_run(
     assert resumed2.next_state == cfg.pruning_times
 
 
+# =========================================================================== finetune_epochs
+def test_finetune_epochs_sets_the_training_of_states_after_the_dense_one(
+    make_cfg, digits_small, drop_timing
+) -> None:
+    cfg = make_cfg(**{**RESUME_CFG, "prune_type": "pt"}, finetune_epochs=1)
+    seen: list[tuple[int, int, int]] = []
+    loop = PruneLoop(cfg, data=digits_small, on_epoch=lambda s, e, n, _: seen.append((s, e, n)))
+    results = drop_timing(loop.run())
+    assert [r["epochs_trained"] for r in results] == [2, 1, 1]
+    assert seen == [(0, 0, 2), (0, 1, 2), (0, 2, 2), (1, 0, 1), (1, 1, 1), (2, 0, 1), (2, 1, 1)]
+    same = drop_timing(PruneLoop(cfg.replace(finetune_epochs=None), data=digits_small).run())
+    assert same[0] == results[0]  # state 0 trains `epochs` either way
+    assert [r["epochs_trained"] for r in same] == [2, 2, 2]
+    assert same[1] != results[1]
+    explicit = PruneLoop(cfg.replace(finetune_epochs=2), data=digits_small).run()
+    assert drop_timing(explicit) == same  # finetune_epochs = epochs is the default
+
+
+# =========================================================================== extending a run
+@pytest.mark.parametrize("prune_type", ["rewind_lt", "pt"])
+def test_resume_with_more_states_extends_a_finished_run_exactly(
+    make_cfg, digits_small, drop_timing, tmp_path, prune_type
+) -> None:
+    """A finished 2-state run resumed with pruning_times=4 equals a 4-state run from scratch:
+    results, weights, and the state checkpoints (the last ticket is pruned on resume)."""
+    from rsst_tune import checkpoint as ckpt
+    from rsst_tune.config import TrialConfig
+    from rsst_tune.run import run_trial
+
+    cfg = make_cfg(**{**RESUME_CFG, "prune_type": prune_type, "pruning_times": 4})
+    full = PruneLoop(cfg, tmp_path / "full", data=digits_small)
+    expected = drop_timing(full.run())
+    short = cfg.replace(pruning_times=2)
+    assert len(run_trial(short, tmp_path / "run", data=digits_small)) == 2
+    again = run_trial(short, tmp_path / "run", resume=True, data=digits_small)
+    assert len(again) == 2  # a finished run resumed as it is: nothing to do
+    extended = run_trial(cfg, tmp_path / "run", resume=True, data=digits_small)
+    assert drop_timing(extended) == expected
+    assert TrialConfig.from_json_file(tmp_path / "run" / "config.json").pruning_times == 4
+    for state in range(4):
+        a = ckpt.TrialCheckpoint.load(tmp_path / "full" / ckpt.state_file(state))
+        b = ckpt.TrialCheckpoint.load(tmp_path / "run" / ckpt.state_file(state))
+        for part in ("model", "ticket", "M", "T", "alive"):
+            x, y = getattr(a, part), getattr(b, part)
+            assert all(torch.equal(x[n], y[n]) for n in x), (state, part)
+        assert a.prune_stats == b.prune_stats and a.next_state == b.next_state
+    # the extended run is the 4-state run: resuming it (config read back) has nothing left
+    resumed = PruneLoop.resume(tmp_path / "run", data=digits_small)
+    assert resumed.cfg.pruning_times == 4 and resumed.next_state == 4
+
+
+def test_resume_may_not_drop_below_the_states_done(make_cfg, digits_small, tmp_path) -> None:
+    cfg = make_cfg(**{**RESUME_CFG, "pruning_times": 3})
+    loop = PruneLoop(cfg, tmp_path, data=digits_small)
+    for r in loop.states():
+        if r.state == 1:
+            break
+    with pytest.raises(ConfigError, match=r"^pruning_times must be at least 2, the states the run"):
+        PruneLoop.resume(tmp_path, cfg.replace(pruning_times=1), data=digits_small)
+    stopped = PruneLoop.resume(tmp_path, cfg.replace(pruning_times=2), data=digits_small)
+    assert stopped.next_state == 2 and len(stopped.run()) == 2  # shortened: done
+
+
 def _run_dir(make_cfg, digits_small, path: Path, states: int = 2, **kw: Any) -> Any:
     cfg = make_cfg(
         model="vit_digits",

@@ -142,6 +142,7 @@ def _other_value(cfg: TrialConfig, name: str) -> object:
         "data_dir": "elsewhere",
         "rewind_epoch": 2,
         "prune_type": "pt",  # rewind_lt puts θr's epoch in the key (test_dense_key_special_cases)
+        "finetune_epochs": 3,
     }
     if name in special:
         return special[name]
