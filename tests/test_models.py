@@ -22,6 +22,7 @@ from rsst_tune.models.vgg import CifarVGG
 BUILTIN = [
     "resnet20",
     "resnet32",
+    "resnet50",
     "resnet56",
     "vgg16_bn",
     "vit_base",
@@ -340,3 +341,30 @@ def test_pretrained_file_through_the_run_flag(tmp_path, offline, capsys) -> None
         assert torch.equal(theta0[key], value), key
     saved = (out / "config.json").read_text()
     assert '"pretrained_file": "' in saved and '"img_size": 32' in saved
+
+
+def test_resnet50_is_torchvisions_with_the_datasets_shape(digits_small) -> None:
+    """``resnet50``: torchvision's Bottleneck ResNet-50, classes from the dataset, a 1-channel
+    stem for grey data, weights only from a file; a trial sets it up on digits at 32."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    from rsst_tune.config import TrialConfig
+    from rsst_tune.trial_setup import build_setup
+
+    torch.manual_seed(0)
+    model = create_model("resnet50", num_classes=10, in_chans=3, img_size=32)
+    assert isinstance(model, ResNet) and isinstance(model.layer1[0], Bottleneck)
+    assert sum(p.numel() for p in model.parameters()) == 23_528_522
+    with pytest.raises(ConfigError, match="pretrained_file") as info:
+        create_model("resnet50", num_classes=10, in_chans=3, img_size=32, pretrained=True)
+    assert "\n" not in str(info.value)
+    cfg = TrialConfig(
+        model="resnet50", dataset="digits", img_size=32, device="cpu", amp=False,
+        method="refill", filter_ratio=0.5, epochs=1, batch_size=8,
+    )  # fmt: skip
+    setup = build_setup(cfg, digits_small)
+    assert setup.model.conv1.in_channels == 1 and setup.model.fc.out_features == 10
+    removable = [g.name for g in setup.structure.groups if g.removable]
+    assert len(removable) == 32 and all(n.endswith(("conv1", "conv2")) for n in removable)
+    x, _ = next(setup.val_data.eval_batches(2))
+    assert x.shape == (2, 1, 32, 32) and setup.model.eval()(x).shape == (2, 10)

@@ -201,3 +201,159 @@ def test_member_expand_and_per_unit_round_trip() -> None:
     assert full.shape == (60, 7)
     assert torch.equal(m.per_unit(full.float()), units.float() * 3 * 5 * 7)
     assert torch.equal(m.per_unit(full, reduce="any"), units)
+
+
+# --------------------------------------------------------------------------- ImageNet-class
+def _randomise_bn(model: nn.Module) -> None:
+    """Non-trivial running statistics and affine BN, so slicing a wrong channel would show."""
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+
+
+def _mask_every_other(model: nn.Module, structure) -> None:
+    """Zero every other unit of every group (unit 0 kept), as a structured mask does."""
+    keep = {}
+    for g in structure.groups:
+        k = torch.ones(g.num_units, dtype=torch.bool)
+        k[1::2] = False
+        keep[g.name] = k
+    R = mk.from_units(model, structure, keep, mk.full_masks(model, structure.maskable_names))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in R:
+                p.mul_(R[n])
+
+
+@pytest.fixture(scope="module")
+def resnet50() -> nn.Module:
+    from rsst_tune.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet50", num_classes=3, in_chans=3, img_size=32).eval()
+    _randomise_bn(model)
+    return model
+
+
+def test_resnet50_inner_bottleneck_convs_are_removable_residual_outputs_stay(
+    resnet50: nn.Module,
+) -> None:
+    """Every conv but the stem holds filters; conv1 and conv2 of each Bottleneck feed only
+    the next conv (removable), conv3 and downsample.0 reach the residual add (kept whole)."""
+    from torchvision.models.resnet import Bottleneck
+
+    s = find_structure(resnet50, example_input=torch.randn(2, 3, 32, 32))
+    blocks = [n for n, m in resnet50.named_modules() if isinstance(m, Bottleneck)]
+    assert len(blocks) == 16 and len(s.groups) == 16 * 3 + 4  # + one downsample per stage
+    by_name = {g.name: g for g in s.groups}
+    assert "conv1" not in by_name and not any(n.startswith("fc.") for n in s.maskable_names)
+    for b in blocks:
+        inner1, inner2, out = (by_name[f"{b}.conv{i}"] for i in (1, 2, 3))
+        assert inner1.removable and inner2.removable and not out.removable
+        assert [c.param for c in inner1.consumers] == [f"{b}.conv2.weight"]
+        assert [c.param for c in inner2.consumers] == [f"{b}.conv3.weight"]
+        assert {m.param for m in inner2.members} == {
+            f"{b}.conv2.weight", f"{b}.bn2.weight", f"{b}.bn2.bias"
+        }  # fmt: skip
+    downs = [g for g in s.groups if g.name.endswith("downsample.0")]
+    assert len(downs) == 4 and not any(g.removable for g in downs)
+    assert {m.param for m in downs[0].members} == {
+        "layer1.0.downsample.0.weight", "layer1.0.downsample.1.weight",
+        "layer1.0.downsample.1.bias",
+    }  # fmt: skip
+    stem = find_structure(resnet50, prune_stem=True, example_input=torch.randn(2, 3, 32, 32))
+    first = stem.groups[0]  # after the max-pool, read by layer1.0's conv1 and its downsample
+    assert first.name == "conv1" and first.removable
+    assert {c.param for c in first.consumers} == {
+        "layer1.0.conv1.weight", "layer1.0.downsample.0.weight"
+    }  # fmt: skip
+
+
+def test_resnet50_export_slices_inner_filters_and_matches_the_masked_model(
+    resnet50: nn.Module, tmp_path
+) -> None:
+    """Half the filters of every conv masked: the export removes those of conv1/conv2 (and
+    the stem's with prune_stem), keeps conv3/downsample whole, and computes the same logits;
+    the saved file loads back to the same model."""
+    import copy
+
+    from rsst_tune.pruning.cost import CostModel, count_params
+    from rsst_tune.pruning.exported import load_exported, save_exported
+    from rsst_tune.pruning.slicing import export_model
+
+    model = copy.deepcopy(resnet50)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    s = find_structure(model, prune_stem=True, example_input=x)
+    _mask_every_other(model, s)
+    result = export_model(model, s, "cpu", example=x)
+    pruned = result.model
+    assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
+    assert pruned.conv1.out_channels == 32 and pruned.bn1.num_features == 32
+    assert pruned.layer1[0].downsample[0].in_channels == 32
+    block = pruned.layer2[1]
+    assert (block.conv1.out_channels, block.conv2.in_channels, block.conv2.out_channels) == (
+        64, 64, 64,
+    )  # fmt: skip
+    assert (block.conv3.in_channels, block.conv3.out_channels) == (64, 512)
+    assert block.bn2.running_var.shape == (64,)
+    assert pruned.layer4[2].conv3.out_channels == 2048 and pruned.fc.in_features == 2048
+    report = {r.name: r for r in result.layers}
+    assert report["layer3.0.conv3"].zero_kept_coupled == 512
+    assert report["layer3.0.conv2"].removed == 128
+    assert count_params(pruned) == CostModel(model, s, x).cost(result.kept_counts).params
+    assert count_params(pruned) < 0.5 * count_params(resnet50)
+    path = save_exported(
+        result, tmp_path / "model.pt", model_name="resnet50", num_classes=3, in_chans=3,
+        img_size=32,
+    )  # fmt: skip
+    with torch.inference_mode():
+        assert torch.allclose(load_exported(path)(x), pruned(x), atol=1e-5)
+
+
+def tiny_deit_distilled() -> nn.Module:
+    """timm's DeiT with a distillation token and head, at a tiny width (no download)."""
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model(
+        "deit_tiny_distilled_patch16_224", pretrained=False, img_size=16, patch_size=4,
+        embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0, num_classes=5,
+    ).eval()  # fmt: skip
+
+
+def test_deit_distillation_token_heads_and_neurons_export() -> None:
+    """Heads and MLP neurons of a distilled DeiT are found and sliced as in any ViT; the
+    class and distillation tokens, both heads and the patch embedding are never pruned, and
+    the export's averaged logits match the masked model's."""
+    from rsst_tune.pruning.cost import CostModel, count_params
+    from rsst_tune.pruning.slicing import export_model
+
+    model = tiny_deit_distilled()
+    assert model.dist_token.shape == (1, 1, 32) and isinstance(model.head_dist, nn.Linear)
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    s = find_structure(model, target="both", example_input=x)
+    assert [(g.name, g.kind, g.num_units) for g in s.groups] == [
+        ("blocks.0.attn", "head", 4), ("blocks.0.mlp", "neuron", 64),
+        ("blocks.1.attn", "head", 4), ("blocks.1.mlp", "neuron", 64),
+    ]  # fmt: skip
+    never = ("cls_token", "dist_token", "pos_embed", "patch_embed.", "head.", "head_dist.")
+    assert not any(n.startswith(never) for n in s.maskable_names)
+    _mask_every_other(model, s)
+    cost = CostModel(model, s, x)
+    assert cost._tokens["blocks.0.attn"] == 16 + 2  # patches + class + distillation token
+    result = export_model(model, s, "cpu", example=x)
+    assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
+    pruned = result.model
+    assert pruned.blocks[0].attn.num_heads == 2 and pruned.blocks[0].attn.qkv.out_features == 48
+    assert pruned.blocks[1].mlp.fc1.out_features == 32
+    assert pruned.dist_token.shape == (1, 1, 32) and pruned.head_dist.in_features == 32
+    assert count_params(pruned) == cost.cost(result.kept_counts).params
+    with torch.inference_mode():  # eval output is the mean of the two heads' logits
+        tokens = pruned.forward_features(x)
+        mean = (pruned.head(tokens[:, 0]) + pruned.head_dist(tokens[:, 1])) / 2
+        assert torch.allclose(pruned(x), mean, atol=1e-6)

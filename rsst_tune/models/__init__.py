@@ -1,4 +1,4 @@
-"""Model registry and the built-in models (ViTs, CIFAR ResNets, VGG).
+"""Model registry and the built-in models (ViTs, CIFAR ResNets, VGG, torchvision ResNet-50).
 
 ``create_model(name, num_classes=..., in_chans=..., img_size=...)`` (shape arguments
 optional: each model has a default shape) builds a registered
@@ -10,7 +10,7 @@ local file (``pretrained_file``).
 
 from __future__ import annotations
 
-from rsst_tune.models import cifar_resnet, vgg, vit
+from rsst_tune.models import cifar_resnet, imagenet_resnet, vgg, vit
 from rsst_tune.models.inputs import check_img_size, default_img_size, input_stats, patch_size
 from rsst_tune.models.registry import (
     MODELS,
@@ -39,6 +39,7 @@ __all__ = [
     "cifar_resnet",
     "create_model",
     "default_img_size",
+    "imagenet_resnet",
     "input_stats",
     "is_registered",
     "list_models",

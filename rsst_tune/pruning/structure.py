@@ -14,6 +14,19 @@ so a new architecture only needs a new finder here.
 Physical removal facts for CNNs (which convolution reads a filter, whether a residual add
 couples it) come from a torch.fx trace; a model that cannot be traced keeps all filters
 (counted as not removable), which only makes the reported params/MACs conservative.
+
+What this finds on the model families users pick:
+
+- timm ViTs of every kind (ViT, DeiT, DeiT with a distillation token, models without a class
+  token and average pooling): one head group and one neuron group per block; the tokens
+  (`cls_token`, `dist_token`), `pos_embed`, the patch embedding and the classifiers (`head`,
+  DeiT's `head_dist`) are never units, so the token count only enters the costs;
+- CIFAR ResNets (`BasicBlock`): `conv1` of a block is removable (read only by `conv2`),
+  `conv2` reaches the residual add and is kept whole by an export;
+- ImageNet ResNets (torchvision `resnet50` or timm `resnet50`, `Bottleneck`): the inner
+  `conv1` and `conv2` of each block are removable (read only by the next conv), `conv3` and
+  `downsample.0` reach the residual add and stay whole; with `prune_stem`, the stem's filters
+  are removable too (read, after the max-pool, by the first block's `conv1` and downsample).
 """
 
 from __future__ import annotations
