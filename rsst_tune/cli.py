@@ -52,6 +52,18 @@ def _optional_float(text: str) -> float | None:
     return None if text.lower() in ("none", "null", "") else float(text)
 
 
+def _ratio_list(text: str) -> tuple[float, ...] | None:
+    """Per-layer ratios as a comma list (`0.25,0,0.5,0.25`); `none` for no list."""
+    if text.strip().lower() in ("none", "null"):
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, one per layer (e.g. 0.25,0,0.5,0.25), got {text!r}"
+        ) from None
+
+
 MAX_REPEATS = 10_000  # export: timed runs per model and batch size
 
 
@@ -84,6 +96,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs.update(type=_bool, nargs="?", const=True, metavar="BOOL")
         elif f.name in ("rate", "head_ratio", "mlp_ratio", "filter_ratio"):
             kwargs.update(type=_optional_float, metavar="FLOAT")
+        elif f.name in ("head_ratios", "mlp_ratios", "filter_ratios"):
+            kwargs.update(type=_ratio_list, metavar="R,R,...")
         elif f.name in ("val_size", "img_size", "finetune_epochs"):
             kwargs.update(type=int, metavar="N")
         elif isinstance(default, float):

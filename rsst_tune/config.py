@@ -42,6 +42,8 @@ EXECUTION = "execution"  # where inputs come from and how evaluation is batched:
 GROUPS = (DENSE, PRUNE, NUMERICS, EXECUTION)
 # Pruning ratio field of each unit kind.
 KIND_RATIO = {"head": "head_ratio", "neuron": "mlp_ratio", "filter": "filter_ratio"}
+# Per-layer ratio field of each unit kind (one ratio per block or conv; ALGORITHMS.md §3.2).
+KIND_RATIOS = {"head": "head_ratios", "neuron": "mlp_ratios", "filter": "filter_ratios"}
 
 
 def _field(
@@ -111,6 +113,21 @@ class TrialConfig:
     )
     filter_ratio: float | None = _field(
         None, PRUNE, "CNN filters removed per prune, compounding; default: density-matched"
+    )
+    # layer-wise budgets (ALGORITHMS.md §3.2): one ratio per block or conv, instead of the
+    # global ratio of the same kind; the length is checked against the model at setup
+    head_ratios: tuple[float, ...] | None = _field(
+        None, PRUNE, "ViT heads removed per prune, one ratio per block (comma list), compounding"
+    )
+    mlp_ratios: tuple[float, ...] | None = _field(
+        None,
+        PRUNE,
+        "ViT MLP neurons removed per prune, one ratio per block (comma list), compounding",
+    )
+    filter_ratios: tuple[float, ...] | None = _field(
+        None,
+        PRUNE,
+        "CNN filters removed per prune, one ratio per prunable conv (comma list), compounding",
     )
     fillback_rate: float = _field(
         0.0, PRUNE, "density-matched budgets: 0 keeps U's weight budget, 1 keeps every unit"
@@ -204,6 +221,11 @@ class TrialConfig:
             )
         if self.lr_schedule == "multistep" and not self.decreasing_lr:
             raise ConfigError("lr_schedule 'multistep' needs decreasing_lr, e.g. [20, 30]")
+        for kind, many in KIND_RATIOS.items():
+            if getattr(self, many) is not None and getattr(self, KIND_RATIO[kind]) is not None:
+                raise ConfigError(
+                    f"give {KIND_RATIO[kind]} (every layer) or {many} (one per layer), not both"
+                )
 
     # ------------------------------------------------------------------ derived values
     def state_epochs(self, state: int) -> int:
@@ -226,9 +248,18 @@ class TrialConfig:
         return bool(self.method_info.structured)
 
     def ratio_for(self, kind: str) -> float | None:
-        """The explicit pruning ratio of a unit kind (`head`, `neuron`, `filter`), or None."""
+        """The global pruning ratio of a unit kind (`head`, `neuron`, `filter`), or None."""
         value: float | None = getattr(self, KIND_RATIO[kind])
         return value
+
+    def ratios_for(self, kind: str) -> tuple[float, ...] | None:
+        """The per-layer pruning ratios of a unit kind (one per block or conv), or None."""
+        value: tuple[float, ...] | None = getattr(self, KIND_RATIOS[kind])
+        return value
+
+    def has_ratio(self, kind: str) -> bool:
+        """Whether a unit kind has explicit ratios (global or per layer), not density-matched."""
+        return self.ratio_for(kind) is not None or self.ratios_for(kind) is not None
 
     def effective_rate(self, pruned_kinds: Iterable[str] = ()) -> float | None:
         """The rate of U (ALGORITHMS.md §2.4.1): the asked `rate`; else None ("derived each
@@ -238,7 +269,7 @@ class TrialConfig:
             return self.rate
         kinds = list(pruned_kinds)
         method = self.method_info
-        if method.structured and kinds and all(self.ratio_for(k) is not None for k in kinds):
+        if method.structured and kinds and all(self.has_ratio(k) for k in kinds):
             return None
         default: float | None = method.default_rate
         return default
@@ -254,6 +285,9 @@ class TrialConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["decreasing_lr"] = list(self.decreasing_lr)
+        for name in RATIO_LISTS:
+            if out[name] is not None:
+                out[name] = list(out[name])
         return out
 
     def to_json(self) -> str:
@@ -347,7 +381,10 @@ FLOAT_RANGES: dict[str, tuple[float, bool, float, bool]] = {
     "label_smoothing": (0.0, True, 1.0, False),
 }
 _FLOAT_FIELDS = set(FLOAT_RANGES)
+RATIO_LISTS = tuple(KIND_RATIOS.values())  # per-layer ratios: values in [0, 1), like the ratios
+MAX_LAYERS = 100_000
 OPTIONAL = {
+    *RATIO_LISTS,
     "finetune_epochs",
     "rate",
     "head_ratio",
@@ -433,6 +470,14 @@ def _check_type_and_range(f: dataclasses.Field[Any], value: Any) -> None:
                 f"decreasing_lr must be a list of epochs, integers in [1, {MAX_EPOCHS}], "
                 f"got {_shown(value)}"
             )
+    elif name in RATIO_LISTS:
+        ok = isinstance(value, tuple) and 1 <= len(value) <= MAX_LAYERS
+        ok = ok and all(_is_number(v) and math.isfinite(v) and 0.0 <= v < 1.0 for v in value)
+        if not ok:
+            raise ConfigError(
+                f"{name} must be a list of numbers in [0, 1), one per layer "
+                f"(e.g. 0.25,0,0.5,0.25), got {_shown(value)}"
+            )
     elif name == "extra":
         _check_extra(value)
 
@@ -462,6 +507,10 @@ def _normalised(cfg: Any) -> dict[str, Any]:
             out[name] = float(value)
     if isinstance(cfg.decreasing_lr, list):
         out["decreasing_lr"] = tuple(cfg.decreasing_lr)
+    for name in RATIO_LISTS:
+        value = getattr(cfg, name)
+        if isinstance(value, list | tuple):
+            out[name] = tuple(float(v) if _is_int(v) else v for v in value)
     return out
 
 
@@ -510,6 +559,8 @@ def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
         if isinstance(value, list | tuple):
             return tuple(_coerce_int(v) for v in value)
         return value
+    if name in RATIO_LISTS:
+        return _coerce_ratios(value)
     if name in _FLOAT_FIELDS:
         return float(value) if _is_int(value) else value
     if name in BOOL_FIELDS:
@@ -521,6 +572,27 @@ def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
     if name in INT_RANGES:
         return _coerce_int(value)
     return value
+
+
+def _coerce_ratios(value: Any) -> Any:
+    """Per-layer ratios from a list, a tuple or a comma list (`0.25,0,0.5`); numpy scalars and
+    ints become floats; anything else is left for `_validate` to name."""
+    if isinstance(value, str):
+        try:
+            value = [float(v) for v in value.split(",")]
+        except ValueError:
+            return value
+    if not isinstance(value, list | tuple):
+        return value
+    out = []
+    for v in value:
+        if hasattr(v, "item") and callable(v.item) and not isinstance(v, str):
+            try:
+                v = v.item()
+            except (TypeError, ValueError, RuntimeError):
+                return value  # left for `_validate` to name
+        out.append(float(v) if _is_int(v) else v)
+    return tuple(out)
 
 
 def _coerce_int(value: Any) -> Any:

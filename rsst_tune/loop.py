@@ -389,7 +389,7 @@ class PruneLoop:
     def _budget(self, g: UnitGroup, U: mk.Masks | None, prunes: int) -> Budget:
         """Units `g` keeps: explicit ratio (compounding) or density-matched to U (§3.2)."""
         alive = int(self.alive[g.name].sum())
-        ratio = self.cfg.ratio_for(g.kind)
+        ratio = self.setup.ratios.get(g.name)  # the kind's ratio or the layer's own (§3.2)
         if ratio is not None:
             k = explicit_keep(g.num_units, ratio, prunes)
         else:
@@ -403,13 +403,13 @@ class PruneLoop:
         per layer with `layer` sorting, for the whole kind with `global` sorting."""
         for kind in self.setup.structure.kinds:
             pairs = [(g, b) for g, b in zip(groups, budgets, strict=True) if g.kind == kind]
-            if kind in self._warned or not pairs or not pairs[0][1].asked_ratio:
+            if kind in self._warned or not any(b.asked_ratio for _, b in pairs):
                 continue
             if self.cfg.sorting == "global":
                 removes = sum(b.keep for _, b in pairs) < sum(b.alive for _, b in pairs)
-                idle = [] if removes else pairs
-            else:
-                idle = [(g, b) for g, b in pairs if b.keep >= b.alive]
+                idle = [] if removes else [(g, b) for g, b in pairs if b.asked_ratio]
+            else:  # a layer whose own ratio is 0 removes nothing by design
+                idle = [(g, b) for g, b in pairs if b.asked_ratio and b.keep >= b.alive]
             if not idle:
                 continue
             self._warned.add(kind)

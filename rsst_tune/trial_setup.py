@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from rsst_tune.config import KIND_RATIO, TrialConfig
+from rsst_tune.config import KIND_RATIO, KIND_RATIOS, TrialConfig
 from rsst_tune.data import DataBundle, DataSpec, DeviceData, load_dataset
 from rsst_tune.device import amp_dtype, can_compile, resolve_device
 from rsst_tune.errors import ConfigError
@@ -30,6 +30,7 @@ from rsst_tune.models import (
     input_stats,
     load_pretrained_file,
 )
+from rsst_tune.pruning.budget import check_layer_ratios, layer_ratios
 from rsst_tune.pruning.cost import CostModel, count_params
 from rsst_tune.pruning.criteria import Criterion, get_criterion
 from rsst_tune.pruning.methods import Method, get_method
@@ -59,6 +60,8 @@ class TrialSetup:
     cost: CostModel
     dense_params: int
     rate: float | None  # U's rate; None: derived each state from the unit ratios (§2.4.1)
+    # each pruned group's explicit ratio (global or per layer), None: density-matched (§3.2)
+    ratios: dict[str, float | None] = dataclasses.field(default_factory=dict)
 
 
 def build_setup(cfg: TrialConfig, data: DataBundle | None = None) -> TrialSetup:
@@ -90,6 +93,7 @@ def build_setup(cfg: TrialConfig, data: DataBundle | None = None) -> TrialSetup:
     report_structure = find_structure(
         model, target="both", prune_stem=cfg.prune_stem, example_input=example
     )
+    check_layer_ratios(cfg, report_structure)  # per-layer ratios: one per block or conv
     method = get_method(cfg.method)
     rate = cfg.effective_rate(structure.kinds)
     _check_prunable(cfg, model, structure, method, rate)
@@ -115,6 +119,7 @@ def build_setup(cfg: TrialConfig, data: DataBundle | None = None) -> TrialSetup:
         cost=CostModel(model, report_structure, example),
         dense_params=count_params(model),
         rate=rate,
+        ratios=layer_ratios(cfg, structure),
     )
 
 
@@ -171,16 +176,21 @@ def _check_prunable(
 ) -> None:
     if not structure.groups:
         raise ConfigError(f"{cfg.model} has no prunable units for target {cfg.target!r}")
+    ratios = layer_ratios(cfg, structure)
     if method.structured:
         for kind in structure.kinds:
-            if cfg.ratio_for(kind) == 0.0:
+            if all(ratios[g.name] == 0.0 for g in structure.by_kind(kind)):
                 continue
             if all(g.num_units <= cfg.min_units for g in structure.by_kind(kind)):
                 raise ConfigError(
                     f"cannot prune {KIND_REPORT[kind]} of {cfg.model}: every layer already has "
                     f"<= min_units={cfg.min_units}; lower min_units or change target"
                 )
-        partial = [KIND_RATIO[k] for k in structure.kinds if cfg.ratio_for(k) is not None]
+        partial = [
+            KIND_RATIO[k] if cfg.ratio_for(k) is not None else KIND_RATIOS[k]
+            for k in structure.kinds
+            if cfg.has_ratio(k)
+        ]
         if cfg.rate is None and rate is not None and partial:
             log.info(
                 "rate %.3g (the %s default): %s explicit, other kinds density-matched to U",
@@ -188,7 +198,7 @@ def _check_prunable(
                 cfg.method,
                 ", ".join(partial),
             )
-    explicit = all(cfg.ratio_for(k) is not None for k in structure.kinds)
+    explicit = all(cfg.has_ratio(k) for k in structure.kinds)
     if rate is None and not (method.structured and explicit):
         raise ConfigError(f"method {cfg.method!r} has no default rate: give rate")
     if rate is not None and cfg.pruning_times > 1:

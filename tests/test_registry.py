@@ -141,6 +141,9 @@ def _other_value(cfg: TrialConfig, name: str) -> object:
         "lr_schedule": "constant",
         "data_dir": "elsewhere",
         "rewind_epoch": 2,
+        "head_ratios": (0.25, 0.0, 0.5, 0.25),  # one ratio per layer: prune-only, like head_ratio
+        "mlp_ratios": (0.5, 0.25, 0.0, 0.0),
+        "filter_ratios": (0.5,),
         "prune_type": "pt",  # rewind_lt puts θr's epoch in the key (test_dense_key_special_cases)
         "finetune_epochs": 3,
     }

@@ -87,6 +87,15 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         "comma-separated for several",
     )
     what.add_argument(
+        "--macs-budget",
+        type=_macs_budget,
+        default=None,
+        metavar="B",
+        help="spaces with analytic MACs (vit_layerwise): only configurations whose last state "
+        "keeps at most B of the dense MACs run, 0 < B <= 1; Optuna learns the others as "
+        "infeasible before any training",
+    )
+    what.add_argument(
         "--sampler",
         default="tpe",
         choices=("tpe", "nsga2", "random"),
@@ -242,6 +251,10 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _macs_budget(text: str) -> float:
+    return _float_in(text, 0.0, 1.0, low_open=True)
+
+
 def _grace(text: str) -> int:
     return _int_in(text, 0, MAX_COUNT)
 
@@ -339,6 +352,7 @@ def tune_command(args: argparse.Namespace) -> int:
         max_failures=args.max_failures,
         confirm=args.confirm,
         onnx=args.onnx,
+        macs_budget=args.macs_budget,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
         time_budget=args.time_budget,

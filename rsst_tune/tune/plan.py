@@ -70,6 +70,7 @@ class SweepOptions:
     max_failures: int = 2  # restarts of a trial whose worker or node died (--max-failures)
     confirm: int | None = None  # --confirm K: top K tickets per budget re-run with 2 more seeds
     onnx: bool = True  # the best tickets' exports also write model.onnx (--no-onnx: not)
+    macs_budget: float | None = None  # --macs-budget B: proposals over B MACs never run
 
     @classmethod
     def from_keywords(cls, space: str, options: Mapping[str, Any]) -> SweepOptions:
@@ -123,6 +124,9 @@ class SweepPlan:
     max_failures: int = 2  # restarts of a trial from its last state checkpoint (--max-failures)
     confirm: int = 0  # seed confirmation of the top K tickets per budget (0: none)
     onnx: bool = True  # the best tickets' exports also write model.onnx
+    # --macs-budget: a proposal whose last state exceeds this fraction of the dense MACs
+    # (analytic, before training) is told to Optuna as infeasible and never runs
+    macs_budget: float | None = None
 
     @property
     def dense_cache_dir(self) -> str | None:
@@ -246,6 +250,7 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
         fixed=fixed,
         max_failures=_check_max_failures(opts.max_failures),
         onnx=_check_bool("onnx", opts.onnx),
+        macs_budget=_check_macs_budget(space, opts.macs_budget),
         asha=halving,
         confirm=check_confirm(
             opts.confirm
@@ -256,6 +261,27 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
         command=opts.command,
         study_name=name,
     )
+
+
+def _check_macs_budget(space: SearchSpace, budget: Any) -> float | None:
+    """`--macs-budget B`: a number in (0, 1], for spaces that declare `macs_budget` (their
+    proposals' MACs are analytic before training)."""
+    if budget is None:
+        return None
+    ok = isinstance(budget, int | float) and not isinstance(budget, bool)
+    if not ok or not math.isfinite(budget) or not 0 < budget <= 1:
+        raise ConfigError(
+            f"--macs-budget must be a fraction of the dense MACs in (0, 1], got {budget!r}"
+        )
+    if not space.macs_budget:
+        from search_spaces import SPACES
+
+        able = [n for n in SPACES.names() if SPACES.get(n).macs_budget]
+        raise ConfigError(
+            f"space {space.name} does not take --macs-budget (its MACs are known only after "
+            f"training); spaces that do: {', '.join(able) or 'none'}"
+        )
+    return float(budget)
 
 
 def _check_asha(space: SearchSpace, base: Mapping[str, Any]) -> None:
@@ -481,6 +507,13 @@ def describe_plan(plan: SweepPlan) -> str:
             "crowding distance within a front)"
         )
     lines.append(f"sampler     {sampler}; scheduler {sched}")
+    if plan.macs_budget is not None:
+        lines.append(
+            f"macs budget {plan.macs_budget:g} of the dense MACs at the last state (state "
+            f"{plan.states - 1}): each proposal's MACs are computed before training, and one "
+            "over the budget is told to Optuna as infeasible (user attr constraint) and "
+            "proposed again, costing no trial"
+        )
     if plan.confirm:
         lines.append(
             f"confirm     the top {plan.confirm} tickets of each budget re-run with 2 more "

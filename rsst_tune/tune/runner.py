@@ -298,11 +298,17 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
     local = Path(plan.local_dir)
     keys = [o.key for o in plan.objectives]
     modes = [o.mode for o in plan.objectives]
+    budget = None
+    if plan.macs_budget is not None:  # proposals over it never reach Ray (searcher._feasible)
+        from rsst_tune.pruning.budget import MacsBudget
+
+        budget = MacsBudget(plan.base_config, plan.macs_budget)
     searcher = PruningAwareOptunaSearch(
-        functools.partial(space.sample, fixed=plan.fixed),
+        functools.partial(space.sample, fixed=plan.fixed, base=plan.base_config),
         metric=keys if len(keys) > 1 else keys[0],
         mode=modes if len(modes) > 1 else modes[0],
         sampler=make_sampler(plan.sampler, plan.seed, plan.num_samples, plan.max_concurrent),
+        constraint=budget,
         study_name=plan.study_name or plan.name,
         storage=journal_storage(local / JOURNAL_FILE),
         points_to_evaluate=[

@@ -15,7 +15,13 @@
   study carries the objective names (`study.metric_names`) for optuna-dashboard;
 * a trial that fails for good is told FAIL with user attr `fail_reason`. A trial Ray retries
   (`--max-failures`) is not told anything until it ends, so one that finishes after a retry
-  is COMPLETE.
+  is COMPLETE;
+* with a `constraint` (`--macs-budget`: `rsst_tune.pruning.budget.MacsBudget`), every proposal
+  gets its constraint value before Ray sees it, as Optuna's constraint `macs_budget`
+  (`Trial.set_constraint`, which TPE and NSGA-II read; Optuna 5 deprecates
+  `constraints_func`) and as user attr `constraint` = [value]; one with value > 0 (over the
+  budget) is told PRUNED at once and Optuna asks again, up to MAX_PROPOSALS times per trial
+  slot, so an infeasible proposal never trains nor takes a slot.
 
 Trials the searcher could not tell (the driver was killed, the disk was full) are settled
 from Ray's record by `settle_finished` when the sweep ends, and trials Ray never recorded by
@@ -54,6 +60,9 @@ STOPPED_ATTR = "stopped_after_state"
 STATE_VALUES_ATTR = "values_state_"  # + state: {objective: value} at that pruning state
 PRUNED_VALUES_ATTR = "pruned_values"  # {objective: value} of a stopped trial's last state
 FAIL_REASON_ATTR = "fail_reason"
+CONSTRAINT_ATTR = "constraint"  # [macs_frac - budget] of a proposal (feasible when <= 0)
+CONSTRAINT_KEY = "macs_budget"  # the same value as Optuna's constraint (`Trial.set_constraint`)
+MAX_PROPOSALS = 500  # proposals asked per trial slot before the sweep stops generating trials
 SAMPLERS = ("tpe", "nsga2", "random")
 
 
@@ -125,7 +134,11 @@ class PruningAwareOptunaSearch(OptunaSearch):
         study_name: str,
         storage: optuna.storages.BaseStorage,
         points_to_evaluate: Sequence[Mapping[str, Any]] = (),
+        constraint: Callable[[Mapping[str, Any]], float] | None = None,
+        max_proposals: int = MAX_PROPOSALS,
     ) -> None:
+        self._constraint = constraint  # a proposal's constraint value (> 0: infeasible)
+        self._max_proposals = max_proposals
         super().__init__(
             space=define,
             metric=metric,
@@ -160,6 +173,8 @@ class PruningAwareOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         try:
             config: dict[str, Any] | None = super().suggest(trial_id)
+            if self._constraint is not None and config is not None:
+                config = self._feasible(trial_id, config)
             ot_trial = self._ot_trials.get(trial_id)
             if ot_trial is not None:
                 ot_trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
@@ -170,6 +185,32 @@ class PruningAwareOptunaSearch(OptunaSearch):
             self._ot_trials.pop(trial_id, None)
             return None
         return config
+
+    def _feasible(self, trial_id: str, config: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The first proposal within the constraint; each one over it is told PRUNED with its
+        user attr `constraint` and asked again. After `max_proposals` infeasible ones, no more
+        trials are generated (Ray's Searcher.FINISHED) and the log says so in one line."""
+        assert self._constraint is not None
+        for asked in range(1, self._max_proposals + 1):
+            ot_trial = self._ot_trials[trial_id]
+            value = float(self._constraint(config or {}))
+            ot_trial.set_user_attr(CONSTRAINT_ATTR, [value])
+            ot_trial.set_constraint(CONSTRAINT_KEY, value)  # what the samplers read
+            if value <= 0:
+                return config
+            self.study.tell(ot_trial, state=TrialState.PRUNED)
+            del self._ot_trials[trial_id]
+            if asked == self._max_proposals:
+                break
+            config = super().suggest(trial_id)
+        log.warning(
+            "no proposal within the constraint after %d tries (the last was %.3g over it): "
+            "no more trials are started; loosen --macs-budget or the space's ranges",
+            self._max_proposals,
+            value,
+        )
+        finished: Any = self.FINISHED
+        return finished  # type: ignore[no-any-return]
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """One intermediate value per pruning state: user attr `values_state_<s>` (every

@@ -15,7 +15,13 @@ after the module. Its parts:
   --epochs``), each with the glob patterns its value must match;
 * ``smoke``: the base-config changes of ``--preset smoke`` (an offline digits profile);
 * ``starting_points``: Optuna parameter dicts enqueued before the sampler proposes anything
-  (a known-good recipe, so even a tiny sweep has one sensible trial).
+  (a known-good recipe, so even a tiny sweep has one sensible trial);
+* ``macs_budget``: whether the space accepts ``--macs-budget B`` (its proposals' MACs at the
+  last state are analytic: every pruned kind has explicit ratios). A proposal over the budget
+  is told to Optuna as infeasible before any training and costs no trial.
+
+``define`` may take a second argument, the resolved base config (a dict), for spaces whose
+parameters depend on the model (one ratio per block: ``search_spaces/vit_layerwise.py``).
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from rsst_tune.config import TrialConfig
 from rsst_tune.errors import ConfigError
 from rsst_tune.tune.records import Objective
 
-DefineFn = Callable[[Any], dict[str, Any]]  # (optuna.Trial) -> searched TrialConfig fields
+# (optuna.Trial) or (optuna.Trial, base config) -> searched TrialConfig fields
+DefineFn = Callable[..., dict[str, Any]]
 
 # CLI override flag -> TrialConfig field.
 OVERRIDE_FLAGS: dict[str, str] = {
@@ -47,6 +54,9 @@ SPARSITY_FIELDS = (
     "head_ratio",
     "mlp_ratio",
     "filter_ratio",
+    "head_ratios",
+    "mlp_ratios",
+    "filter_ratios",
     "fillback_rate",
     "target",
     "min_units",
@@ -84,6 +94,7 @@ class SearchSpace:
     smoke: Mapping[str, Any] = field(default_factory=lambda: dict(SMOKE_DIGITS))
     starting_points: tuple[Mapping[str, Any], ...] = ()
     num_samples: int = 32
+    macs_budget: bool = False  # accepts --macs-budget (its MACs are analytic before training)
     name: str = ""  # filled in by the registry: the module name
 
     def __post_init__(self) -> None:
@@ -141,13 +152,23 @@ class SearchSpace:
             )
 
     # ------------------------------------------------------------------ trial configs
-    def sample(self, trial: Any, fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def sample(
+        self,
+        trial: Any,
+        fixed: Mapping[str, Any] | None = None,
+        base: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """The searched fields for one Optuna trial (the define-by-run function, checked).
 
         `fixed` pins searched parameters (`--fix lr=3e-3`): define() gets their value without
-        Optuna suggesting them.
+        Optuna suggesting them. A define() of two arguments also gets the base config `base`
+        (default: the space's own `base`).
         """
-        params = self.define(FixedTrial(trial, fixed) if fixed else trial)
+        ask = FixedTrial(trial, fixed) if fixed else trial
+        if _takes_base(self.define):
+            params = self.define(ask, dict(self.base if base is None else base))
+        else:
+            params = self.define(ask)
         if not isinstance(params, dict):
             raise TypeError(f"space {self.name}: define() must return a dict, got {type(params)}")
         known = set(TrialConfig.field_names())
@@ -159,7 +180,19 @@ class SearchSpace:
     def trial_config(
         self, base: Mapping[str, Any], trial: Any, fixed: Mapping[str, Any] | None = None
     ) -> TrialConfig:
-        return TrialConfig.from_dict({**base, **self.sample(trial, fixed)})
+        return TrialConfig.from_dict({**base, **self.sample(trial, fixed, base)})
+
+
+def _takes_base(define: Callable[..., Any]) -> bool:
+    """Whether a define() takes the base config as a second positional argument."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(define).parameters.values())
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
 class FixedTrial:
