@@ -261,3 +261,4 @@ def test_sweep_under_a_macs_budget_runs_only_feasible_trials(
     assert all(t.user_attrs[CONSTRAINT_ATTR][0] > 0 for t in infeasible)
     assert all(t.constraints[CONSTRAINT_KEY] > 0 for t in infeasible)
     assert len(list((tmp_path / "budget").glob("trial_*"))) == 4  # nothing else ran
+    assert (tmp_path / "budget" / "report.md").is_file()  # the report reads such a study
