@@ -491,7 +491,11 @@ def _decode(path: Path, side: int, img_size: int) -> Tensor:
         else:
             new_w, new_h = max(side, int(side * w / h)), side
         raw.draft("RGB", (new_w, new_h))  # JPEG: decode at 1/2, 1/4, 1/8 scale if still >= size
-        image = raw.convert("RGB")
+        if raw.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit grey: scale, not clip
+            grey = np.clip(np.asarray(raw, dtype=np.float64) / 257.0, 0, 255).round()
+            image = Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+        else:
+            image = raw.convert("RGB")
     if image.size != (new_w, new_h):
         image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
 

@@ -183,3 +183,15 @@ def test_an_unreadable_image_is_skipped_and_counted_once(
         f.write_bytes(b"garbage")
     with pytest.raises(ConfigError, match=r"no readable images in .*val/: all 4 failed"):
         load_dataset("imagefolder", data_dir=root, img_size=16)
+
+
+def test_sixteen_bit_grey_is_scaled_to_eight_bits(tmp_path: Path) -> None:
+    """A 16-bit PNG (mode I;16) is scaled by 1/257, not clipped at 255."""
+    pixels = np.full((32, 32), 257 * 100, dtype=np.uint16)
+    for sub in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / sub / cls).mkdir(parents=True)
+            Image.fromarray(pixels).save(tmp_path / sub / cls / "deep.png")
+    assert Image.open(tmp_path / "val" / "a" / "deep.png").mode.startswith("I")
+    bundle = load_dataset("imagefolder", data_dir=tmp_path, img_size=28)
+    assert (bundle.test.x == 100).all()
