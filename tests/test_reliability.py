@@ -321,6 +321,7 @@ def test_a_killed_worker_node_moves_its_trial_to_the_head_and_the_sweep_finishes
             [f"--address={address}", "--temp-dir", str(ray_tmp / "w"), *common],
             env,
         )
+        deadline = time.monotonic() + 180  # a loaded 2-core machine starts a node slowly
         while _alive_nodes(address, env) < 2:
             assert time.monotonic() < deadline, "the worker node did not join"
             time.sleep(1)
