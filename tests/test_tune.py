@@ -895,12 +895,15 @@ def test_rays_state_is_signed_as_it_is_saved_and_verifies_when_synced(
     from rsst_tune.tune.trust import StateSigner, check_resume, sign_all
 
     trial = Trial("train_trial", stub=True)
-    trial.storage = StorageContext(str(tmp_path), "e", trial_dir_name=f"trial_{trial.trial_id}")
+    # Ray's staging directory is <session>/artifacts/<second>/<name>: a name of its own, so
+    # another test's experiment started in the same second does not share it
+    name = f"e-{trial.trial_id}"
+    trial.storage = StorageContext(str(tmp_path), name, trial_dir_name=f"trial_{trial.trial_id}")
     staging = Path(trial.storage.experiment_driver_staging_path)
     exp = Path(trial.storage.experiment_fs_path)
     staging.mkdir(parents=True)
     exp.mkdir(exist_ok=True)
-    assert exp == tmp_path / "e"
+    assert exp == tmp_path / name
     (exp / "tuner.pkl").write_bytes(pickle.dumps({"tuner": 1}))
     sign_all(exp)  # the runner, before Ray runs
     signer = StateSigner()

@@ -15,12 +15,28 @@ from __future__ import annotations
 from typing import Any
 
 import ray
-from ray.air.integrations.wandb import WandbLoggerCallback
+from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
 from ray.air.util.node import _force_on_current_node
 
 
+class _FlushingLoggingActor(_WandbLoggingActor):
+    """Ray's W&B logging actor, which also waits for W&B's service to write and close the
+    run's files (`wandb.teardown`) before its `run` returns: Ray kills the actor as soon as
+    `run` returns, and an offline run file whose service was killed first can be left
+    without its records."""
+
+    def run(self) -> None:
+        super().run()  # type: ignore[no-untyped-call]
+        teardown = getattr(self._wandb, "teardown", None)
+        if callable(teardown):
+            teardown()
+
+
 class KeylessWandbCallback(WandbLoggerCallback):
-    """`WandbLoggerCallback` whose logging actors get no `env_vars` (see the module doc)."""
+    """`WandbLoggerCallback` whose logging actors get no `env_vars` (see the module doc) and
+    wait for W&B's service to flush each run (`_FlushingLoggingActor`)."""
+
+    _logger_actor_cls = _FlushingLoggingActor
 
     def _start_logging_actor(
         self, trial: Any, exclude_results: list[str], **wandb_init_kwargs: Any
