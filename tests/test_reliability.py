@@ -464,8 +464,10 @@ def test_sigkill_of_the_driver_leaves_no_process_and_resume_settles_every_trial(
         if e["event"] == "saved":
             saved[e["trial_id"]] = max(saved.get(e["trial_id"], 0), int(e["state"]) + 1)
 
-    # Every Ray process of the killed driver (they carry its RAY_TMPDIR) is gone within seconds.
-    deadline = time.monotonic() + 10
+    # Every Ray process of the killed driver (they carry its RAY_TMPDIR) is gone within
+    # seconds: usually 1-3 s; 30 s allowed, as a loaded 2-core CI machine once needed more than
+    # 10 (Ray's own agents otherwise linger about a minute or two)
+    deadline = time.monotonic() + 30
     while _live_processes_with(mark) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _live_processes_with(mark), "Ray processes outlived the killed driver"
