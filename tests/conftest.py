@@ -36,6 +36,30 @@ def resume_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["RSST_TUNE_RESUME_KEY"] = saved
 
 
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """One local Ray for every test of a module; yields the GCS address subprocesses can
+    join."""
+    import logging
+
+    from rsst_tune.tune.ray_setup import prepare_ray_env
+
+    prepare_ray_env(None)
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
 # Keys that legitimately differ between two otherwise identical runs.
 TIMING_KEYS = {"wall_time_s"}
 

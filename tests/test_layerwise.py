@@ -5,7 +5,6 @@ whose over-budget proposals Optuna learns as infeasible without ever reaching Ra
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from rsst_tune.loop import PruneLoop
 from rsst_tune.pruning.budget import MacsBudget, layer_counts, planned_macs_frac
 from rsst_tune.pruning.select import round_half_up
 from rsst_tune.tune import SweepOptions, describe_plan, load_experiment, resolve_plan, run_sweep
-from rsst_tune.tune.ray_setup import prepare_ray_env
 from rsst_tune.tune.searcher import (
     CONSTRAINT_ATTR,
     CONSTRAINT_KEY,
@@ -196,24 +194,6 @@ def test_macs_budget_is_checked_stored_and_shown(tmp_path: Path) -> None:
             resolve_plan(SweepOptions(space="vit_layerwise", macs_budget=bad, **opts))
     with pytest.raises(ConfigError, match="space vit_head_mlp does not take --macs-budget"):
         resolve_plan(SweepOptions(space="vit_head_mlp", macs_budget=0.5, **opts))
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    prepare_ray_env(None)
-    import ray
-
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.mark.sweep

@@ -35,13 +35,11 @@ So MO-ASHA stops T2 and T5 at state 1 and T6 at state 2; T1, T3 and T4 run to st
 from __future__ import annotations
 
 import json
-import logging
 import math
 import pickle
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -235,24 +233,6 @@ def test_ranks_and_crowding_properties(points: list[tuple[float, ...]]) -> None:
 
 
 # ---------------------------------------------------------------------- Ray
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[str]:
-    from rsst_tune.tune.ray_setup import prepare_ray_env
-
-    prepare_ray_env(None)
-    import ray
-
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
 
 
 def _scripted_trainable(config: dict[str, Any]) -> None:

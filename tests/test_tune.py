@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,30 +31,10 @@ from rsst_tune.tune import (
     trial_value,
 )
 from rsst_tune.tune.cli import main as tune_main
-from rsst_tune.tune.ray_setup import prepare_ray_env
 from rsst_tune.tune.records import Experiment, Objective, TrialRecord
 
 REPO = Path(__file__).resolve().parents[1]
 TINY: dict[str, Any] = {"dataset": "digits", "model": "vit_digits", "states": 2, "epochs": 2}
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[str]:
-    """One local Ray for every test here; yields the GCS address subprocesses can join."""
-    prepare_ray_env(None)
-    import ray
-
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(autouse=True)
