@@ -6,7 +6,14 @@ from typing import Any
 
 from rsst_tune.tune.records import Objective
 from rsst_tune.tune.space import SearchSpace
-from search_spaces._common import VIT_MODELS, suggest_criteria, suggest_rate, suggest_regularizer
+from search_spaces._common import (
+    VIT_CIFAR,
+    VIT_LR,
+    VIT_MODELS,
+    overridable,
+    suggest_rate,
+    suggest_rsst_recipe,
+)
 
 
 def define(trial: Any) -> dict[str, Any]:
@@ -17,9 +24,7 @@ def define(trial: Any) -> dict[str, Any]:
     if target in ("mlp", "both"):  # mlp_ratio only when the MLP is pruned
         cfg["mlp_ratio"] = trial.suggest_float("mlp_ratio", 0.1, 0.6)
     cfg.update(suggest_rate(trial))
-    cfg.update(suggest_regularizer(trial))
-    cfg["criteria"] = suggest_criteria(trial)
-    cfg["lr"] = trial.suggest_float("lr", 5e-4, 5e-3, log=True)
+    cfg.update(suggest_rsst_recipe(trial, VIT_LR))
     # distillation from the trial's own dense state 0 (ALGORITHMS.md §4b): conditional
     if trial.suggest_categorical("distill", ["off", "on"]) == "on":
         cfg["distill_alpha"] = trial.suggest_float("distill_alpha", 0.3, 0.9)
@@ -30,28 +35,11 @@ def define(trial: Any) -> dict[str, Any]:
 SPACE = SearchSpace(
     description="RSST on vit_tiny/CIFAR-10: head and MLP ratios, rate, regularizer, criteria, lr, "
     "distillation",
-    base={
-        "model": "vit_tiny",
-        "dataset": "cifar10",
-        "method": "rsst",
-        "pruning_times": 4,
-        "epochs": 30,
-        "prune_type": "lt",
-        "optimizer": "adamw",
-        "weight_decay": 0.05,
-        "batch_size": 128,
-        "warmup_epochs": 2.0,
-        "augment": True,
-    },
+    base={**VIT_CIFAR, "weight_decay": 0.05},
     define=define,
     objectives=(Objective("val_acc", "max"), Objective("macs_frac", "min")),
     scheduler="moasha",
-    overridable={
-        "dataset": ("*",),
-        "model": VIT_MODELS,
-        "pruning_times": ("*",),
-        "epochs": ("*",),
-    },
+    overridable=overridable(VIT_MODELS),
     starting_points=(
         {
             "target": "both",

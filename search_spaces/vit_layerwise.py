@@ -17,7 +17,7 @@ from typing import Any
 from rsst_tune.pruning.budget import layer_counts
 from rsst_tune.tune.records import Objective
 from rsst_tune.tune.space import SearchSpace
-from search_spaces._common import VIT_MODELS, suggest_criteria, suggest_regularizer
+from search_spaces._common import VIT_CIFAR, VIT_LR, VIT_MODELS, overridable, suggest_rsst_recipe
 
 HEAD_HIGH = 0.6  # ratios per block in [0, HIGH]: a block may keep everything
 MLP_HIGH = 0.7
@@ -32,36 +32,17 @@ def define(trial: Any, base: dict[str, Any]) -> dict[str, Any]:
         ],
         "mlp_ratios": [trial.suggest_float(f"mlp_ratio_{i}", 0.0, MLP_HIGH) for i in range(blocks)],
     }
-    cfg.update(suggest_regularizer(trial))
-    cfg["criteria"] = suggest_criteria(trial)
-    cfg["lr"] = trial.suggest_float("lr", 5e-4, 5e-3, log=True)
+    cfg.update(suggest_rsst_recipe(trial, VIT_LR))
     return cfg
 
 
 SPACE = SearchSpace(
     description="RSST on vit_tiny/CIFAR-10: one head and one MLP ratio per block, under "
     "--macs-budget (analytic MACs; proposals over it never train), regularizer, criteria, lr",
-    base={
-        "model": "vit_tiny",
-        "dataset": "cifar10",
-        "method": "rsst",
-        "pruning_times": 4,
-        "epochs": 30,
-        "prune_type": "lt",
-        "optimizer": "adamw",
-        "weight_decay": 0.05,
-        "batch_size": 128,
-        "warmup_epochs": 2.0,
-        "augment": True,
-    },
+    base={**VIT_CIFAR, "weight_decay": 0.05},
     define=define,
     objectives=(Objective("val_acc", "max"), Objective("macs_frac", "min")),
     scheduler="moasha",
-    overridable={
-        "dataset": ("*",),
-        "model": VIT_MODELS,
-        "pruning_times": ("*",),
-        "epochs": ("*",),
-    },
+    overridable=overridable(VIT_MODELS),
     macs_budget=True,
 )

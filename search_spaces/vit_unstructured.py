@@ -11,7 +11,15 @@ from typing import Any
 
 from rsst_tune.tune.records import Objective
 from rsst_tune.tune.space import SearchSpace
-from search_spaces._common import VIT_MODELS, suggest_criteria, suggest_regularizer
+from search_spaces._common import (
+    VIT_CIFAR,
+    VIT_LR,
+    VIT_MODELS,
+    overridable,
+    suggest_criteria,
+    suggest_lr,
+    suggest_regularizer,
+)
 
 
 def define(trial: Any) -> dict[str, Any]:
@@ -20,35 +28,22 @@ def define(trial: Any) -> dict[str, Any]:
     if method == "rsst":  # the criterion and the regularizer only exist for RSST
         cfg["criteria"] = suggest_criteria(trial)
         cfg.update(suggest_regularizer(trial))
-    cfg["lr"] = trial.suggest_float("lr", 5e-4, 5e-3, log=True)
+    cfg["lr"] = suggest_lr(trial, VIT_LR)
     return cfg
 
 
 SPACE = SearchSpace(
     description="element-wise IMP vs RSST on vit_tiny at a fixed rate (ASHA over states)",
     base={
-        "model": "vit_tiny",
-        "dataset": "cifar10",
-        "method": "rsst",
+        **VIT_CIFAR,
         "target": "both",
         "rate": 0.2,
         "fillback_rate": 0.0,
         "pruning_times": 5,
-        "epochs": 30,
-        "prune_type": "lt",
-        "optimizer": "adamw",
-        "batch_size": 128,
-        "warmup_epochs": 2.0,
-        "augment": True,
     },
     define=define,
     objectives=(Objective("val_acc", "max"),),
     scheduler="asha",
-    overridable={
-        "dataset": ("*",),
-        "model": VIT_MODELS,
-        "pruning_times": ("*",),
-        "epochs": ("*",),
-    },
+    overridable=overridable(VIT_MODELS),
     starting_points=({"method": "imp", "lr": 3e-3},),
 )
