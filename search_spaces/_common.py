@@ -58,6 +58,14 @@ RESNET_SMOKE: dict[str, Any] = {
     "epochs": 15,
 }
 
+# The known-good RSST recipe of the CNN spaces' starting points (Optuna parameter values).
+CNN_RECIPE_START: dict[str, Any] = {
+    "reg_granularity_prune": 1.0,
+    "RST_schedule": "x^2",
+    "criteria": "l1",
+    "lr": 0.1,
+}
+
 
 def overridable(models: Sequence[str]) -> dict[str, Sequence[str]]:
     """What the CLI may override: any dataset, state count and epochs; models by pattern."""

@@ -9,6 +9,7 @@ from rsst_tune.tune.space import SearchSpace
 from search_spaces._common import (
     CNN_LR,
     CNN_MODELS,
+    CNN_RECIPE_START,
     RESNET_CIFAR,
     RESNET_SMOKE,
     overridable,
@@ -36,10 +37,7 @@ SPACE = SearchSpace(
         {
             "filter_ratio": 0.3,
             "rate_mode": "derived",
-            "reg_granularity_prune": 1.0,
-            "RST_schedule": "x^2",
-            "criteria": "l1",
-            "lr": 0.1,
+            **CNN_RECIPE_START,
         },
     ),
 )

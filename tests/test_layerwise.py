@@ -1,15 +1,20 @@
 """Layer-wise budgets (issue 9 item 3): per-block/per-conv ratios that compound per state
-(ALGORITHMS.md §3.2), their checks, the command line, and `vit_layerwise` under a MACs budget
-whose over-budget proposals Optuna learns as infeasible without ever reaching Ray."""
+(ALGORITHMS.md §3.2), their checks, the command line, and `vit_layerwise` and
+`resnet_layerwise` under a MACs budget whose over-budget proposals Optuna learns as infeasible
+without ever reaching Ray; the analytic MACs of CNN filter ratios against the MACs torch
+counts on the sliced model."""
 
 from __future__ import annotations
 
 import logging
+import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
+import torch
 
 from rsst_tune.checkpoint import state_file
 from rsst_tune.cli import build_parser, config_from_args
@@ -18,8 +23,16 @@ from rsst_tune.data import DataBundle
 from rsst_tune.errors import ConfigError
 from rsst_tune.export import export_checkpoint
 from rsst_tune.loop import PruneLoop
-from rsst_tune.pruning.budget import MacsBudget, layer_counts, planned_macs_frac
+from rsst_tune.pruning.budget import (
+    MacsBudget,
+    conv_layers,
+    layer_counts,
+    planned_alive,
+    planned_macs_frac,
+)
 from rsst_tune.pruning.select import round_half_up
+from rsst_tune.pruning.slicing import export_model
+from rsst_tune.pruning.structure import find_structure
 from rsst_tune.tune import SweepOptions, describe_plan, load_experiment, resolve_plan, run_sweep
 from rsst_tune.tune.searcher import (
     CONSTRAINT_ATTR,
@@ -135,8 +148,10 @@ def test_command_line_comma_lists(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # ---------------------------------------------------------------------- the space
-def _searcher(budget: float, max_proposals: int = 500) -> PruningAwareOptunaSearch:
-    space = get_space("vit_layerwise")
+def _searcher(
+    budget: float, max_proposals: int = 500, space_name: str = "vit_layerwise"
+) -> PruningAwareOptunaSearch:
+    space = get_space(space_name)
     base = space.resolve_base(preset="smoke")
     return PruningAwareOptunaSearch(
         lambda trial: space.sample(trial, base=base),
@@ -150,29 +165,34 @@ def _searcher(budget: float, max_proposals: int = 500) -> PruningAwareOptunaSear
     )
 
 
+@pytest.mark.parametrize(
+    ("space_name", "budget", "ratios", "layers"),
+    [("vit_layerwise", 0.35, "head_ratios", 4), ("resnet_layerwise", 0.45, "filter_ratios", 18)],
+)
 def test_over_budget_proposals_are_infeasible_and_never_handed_out(
-    caplog: pytest.LogCaptureFixture,
+    space_name: str, budget: float, ratios: str, layers: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    base = get_space("vit_layerwise").resolve_base(preset="smoke")
+    base = get_space(space_name).resolve_base(preset="smoke")
     assert layer_counts("vit_digits") == {"head": 4, "neuron": 4}
-    searcher = _searcher(0.35)
+    assert layer_counts("resnet20") == {"filter": 18}
+    searcher = _searcher(budget, space_name=space_name)
     for i in range(3):
         config = searcher.suggest(f"t{i}")
-        assert isinstance(config, dict) and len(config["head_ratios"]) == 4
+        assert isinstance(config, dict) and len(config[ratios]) == layers
         frac = planned_macs_frac(TrialConfig.from_dict({**base, **config}))
-        assert frac is not None and frac <= 0.35
+        assert frac is not None and frac <= budget
     trials = searcher.study.get_trials(deepcopy=False)
     handed = [t for t in trials if RAY_TRIAL_ATTR in t.user_attrs]
     assert [t.user_attrs[RAY_TRIAL_ATTR] for t in handed] == ["t0", "t1", "t2"]
     assert all(t.user_attrs[CONSTRAINT_ATTR][0] <= 0 for t in handed)
     infeasible = [t for t in trials if RAY_TRIAL_ATTR not in t.user_attrs]
-    assert infeasible, "a 0.35 budget rejects some random proposals"
+    assert infeasible, f"a {budget} budget rejects some random proposals"
     for t in infeasible:
         assert t.state == optuna.trial.TrialState.PRUNED
         assert t.user_attrs[CONSTRAINT_ATTR][0] > 0
         assert list(t.constraints.values()) == t.user_attrs[CONSTRAINT_ATTR]  # what TPE reads
     # a budget no proposal can meet: a bounded number of tries, one line, no more trials
-    hopeless = _searcher(0.01, max_proposals=4)
+    hopeless = _searcher(0.01, max_proposals=4, space_name=space_name)
     with caplog.at_level(logging.WARNING, logger="rsst_tune.tune.searcher"):
         assert hopeless.suggest("t0") == hopeless.FINISHED
     assert len(hopeless.study.get_trials(deepcopy=False)) == 4
@@ -194,6 +214,100 @@ def test_macs_budget_is_checked_stored_and_shown(tmp_path: Path) -> None:
             resolve_plan(SweepOptions(space="vit_layerwise", macs_budget=bad, **opts))
     with pytest.raises(ConfigError, match="space vit_head_mlp does not take --macs-budget"):
         resolve_plan(SweepOptions(space="vit_head_mlp", macs_budget=0.5, **opts))
+
+
+# ---------------------------------------------------------------------- CNN filter ratios
+def _sliced_macs(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """MACs counted by torch's FLOP counter on a real forward (conv and linear: 2 per MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops()) // 2
+
+
+@pytest.mark.parametrize("name", ["resnet20", "vgg16_bn"])
+def test_planned_macs_of_filter_ratios_are_the_macs_of_the_sliced_model(
+    name: str, build_model: Callable[..., torch.nn.Module]
+) -> None:
+    """For random per-conv ratio vectors, the analytic MACs a budget uses are the MACs torch
+    counts on the physically sliced model (independent of rsst_tune.pruning.cost)."""
+    rng = random.Random(9)
+    x = torch.randn(2, 1, 8, 8)  # digits
+    dense = build_model(name)
+    structure = find_structure(dense, target="both", example_input=x)
+    convs = len(structure.by_kind("filter"))
+    dense_macs = _sliced_macs(dense.eval(), x[:1])
+    seen = set()
+    for _ in range(3):
+        ratios = [round(rng.uniform(0.0, 0.6), 3) for _ in range(convs)]
+        cfg = TrialConfig.from_dict(
+            {"model": name, "dataset": "digits", "pruning_times": 4, "filter_ratios": ratios}
+        )
+        predicted = planned_macs_frac(cfg)
+        assert predicted is not None
+        model = build_model(name)
+        alive = planned_alive(cfg, structure, structure, prunes=3)
+        params = dict(model.named_parameters())
+        with torch.no_grad():  # zero the filters past each conv's planned count
+            for g in structure.groups:
+                drop = torch.arange(g.num_units) >= alive[g.name]
+                for m in g.members:
+                    params[m.param].mul_(~m.expand(drop, params[m.param].shape))
+        sliced = export_model(model, structure, "cpu", example=x).model
+        measured = _sliced_macs(sliced, x[:1]) / dense_macs
+        assert predicted == pytest.approx(measured, abs=1e-12), (ratios, predicted, measured)
+        seen.add(round(predicted, 6))
+    assert len(seen) == 3 and max(seen) < 1.0
+
+
+def test_resnet_layerwise_ties_removable_convs_per_stage_and_keeps_coupled_ones() -> None:
+    space = get_space("resnet_layerwise")
+    base = space.resolve_base(preset="smoke")
+    convs = conv_layers("resnet20")
+    assert [c.removable for c in convs] == [True, False] * 9  # conv1 / conv2 of each block
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(5):
+        trial = study.ask()
+        params = space.sample(trial, base=base)
+        stages = [trial.params[f"filter_ratio_stage{i}"] for i in range(3)]
+        assert "filter_ratio_stage3" not in trial.params
+        width = {16: 0, 32: 1, 64: 2}
+        assert params["filter_ratios"] == [
+            stages[width[c.filters]] if c.removable else 0.0 for c in convs
+        ]
+        study.tell(trial, 0.0)
+    # a deeper model of the same family: still 3 stages (27 removable convs of 54)
+    deep = space.sample(optuna.create_study().ask(), base=space.resolve_base({"model": "resnet56"}))
+    assert len(deep["filter_ratios"]) == 54
+
+
+def test_stage_ratios_compound_in_the_loop_as_planned(
+    digits_small: DataBundle, tmp_path: Path
+) -> None:
+    ratios = {16: 0.5, 32: 0.0, 64: 0.25}
+    filters = [ratios[c.filters] if c.removable else 0.0 for c in conv_layers("resnet20")]
+    cfg = TrialConfig.from_dict(
+        {
+            **TINY,
+            "model": "resnet20",
+            "method": "rsst",
+            "pruning_times": 3,
+            "filter_ratios": filters,
+            "optimizer": "sgd",
+            "lr": 0.05,
+        }
+    )
+    results = PruneLoop(cfg, tmp_path / "run", data=digits_small).run()
+    for s, r in enumerate(results):
+        assert r.filters_per_layer is not None
+        assert (
+            r.filters_per_layer[0::2]
+            == (_keep(16, 0.5, s),) * 3 + (32,) * 3 + (_keep(64, 0.25, s),) * 3
+        )
+        assert r.filters_per_layer[1::2] == (16,) * 3 + (32,) * 3 + (64,) * 3
+        assert planned_macs_frac(cfg, s) == pytest.approx(r.macs_frac, abs=1e-12)
+    assert results[-1].macs_frac < 0.6
 
 
 @pytest.mark.sweep

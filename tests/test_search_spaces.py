@@ -14,10 +14,11 @@ from search_spaces import get_space, list_spaces
 SPACES = list_spaces()
 
 
-def test_the_four_spaces_are_registered_by_module_name() -> None:
-    assert {"vit_head_mlp", "vit_unstructured", "vit_refill_vs_rsst", "resnet_rsst"} <= set(SPACES)
+def test_the_spaces_are_registered_by_module_name() -> None:
+    spaces = {"vit_head_mlp", "vit_unstructured", "vit_refill_vs_rsst", "vit_layerwise"}
+    assert spaces | {"resnet_rsst", "resnet_layerwise"} <= set(SPACES)
     assert all(not name.startswith("_") for name in SPACES)
-    with pytest.raises(ConfigError, match="choose one of: resnet_rsst, vit_head_mlp"):
+    with pytest.raises(ConfigError, match="choose one of: resnet_layerwise, resnet_rsst, vit_"):
         get_space("nope")
 
 

@@ -9,6 +9,9 @@ Because explicit budgets do not depend on the trained weights, the units a confi
 any state, and so its params and MACs (`rsst_tune.pruning.cost`), are known before training:
 `planned_macs_frac(cfg)` is the MAC fraction the last state will reach. `MacsBudget` turns
 that into an Optuna constraint value (`macs_frac − budget`, feasible when ≤ 0).
+
+`layer_counts` and `conv_layers` describe a model's layers without data, for spaces that
+search one ratio per layer (`search_spaces/vit_layerwise.py`, `resnet_layerwise.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rsst_tune.config import KIND_RATIO, KIND_RATIOS, TrialConfig
@@ -175,18 +179,48 @@ class MacsBudget:
 
 
 @functools.lru_cache(maxsize=64)
-def layer_counts(
-    model: str, img_size: int | None = None, prune_stem: bool = False
-) -> dict[str, int]:
-    """How many layers of each unit kind a model has (ViT: blocks for `head` and `neuron`;
-    CNN: prunable convs for `filter`), from the model built at its registered defaults on
-    the CPU: what a space that searches one ratio per layer needs, without any data."""
+def _default_structure(model: str, img_size: int | None, prune_stem: bool) -> Structure:
+    """Every unit group of a model built at its registered defaults on the CPU (random
+    weights), with the couplings a trace finds (which filters an export can remove)."""
     import torch
+    from torch import nn
 
     from rsst_tune.models import create_model
     from rsst_tune.pruning.structure import find_structure
 
     with torch.random.fork_rng(devices=[]):
         built = create_model(model, img_size=img_size)
-    structure = find_structure(built, target="both", prune_stem=prune_stem)
+    first = next((m for m in built.modules() if isinstance(m, nn.Conv2d)), None)
+    chans = first.in_channels if first is not None else 3
+    size = img_size or 32  # the trace reads no shapes; the input only has to be valid
+    example = torch.zeros(1, chans, size, size)
+    return find_structure(built, target="both", prune_stem=prune_stem, example_input=example)
+
+
+def layer_counts(
+    model: str, img_size: int | None = None, prune_stem: bool = False
+) -> dict[str, int]:
+    """How many layers of each unit kind a model has (ViT: blocks for `head` and `neuron`;
+    CNN: prunable convs for `filter`), from the model built at its registered defaults on
+    the CPU: what a space that searches one ratio per layer needs, without any data."""
+    structure = _default_structure(model, img_size, prune_stem)
     return {kind: len(structure.by_kind(kind)) for kind in structure.kinds}
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """One prunable conv of a CNN, as a space that searches `filter_ratios` sees it."""
+
+    name: str  # module path, e.g. "layer1.0.conv1"
+    filters: int
+    removable: bool  # an export can slice its filters out (no residual add keeps them)
+
+
+def conv_layers(
+    model: str, img_size: int | None = None, prune_stem: bool = False
+) -> tuple[ConvLayer, ...]:
+    """The prunable convs of a CNN in model order, the order of `filter_ratios` (empty for a
+    ViT). Only removable convs change the params and MACs of a ticket (`cost.CostModel`):
+    the filters of a conv whose channels reach a residual add are masked but kept whole."""
+    structure = _default_structure(model, img_size, prune_stem)
+    return tuple(ConvLayer(g.name, g.num_units, g.removable) for g in structure.by_kind("filter"))
