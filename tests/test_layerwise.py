@@ -6,8 +6,14 @@ counts on the sliced model."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -356,3 +362,93 @@ def test_sweep_under_a_macs_budget_runs_only_feasible_trials(
     assert all(t.constraints[CONSTRAINT_KEY] > 0 for t in infeasible)
     assert len(list((tmp_path / "budget").glob("trial_*"))) == 4  # nothing else ran
     assert (tmp_path / "budget" / "report.md").is_file()  # the report reads such a study
+
+
+def _constrained_trials(exp_dir: Path) -> dict[int, optuna.trial.FrozenTrial]:
+    """The study's trials by number (every one has a constraint under --macs-budget)."""
+    study = load_experiment(exp_dir).study
+    assert study is not None
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for t in trials.values():
+        assert list(t.constraints.values()) == t.user_attrs[CONSTRAINT_ATTR], t.number
+    return trials
+
+
+@pytest.mark.sweep
+@pytest.mark.slow
+def test_budgeted_sweep_survives_sigint_and_resume(ray_cluster: str, tmp_path: Path) -> None:
+    """resnet_layerwise under --macs-budget, interrupted (SIGINT) during its first trial and
+    resumed: it ends with --num-samples feasible trials, trained no infeasible proposal, and
+    the study keeps every proposal's constraint, the ones told before the interrupt too."""
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
+    tune = [sys.executable, str(repo / "tune_main.py")]
+    budget, samples, exp_dir = 0.45, 3, tmp_path / "rb"
+    cmd = [
+        *tune,
+        *("--space", "resnet_layerwise", "--preset", "smoke", "--macs-budget", str(budget)),
+        *("--states", "3", "--epochs", "3", "--num-samples", str(samples)),
+        *("--max-concurrent", "1", "--scheduler", "fifo", "--confirm", "0", "--no-onnx"),
+        *("--seed", "1", "--storage", str(tmp_path), "--name", "rb"),
+        *("--address", ray_cluster, "--quiet"),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    events = exp_dir / "events.jsonl"
+    deadline = time.monotonic() + 240
+    try:  # interrupt once the first trial saved its state 0 (one trial at a time)
+        while not (events.is_file() and '"event": "saved"' in events.read_text()):
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "no state checkpoint within 240 s"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    before = _constrained_trials(exp_dir)
+    assert len(load_experiment(exp_dir).trials) < samples  # the resume has trials to propose
+    # the starting point (0.497 of the MACs at state 2) was told infeasible before anything ran
+    assert before[0].state == optuna.trial.TrialState.PRUNED
+    assert before[0].constraints[CONSTRAINT_KEY] > 0
+
+    res = subprocess.run(
+        [*tune, "--resume", str(exp_dir), "--address", ray_cluster, "--quiet"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+
+    exp = load_experiment(exp_dir)
+    assert len(exp.trials) == samples
+    after = _constrained_trials(exp_dir)
+    by_ray = {
+        t.user_attrs[RAY_TRIAL_ATTR]: t for t in after.values() if RAY_TRIAL_ATTR in t.user_attrs
+    }
+    assert set(by_ray) == {t.trial_id for t in exp.trials}
+    for trial in exp.trials:
+        rows = (exp_dir / f"trial_{trial.trial_id}" / "result.json").read_text().splitlines()
+        assert [json.loads(r)["state"] for r in rows if r.strip()] == [0, 1, 2], trial.trial_id
+        last = trial.states[-1]
+        assert trial.status == "complete" and last.macs_frac <= budget + 1e-9
+        ot = by_ray[trial.trial_id]
+        assert ot.state == optuna.trial.TrialState.COMPLETE, trial.trial_id
+        assert ot.constraints[CONSTRAINT_KEY] == pytest.approx(last.macs_frac - budget, abs=1e-9)
+    # the resumed searcher still applies the budget: trials proposed after the resume
+    new = [t for n, t in after.items() if n not in before]
+    assert any(RAY_TRIAL_ATTR in t.user_attrs for t in new), "no trial proposed after resume"
+    # every proposal not handed to Ray is PRUNED as infeasible; nothing is left RUNNING
+    for t in after.values():
+        if RAY_TRIAL_ATTR not in t.user_attrs:
+            assert t.state == optuna.trial.TrialState.PRUNED and t.constraints[CONSTRAINT_KEY] > 0
+    # the records told before the interrupt are intact
+    for n, t in before.items():
+        if t.state.is_finished():
+            assert after[n].state == t.state and after[n].constraints == t.constraints, n
+    assert len(list(exp_dir.glob("trial_*"))) == samples  # nothing else trained
