@@ -42,18 +42,21 @@ def ray_cluster() -> Iterator[str]:
     join."""
     import logging
 
-    from rsst_tune.tune.ray_setup import prepare_ray_env
+    from rsst_tune.tune.ray_setup import prepare_ray_env, restore_ray_env
 
     prepare_ray_env(None)
     import ray
 
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
+    try:
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+    finally:
+        restore_ray_env()  # later tests' subprocesses (a `ray start` worker node) need it
     try:
         yield ray.get_runtime_context().gcs_address
     finally:

@@ -434,6 +434,37 @@ def test_sweep_interrupted_carries_the_directory_and_pickles() -> None:
     assert not isinstance(stop, ConfigError)
 
 
+@pytest.mark.parametrize("callers", [None, "1", "0"])
+def test_the_loopback_setting_of_a_local_sweep_does_not_outlive_its_start(
+    callers: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local sweep forces RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (its cluster on 127.0.0.1);
+    left in the caller's environment, it made `ray start --address` (a worker node started
+    later by the caller: the 2-node chaos test in the full suite) exit at once."""
+    import ray
+
+    from rsst_tune.tune import ray_setup
+
+    var = ray_setup.LOCAL_ONLY_ENV
+    monkeypatch.setattr(ray_setup, "_callers_local_only", [])
+    if callers is None:
+        monkeypatch.delenv(var, raising=False)
+    else:
+        monkeypatch.setenv(var, callers)
+    ray_setup.prepare_ray_env(None)
+    ray_setup.prepare_ray_env(None)  # the runner's call, then init_ray's
+    assert os.environ[var] == "0"
+    ray_setup.restore_ray_env()
+    assert os.environ.get(var) == callers
+    ray_setup.restore_ray_env()  # nothing to give back
+    assert os.environ.get(var) == callers
+    # init_ray gives it back however it returns: here with a Ray this process already runs
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    ray_setup.prepare_ray_env(None)
+    assert ray_setup.init_ray(None) is False
+    assert os.environ.get(var) == callers
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

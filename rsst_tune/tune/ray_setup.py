@@ -13,6 +13,14 @@ When the driver of a local cluster is killed (SIGKILL), the kernel ends Ray's GC
 with it (Ray's fate sharing) but not the raylet's agents, which wait about a minute for the
 dead GCS. `start_reaper` starts a small process that waits for the driver's end and then
 kills the processes of this cluster's raylet that remain (found by their `RAY_RAYLET_PID`).
+
+A local cluster is kept on 127.0.0.1 by `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, which
+`prepare_ray_env(None)` forces in this process's environment (Ray reads it when it is imported
+and when it starts its processes). The caller's own value comes back once the cluster has
+started (`init_ray`, or `restore_ray_env()` for a caller that calls `ray.init` itself): left
+in the environment, it reaches every process the caller starts later, and `ray start
+--address` (a worker node) refuses to run under it ("Multi-node Ray clusters are not
+supported on Windows and OSX"). Ray in this process keeps what it read at import.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ from typing import IO, Any
 from rsst_tune.errors import ConfigError
 
 SNAPSHOT_PERIOD_S = "1"
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# The caller's value of LOCAL_ONLY_ENV (None: unset) while prepare_ray_env(None) overrides it
+_callers_local_only: list[str | None] = []
 
 
 def prepare_ray_env(address: str | None) -> None:
@@ -39,7 +50,24 @@ def prepare_ray_env(address: str | None) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # A local cluster on the loopback address: Ray uses 127.0.0.1 as the node IP. Forced
         # (not setdefault): an inherited "1" would bind an unauthenticated cluster to the LAN.
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        # Until restore_ray_env(): a worker node started later from this process needs "1".
+        if not _callers_local_only:
+            _callers_local_only.append(os.environ.get(LOCAL_ONLY_ENV))
+        os.environ[LOCAL_ONLY_ENV] = "0"
+
+
+def restore_ray_env() -> None:
+    """Give back the caller's `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER` that `prepare_ray_env(None)`
+    overrode (a no-op otherwise); call it once the local cluster has started, so that the
+    processes this process starts later (`ray start --address`, a driver joining a cluster)
+    do not inherit the override."""
+    if not _callers_local_only:
+        return
+    value = _callers_local_only.pop()
+    if value is None:
+        os.environ.pop(LOCAL_ONLY_ENV, None)
+    else:
+        os.environ[LOCAL_ONLY_ENV] = value
 
 
 def init_ray(address: str | None) -> bool:
@@ -49,18 +77,21 @@ def init_ray(address: str | None) -> bool:
     sharing one cluster) is used as it is, and False is returned.
     """
     prepare_ray_env(address)
-    import ray
+    try:
+        import ray
 
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {
-        "include_dashboard": False,
-        "log_to_driver": False,
-        "logging_level": logging.WARNING,
-    }
-    if address is None:
-        ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
-        return True
+        if ray.is_initialized():
+            return False
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "logging_level": logging.WARNING,
+        }
+        if address is None:
+            ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
+            return True
+    finally:
+        restore_ray_env()  # the cluster's processes have what they need (module docstring)
     check_address(address)
     try:
         ray.init(address=address, **kwargs)
