@@ -28,6 +28,7 @@ PRUNE_TYPES = ("lt", "rewind_lt", "pt")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("cosine", "multistep", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PLACEMENTS = ("auto", "device", "stream")  # data_placement (rsst_tune.streaming)
 
 # Accepted spellings from the research code (`--arch`, `--struct`) map onto field names.
 ALIASES = {"arch": "model", "struct": "method", "states": "pruning_times"}
@@ -176,6 +177,26 @@ class TrialConfig:
     )
     val_size: int | None = _field(
         None, DENSE, "validation images carved from train; default: the dataset's"
+    )
+    train_subset: float | None = _field(
+        None,
+        DENSE,
+        "train on this fraction of the training split (a fixed-seed subset, the same for every "
+        "trial), for quick sweeps; default: all of it",
+    )
+    data_placement: str = _field(
+        "auto",
+        NUMERICS,
+        "device: decode every split once and keep it on the device; stream: read image folders "
+        "from disk batch by batch (DataLoader workers; JPEGs decoded on the GPU on CUDA); auto: "
+        "device when the decoded splits take at most a quarter of the device's memory",
+        choices=PLACEMENTS,
+    )
+    data_workers: int | None = _field(
+        None,
+        EXECUTION,
+        "DataLoader worker processes of data_placement stream (0: read in the trial's process); "
+        "default: one per core but one, at most 8",
     )
     # execution
     seed: int = _field(0, DENSE, "trial seed (initialisation, data order, tie-breaks)")
@@ -342,6 +363,7 @@ MAX_SEED = 2**32 - 1  # what every generator seeded from it (torch, numpy) accep
 MAX_THREADS = 4096  # and at most the cores of the machine that runs it (`check_host`)
 MAX_COUNT = 2**20  # min_units, score_batches, decreasing_lr entries
 MAX_VAL_SIZE = 10**9
+MAX_WORKERS = 256  # data_workers
 MAX_IMG_SIZE = 4096  # rsst_tune.models.inputs.MAX_IMG_SIZE
 MAX_TEMPERATURE = 1e3  # distill_T: T² scales the soft loss
 MAX_COEFF = 1e6  # lr, weight decay, λ's ceiling, k: larger overflow float32 arithmetic
@@ -360,6 +382,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "eval_batch_size": (1, MAX_BATCH),
     "val_size": (1, MAX_VAL_SIZE),
     "img_size": (1, MAX_IMG_SIZE),
+    "data_workers": (0, MAX_WORKERS),
     "seed": (0, MAX_SEED),
     "threads": (0, MAX_THREADS),
 }
@@ -379,6 +402,7 @@ FLOAT_RANGES: dict[str, tuple[float, bool, float, bool]] = {
     "weight_decay": (0.0, True, MAX_COEFF, True),
     "warmup_epochs": (0.0, True, float(MAX_EPOCHS), True),
     "label_smoothing": (0.0, True, 1.0, False),
+    "train_subset": (0.0, False, 1.0, True),
 }
 _FLOAT_FIELDS = set(FLOAT_RANGES)
 RATIO_LISTS = tuple(KIND_RATIOS.values())  # per-layer ratios: values in [0, 1), like the ratios
@@ -394,6 +418,8 @@ OPTIONAL = {
     "val_size",
     "img_size",
     "pretrained_file",
+    "train_subset",
+    "data_workers",
 }
 BOOL_FIELDS = {"pretrained", "download", "prune_stem", "amp", "compile", "augment"}
 STR_FIELDS = {
@@ -410,6 +436,7 @@ STR_FIELDS = {
     "optimizer",
     "lr_schedule",
     "device",
+    "data_placement",
 }
 _HINTS = {"rate": " (rate 1 would remove every weight)", "threads": " (0: torch's default)"}
 

@@ -39,15 +39,16 @@ A loader may take ``img_size`` (a keyword-only argument, like ``imagefolder``'s)
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Protocol, Self, TypeVar
 
 import numpy as np
 import torch
@@ -56,6 +57,9 @@ from torch import Tensor
 
 from rsst_tune.errors import ConfigError
 from rsst_tune.registry import Registry
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -161,13 +165,75 @@ class Split:
 
 
 @dataclass(frozen=True)
+class FileSplit:
+    """Images still on disk: ``files`` with labels ``y`` (int64 [N]), read at ``side`` (the
+    stored size, ``stored_size(img_size)``) when decoded. ``decode()`` reads them into a
+    ``Split``; ``StreamData`` (``rsst_tune.streaming``) reads them batch by batch instead.
+    ``root`` and ``part`` name the split in messages."""
+
+    files: tuple[Path, ...] = field(repr=False)
+    y: Tensor = field(repr=False)
+    side: int
+    img_size: int
+    root: Path  # the folder the files come from (`.../train`), for messages
+    part: str = ""  # " (validation part)" for the part of a folder split off as validation
+
+    def __post_init__(self) -> None:
+        """Check that there is one label per file."""
+        if self.y.dtype != torch.int64 or self.y.shape != (len(self.files),):
+            raise ValueError(f"FileSplit.y must be int64 [N={len(self.files)}], got {self.y.shape}")
+
+    def __len__(self) -> int:
+        """Number of images."""
+        return len(self.files)
+
+    def __repr__(self) -> str:
+        """Short description: size, folder and stored size."""
+        return f"FileSplit(n={len(self)}, {self.root.name}/{self.part}, side={self.side})"
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes the split takes decoded as a ``Split`` (uint8, 3 x side x side per image)."""
+        return len(self) * 3 * self.side * self.side
+
+    def subset(self, index: Tensor) -> FileSplit:
+        """The images at ``index`` (a new FileSplit)."""
+        rows = index.tolist()
+        return dataclasses.replace(
+            self, files=tuple(self.files[i] for i in rows), y=self.y[index].contiguous()
+        )
+
+    def decode(self) -> Split:
+        """Every image decoded (threads); unreadable ones skipped and counted in one warning;
+        a ``ConfigError`` when none is readable."""
+        return read_files(self)[0]
+
+
+AnySplit = Split | FileSplit
+
+
+@dataclass(frozen=True)
 class DataBundle:
-    """A dataset's spec and its three splits."""
+    """A dataset's spec and its three splits: decoded (``Split``), or, from a loader asked
+    for ``lazy`` splits, still on disk (``FileSplit``)."""
 
     spec: DataSpec
-    train: Split
-    val: Split
-    test: Split
+    train: AnySplit
+    val: AnySplit
+    test: AnySplit
+
+    @property
+    def lazy(self) -> bool:
+        """Whether the splits are still on disk (``FileSplit``)."""
+        return isinstance(self.train, FileSplit)
+
+    def decoded(self) -> DataBundle:
+        """The bundle with every ``FileSplit`` decoded into a ``Split``."""
+        return DataBundle(self.spec, *(_decoded(s) for s in (self.train, self.val, self.test)))
+
+
+def _decoded(split: AnySplit) -> Split:
+    return split.decode() if isinstance(split, FileSplit) else split
 
 
 class DatasetLoader(Protocol):
@@ -198,12 +264,23 @@ def list_datasets() -> list[str]:
     return DATASETS.names()
 
 
-def takes_img_size(loader: Callable[..., object]) -> bool:
-    """Whether a dataset loader reads its images at an asked size (an ``img_size`` keyword)."""
+def takes_keyword(loader: Callable[..., object], name: str) -> bool:
+    """Whether a dataset loader takes the keyword argument ``name`` (``img_size``, ``lazy``)."""
     try:
-        return "img_size" in inspect.signature(loader).parameters
+        return name in inspect.signature(loader).parameters
     except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
         return False
+
+
+def takes_img_size(loader: Callable[..., object]) -> bool:
+    """Whether a dataset loader reads its images at an asked size (an ``img_size`` keyword)."""
+    return takes_keyword(loader, "img_size")
+
+
+def can_stream(name: str) -> bool:
+    """Whether the registered dataset ``name`` can leave its images on disk (its loader takes
+    ``lazy``), so that a trial may stream it (``data_placement="stream"``)."""
+    return takes_keyword(DATASETS.get(name), "lazy")
 
 
 def load_dataset(
@@ -213,11 +290,14 @@ def load_dataset(
     val_size: int | None = None,
     download: bool = False,
     img_size: int | None = None,
+    lazy: bool = False,
 ) -> DataBundle:
     """Load a registered dataset; ``val_size`` overrides its default validation size.
 
     ``img_size``: loaders that take it read their images at that size (``imagefolder``);
-    the others keep their own size (``DeviceData`` resizes their batches)."""
+    the others keep their own size (``DeviceData`` resizes their batches).
+    ``lazy``: loaders that take it leave the images on disk (``FileSplit`` s, for streaming
+    or for decoding after a subset is chosen); the others load as usual."""
     loader = DATASETS.get(name)
     if val_size is not None and (isinstance(val_size, bool) or val_size < 1):
         raise ConfigError(f"val_size must be a positive integer, got {val_size!r}")
@@ -226,15 +306,18 @@ def load_dataset(
     kwargs: dict[str, object] = {}
     if img_size is not None and takes_img_size(loader):
         kwargs["img_size"] = img_size
+    if lazy and takes_keyword(loader, "lazy"):
+        kwargs["lazy"] = True
     bundle = loader(
         data_dir=Path(data_dir).expanduser(), val_size=val_size, download=download, **kwargs
     )
     logger.info(
-        "dataset %s: train %d, val %d, test %d",
+        "dataset %s: train %d, val %d, test %d%s",
         name,
         len(bundle.train),
         len(bundle.val),
         len(bundle.test),
+        " (on disk)" if bundle.lazy else "",
     )
     return bundle
 
@@ -242,14 +325,39 @@ def load_dataset(
 # ----------------------------------------------------------------------------- helpers
 
 
+class Subsettable(Protocol):
+    """A split that can be cut: ``Split`` or ``FileSplit``."""
+
+    def __len__(self) -> int: ...
+
+    def subset(self, index: Tensor) -> Self:
+        """The examples at ``index``."""
+        ...
+
+
+SplitT = TypeVar("SplitT", bound=Subsettable)
+
+
 def split_off(
-    split: Split, n: int, *, seed: int = SPLIT_SEED, what: str = "validation"
-) -> tuple[Split, Split]:
+    split: SplitT, n: int, *, seed: int = SPLIT_SEED, what: str = "validation"
+) -> tuple[SplitT, SplitT]:
     """Randomly split off ``n`` examples with a fixed seed: returns (rest, the n examples)."""
     if not 0 < n < len(split):
         raise ConfigError(f"{what} size must be between 1 and {len(split) - 1}, got {n}")
     perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
     return split.subset(perm[n:].sort().values), split.subset(perm[:n].sort().values)
+
+
+def seeded_subset(split: SplitT, fraction: float, *, seed: int = SPLIT_SEED + 2) -> SplitT:
+    """``ceil(fraction * N)`` examples of ``split`` chosen with a fixed seed (independent of
+    the trial seed, so every trial of a sweep trains on the same subset), in their order."""
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"train_subset must be in (0, 1], got {fraction!r}")
+    if fraction == 1.0:
+        return split
+    n = max(1, math.ceil(fraction * len(split)))
+    perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    return split.subset(perm[:n].sort().values)
 
 
 def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -414,6 +522,7 @@ IMAGEFOLDER_SIZE = 32
 """The served size of an image folder when neither the config nor the model names one."""
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 STATS_CHUNK = 256  # images per chunk of the channel statistics (bounded float64 memory)
+STATS_SAMPLE = 2048  # training images the channel statistics are taken over, at most
 
 
 def stored_size(img_size: int, eval_crop: float = EVAL_CROP) -> int:
@@ -478,73 +587,153 @@ def _check_classes(root: Path, classes: list[str], train_classes: list[str]) -> 
     )
 
 
-def _decode(path: Path, side: int, img_size: int) -> Tensor:
+def decode_image(path: Path, side: int, img_size: int) -> Tensor:
     """One image as uint8 [3, side, side]: RGB, short side resized to ``side`` (PIL bilinear,
     as torchvision's ``Resize``), the long side cropped so that a later centre crop of
     ``img_size`` is exactly torchvision's ``CenterCrop(img_size)`` of the resized image."""
     from PIL import Image
 
     with Image.open(path) as raw:
-        w, h = raw.size
-        if w <= h:
-            new_w, new_h = side, max(side, int(side * h / w))
-        else:
-            new_w, new_h = max(side, int(side * w / h)), side
+        new_w, new_h = resized_shape(*raw.size, side)
         raw.draft("RGB", (new_w, new_h))  # JPEG: decode at 1/2, 1/4, 1/8 scale if still >= size
-        if raw.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit grey: scale, not clip
-            grey = np.clip(np.asarray(raw, dtype=np.float64) / 257.0, 0, 255).round()
-            image = Image.fromarray(grey.astype(np.uint8)).convert("RGB")
-        else:
-            image = raw.convert("RGB")
+        image = as_rgb(raw)
     if image.size != (new_w, new_h):
         image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-
-    def offset(length: int) -> int:
-        # centre crop of img_size from `length` (torchvision's rounding) minus the one from side
-        wanted = round((length - img_size) / 2.0) - round((side - img_size) / 2.0)
-        return min(max(wanted, 0), length - side)
-
-    left, top = offset(new_w), offset(new_h)
+    left, top = square_offset(new_w, side, img_size), square_offset(new_h, side, img_size)
     image = image.crop((left, top, left + side, top + side))
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
-def _read_folder(root: Path, files: list[tuple[Path, int]], side: int, img_size: int) -> Split:
-    """Decode ``files`` (threads: PIL releases the GIL) into one uint8 [N, 3, side, side]
-    tensor; unreadable images are skipped and counted in one warning."""
-    n = len(files)
+def as_rgb(raw: PILImage) -> PILImage:
+    """An opened PIL image as 8-bit RGB: 16-bit grey scaled by 1/257 (not clipped), every
+    other mode converted by PIL."""
+    from PIL import Image
+
+    if raw.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        grey = np.clip(np.asarray(raw, dtype=np.float64) / 257.0, 0, 255).round()
+        return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+    return raw.convert("RGB")
+
+
+RRC_DRAWS = 23
+"""Uniform numbers one random-resized crop takes: 10 scales, 10 aspect ratios, top, left,
+flip."""
+
+
+def rrc_box(w: int, h: int, u: Sequence[float]) -> tuple[int, int, int, int]:
+    """(left, top, width, height) of torchvision's ``RandomResizedCrop`` of a w x h image
+    from ``RRC_DRAWS`` uniform numbers in [0, 1): ten tries of a scale in 0.08..1 of the area
+    and a log-uniform aspect ratio in 3/4..4/3; if none fits, the centre crop with the ratio
+    clamped (torchvision's fallback)."""
+    lo, hi = math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])
+    for t in range(10):
+        area = (RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * u[t]) * w * h
+        ratio = math.exp(lo + (hi - lo) * u[10 + t])
+        cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+        if 0 < cw <= w and 0 < ch <= h:
+            top, left = int(u[20] * (h - ch + 1)), int(u[21] * (w - cw + 1))
+            return left, top, cw, ch
+    if w / h < RRC_RATIO[0]:
+        cw, ch = w, round(w / RRC_RATIO[0])
+    elif w / h > RRC_RATIO[1]:
+        cw, ch = round(h * RRC_RATIO[1]), h
+    else:
+        cw, ch = w, h
+    return (w - cw) // 2, (h - ch) // 2, cw, ch
+
+
+def decode_crop(path: Path, img_size: int, u: Sequence[float], flip: bool) -> Tensor:
+    """One training image as uint8 [3, img_size, img_size]: torchvision's random-resized crop
+    of the whole image (``rrc_box`` of the uniforms ``u``), resized bilinearly by PIL, and
+    mirrored when ``flip`` and ``u[22] < 0.5``. A JPEG is decoded at 1/2, 1/4 or 1/8 scale
+    when the crop still covers at least ``img_size`` pixels each way at that scale."""
+    from PIL import Image
+
+    with Image.open(path) as raw:
+        w, h = raw.size
+        left, top, cw, ch = rrc_box(w, h, u)
+        raw.draft("RGB", (math.ceil(w * img_size / cw), math.ceil(h * img_size / ch)))
+        sx, sy = raw.size[0] / w, raw.size[1] / h  # the scale the decoder chose
+        image = as_rgb(raw)
+    right, bottom = min((left + cw) * sx, image.size[0]), min((top + ch) * sy, image.size[1])
+    box = (left * sx, top * sy, right, bottom)
+    out = image.resize((img_size, img_size), Image.Resampling.BILINEAR, box=box)
+    if flip and u[22] < 0.5:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1)
+
+
+def resized_shape(w: int, h: int, side: int) -> tuple[int, int]:
+    """(width, height) of a w x h image whose short side is resized to ``side``."""
+    if w <= h:
+        return side, max(side, int(side * h / w))
+    return max(side, int(side * w / h)), side
+
+
+def square_offset(length: int, side: int, img_size: int) -> int:
+    """Where the ``side`` square starts along a resized side of ``length``: the centre crop of
+    ``img_size`` (torchvision's rounding) minus the one from ``side``."""
+    wanted = round((length - img_size) / 2.0) - round((side - img_size) / 2.0)
+    return min(max(wanted, 0), length - side)
+
+
+def describe_error(err: BaseException) -> str:
+    """``Type: first line`` of an exception (160 characters at most), for skip messages."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:160]}" if lines else type(err).__name__
+
+
+def read_files(split: FileSplit, *, warn: bool = True) -> tuple[Split, Tensor]:
+    """Decode ``split`` (threads: PIL releases the GIL) into one uint8 [N, 3, side, side]
+    tensor; unreadable images are skipped and counted in one warning (a debug message when
+    not ``warn``). Returns the split and the positions (in ``split.files``) of the images it
+    holds."""
+    files, side, n = split.files, split.side, len(split)
     x = torch.empty(n, 3, side, side, dtype=torch.uint8)
     errors: list[str | None] = [None] * n
 
     def work(i: int) -> None:
         try:
-            x[i] = _decode(files[i][0], side, img_size)
+            x[i] = decode_image(files[i], side, split.img_size)
         except Exception as err:  # corrupt, truncated, not an image: skipped, counted
-            lines = str(err).strip().splitlines()
-            errors[i] = f"{type(err).__name__}: {lines[0][:160]}" if lines else type(err).__name__
+            errors[i] = describe_error(err)
 
     workers = max(1, min(8, torch.get_num_threads(), n))
-    logger.info("imagefolder: decoding %d images of %s/ at %dx%d", n, root.name, side, side)
+    where = f"{split.root.name}/{split.part}"
+    logger.info("imagefolder: decoding %d images of %s at %dx%d", n, where, side, side)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for _ in pool.map(work, range(n)):
             pass
     bad = [i for i in range(n) if errors[i] is not None]
-    y = torch.tensor([label for _, label in files], dtype=torch.int64)
+    kept = torch.arange(n)
+    y = split.y
     if bad:
-        first = f"{files[bad[0]][0]} ({errors[bad[0]]})"
+        first = f"{files[bad[0]]} ({errors[bad[0]]})"
         if len(bad) == n:
-            raise ConfigError(f"no readable images in {root}/: all {n} failed; first: {first}")
-        logger.warning(
-            "skipped %d unreadable image%s in %s/: first: %s",
+            raise ConfigError(
+                f"no readable images in {split.root}/{split.part}: all {n} failed; first: {first}"
+            )
+        logger.log(
+            logging.WARNING if warn else logging.DEBUG,
+            "skipped %d unreadable image%s in %s: first: %s",
             len(bad),
             "s" if len(bad) > 1 else "",
-            root.name,
+            where,
             first,
         )
         keep = torch.ones(n, dtype=torch.bool)
         keep[bad] = False
-        x, y = x[keep], y[keep]
-    return Split(x, y)
+        x, y, kept = x[keep], y[keep], kept[keep]
+    return Split(x, y), kept
+
+
+def stats_sample(n: int, *, seed: int = SPLIT_SEED + 3) -> Tensor:
+    """The training images (positions, sorted) the channel statistics are taken over: all
+    of them up to ``STATS_SAMPLE``, else that many chosen with a fixed seed."""
+    if n <= STATS_SAMPLE:
+        return torch.arange(n)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[:STATS_SAMPLE].sort().values
 
 
 def _chunked_channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -564,10 +753,19 @@ def _chunked_channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, .
 
 @register_dataset("imagefolder")
 def imagefolder(
-    *, data_dir: Path, val_size: int | None, download: bool, img_size: int | None = None
+    *,
+    data_dir: Path,
+    val_size: int | None,
+    download: bool,
+    img_size: int | None = None,
+    lazy: bool = False,
 ) -> DataBundle:
     """``data_dir/{train,val[,test]}/CLASS/*.jpg|png`` at their own resolution, decoded once
-    at ``stored_size(img_size)`` (img_size defaults to 32); see the module doc."""
+    at ``stored_size(img_size)`` (img_size defaults to 32); see the module doc.
+
+    ``lazy``: the splits stay on disk (``FileSplit``); only the images of the channel
+    statistics (at most ``STATS_SAMPLE``) are decoded. Splits are drawn from the file lists,
+    so a lazy bundle decoded later holds exactly the images of an eager one."""
     size = IMAGEFOLDER_SIZE if img_size is None else img_size
     side = stored_size(size)
     for sub in ("train", "val"):
@@ -580,22 +778,41 @@ def imagefolder(
     classes = scanned["train"][0]
     for sub in subs[1:]:
         _check_classes(data_dir / sub, scanned[sub][0], classes)
-    splits = {sub: _read_folder(data_dir / sub, scanned[sub][1], side, size) for sub in subs}
-    train, val = splits["train"], splits["val"]
-    if "test" in splits:
-        test = splits["test"]
+    files = {
+        sub: FileSplit(
+            tuple(f for f, _ in scanned[sub][1]),
+            torch.tensor([label for _, label in scanned[sub][1]], dtype=torch.int64),
+            side,
+            size,
+            data_dir / sub,
+        )
+        for sub in subs
+    }
+    train, val = files["train"], files["val"]
+    if "test" in files:
+        test = files["test"]
         if val_size is not None:
             logger.warning("imagefolder with test/: val_size ignored, val/ is the validation split")
     else:
         test = val
         n_val = val_size if val_size is not None else max(1, len(train) // 10)
         train, val = split_off(train, n_val)
-    mean, std = _chunked_channel_stats(train.x)
+        val = dataclasses.replace(val, part=" (validation part)")
+    sample = stats_sample(len(train))
+    if lazy:
+        # whoever reads the split later reports its unreadable images
+        mean, std = _chunked_channel_stats(read_files(train.subset(sample), warn=False)[0].x)
+        splits: tuple[AnySplit, ...] = (train, val, test)
+    else:
+        train_x, kept = read_files(train)
+        rows = torch.isin(kept, sample).nonzero().flatten()
+        mean, std = _chunked_channel_stats(train_x.x[rows] if len(rows) else train_x.x)
+        splits = (train_x, val.decode(), test.decode())
     spec = DataSpec(
         "imagefolder", len(classes), 3, size, mean, std, crop_padding=0, flip=True,
         crop="resized", eval_crop=EVAL_CROP,
     )  # fmt: skip
-    return DataBundle(spec, train, val, test)
+    return DataBundle(spec, *splits)
 
 
 # ----------------------------------------------------------------------------- device data
@@ -606,28 +823,22 @@ def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
     return torch.Generator(device=torch.device(device)).manual_seed(seed)
 
 
-class DeviceData:
-    """One split resident on a device, batched with tensor ops only (no DataLoader).
+class BatchTransforms:
+    """What happens to a uint8 batch on the device, whichever way it got there (``DeviceData``:
+    resident; ``rsst_tune.streaming.StreamData``: read from disk): augmentation, the
+    evaluation crop, normalisation, the resize to ``spec.img_size``.
 
-    Batches come out at ``spec.img_size``: a split stored at another size is resized on the
-    device, one batch at a time, after augmentation."""
+    A subclass holds the examples: it gives ``__len__`` and the two iterators."""
 
     def __init__(
-        self,
-        split: Split,
-        spec: DataSpec,
-        device: torch.device | str,
-        *,
-        channels_last: bool = False,
+        self, spec: DataSpec, device: torch.device | str, *, channels_last: bool = False
     ) -> None:
-        """Copy ``split`` (still uint8) to ``device``; keep mean/std there as [1, C, 1, 1].
+        """Keep mean/std on ``device`` as [1, C, 1, 1].
 
         ``channels_last``: batches come out in channels-last memory format (CNNs on CUDA)."""
         self.spec = spec
         self.device = torch.device(device)
         self.channels_last = channels_last
-        self.x = split.x.to(self.device)
-        self.y = split.y.to(self.device)
         self.mean = torch.tensor(spec.mean, dtype=torch.float32, device=self.device).view(
             1, -1, 1, 1
         )
@@ -635,7 +846,38 @@ class DeviceData:
 
     def __len__(self) -> int:
         """Number of examples."""
-        return int(self.x.shape[0])
+        raise NotImplementedError
+
+    def train_batches(
+        self, batch_size: int, generator: torch.Generator, augment: bool = True
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """One shuffled epoch of (normalised images, labels); randomness from ``generator``."""
+        raise NotImplementedError
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The split in order, normalised, without augmentation."""
+        raise NotImplementedError
+
+    def check_generator(self, generator: torch.Generator) -> None:
+        """A ``ValueError`` when ``generator`` lives on another device type than the data."""
+        if generator.device.type != self.device.type:
+            raise ValueError(
+                f"generator is on {generator.device} but the data is on {self.device}; "
+                "use make_generator(seed, device)"
+            )
+
+    def serve_train(self, xb: Tensor, generator: torch.Generator, augment: bool) -> Tensor:
+        """A training batch of uint8 images as the model takes it: augmented (random-resized
+        crops for ``spec.crop == "resized"``, else padded random crops and flips) when
+        ``augment``, else the evaluation view."""
+        if augment and self.spec.crop == "resized":
+            return self.random_resized_crop(xb, generator)
+        xb = self.augment(xb, generator) if augment else self.eval_view(xb)
+        return self.to_model_input(xb)
+
+    def serve_eval(self, xb: Tensor) -> Tensor:
+        """An evaluation batch of uint8 images as the model takes it."""
+        return self.to_model_input(self.eval_view(xb))
 
     def num_train_batches(self, batch_size: int) -> int:
         """Training batches per epoch: a last batch of a single image is dropped (BatchNorm
@@ -647,13 +889,11 @@ class DeviceData:
         return math.ceil(len(self) / batch_size)
 
     def normalise(self, x: Tensor) -> Tensor:
-        """uint8 images to float32, scaled to 0..1 and normalised with the spec's mean/std."""
-        return x.float().div_(255.0).sub_(self.mean).div_(self.std)
-
-    @property
-    def stored_size(self) -> tuple[int, int]:
-        """(height, width) of the images as held on the device."""
-        return int(self.x.shape[-2]), int(self.x.shape[-1])
+        """uint8 images to float32, scaled to 0..1 and normalised with the spec's mean/std;
+        channels-last memory when ``channels_last``, else contiguous (one conversion, whatever
+        the layout of ``x``)."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.to(torch.float32, memory_format=fmt).div_(255.0).sub_(self.mean).div_(self.std)
 
     def to_model_input(self, x: Tensor) -> Tensor:
         """uint8 images as the model takes them: normalised, at ``spec.img_size`` (bilinear
@@ -741,26 +981,48 @@ class DeviceData:
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         return x
 
+
+class DeviceData(BatchTransforms):
+    """One split resident on a device, batched with tensor ops only (no DataLoader).
+
+    Batches come out at ``spec.img_size``: a split stored at another size is resized on the
+    device, one batch at a time, after augmentation."""
+
+    def __init__(
+        self,
+        split: Split,
+        spec: DataSpec,
+        device: torch.device | str,
+        *,
+        channels_last: bool = False,
+    ) -> None:
+        """Copy ``split`` (still uint8) to ``device``; keep mean/std there as [1, C, 1, 1].
+
+        ``channels_last``: batches come out in channels-last memory format (CNNs on CUDA)."""
+        super().__init__(spec, device, channels_last=channels_last)
+        self.x = split.x.to(self.device)
+        self.y = split.y.to(self.device)
+
+    def __len__(self) -> int:
+        """Number of examples."""
+        return int(self.x.shape[0])
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        """(height, width) of the images as held on the device."""
+        return int(self.x.shape[-2]), int(self.x.shape[-1])
+
     def train_batches(
         self, batch_size: int, generator: torch.Generator, augment: bool = True
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """One shuffled epoch of (normalised images, labels); randomness from ``generator``."""
         if batch_size < 1:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
-        if generator.device.type != self.device.type:
-            raise ValueError(
-                f"generator is on {generator.device} but the data is on {self.device}; "
-                "use make_generator(seed, device)"
-            )
+        self.check_generator(generator)
         perm = torch.randperm(len(self), generator=generator, device=self.device)
         for start in range(0, self.num_train_batches(batch_size) * batch_size, batch_size):
             idx = perm[start : start + batch_size]
-            xb = self.x[idx]
-            if augment and self.spec.crop == "resized":
-                yield self.random_resized_crop(xb, generator), self.y[idx]
-                continue
-            xb = self.augment(xb, generator) if augment else self.eval_view(xb)
-            yield self.to_model_input(xb), self.y[idx]
+            yield self.serve_train(self.x[idx], generator, augment), self.y[idx]
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """The split in order, normalised, without augmentation (centre-cropped to
@@ -769,4 +1031,4 @@ class DeviceData:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
         for start in range(0, len(self), batch_size):
             stop = start + batch_size
-            yield self.to_model_input(self.eval_view(self.x[start:stop])), self.y[start:stop]
+            yield self.serve_eval(self.x[start:stop]), self.y[start:stop]

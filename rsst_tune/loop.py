@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from rsst_tune import checkpoint as ckpt
 from rsst_tune.config import EXECUTION, KIND_RATIO, NUMERICS, TrialConfig, check_host
-from rsst_tune.data import DataBundle, DeviceData, make_generator
+from rsst_tune.data import BatchTransforms, DataBundle, make_generator
 from rsst_tune.dense_cache import DenseCache, dense_key
 from rsst_tune.errors import ConfigError, TrialDiverged
 from rsst_tune.pruning import masks as mk
@@ -294,7 +294,7 @@ class PruneLoop:
         return before
 
     # ------------------------------------------------------------------ step 3
-    def _eval(self, data: DeviceData) -> float:
+    def _eval(self, data: BatchTransforms) -> float:
         return evaluate(
             self.model, self.setup.forward, data, self.cfg.eval_batch_size, self.setup.amp
         )

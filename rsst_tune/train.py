@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rsst_tune.config import TrialConfig
-from rsst_tune.data import DeviceData
+from rsst_tune.data import BatchTransforms
 from rsst_tune.device import autocast
 from rsst_tune.errors import TrialDiverged
 from rsst_tune.pruning.masks import MaskEnforcer
@@ -114,7 +114,7 @@ def lr_factor(
 def train_state(
     model: nn.Module,
     forward: Callable[[Tensor], Tensor],
-    data: DeviceData,
+    data: BatchTransforms,
     cfg: TrialConfig,
     *,
     generator: torch.Generator,
@@ -310,7 +310,7 @@ def train_step(
 def evaluate(
     model: nn.Module,
     forward: Callable[[Tensor], Tensor],
-    data: DeviceData,
+    data: BatchTransforms,
     batch_size: int,
     amp: torch.dtype | None,
 ) -> float:

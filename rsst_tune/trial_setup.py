@@ -20,7 +20,16 @@ import torch
 from torch import Tensor, nn
 
 from rsst_tune.config import KIND_RATIO, KIND_RATIOS, TrialConfig
-from rsst_tune.data import DataBundle, DataSpec, DeviceData, load_dataset
+from rsst_tune.data import (
+    BatchTransforms,
+    DataBundle,
+    DataSpec,
+    DeviceData,
+    FileSplit,
+    Split,
+    load_dataset,
+    seeded_subset,
+)
 from rsst_tune.device import amp_dtype, can_compile, resolve_device
 from rsst_tune.errors import ConfigError
 from rsst_tune.models import (
@@ -36,6 +45,7 @@ from rsst_tune.pruning.criteria import Criterion, get_criterion
 from rsst_tune.pruning.methods import Method, get_method
 from rsst_tune.pruning.structure import Structure, find_structure
 from rsst_tune.results import KIND_REPORT
+from rsst_tune.streaming import StreamData, choose_placement
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +60,10 @@ class TrialSetup:
     method: Method
     criterion: Criterion
     spec: DataSpec  # the trial's input: the dataset's spec at the trial's size and mean/std
-    train_data: DeviceData
-    val_data: DeviceData
-    test_data: DeviceData
+    train_data: BatchTransforms  # DeviceData (resident) or StreamData (read from disk)
+    val_data: BatchTransforms
+    test_data: BatchTransforms
+    placement: str  # "device" or "stream": cfg.data_placement resolved
     model: nn.Module  # the one model the trial trains (its weights change, never its shape)
     forward: Callable[[Tensor], Tensor]  # the model, or its torch.compile'd wrapper
     structure: Structure  # the units this trial prunes (cfg.target)
@@ -76,16 +87,26 @@ def build_setup(cfg: TrialConfig, data: DataBundle | None = None) -> TrialSetup:
         val_size=cfg.val_size,
         download=cfg.download,
         img_size=asked,
+        lazy=True,  # image folders stay on disk until the placement is chosen
     )
+    if cfg.train_subset is not None:
+        bundle = dataclasses.replace(bundle, train=seeded_subset(bundle.train, cfg.train_subset))
+    placement = choose_placement(cfg.data_placement, bundle, device)
+    if placement == "device":
+        bundle = bundle.decoded()
     img_size = asked or bundle.spec.img_size
     torch.manual_seed(cfg.seed)
     model, spec = _build_model(cfg, bundle.spec, img_size)
     model.to(device)
     cnn_on_cuda = device.type == "cuda" and _has_convs(model) and patch_free(model)
-    train, val, test = (
-        DeviceData(s, spec, device, channels_last=cnn_on_cuda)
-        for s in (bundle.train, bundle.val, bundle.test)
-    )
+
+    def serve(split: object) -> BatchTransforms:
+        if isinstance(split, Split):
+            return DeviceData(split, spec, device, channels_last=cnn_on_cuda)
+        assert isinstance(split, FileSplit)
+        return StreamData(split, spec, device, channels_last=cnn_on_cuda, workers=cfg.data_workers)
+
+    train, val, test = (serve(s) for s in (bundle.train, bundle.val, bundle.test))
     example = next(val.eval_batches(2))[0]
     structure = find_structure(
         model, target=cfg.target, prune_stem=cfg.prune_stem, example_input=example
@@ -112,6 +133,7 @@ def build_setup(cfg: TrialConfig, data: DataBundle | None = None) -> TrialSetup:
         train_data=train,
         val_data=val,
         test_data=test,
+        placement=placement,
         model=model,
         forward=forward,
         structure=structure,

@@ -6,6 +6,7 @@ is skipped and counted once."""
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -166,17 +167,20 @@ def test_an_empty_class_folder_and_no_images_are_one_line(tmp_path: Path) -> Non
 def test_an_unreadable_image_is_skipped_and_counted_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    root = make_folder(tmp_path, {"train": 4, "val": 2})
+    root = make_folder(tmp_path, {"train": 4, "val": 2, "test": 2})  # test/: nothing carved
     (root / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     good = root / "train" / "dog" / "0.png"
     (root / "train" / "dog" / "truncated.png").write_bytes(good.read_bytes()[:60])
     with caplog.at_level(logging.WARNING, logger="rsst_tune.data"):
-        bundle = load_dataset("imagefolder", data_dir=root, val_size=1, img_size=16)
-    assert len(bundle.train) + len(bundle.val) == 8
+        bundle = load_dataset("imagefolder", data_dir=root, img_size=16)
+    assert len(bundle.train) == 8
     skipped = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
     assert len(skipped) == 1
     assert skipped[0].startswith("skipped 2 unreadable images in train/: first: ")
     assert "broken.jpg" in skipped[0]
+    shutil.rmtree(root / "test")
+    (root / "train" / "cat" / "broken.jpg").unlink()
+    (root / "train" / "dog" / "truncated.png").unlink()
     for f in (root / "val" / "cat").iterdir():
         f.write_bytes(b"garbage")
     for f in (root / "val" / "dog").iterdir():

@@ -1,0 +1,462 @@
+"""Image folders read from disk batch by batch, for data that does not fit in memory.
+
+``StreamData(split, spec, device, workers=W)`` serves a ``FileSplit`` (images still on disk)
+through the same interface as ``DeviceData``: ``train_batches(batch_size, generator,
+augment)`` and ``eval_batches(batch_size)``. ``W`` DataLoader worker processes (persistent
+between epochs) read and decode whole batches with PIL into uint8 tensors; normalisation
+runs on the device, batched.
+
+- Training with random-resized crops (image folders): each worker crops the whole image it
+  decodes, by torchvision's ``RandomResizedCrop`` rules (``rrc_box``), resizes the crop to
+  ``img_size`` (PIL bilinear) and flips it; a JPEG is decoded at 1/2, 1/4 or 1/8 scale when
+  the crop still covers ``img_size`` at that scale. (Resident data crop the stored central
+  square instead, on the device: the two placements do not give the same training pixels.)
+- Evaluation, and training without augmentation: the stored square of ``decode_image``,
+  centre-cropped on the device, bit for bit the resident batches (tested).
+- On CUDA the workers only read the bytes of JPEGs, which are decoded on the GPU in one
+  batched call (nvjpeg), then cropped and resized there; other formats, and JPEGs the GPU
+  decoder refuses (CMYK), are decoded with PIL. The GPU decoder rounds differently from PIL.
+
+Order and crops come from the trial's generator: the permutation is drawn from it, then one
+seed per epoch for a CPU generator that draws each batch's crops as the batch is asked for.
+So a resumed state sees the same batches, and the host syncs twice an epoch, not per batch.
+
+Memory: the epoch's order (8 bytes an image) and the paths (one bytes array, shared with the
+workers) grow with the folder; the workers hold their prefetched batches (``PREFETCH`` each),
+never the split.
+
+``choose_placement(cfg_placement, bundle, device)`` resolves ``data_placement="auto"``:
+``device`` when the decoded splits take at most ``AUTO_FRACTION`` of the device's memory (and
+of the host's), else ``stream``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from rsst_tune.config import PLACEMENTS
+from rsst_tune.data import (
+    RRC_DRAWS,
+    BatchTransforms,
+    DataBundle,
+    DataSpec,
+    FileSplit,
+    decode_crop,
+    decode_image,
+    describe_error,
+    resized_shape,
+    rrc_box,
+    square_offset,
+)
+from rsst_tune.errors import ConfigError
+
+__all__ = [
+    "AUTO_FRACTION",
+    "PLACEMENTS",
+    "StreamData",
+    "choose_placement",
+    "default_workers",
+    "device_memory",
+]
+
+log = logging.getLogger(__name__)
+
+AUTO_FRACTION = 0.25
+"""``auto`` keeps the decoded splits on the device when they take at most this fraction of its
+memory (and of the host's): the rest is for the model, activations and other trials."""
+PREFETCH = 4  # batches each worker reads ahead
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
+def default_workers() -> int:
+    """DataLoader workers when the config leaves it to us: one per core but one, at most 8
+    (0, decoding in the trial's process, on a single core)."""
+    try:
+        cores = len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # pragma: no cover - macOS
+        cores = os.cpu_count() or 1
+    return max(0, min(8, cores - 1))
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory of ``device`` (the host's physical memory for cpu and mps)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return host_memory()
+
+
+def host_memory() -> int:
+    """Bytes of physical memory of this machine."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 0
+
+
+def choose_placement(placement: str, bundle: DataBundle, device: torch.device) -> str:
+    """``device`` or ``stream`` for a trial's ``data_placement`` and (lazy) bundle.
+
+    A bundle already in memory is always served from the device; ``stream`` for such a
+    dataset is a ``ConfigError`` (only datasets read from files stream)."""
+    if placement not in PLACEMENTS:
+        raise ConfigError(f"data_placement must be one of {PLACEMENTS}, got {placement!r}")
+    if not bundle.lazy:
+        if placement == "stream":
+            raise ConfigError(
+                f"data_placement 'stream' needs a dataset read from files (imagefolder, or a "
+                f"loader that takes `lazy`); {bundle.spec.name} is held in memory: use 'device' "
+                "or 'auto'"
+            )
+        return "device"
+    if placement != "auto":
+        return placement
+    need = sum(
+        s.decoded_bytes for s in (bundle.train, bundle.val, bundle.test) if isinstance(s, FileSplit)
+    )
+    limits = [device_memory(device)] + ([host_memory()] if device.type == "cuda" else [])
+    budget = AUTO_FRACTION * min(m for m in limits if m > 0) if any(limits) else 0.0
+    chosen = "device" if need <= budget else "stream"
+    log.info(
+        "data placement auto: %s (decoded splits %.2f GB; %.0f%% of %s memory is %.2f GB)",
+        chosen,
+        need / 1e9,
+        AUTO_FRACTION * 100,
+        device.type,
+        budget / 1e9,
+    )
+    return chosen
+
+
+Item = tuple[int, tuple[float, ...] | None]
+"""What the reader asks a worker for: an index in the split, and for an augmented training
+image the ``RRC_DRAWS`` uniforms of its random-resized crop (None: the stored square)."""
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """What a worker hands over: decoded images, encoded JPEGs to decode on the device, the
+    labels, and the files it could not read."""
+
+    x: Tensor  # uint8 [k, 3, s, s], the decoded images in batch order
+    decoded: list[int]  # positions in the batch of the rows of x
+    encoded: list[Tensor]  # raw JPEG bytes (uint8 1-D), for the device's decoder
+    encoded_at: list[int]  # their positions in the batch
+    y: Tensor  # int64 [n]: every label of the batch, in order
+    failed: list[tuple[int, str]]  # (position in the batch, reason)
+    items: list[Item]  # what was asked for
+
+    def pin_memory(self) -> _Batch:
+        """The batch with its decoded images in page-locked memory (the loader's pin_memory)."""
+        return dataclasses.replace(self, x=self.x.pin_memory())
+
+
+class _Files(Dataset[_Batch]):
+    """A ``FileSplit`` for a DataLoader whose items are whole batches (``__getitems__``)."""
+
+    def __init__(self, split: FileSplit, encode_jpegs: bool, flip: bool) -> None:
+        # the paths as one array of bytes, not a tuple of objects: a worker reading a Python
+        # object touches its reference count, which copies the page it lives on into the
+        # worker (copy-on-write), so a tuple of paths would be copied into every worker
+        self.paths = np.array([os.fsencode(f) for f in split.files])
+        self.labels = split.y
+        self.side, self.img_size = split.side, split.img_size
+        self.encode_jpegs = encode_jpegs  # hand JPEG bytes over instead of decoding them
+        self.flip = flip
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> _Batch:  # pragma: no cover - the loader batches
+        return self.__getitems__([(index, None)])
+
+    def __getitems__(self, items: Sequence[Item]) -> _Batch:
+        images: list[Tensor] = []
+        decoded: list[int] = []
+        encoded: list[Tensor] = []
+        encoded_at: list[int] = []
+        failed: list[tuple[int, str]] = []
+        for pos, (i, draws) in enumerate(items):
+            path = Path(os.fsdecode(self.paths[i]))
+            try:
+                if self.encode_jpegs and path.suffix.lower() in JPEG_SUFFIXES:
+                    encoded.append(_read_bytes(path))
+                    encoded_at.append(pos)
+                elif draws is None:
+                    images.append(decode_image(path, self.side, self.img_size))
+                    decoded.append(pos)
+                else:
+                    images.append(decode_crop(path, self.img_size, draws, self.flip))
+                    decoded.append(pos)
+            except Exception as err:  # unreadable: skipped in this batch, counted by the reader
+                failed.append((pos, describe_error(err)))
+        size = self.img_size if items and items[0][1] is not None else self.side
+        x = _stack(images) if images else torch.empty(0, 3, size, size, dtype=torch.uint8)
+        y = self.labels[[i for i, _ in items]]
+        return _Batch(x, decoded, encoded, encoded_at, y, failed, list(items))
+
+
+def _stack(images: list[Tensor]) -> Tensor:
+    """[3, H, W] views of HWC images as one [N, 3, H, W] batch in channels-last memory (one
+    contiguous copy: stacking the channel-first views costs many times more)."""
+    hwc = np.stack([image.permute(1, 2, 0).numpy() for image in images])
+    return torch.from_numpy(hwc).permute(0, 3, 1, 2)
+
+
+def _read_bytes(path: Path) -> Tensor:
+    return torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+
+
+class _Epoch:
+    """The loader's batch sampler: the batches of the epoch being read, made one at a time
+    (so memory stays that of the order, 8 bytes an image): the images of ``order`` (None:
+    in order) in batches, each training image with the uniforms of its crop from ``crops``
+    (a CPU generator seeded from the trial's generator once per epoch)."""
+
+    def __init__(self) -> None:
+        self.set(None, 0, 1, 0, None)
+
+    def set(
+        self,
+        order: Tensor | None,
+        n: int,
+        batch_size: int,
+        count: int,
+        crops: torch.Generator | None,
+    ) -> None:
+        """What the next iteration reads."""
+        self.order, self.n, self.batch_size, self.count, self.crops = (
+            order,
+            n,
+            batch_size,
+            count,
+            crops,
+        )
+
+    def __iter__(self) -> Iterator[list[Item]]:
+        for b in range(self.count):
+            start, stop = b * self.batch_size, min((b + 1) * self.batch_size, self.n)
+            index = list(range(start, stop)) if self.order is None else self.order[start:stop]
+            rows: list[int] = index if isinstance(index, list) else index.tolist()
+            if self.crops is None:
+                yield [(i, None) for i in rows]
+            else:
+                draws = torch.rand(len(rows), RRC_DRAWS, generator=self.crops).tolist()
+                yield [(i, tuple(d)) for i, d in zip(rows, draws, strict=True)]
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def _same(batch: Any) -> Any:  # the loader's collate_fn: a worker's item is a whole batch
+    return batch
+
+
+class StreamData(BatchTransforms):
+    """A ``FileSplit`` read from disk batch by batch (see the module doc)."""
+
+    def __init__(
+        self,
+        split: FileSplit,
+        spec: DataSpec,
+        device: torch.device | str,
+        *,
+        channels_last: bool = False,
+        workers: int | None = None,
+        decode_on_device: bool | None = None,
+    ) -> None:
+        """``workers``: DataLoader worker processes (None: ``default_workers()``; 0: read in
+        this process). ``decode_on_device``: decode JPEGs with torchvision on the device
+        (default: on CUDA, where that is nvjpeg)."""
+        super().__init__(spec, device, channels_last=channels_last)
+        self.split = split
+        self.y = split.y
+        self.workers = default_workers() if workers is None else workers
+        if decode_on_device is None:
+            decode_on_device = self.device.type == "cuda"
+        self.decode_on_device = decode_on_device
+        self._files = _Files(split, encode_jpegs=decode_on_device, flip=spec.flip)
+        self._skipped: dict[int, str] = {}  # index in the split -> reason, over all epochs
+        self._reported = 0
+        self._epoch = _Epoch()
+        self._loader: DataLoader[_Batch] | None = None
+
+    def __len__(self) -> int:
+        """Number of images (unreadable ones included: they are found while reading)."""
+        return len(self.split)
+
+    def __repr__(self) -> str:
+        """Short description."""
+        return f"StreamData({self.split!r}, workers={self.workers}, device={self.device})"
+
+    @property
+    def skipped(self) -> int:
+        """Unreadable images found so far."""
+        return len(self._skipped)
+
+    def train_batches(
+        self, batch_size: int, generator: torch.Generator, augment: bool = True
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """One shuffled epoch of (normalised images, labels), read from disk. The order comes
+        from ``generator`` as for ``DeviceData``; so do the crops: with random-resized crops
+        (``spec.crop == "resized"``) each worker crops the whole image it decodes
+        (torchvision's ``RandomResizedCrop``, uniforms from a generator seeded from
+        ``generator`` once per epoch); otherwise the stored squares are augmented on the
+        device as resident data are."""
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        self.check_generator(generator)
+        n = len(self)
+        order = torch.randperm(n, generator=generator, device=self.device).cpu()
+        crops = augment and self.spec.crop == "resized"
+        crop_gen = None
+        if crops:
+            seed = torch.randint(0, 2**62, (1,), generator=generator, device=self.device)
+            crop_gen = torch.Generator().manual_seed(int(seed.item()))
+        self._epoch.set(order, n, batch_size, self.num_train_batches(batch_size), crop_gen)
+        for xb, yb in self._read():
+            if len(yb) < 2 and batch_size > 1:  # every other image unreadable: BatchNorm needs 2
+                continue
+            yield (
+                (self.to_model_input(xb) if crops else self.serve_train(xb, generator, augment)),
+                yb,
+            )
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The split in order, normalised, centre-cropped, read from disk."""
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        self._epoch.set(None, len(self), batch_size, self.num_batches(batch_size), None)
+        for xb, yb in self._read():
+            yield self.serve_eval(xb), yb
+
+    # ------------------------------------------------------------------ reading
+    def _read(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """uint8 batches on the device (unreadable images dropped) of the epoch set."""
+        if self._loader is None:
+            # one loader for the life of the data: its workers persist between epochs
+            self._loader = DataLoader(
+                self._files,
+                batch_sampler=self._epoch,
+                num_workers=self.workers,
+                collate_fn=_same,
+                pin_memory=self.device.type == "cuda",
+                prefetch_factor=PREFETCH if self.workers > 0 else None,
+                persistent_workers=self.workers > 0,
+            )
+        for batch in self._loader:
+            for pos, reason in batch.failed:
+                self._skipped.setdefault(batch.items[pos][0], reason)
+            xb, keep = self._assemble(batch)
+            if not keep:
+                continue
+            yb = batch.y[keep] if len(keep) < len(batch.items) else batch.y
+            yield xb, yb.to(self.device, non_blocking=True)
+        self._report_skipped()
+
+    def _assemble(self, batch: _Batch) -> tuple[Tensor, list[int]]:
+        """The batch's images on the device in batch order, and the positions they hold."""
+        if not batch.encoded:
+            return batch.x.to(self.device, non_blocking=True), batch.decoded
+        parts: dict[int, Tensor] = {}
+        if batch.decoded:
+            on_device = batch.x.to(self.device, non_blocking=True)
+            parts.update({pos: on_device[k] for k, pos in enumerate(batch.decoded)})
+        for pos, image in zip(batch.encoded_at, self._decode_jpegs(batch), strict=True):
+            if image is not None:
+                parts[pos] = image
+        keep = sorted(parts)
+        if not keep:
+            return batch.x.to(self.device), keep
+        return torch.stack([parts[p] for p in keep]), keep
+
+    def _decode_jpegs(self, batch: _Batch) -> list[Tensor | None]:
+        """Decode the batch's JPEGs on the device in one call (nvjpeg on CUDA), then crop and
+        resize each as the workers do; one the call cannot decode (a CMYK JPEG fails the
+        whole call) is decoded with PIL here, and one PIL cannot read either is skipped."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            images: list[Tensor | None] = list(
+                decode_jpeg(batch.encoded, mode=ImageReadMode.RGB, device=self.device)
+            )
+        except RuntimeError:
+            images = [None] * len(batch.encoded)
+        out: list[Tensor | None] = []
+        split = self.split
+        for pos, image in zip(batch.encoded_at, images, strict=True):
+            index, draws = batch.items[pos]
+            try:
+                if image is None:
+                    path = split.files[index]
+                    pil = (
+                        decode_image(path, split.side, split.img_size)
+                        if draws is None
+                        else decode_crop(path, split.img_size, draws, self.spec.flip)
+                    )
+                    out.append(pil.to(self.device))
+                elif draws is None:
+                    out.append(self._square(image))
+                else:
+                    out.append(self._crop(image, draws))
+            except Exception as err:
+                self._skipped.setdefault(index, describe_error(err))
+                out.append(None)
+        return out
+
+    def _square(self, image: Tensor) -> Tensor:
+        """A decoded [3, H, W] uint8 image: short side resized to the stored size (bilinear,
+        antialiased), the ``decode_image`` square kept."""
+        side, img_size = self.split.side, self.split.img_size
+        h, w = int(image.shape[-2]), int(image.shape[-1])
+        new_w, new_h = resized_shape(w, h, side)
+        if (new_h, new_w) != (h, w):
+            image = _resize(image, new_h, new_w)
+        top, left = square_offset(new_h, side, img_size), square_offset(new_w, side, img_size)
+        return image[:, top : top + side, left : left + side]
+
+    def _crop(self, image: Tensor, draws: tuple[float, ...]) -> Tensor:
+        """A decoded [3, H, W] uint8 image: its random-resized crop (``rrc_box``) at img_size,
+        mirrored as ``decode_crop`` mirrors."""
+        h, w = int(image.shape[-2]), int(image.shape[-1])
+        left, top, cw, ch = rrc_box(w, h, draws)
+        size = self.split.img_size
+        out = _resize(image[:, top : top + ch, left : left + cw], size, size)
+        return out.flip(-1) if self.spec.flip and draws[22] < 0.5 else out
+
+    def _report_skipped(self) -> None:
+        """One warning when an epoch found images no earlier epoch had reported."""
+        if len(self._skipped) <= self._reported:
+            return
+        first = min(self._skipped)
+        n = len(self._skipped)
+        log.warning(
+            "skipped %d unreadable image%s in %s/%s (streamed): first: %s (%s)",
+            n,
+            "s" if n > 1 else "",
+            self.split.root.name,
+            self.split.part,
+            self.split.files[first],
+            self._skipped[first],
+        )
+        self._reported = n
+
+
+def _resize(image: Tensor, h: int, w: int) -> Tensor:
+    """A uint8 [3, H, W] image resized bilinearly (antialiased when shrinking) to h x w."""
+    out = F.interpolate(
+        image.unsqueeze(0).float(), size=(h, w), mode="bilinear", align_corners=False,
+        antialias=h < image.shape[-2] or w < image.shape[-1],
+    )  # fmt: skip
+    return out.squeeze(0).round_().clamp_(0, 255).to(torch.uint8)
