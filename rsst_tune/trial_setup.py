@@ -94,6 +94,8 @@ def build_setup(cfg: TrialConfig, data: DataBundle | None = None) -> TrialSetup:
     placement = choose_placement(cfg.data_placement, bundle, device)
     if placement == "device":
         bundle = bundle.decoded()
+    else:
+        log.info("data placement stream: %s read from disk batch by batch", cfg.dataset)
     img_size = asked or bundle.spec.img_size
     torch.manual_seed(cfg.seed)
     model, spec = _build_model(cfg, bundle.spec, img_size)

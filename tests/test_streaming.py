@@ -350,3 +350,30 @@ def test_resident_memory_of_streaming_does_not_grow_with_the_number_of_images(
     assert grown["device"] > 60, grown  # the measure sees 7,000 more decoded images (~110 MB)
     assert abs(grown["in-process"]) < 12, grown  # only the file list and the order grow
     assert abs(grown["workers"]) < 12, grown
+
+
+def test_sweep_input_options_reach_every_trial_with_absolute_paths(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tune_main.py --data-dir --img-size --data-placement --train-subset --data-workers`
+    land in the base config of every trial, the folder made absolute (trials run in Ray's
+    own directories); a missing folder or weights file is refused before anything runs."""
+    from rsst_tune.tune import SweepOptions, resolve_plan
+
+    monkeypatch.chdir(folder.parent)
+    opts = SweepOptions(
+        space="vit_head_mlp", preset="smoke", dataset="imagefolder", data_dir=folder.name,
+        img_size=16, data_placement="stream", train_subset=0.5, data_workers=1,
+    )  # fmt: skip
+    base = resolve_plan(opts).base_config
+    assert base["data_dir"] == str(folder.resolve())
+    assert (base["img_size"], base["data_placement"], base["train_subset"]) == (16, "stream", 0.5)
+    assert base["data_workers"] == 1
+    for bad, match in (
+        ({"data_dir": "missing"}, r"data_dir missing is not a folder"),
+        ({"pretrained_file": "none.pt"}, r"pretrained_file none.pt is not a file"),
+        ({"data_placement": "disk"}, r"unknown data_placement 'disk'; choose one of"),
+        ({"img_size": 0}, r"img_size must be"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            resolve_plan(dataclasses.replace(opts, **bad))

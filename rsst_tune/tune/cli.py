@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rsst_tune.config import MAX_WORKERS, PLACEMENTS
 from rsst_tune.errors import CommandFailed, ConfigError, SweepInterrupted, describe_exception
 
 if TYPE_CHECKING:
@@ -70,6 +71,14 @@ def _nonneg_float(text: str) -> float:
 
 def _positive_float(text: str) -> float:
     return _float_in(text, 0.0, MAX_RESOURCES, low_open=True)
+
+
+def _fraction(text: str) -> float:
+    return _float_in(text, 0.0, 1.0, low_open=True)
+
+
+def _workers(text: str) -> int:
+    return _int_in(text, 0, MAX_WORKERS)
 
 
 def _seconds(text: str) -> float:
@@ -151,6 +160,34 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     )
     over.add_argument("--epochs", type=_positive_int, default=None, help="epochs per state")
     over.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
+    inputs = parser.add_argument_group("trial inputs (every trial; see docs/data.md)")
+    inputs.add_argument(
+        "--img-size", "--img_size", dest="img_size", type=_positive_int, default=None,
+        help="input image side; default: the model's (timm: its pretrained size)",
+    )  # fmt: skip
+    inputs.add_argument(
+        "--data-dir", "--data_dir", dest="data_dir", default=None,
+        help="the dataset's folder (imagefolder: DIR/train/CLASS/*.jpg, DIR/val/...); on a "
+        "cluster, a path every node sees",
+    )  # fmt: skip
+    inputs.add_argument(
+        "--data-placement", "--data_placement", dest="data_placement", default=None,
+        choices=PLACEMENTS,
+        help="device: decode once, keep on the device; stream: read image folders batch by "
+        "batch; auto (default): device when the decoded splits fit in a quarter of its memory",
+    )  # fmt: skip
+    inputs.add_argument(
+        "--train-subset", "--train_subset", dest="train_subset", type=_fraction,
+        default=None, help="train on this fixed-seed fraction (0, 1] of the training split",
+    )  # fmt: skip
+    inputs.add_argument(
+        "--data-workers", "--data_workers", dest="data_workers", type=_workers,
+        default=None, help="DataLoader workers per trial when streaming (default: cores - 1)",
+    )  # fmt: skip
+    inputs.add_argument(
+        "--pretrained-file", "--pretrained_file", dest="pretrained_file", default=None,
+        help="start every trial from these weights (a local state dict or .safetensors)",
+    )  # fmt: skip
     budget = parser.add_argument_group("budget and resources")
     budget.add_argument(
         "--num-samples",
@@ -368,6 +405,12 @@ def tune_command(args: argparse.Namespace) -> int:
         preset=args.preset,
         seed=args.seed,
         device=args.device,
+        img_size=args.img_size,
+        data_dir=args.data_dir,
+        data_placement=args.data_placement,
+        train_subset=args.train_subset,
+        data_workers=args.data_workers,
+        pretrained_file=args.pretrained_file,
         command=command,
     )
     plan = resolve_plan(opts)

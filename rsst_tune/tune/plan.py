@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -71,6 +72,13 @@ class SweepOptions:
     confirm: int | None = None  # --confirm K: top K tickets per budget re-run with 2 more seeds
     onnx: bool = True  # the best tickets' exports also write model.onnx (--no-onnx: not)
     macs_budget: float | None = None  # --macs-budget B: proposals over B MACs never run
+    # inputs of every trial (TrialConfig fields, applied to the base config as given)
+    img_size: int | None = None
+    data_dir: str | None = None  # made absolute: trials run in Ray's own directories
+    data_placement: str | None = None
+    train_subset: float | None = None
+    data_workers: int | None = None
+    pretrained_file: str | None = None  # made absolute
 
     @classmethod
     def from_keywords(cls, space: str, options: Mapping[str, Any]) -> SweepOptions:
@@ -180,7 +188,9 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
         "epochs": opts.epochs,
     }
     base = space.resolve_base(
-        overrides, preset=opts.preset, extra={"seed": opts.seed, "device": opts.device}
+        overrides,
+        preset=opts.preset,
+        extra={"seed": opts.seed, "device": opts.device, **_inputs(opts)},
     )
     fixed = {**(SMOKE_FIXED if opts.preset == "smoke" else {}), **dict(opts.fixed)}
     _check_fixed(space, base, fixed)
@@ -261,6 +271,29 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
         command=opts.command,
         study_name=name,
     )
+
+
+def _inputs(opts: SweepOptions) -> dict[str, Any]:
+    """The trial inputs given as sweep options, paths made absolute and checked to exist (a
+    missing folder or file is found here, not in every trial)."""
+    out: dict[str, Any] = {
+        "img_size": opts.img_size,
+        "data_placement": opts.data_placement,
+        "train_subset": opts.train_subset,
+        "data_workers": opts.data_workers,
+    }
+    for name, want_dir in (("data_dir", True), ("pretrained_file", False)):
+        value = getattr(opts, name)
+        if value is None:
+            continue
+        if not isinstance(value, str | os.PathLike):
+            raise ConfigError(f"{name} must be a path, got {value!r}")
+        path = Path(value).expanduser().resolve()
+        if not (path.is_dir() if want_dir else path.is_file()):
+            what = "a folder" if want_dir else "a file"
+            raise ConfigError(f"{name} {value} is not {what} (resolved: {path})")
+        out[name] = str(path)
+    return out
 
 
 def _check_macs_budget(space: SearchSpace, budget: Any) -> float | None:
