@@ -22,6 +22,10 @@ still run; the exit status is 1 when any part failed):
    224 px, the data resized on the device) exported with `rsst-tune export`'s code on CUDA:
    dense and pruned milliseconds per forward at batch 1, 64 and 256, the speed-up beside the
    MAC ratio.
+5. **Streaming decode**: images/s of a training epoch read from a folder of JPEGs of about
+   400x350 (`rsst_tune.streaming.StreamData`, img_size 224, batch 64): decoded on the GPU
+   (nvjpeg) and decoded by PIL in the workers, beside torchvision's ImageFolder + DataLoader
+   with the same workers (`benchmarks/bench_stream.py`; goal on a GPU: >= 5x torchvision).
 """
 
 from __future__ import annotations
@@ -259,6 +263,55 @@ def export_latency(table: Table) -> None:
             )
 
 
+# ----------------------------------------------------------------------------- 5. streaming
+def streaming(table: Table) -> None:
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_stream import (
+        BATCH,
+        IMG_SIZE,
+        ours_epoch,
+        torchvision_epoch,
+        torchvision_loader,
+        write_folder,
+    )
+
+    from rsst_tune.data import load_dataset
+    from rsst_tune.streaming import StreamData, default_workers
+
+    n = 64 if DRY_RUN else 2000
+    workers = default_workers()
+    device = torch.device(DEVICE)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_folder(root, n)
+        bundle = load_dataset(
+            "imagefolder", data_dir=root, img_size=IMG_SIZE, val_size=10, lazy=True
+        )
+        loader = torchvision_loader(root, workers, bundle.spec.mean, bundle.spec.std)
+        theirs = max(torchvision_epoch(loader) for _ in range(2))
+        table.add(
+            "streaming", f"torchvision ImageFolder, {workers} workers", f"{theirs:,.0f} img/s"
+        )
+        rates = {}
+        for label, on_device in (("PIL in the workers", False), ("decoded on the device", True)):
+            data = StreamData(
+                bundle.train,
+                bundle.spec,
+                device,
+                workers=workers,
+                decode_on_device=on_device,  # type: ignore[arg-type]
+            )
+            rates[label] = max(ours_epoch(data, device) for _ in range(2))
+            table.add(
+                "streaming",
+                f"StreamData, {label}, batch {BATCH}",
+                f"{rates[label]:,.0f} img/s ({rates[label] / theirs:.2f}x torchvision)",
+                ok=DRY_RUN or not on_device or rates[label] >= theirs,
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--json", help="also write the table to this JSON file")
@@ -266,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         "--skip",
         action="append",
         default=[],
-        choices=("tests", "throughput", "sweep", "export"),
+        choices=("tests", "throughput", "sweep", "export", "streaming"),
         help="leave a part out (repeatable)",
     )
     parser.add_argument(
@@ -288,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     else:
         props = torch.cuda.get_device_properties(0)
-        name = name
+        name = props.name
         print(
             f"gpu-check on {name} ({props.total_memory / 2**30:.0f} GiB), torch "
             f"{torch.__version__}, CUDA {torch.version.cuda}, "
@@ -303,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         ("throughput", throughput),
         ("sweep", fractional_sweep),
         ("export", export_latency),
+        ("streaming", streaming),
     ]
     for part, fn in parts:
         if part not in args.skip:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -385,7 +386,9 @@ class StreamData(BatchTransforms):
         """Decode the batch's JPEGs on the device in one call (nvjpeg on CUDA), then crop and
         resize each as the workers do; one the call cannot decode (a CMYK JPEG fails the
         whole call) is decoded with PIL here, and one PIL cannot read either is skipped."""
-        from torchvision.io import ImageReadMode, decode_jpeg
+        with warnings.catch_warnings():  # torchvision 0.29 points to torchcodec, not installed
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import ImageReadMode, decode_jpeg
 
         try:
             images: list[Tensor | None] = list(

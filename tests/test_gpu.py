@@ -125,3 +125,41 @@ def test_export_measures_latency_on_cuda(tmp_path: Path, rgb: DataBundle) -> Non
     assert all(t.dense_ms > 0 and t.pruned_ms > 0 for t in on_gpu)
     model = load_exported(tmp_path / "export" / "model.pt")
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_a_streamed_image_folder_decodes_on_the_gpu_and_trains(tmp_path: Path) -> None:
+    """JPEG and PNG (RGB, grey, CMYK) streamed to the GPU: JPEGs decoded there by nvjpeg,
+    the rest (and CMYK, which nvjpeg refuses) by PIL; evaluation batches close to the
+    resident ones; a two-state trial with data_placement stream runs on the GPU."""
+    import numpy as np
+    from PIL import Image
+
+    from rsst_tune.data import DeviceData, load_dataset
+    from rsst_tune.loop import PruneLoop
+    from rsst_tune.streaming import StreamData
+
+    rng = np.random.default_rng(0)
+    for sub, n in (("train", 24), ("val", 6)):
+        for cls in ("a", "b"):
+            (tmp_path / sub / cls).mkdir(parents=True)
+            for i in range(n):
+                mode, ext = (("RGB", "jpg"), ("L", "jpg"), ("CMYK", "jpg"), ("RGB", "png"))[i % 4]
+                pixels = rng.integers(0, 256, (int(rng.integers(40, 90)), 64, 3), dtype=np.uint8)
+                Image.fromarray(pixels).convert(mode).save(tmp_path / sub / cls / f"{i}.{ext}")
+    bundle = load_dataset("imagefolder", data_dir=tmp_path, img_size=32, lazy=True)
+    streamed = StreamData(bundle.train, bundle.spec, "cuda", workers=1)  # type: ignore[arg-type]
+    assert streamed.decode_on_device
+    resident = DeviceData(bundle.train.decode(), bundle.spec, "cuda")  # type: ignore[union-attr]
+    for (xa, ya), (xb, yb) in zip(
+        resident.eval_batches(16), streamed.eval_batches(16), strict=True
+    ):
+        assert xb.device.type == "cuda" and torch.equal(ya, yb)
+        assert (xa - xb).abs().mean() < 0.15
+    served = sum(len(y) for _, y in streamed.train_batches(16, make_generator(0, "cuda")))
+    assert served == len(streamed) and streamed.skipped == 0
+    cfg = TrialConfig(
+        model="vit_digits", dataset="imagefolder", data_dir=str(tmp_path), img_size=32,
+        pruning_times=2, data_placement="stream", data_workers=1, augment=True, **FAST,
+    )  # fmt: skip
+    loop = PruneLoop(cfg, tmp_path / "run")
+    assert [r.state for r in loop.states()] == [0, 1] and loop.setup.placement == "stream"
