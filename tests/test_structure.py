@@ -357,3 +357,30 @@ def test_deit_distillation_token_heads_and_neurons_export() -> None:
         tokens = pruned.forward_features(x)
         mean = (pruned.head(tokens[:, 0]) + pruned.head_dist(tokens[:, 1])) / 2
         assert torch.allclose(pruned(x), mean, atol=1e-6)
+
+
+def test_a_vit_without_a_class_token_prunes_and_exports() -> None:
+    """timm's ViT with no class token (average-pooled tokens, as in some timm `vit_*`
+    variants): heads and neurons are found, the MACs count only the patch tokens, and the
+    export matches the masked model."""
+    import timm
+
+    from rsst_tune.pruning.cost import CostModel, count_params
+    from rsst_tune.pruning.slicing import export_model
+
+    torch.manual_seed(0)
+    model = timm.models.vision_transformer.VisionTransformer(
+        img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0,
+        num_classes=5, class_token=False, global_pool="avg",
+    ).eval()  # fmt: skip
+    assert model.cls_token is None
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    s = find_structure(model, target="both", example_input=x)
+    assert [(g.kind, g.num_units) for g in s.groups] == [("head", 4), ("neuron", 64)] * 2
+    _mask_every_other(model, s)
+    cost = CostModel(model, s, x)
+    assert cost._tokens["blocks.0.attn"] == 16  # patches only
+    result = export_model(model, s, "cpu", example=x)
+    assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
+    assert result.model.blocks[0].attn.num_heads == 2
+    assert count_params(result.model) == cost.cost(result.kept_counts).params
