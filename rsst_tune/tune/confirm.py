@@ -187,11 +187,9 @@ def confirm_sweep(
     tickets confirmed are the ones the finished sweep offers."""
     import dataclasses
 
-    from rsst_tune.tune.console import sweep_logging
     from rsst_tune.tune.experiment import load_experiment
     from rsst_tune.tune.plan import load_plan
-    from rsst_tune.tune.ray_setup import init_ray, prepare_ray_env
-    from rsst_tune.tune.storage import sweep_lock
+    from rsst_tune.tune.ray_setup import prepare_ray_env, restore_ray_env
 
     plan = dataclasses.replace(load_plan(path), confirm=check_confirm(k))
     experiment = load_experiment(plan.experiment_dir)
@@ -203,6 +201,27 @@ def confirm_sweep(
             f"(tune_main.py --resume {plan.local_dir})"
         )
     prepare_ray_env(address)
+    try:
+        _confirm_in_ray(plan, experiment, k, address=address, verbose=verbose, show=show)
+    finally:  # also when the lock is held (init_ray gives it back otherwise)
+        restore_ray_env()
+    return load_experiment(plan.experiment_dir)
+
+
+def _confirm_in_ray(
+    plan: SweepPlan,
+    experiment: Experiment,
+    k: int,
+    *,
+    address: str | None,
+    verbose: bool,
+    show: bool,
+) -> None:
+    """Hold the sweep lock, start or join Ray, and run the confirmation."""
+    from rsst_tune.tune.console import sweep_logging
+    from rsst_tune.tune.ray_setup import init_ray
+    from rsst_tune.tune.storage import sweep_lock
+
     with sweep_lock(plan), sweep_logging(Path(plan.local_dir), verbose=verbose):
         started = init_ray(address)
         try:
@@ -214,7 +233,6 @@ def confirm_sweep(
                 import ray
 
                 ray.shutdown()
-    return load_experiment(plan.experiment_dir)
 
 
 def _round_name(local: Path) -> str:

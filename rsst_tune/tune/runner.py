@@ -29,7 +29,13 @@ from typing import Any
 from rsst_tune import fileio
 from rsst_tune.errors import ConfigError, SweepInterrupted
 from rsst_tune.tune.plan import PLAN_FILE, SweepPlan
-from rsst_tune.tune.ray_setup import Reaper, init_ray, prepare_ray_env, start_reaper
+from rsst_tune.tune.ray_setup import (
+    Reaper,
+    init_ray,
+    prepare_ray_env,
+    restore_ray_env,
+    start_reaper,
+)
 from rsst_tune.tune.records import Experiment
 from rsst_tune.tune.storage import (
     describe_storage_error,
@@ -58,6 +64,15 @@ def execute(
 ) -> Experiment | None:
     """Run the plan in its experiment directory; see `rsst_tune.tune.sweep.run_sweep`."""
     prepare_ray_env(address)
+    try:
+        return _execute(plan, resume=resume, address=address, verbose=verbose, show=show)
+    finally:  # also when it fails before Ray starts (init_ray gives it back otherwise)
+        restore_ray_env()
+
+
+def _execute(
+    plan: SweepPlan, *, resume: bool, address: str | None, verbose: bool, show: bool
+) -> Experiment | None:
     from rsst_tune.tune.console import sweep_logging
 
     local = Path(plan.local_dir)
