@@ -146,6 +146,7 @@ def _other_value(cfg: TrialConfig, name: str) -> object:
         "filter_ratios": (0.5,),
         "prune_type": "pt",  # rewind_lt puts θr's epoch in the key (test_dense_key_special_cases)
         "finetune_epochs": 3,
+        "data_workers": 2,
     }
     if name in special:
         return special[name]
