@@ -1,32 +1,46 @@
-"""Benchmark search efficiency: hypervolume against trial-epochs for three search setups.
+"""Benchmark search efficiency: hypervolume against trial-epochs for four search setups.
 
-    python benchmarks/bench_search.py           # 3 seeds x 3 setups on digits (tens of minutes)
-    python benchmarks/bench_search.py --tiny    # 1 seed, a few 1-epoch trials (CI, ~2 minutes)
+    python benchmarks/bench_search.py           # 3 seeds x 4 setups on digits (15-25 min, 2 cores)
+    python benchmarks/bench_search.py --tiny    # 1 seed, a few 2-epoch trials (CI, ~1 minute)
 
 Setups, on the digits profile of `vit_head_mlp` (`--preset smoke`: vit_digits, digits, `lr`
-pinned so every trial shares one dense state 0):
+pinned so every trial shares one dense state 0), with 4 states (the space's own state count:
+dense, then 3 pruned states), 4 epochs each, 2 trials at a time:
 
-* `tpe+moasha`: TPE sampler, MO-ASHA scheduler (rungs at states 1, 2, ...; η = 2);
-* `tpe+fifo`:   TPE sampler, every trial runs every state;
-* `random+fifo`: random sampler, every trial runs every state (the baseline).
+* `tpe+moasha`:    TPE sampler, MO-ASHA scheduler (rungs at states 1 and 2; η = 2, the default);
+* `tpe+fifo`:      TPE sampler, every trial runs every state;
+* `random+moasha`: random sampler, MO-ASHA scheduler: the same configurations as random+fifo,
+  in the same order (the random sampler's draws do not depend on results), so the difference
+  from random+fifo is MO-ASHA's alone;
+* `random+fifo`:   random sampler, every trial runs every state (the baseline).
+
+Every setup first runs the space's starting point; TPE's random start-up trials
+(`rsst_tune.tune.searcher.tpe_startup`: a fifth of the trials) come from the same seeded
+stream as the random sampler's, so all setups share their first few trials (common random
+numbers).
 
 Budget: the same number of **trial-epochs** for every setup, B = (FIFO trials) x (pruned
 states) x (epochs per state) + one dense state 0 (`epochs_trained` of every state of every
 trial is what counts: a state 0 loaded from the shared dense cache costs 0). A MO-ASHA sweep
-stops trials early, so it is given more trials; its curve is cut at B like the others.
+stops trials early, so it is given twice the trials, enough to spend B; its curve is cut at B
+like the others.
 
 Measured: after each reported state (in the order the driver saw them, `events.jsonl`), the
 epochs spent so far and the **hypervolume** of the tickets so far (every state of every trial,
-as the report's Pareto front) in the plane (val_acc, 1 - macs_frac), both maximised, against
-the fixed reference point (0.1, 0.0): chance accuracy (10 classes) and no MACs saved. Printed:
-hypervolume at fractions of B (mean over seeds, and min..max), and per seed the epochs each
-setup needed to reach random+fifo's final hypervolume of that seed, as a ratio of the epochs
-random+fifo itself needed (goal for tpe+moasha: <= 0.5; "never" when not reached within B).
+stopped trials' states included, as the report's Pareto front) in the plane
+(val_acc, 1 - macs_frac), both maximised, against the fixed reference point (0.1, 0.0): chance
+accuracy (10 classes) and no MACs saved. Printed: hypervolume at fractions of B (mean over
+seeds, and min..max), and per seed the epochs each setup needed to reach random+fifo's final
+hypervolume of that seed, as a ratio of the epochs random+fifo itself needed (goal for
+tpe+moasha: <= 0.5; "never" when not reached within B), with random+fifo's own hypervolume at
+B/2 beside the target: how much of its final hypervolume the baseline already had at half the
+budget (the ratio only tells who first gets the rest).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -52,6 +66,7 @@ REFERENCE = (0.1, 0.0)  # (val_acc, 1 - macs_frac): chance accuracy on 10 classe
 SETUPS = (
     ("tpe+moasha", "tpe", "moasha"),
     ("tpe+fifo", "tpe", "fifo"),
+    ("random+moasha", "random", "moasha"),
     ("random+fifo", "random", "fifo"),
 )
 BASELINE = "random+fifo"
@@ -74,7 +89,7 @@ class Size:
     max_concurrent: int = 2
 
 
-FULL = Size(seeds=(0, 1, 2), states=3, epochs=4, fifo_trials=8, moasha_trials=16)
+FULL = Size(seeds=(0, 1, 2), states=4, epochs=4, fifo_trials=16, moasha_trials=32)
 TINY = Size(seeds=(0,), states=3, epochs=2, fifo_trials=2, moasha_trials=3)
 
 
@@ -162,20 +177,36 @@ def run_setup(
         if t.status == "pruned" and t.states:
             stopped[t.states[-1].state] = stopped.get(t.states[-1].state, 0) + 1
     where = ", ".join(f"{n} at state {s}" for s, n in sorted(stopped.items())) or "none"
+    points = curve(exp_dir)
     print(
         f"  {name:<24} {len(exp.trials)} trials, stopped early: {where}; "
-        f"{curve(exp_dir)[-1][0] if curve(exp_dir) else 0} epochs",
+        f"{points[-1][0] if points else 0} epochs",
         flush=True,
     )
-    return curve(exp_dir)
+    return points
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--tiny", action="store_true", help="1 seed, tiny trials (CI)")
     parser.add_argument("--storage", default=None, help="keep the experiments here")
+    dev = parser.add_argument_group("smaller runs while developing (the goal is for the defaults)")
+    dev.add_argument("--seeds", type=_ints, help="comma-separated sampler seeds")
+    for flag in ("--states", "--epochs", "--fifo-trials", "--moasha-trials"):
+        dev.add_argument(flag, type=int)
+    dev.add_argument("--curves", default=None, help="also write every curve to this JSON file")
     args = parser.parse_args(argv)
     size = TINY if args.tiny else FULL
+    changes = {
+        key: getattr(args, key)
+        for key in ("seeds", "states", "epochs", "fifo_trials", "moasha_trials")
+        if getattr(args, key) is not None
+    }
+    size = dataclasses.replace(size, **changes)
     budget = size.fifo_trials * (size.states - 1) * size.epochs + size.epochs
     print(
         f"bench_search: vit_head_mlp --preset smoke, {size.states} states x {size.epochs} "
@@ -213,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     elapsed = time.perf_counter() - t0
+    if args.curves:
+        Path(args.curves).write_text(
+            json.dumps({"size": dataclasses.asdict(size), "budget": budget, "curves": curves})
+        )
 
     # hypervolume against epochs spent
     labels = [s[0] for s in SETUPS]
@@ -243,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 ratios[label].append(needed / own)
                 parts.append(f"{label} {needed} ({needed / own:.2f})")
-        print(f"  seed {seed}: target {target:.4f}: " + ", ".join(parts))
+        half = value_at(curves[BASELINE][seed], budget / 2)
+        print(
+            f"  seed {seed}: target {target:.4f} ({BASELINE} had {half:.4f} at B/2): "
+            + ", ".join(parts)
+        )
     summary = {}
     for label in labels:
         defined = [r for r in ratios[label] if not math.isnan(r)]
@@ -258,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             if math.isfinite(mean) or math.isnan(mean)
             else f"never in {len(defined) - len(finite)} seed(s)"
         )
-        print(f"  {label:<12} mean ratio {shown}")
+        print(f"  {label:<13} mean ratio {shown}")
     met = math.isfinite(summary["tpe+moasha"]) and summary["tpe+moasha"] <= GOAL
     print(
         f"goal tpe+moasha <= {GOAL} of {BASELINE}'s epochs: "

@@ -34,6 +34,7 @@ So MO-ASHA stops T2 and T5 at state 1 and T6 at state 2; T1, T3 and T4 run to st
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import pickle
@@ -170,6 +171,40 @@ def test_restore_rows_rebuild_the_rungs_a_sweep_recorded() -> None:
     assert rebuilt.stopped() == {1: ["T2", "T5"], 2: []}
     # T6 resumes at state 2 and meets T4 there: stopped as in the uninterrupted sweep.
     assert rebuilt.on_result("T6", 2, _values("T6", 2), LAST_STATE) is False
+
+
+def _bench_search() -> Any:
+    """benchmarks/bench_search.py as a module (benchmarks/ is not a package)."""
+    name = "_bench_search_under_test"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks/bench_search.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # its dataclass looks its module up while it is built
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_the_benchmark_hypervolume_by_hand() -> None:
+    hv = _bench_search().hypervolume
+    # (val_acc, 1 - macs_frac) against (0.1, 0.0): strips of a staircase, by accuracy
+    # descending: (0.9 - 0.1) x 0.2 + (0.7 - 0.1) x (0.5 - 0.2) + (0.5 - 0.1) x (0.8 - 0.5)
+    points = [(0.9, 0.2), (0.7, 0.5), (0.5, 0.8)]
+    assert hv(points) == pytest.approx(0.16 + 0.18 + 0.12)
+    # a dominated point, a dense state (no MACs saved) and one at chance add nothing
+    assert hv([*points, (0.6, 0.4), (0.95, 0.0), (0.1, 0.9)]) == pytest.approx(0.46)
+    assert hv([]) == 0.0
+
+
+def test_tpe_start_up_is_a_fifth_of_the_trials_within_2_and_10() -> None:
+    from rsst_tune.tune.searcher import make_sampler, tpe_startup
+
+    sizes = {1: 2, 6: 2, 8: 2, 15: 3, 16: 3, 24: 4, 32: 6, 50: 10, 500: 10}
+    assert {n: tpe_startup(n) for n in sizes} == sizes
+    sampler: Any = make_sampler("tpe", 0, 24, 2)  # Optuna keeps its settings private
+    assert sampler._n_startup_trials == 4 and sampler._constant_liar
+    serial: Any = make_sampler("tpe", 0, 24, 1)
+    assert not serial._constant_liar
 
 
 # ---------------------------------------------------------------------- non-dominated sort
@@ -433,6 +468,10 @@ def test_smoke_sweep_with_moasha_stops_trials_and_ends_with_a_pareto_front(
             ]
     front = exp.pareto()
     assert front and any(t.macs_frac < 1.0 for t in front)
+    # The benchmark's curve counts every state, a stopped trial's too, with its epochs.
+    points = _bench_search().curve(tmp_path / "mo")
+    assert len(points) == sum(len(t.states) for t in exp.trials)
+    assert points[-1][0] == sum(s.epochs_trained for t in exp.trials for s in t.states)
     report = (tmp_path / "mo" / "report.md").read_text()
     assert "Pareto front" in report and "pruned" in report
 

@@ -93,12 +93,26 @@ def journal_storage(path: str | Path) -> optuna.storages.JournalStorage:
     return optuna.storages.JournalStorage(SafeJournalFileBackend(str(path)))
 
 
+def tpe_startup(num_samples: int) -> int:
+    """TPE's random start-up trials for a sweep of `num_samples` trials: a fifth, at least 2
+    and at most 10 (Optuna's default). It was a third, which left little of a sweep to TPE's
+    model, and least of a MO-ASHA sweep, which is given more (cheaper) trials for the same
+    compute: the benchmark's MO-ASHA sweep (32 trials) spent nearly half its budget on its 10
+    random trials, and as TPE's start-up draws from the seed's random stream, they were the
+    very configurations random search tried (`benchmarks/bench_search.py`)."""
+    return min(10, max(2, int(num_samples) // 5))
+
+
 def make_sampler(
     name: str, seed: int, num_samples: int, max_concurrent: int | None
 ) -> optuna.samplers.BaseSampler:
-    """TPE (default; multivariate, grouped for conditional spaces), NSGA-II, or random."""
+    """TPE (default; multivariate, grouped for conditional spaces), NSGA-II, or random.
+
+    TPE proposes at random until `tpe_startup(num_samples)` trials have finished (a space's
+    enqueued starting points count), then from its model; with parallel trials it counts the
+    running ones as bad (`constant_liar`), so parallel workers are steered apart."""
     if name == "tpe":
-        startup = min(10, max(2, num_samples // 3))
+        startup = tpe_startup(num_samples)
         return optuna.samplers.TPESampler(
             seed=seed,
             n_startup_trials=startup,
