@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from rsst_tune.config import PLACEMENTS
+from rsst_tune.config import PLACEMENTS, available_cores
 from rsst_tune.data import (
     RRC_DRAWS,
     BatchTransforms,
@@ -84,11 +84,7 @@ JPEG_SUFFIXES = (".jpg", ".jpeg")
 def default_workers() -> int:
     """DataLoader workers when the config leaves it to us: one per core but one, at most 8
     (0, decoding in the trial's process, on a single core)."""
-    try:
-        cores = len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # pragma: no cover - macOS
-        cores = os.cpu_count() or 1
-    return max(0, min(8, cores - 1))
+    return max(0, min(8, available_cores() - 1))
 
 
 def device_memory(device: torch.device) -> int:
@@ -237,19 +233,15 @@ class _Epoch:
         crops: torch.Generator | None,
     ) -> None:
         """What the next iteration reads."""
-        self.order, self.n, self.batch_size, self.count, self.crops = (
-            order,
-            n,
-            batch_size,
-            count,
-            crops,
-        )
+        self.order, self.n, self.batch_size = order, n, batch_size
+        self.count, self.crops = count, crops
 
     def __iter__(self) -> Iterator[list[Item]]:
         for b in range(self.count):
             start, stop = b * self.batch_size, min((b + 1) * self.batch_size, self.n)
-            index = list(range(start, stop)) if self.order is None else self.order[start:stop]
-            rows: list[int] = index if isinstance(index, list) else index.tolist()
+            rows = (
+                list(range(start, stop)) if self.order is None else self.order[start:stop].tolist()
+            )
             if self.crops is None:
                 yield [(i, None) for i in rows]
             else:
@@ -282,7 +274,6 @@ class StreamData(BatchTransforms):
         (default: on CUDA, where that is nvjpeg)."""
         super().__init__(spec, device, channels_last=channels_last)
         self.split = split
-        self.y = split.y
         self.workers = default_workers() if workers is None else workers
         if decode_on_device is None:
             decode_on_device = self.device.type == "cuda"

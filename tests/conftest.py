@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -223,3 +226,30 @@ def resnet_ticket(tmp_path_factory: pytest.TempPathFactory, digits_small: DataBu
     return pruned_checkpoint(
         tmp_path_factory.mktemp("resnet_run"), digits_small, model="resnet20", filter_ratio=0.5
     )
+
+
+def _interrupt_after_first_state(proc: subprocess.Popen[str], exp_dir: Path) -> str:
+    """SIGINT a `tune_main.py` subprocess once Ray has registered a state's checkpoint (the
+    console's `saved` event in `exp_dir/events.jsonl`); returns its output. A state whose
+    result Ray has seen but whose checkpoint it has not registered yet (a window of
+    milliseconds) is not finished and runs again on resume; one trial at a time keeps the
+    SIGINT (sent within 0.1 s) far from the next state's end."""
+    events = exp_dir / "events.jsonl"
+    deadline = time.monotonic() + 240
+    try:
+        while not (events.is_file() and '"event": "saved"' in events.read_text()):
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "no state checkpoint within 240 s"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return out
+
+
+@pytest.fixture
+def interrupt_after_first_state() -> Callable[[subprocess.Popen[str], Path], str]:
+    """`interrupt_after_first_state(proc, exp_dir) -> output` (see the function above)."""
+    return _interrupt_after_first_state

@@ -10,10 +10,8 @@ import json
 import logging
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -376,7 +374,11 @@ def _constrained_trials(exp_dir: Path) -> dict[int, optuna.trial.FrozenTrial]:
 
 @pytest.mark.sweep
 @pytest.mark.slow
-def test_budgeted_sweep_survives_sigint_and_resume(ray_cluster: str, tmp_path: Path) -> None:
+def test_budgeted_sweep_survives_sigint_and_resume(
+    ray_cluster: str,
+    tmp_path: Path,
+    interrupt_after_first_state: Callable[[subprocess.Popen[str], Path], str],
+) -> None:
     """resnet_layerwise under --macs-budget, interrupted (SIGINT) during its first trial and
     resumed: it ends with --num-samples feasible trials, trained no infeasible proposal, and
     the study keeps every proposal's constraint, the ones told before the interrupt too."""
@@ -396,18 +398,7 @@ def test_budgeted_sweep_survives_sigint_and_resume(ray_cluster: str, tmp_path: P
     proc = subprocess.Popen(
         cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    events = exp_dir / "events.jsonl"
-    deadline = time.monotonic() + 240
-    try:  # interrupt once the first trial saved its state 0 (one trial at a time)
-        while not (events.is_file() and '"event": "saved"' in events.read_text()):
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "no state checkpoint within 240 s"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out = interrupt_after_first_state(proc, exp_dir)  # during the first trial
     assert proc.returncode == 130, out
     before = _constrained_trials(exp_dir)
     assert len(load_experiment(exp_dir).trials) < samples  # the resume has trials to propose

@@ -10,10 +10,10 @@ import csv
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +206,9 @@ def _env() -> dict[str, str]:
 
 @pytest.mark.sweep
 def test_sigint_then_resume_completes_without_rerunning_a_state(
-    ray_cluster: str, tmp_path: Path
+    ray_cluster: str,
+    tmp_path: Path,
+    interrupt_after_first_state: Callable[[subprocess.Popen[str], Path], str],
 ) -> None:
     exp_dir = tmp_path / "sig"
     cmd = [
@@ -242,22 +244,7 @@ def test_sigint_then_resume_completes_without_rerunning_a_state(
     proc = subprocess.Popen(
         cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    deadline = time.monotonic() + 240
-    events = exp_dir / "events.jsonl"
-    try:
-        # Wait until Ray has registered a state's checkpoint (the console's `saved` event).
-        # A state whose result Ray has seen but whose checkpoint it has not registered yet (a
-        # window of milliseconds) is not finished and runs again on resume; one trial at a
-        # time keeps the SIGINT (sent within 0.1 s) far from the next state's end.
-        while not (events.is_file() and '"event": "saved"' in events.read_text()):
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "no state checkpoint within 240 s"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out = interrupt_after_first_state(proc, exp_dir)
     assert proc.returncode == 130, out
     assert "--resume" in out
     before = load_experiment(exp_dir)
