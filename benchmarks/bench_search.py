@@ -21,9 +21,10 @@ numbers).
 
 Budget: the same number of **trial-epochs** for every setup, B = (FIFO trials) x (pruned
 states) x (epochs per state) + one dense state 0 (`epochs_trained` of every state of every
-trial is what counts: a state 0 loaded from the shared dense cache costs 0). A MO-ASHA sweep
-stops trials early, so it is given twice the trials, enough to spend B; its curve is cut at B
-like the others.
+trial is what counts: a state 0 loaded from the shared dense cache costs 0), given to every
+sweep as `--epoch-budget B` (`rsst_tune.tune.epoch_budget`: no trial starts once B are spent
+or committed to running trials). A MO-ASHA sweep stops trials early, so it is allowed twice
+the trials, and the budget decides how many it runs; every curve is cut at B.
 
 Measured: after each reported state (in the order the driver saw them, `events.jsonl`), the
 epochs spent so far and the **hypervolume** of the tickets so far (every state of every trial,
@@ -91,6 +92,11 @@ class Size:
 
 FULL = Size(seeds=(0, 1, 2), states=4, epochs=4, fifo_trials=16, moasha_trials=32)
 TINY = Size(seeds=(0,), states=3, epochs=2, fifo_trials=2, moasha_trials=3)
+
+
+def budget_epochs(size: Size) -> int:
+    """B: the FIFO trials' pruned states, and one dense state 0 (shared by every trial)."""
+    return size.fifo_trials * (size.states - 1) * size.epochs + size.epochs
 
 
 def hypervolume(
@@ -161,6 +167,7 @@ def run_setup(
             states=size.states,
             epochs=size.epochs,
             num_samples=trials,
+            epoch_budget=budget_epochs(size),
             max_concurrent=size.max_concurrent,
             command="python benchmarks/bench_search.py",
             **AFTER_SEARCH_OFF,
@@ -207,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, key) is not None
     }
     size = dataclasses.replace(size, **changes)
-    budget = size.fifo_trials * (size.states - 1) * size.epochs + size.epochs
+    budget = budget_epochs(size)
     print(
         f"bench_search: vit_head_mlp --preset smoke, {size.states} states x {size.epochs} "
         f"epochs, seeds {list(size.seeds)}; budget {budget} trial-epochs ({size.fifo_trials} "

@@ -41,7 +41,8 @@ def sweep(
     `options` are the fields of `rsst_tune.tune.plan.SweepOptions`, named as the `rsst-tune
     tune` flags are: `preset="smoke"`, `num_samples`, `max_concurrent`, `epochs` and `states`
     (per trial), `dataset`, `model`, `objective`, `sampler`, `scheduler`, `seed`,
-    `cpus_per_trial`, `gpus_per_trial`, `time_budget` (seconds), `storage` (default
+    `cpus_per_trial`, `gpus_per_trial`, `time_budget` (seconds), `epoch_budget`
+    (trial-epochs: no trial starts once they are spent or committed), `storage` (default
     "experiments"), `name` (default SPACE[-PRESET]-TIMESTAMP), `wandb`, `share_dense`,
     `device`, and `fixed={"lr": 3e-3}` to pin searched parameters.
 

@@ -100,9 +100,9 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         type=_macs_budget,
         default=None,
         metavar="B",
-        help="spaces with analytic MACs (vit_layerwise): only configurations whose last state "
-        "keeps at most B of the dense MACs run, 0 < B <= 1; Optuna learns the others as "
-        "infeasible before any training",
+        help="spaces with analytic MACs (vit_layerwise, resnet_layerwise): only "
+        "configurations whose last state keeps at most B of the dense MACs run, 0 < B <= 1; "
+        "Optuna learns the others as infeasible before any training",
     )
     what.add_argument(
         "--sampler",
@@ -237,6 +237,15 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SECONDS",
         help="stop the sweep after this long (running trials end as pruned)",
+    )
+    budget.add_argument(
+        "--epoch-budget",
+        type=int,
+        default=None,
+        metavar="EPOCHS",
+        help="start no trial once this many trial-epochs (one epoch of one trial) are spent "
+        "or committed to running trials; running trials finish. With --scheduler moasha the "
+        "epochs of stopped trials go to new trials; --num-samples still caps the trials",
     )
     where = parser.add_argument_group("where and how")
     where.add_argument(
@@ -393,6 +402,7 @@ def tune_command(args: argparse.Namespace) -> int:
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
         time_budget=args.time_budget,
+        epoch_budget=args.epoch_budget,
         storage=args.storage,
         name=args.name,
         wandb=args.wandb,

@@ -55,6 +55,7 @@ class SweepOptions:
     cpus_per_trial: float | None = None
     gpus_per_trial: float = 0.0
     time_budget: float | None = None  # seconds
+    epoch_budget: int | None = None  # --epoch-budget B: no trial starts once B trial-epochs
     storage: str = DEFAULT_STORAGE
     name: str | None = None
     wandb: str = "off"
@@ -135,6 +136,9 @@ class SweepPlan:
     # --macs-budget: a proposal whose last state exceeds this fraction of the dense MACs
     # (analytic, before training) is told to Optuna as infeasible and never runs
     macs_budget: float | None = None
+    # --epoch-budget: no trial starts once this many trial-epochs are spent or committed
+    # (`rsst_tune.tune.epoch_budget`)
+    epoch_budget: int | None = None
 
     @property
     def dense_cache_dir(self) -> str | None:
@@ -226,6 +230,7 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
         )
     if opts.time_budget is not None:
         _check_positive(time_budget=opts.time_budget)
+    epoch_budget = _check_epoch_budget(opts.epoch_budget)
     name = opts.name or _default_name(space.name, opts.preset)
     if not name or "/" in name or name in (".", ".."):
         raise ConfigError(f"--name must be a plain directory name, got {name!r}")
@@ -254,6 +259,7 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
         cpus_per_trial=float(cpus),
         gpus_per_trial=float(opts.gpus_per_trial),
         time_budget_s=opts.time_budget,
+        epoch_budget=epoch_budget,
         wandb=opts.wandb,
         share_dense=opts.share_dense,
         preset=opts.preset,
@@ -454,6 +460,17 @@ def _check_positive(**values: float) -> None:
             )
 
 
+def _check_epoch_budget(budget: Any) -> int | None:
+    """`--epoch-budget B`: a whole number of trial-epochs >= 1 (None: no budget)."""
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or budget != int(budget):
+        raise ConfigError(f"--epoch-budget must be a whole number of trial-epochs, got {budget!r}")
+    if budget < 1:
+        raise ConfigError(f"--epoch-budget must be at least 1 trial-epoch, got {budget}")
+    return int(budget)
+
+
 def _check_at_most(high: float, **values: float) -> None:
     for name, value in values.items():
         if value > high:
@@ -557,6 +574,12 @@ def describe_plan(plan: SweepPlan) -> str:
         f"resources   {plan.cpus_per_trial:g} CPU, {plan.gpus_per_trial:g} GPU per trial; "
         f"at most {concurrent} at once"
         + (f"; time budget {plan.time_budget_s:g}s" if plan.time_budget_s else "")
+        + (
+            f"; epoch budget {plan.epoch_budget} trial-epochs (no trial starts once they are "
+            "spent or committed to running trials)"
+            if plan.epoch_budget is not None
+            else ""
+        )
     )
     trial_states = plan.num_samples * plan.states
     epochs = trial_states * int(plan.base_config["epochs"])

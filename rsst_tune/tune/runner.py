@@ -178,7 +178,9 @@ def _fit(plan: SweepPlan, *, resume: bool, show: bool) -> Experiment | None:
     _say(
         show,
         f"sweep {plan.name}: space {plan.space}, {plan.num_samples} trials x "
-        f"{plan.states} states, objectives "
+        f"{plan.states} states"
+        + ("" if plan.epoch_budget is None else f" (at most {plan.epoch_budget} trial-epochs)")
+        + ", objectives "
         f"{', '.join(f'{o.key} ({o.mode})' for o in plan.objectives)}",
     )
     _say(
@@ -334,6 +336,12 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
     search_alg: Any = searcher
     if plan.max_concurrent:
         search_alg = ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)
+    if plan.epoch_budget is not None:  # outermost: asked first whether a trial may start
+        from rsst_tune.tune.epoch_budget import EpochBudget
+
+        search_alg = EpochBudget(
+            search_alg, plan.epoch_budget, plan.base_config, plan.experiment_dir
+        )
     first = plan.objectives[0]
     grace, factor = halving_settings(plan)
     if plan.scheduler == "asha":
@@ -493,7 +501,11 @@ def _finish(plan: SweepPlan, elapsed: float, *, show: bool) -> Experiment | None
     statuses = {str(t.trial_id): str(t.status) for t in analysis.trials}
     unfinished = [t for t, s in statuses.items() if s not in FINISHED]
     budget_hit = plan.time_budget_s is not None and elapsed >= 0.98 * plan.time_budget_s
-    stopped = bool(unfinished) or (len(statuses) < plan.num_samples and not budget_hit)
+    spent = _epochs_spent(analysis) if plan.epoch_budget is not None else 0
+    epochs_hit = plan.epoch_budget is not None and spent >= plan.epoch_budget
+    stopped = bool(unfinished) or (
+        len(statuses) < plan.num_samples and not budget_hit and not epochs_hit
+    )
     _settle_study(plan, statuses, "time_budget" if budget_hit else "stopped")
     counts: dict[str, int] = {}
     experiment = None
@@ -515,6 +527,8 @@ def _finish(plan: SweepPlan, elapsed: float, *, show: bool) -> Experiment | None
                 _say(show, f"report so far {report}  ({summary})")
         raise SweepInterrupted(plan.local_dir, reason)
     _say(show, f"finished in {elapsed:.0f}s: {summary or f'{len(statuses)} trials'}")
+    if plan.epoch_budget is not None:
+        _say(show, f"trial-epochs spent: {spent} (--epoch-budget {plan.epoch_budget})")
     if experiment is not None and plan.confirm:
         experiment = _confirm(plan, experiment, show=show)
     if experiment is not None:
@@ -526,6 +540,16 @@ def _finish(plan: SweepPlan, elapsed: float, *, show: bool) -> Experiment | None
     else:
         _upload_side_files(plan)
     return experiment
+
+
+def _epochs_spent(analysis: Any) -> int:
+    """Trial-epochs the sweep spent: `epochs_trained` of every state of every trial (a state
+    a resumed trial reported twice counts once)."""
+    total = 0
+    for frame in analysis.trial_dataframes.values():
+        if "epochs_trained" in frame and "state" in frame:
+            total += int(frame.drop_duplicates("state", keep="last")["epochs_trained"].sum())
+    return total
 
 
 def _confirm(plan: SweepPlan, experiment: Experiment, *, show: bool) -> Experiment:
