@@ -1,6 +1,6 @@
 """`make gpu-check`: the CUDA paths, exercised and measured on one GPU, in one table.
 
-    python benchmarks/gpu_check.py            # about 4-6 minutes on one H100
+    python benchmarks/gpu_check.py            # 194 s on one H100 (docs/data.md has the table)
     python benchmarks/gpu_check.py --json gpu_check.json
 
 Without a CUDA device it prints "gpu-check: no CUDA device; nothing measured" and exits 0 at

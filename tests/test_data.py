@@ -368,15 +368,16 @@ def test_generator_on_device() -> None:
     )
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_generator_must_match_device(digits: DataBundle) -> None:
     """A generator on another device type is refused with a clear message."""
     data = DeviceData(digits.val, digits.spec, "cpu")
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device for a generator on another device")
     with pytest.raises(ValueError, match="make_generator"):
         next(data.train_batches(8, make_generator(0, "cuda")))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_device_batches_on_cuda(digits: DataBundle) -> None:
     """On a GPU the batches stay on the device and match the seed's determinism."""
