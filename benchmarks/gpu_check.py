@@ -26,11 +26,17 @@ still run; the exit status is 1 when any part failed):
    400x350 (`rsst_tune.streaming.StreamData`, img_size 224, batch 64): decoded on the GPU
    (nvjpeg) and decoded by PIL in the workers, beside torchvision's ImageFolder + DataLoader
    with the same workers (`benchmarks/bench_stream.py`; goal on a GPU: >= 5x torchvision).
+6. **Headroom** (what the first H100 run left open, docs/data.md): how busy the GPU is during
+   a 32 px vit_tiny bf16 epoch (the sum of its kernels' device time over the epoch's wall
+   time, torch.profiler), the same epoch with `torch.compile(mode="reduce-overhead")` (CUDA
+   graphs; not a product option: a what-if), and timm's DeiT-tiny trained at its 224 px in
+   fp32 and bf16 autocast (2,048 images, batch 128).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -159,6 +165,65 @@ def timed_epoch(setup: Any) -> float:
     return time.perf_counter() - t0
 
 
+# ----------------------------------------------------------------------------- 6. headroom
+def headroom(table: Table) -> None:
+    import torch
+
+    from rsst_tune.config import TrialConfig
+    from rsst_tune.data import make_synthetic
+    from rsst_tune.trial_setup import build_setup
+
+    images = 512 if DRY_RUN else 20_480
+    bundle = make_synthetic(sizes=(images, 256, 256))
+    cfg = TrialConfig(
+        model="vit_tiny", dataset="synthetic", device=DEVICE, epochs=1, batch_size=256,
+        warmup_epochs=0.0, augment=True, amp=True,
+    )  # fmt: skip
+    setup = build_setup(cfg, bundle)
+    timed_epoch(setup)  # warm-up
+    wall = timed_epoch(setup)
+    if DEVICE == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            timed_epoch(setup)
+        busy_s = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6
+        table.add(
+            "headroom",
+            "vit_tiny 32 px bf16: GPU busy",
+            f"{busy_s / wall:.0%} of the epoch ({busy_s:.2f} s of kernels in {wall:.2f} s)",
+        )
+        graphed = dataclasses.replace(
+            setup, forward=torch.compile(setup.model, mode="reduce-overhead")
+        )
+        timed_epoch(graphed)  # the compile and the graph capture
+        rate = images / timed_epoch(graphed)
+        table.add(
+            "headroom",
+            "vit_tiny 32 px bf16 + compile reduce-overhead",
+            f"{rate:,.0f} img/s ({rate * wall / images:.2f}x bf16 eager)",
+        )
+    else:
+        table.add("headroom", "GPU busy, CUDA graphs", "CUDA only", ok=DRY_RUN)
+    big = make_synthetic(sizes=(32 if DRY_RUN else 2048, 32, 32))
+    rates: dict[str, float] = {}
+    for label, amp in (("fp32", False), ("bf16 autocast", True)):
+        cfg = TrialConfig(
+            model="timm:deit_tiny_patch16_224", dataset="synthetic", device=DEVICE, epochs=1,
+            batch_size=16 if DRY_RUN else 128, warmup_epochs=0.0, augment=True, amp=amp,
+        )  # fmt: skip
+        setup = build_setup(cfg, big)
+        if amp and setup.amp is None:
+            table.add("headroom", f"DeiT-tiny 224 px, {label}", "no bf16 here", ok=DRY_RUN)
+            continue
+        timed_epoch(setup)
+        rates[label] = len(big.train) / timed_epoch(setup)
+        ratio = f" ({rates[label] / rates['fp32']:.2f}x fp32)" if label != "fp32" else ""
+        table.add(
+            "headroom", f"DeiT-tiny 224 px epoch, {label}", f"{rates[label]:,.0f} img/s{ratio}"
+        )
+
+
 # ----------------------------------------------------------------------------- 3. sweep
 def fractional_sweep(table: Table) -> None:
     from rsst_tune.tune.experiment import load_experiment
@@ -277,7 +342,7 @@ def streaming(table: Table) -> None:
         write_folder,
     )
 
-    from rsst_tune.data import load_dataset
+    from rsst_tune.data import FileSplit, load_dataset
     from rsst_tune.streaming import StreamData, default_workers
 
     n = 64 if DRY_RUN else 2000
@@ -295,13 +360,14 @@ def streaming(table: Table) -> None:
             "streaming", f"torchvision ImageFolder, {workers} workers", f"{theirs:,.0f} img/s"
         )
         rates = {}
+        assert isinstance(bundle.train, FileSplit)  # lazy=True: the images stay on disk
         for label, on_device in (("PIL in the workers", False), ("decoded on the device", True)):
             data = StreamData(
                 bundle.train,
                 bundle.spec,
                 device,
                 workers=workers,
-                decode_on_device=on_device,  # type: ignore[arg-type]
+                decode_on_device=on_device,
             )
             rates[label] = max(ours_epoch(data, device) for _ in range(2))
             table.add(
@@ -319,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         "--skip",
         action="append",
         default=[],
-        choices=("tests", "throughput", "sweep", "export", "streaming"),
+        choices=("tests", "throughput", "sweep", "export", "streaming", "headroom"),
         help="leave a part out (repeatable)",
     )
     parser.add_argument(
@@ -357,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         ("sweep", fractional_sweep),
         ("export", export_latency),
         ("streaming", streaming),
+        ("headroom", headroom),
     ]
     for part, fn in parts:
         if part not in args.skip:
