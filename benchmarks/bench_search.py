@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"bench_search: vit_head_mlp --preset smoke, {size.states} states x {size.epochs} "
         f"epochs, seeds {list(size.seeds)}; budget {budget} trial-epochs ({size.fifo_trials} "
-        f"FIFO trials; MO-ASHA gets {size.moasha_trials} trials and is cut at the budget); "
+        f"FIFO trials; MO-ASHA may run up to {size.moasha_trials}; every sweep has --epoch-budget "
+        f"{budget}); "
         f"hypervolume of (val_acc, 1 - macs_frac) against {REFERENCE}",
         flush=True,
     )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,7 @@ from rsst_tune.tune.cli import build_parser
 from rsst_tune.tune.epoch_budget import EpochBudget, state_costs
 from rsst_tune.tune.plan import SweepPlan
 
+REPO = Path(__file__).resolve().parents[1]
 BASE: dict[str, Any] = {"model": "vit_digits", "dataset": "digits", "pruning_times": 3}
 
 
@@ -139,3 +144,41 @@ def test_a_sweep_stops_starting_trials_at_its_epoch_budget(
     larger = EpochBudget(inner, 5, plan.base_config, str(tmp_path / "budget"))
     larger.set_state({})
     assert larger.suggest("x") == {"epochs": 1} and inner.asked == ["x"]
+
+
+@pytest.mark.sweep
+def test_an_interrupted_budgeted_sweep_resumes_to_the_same_budget(
+    ray_cluster: str,
+    tmp_path: Path,
+    interrupt_after_first_state: Callable[[subprocess.Popen[str], Path], str],
+) -> None:
+    """SIGINT after the first state, then --resume: Ray restores the budget wrapper from its
+    pickle and it recounts from the record; the sweep still stops at 3 trials and 4 epochs."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the module's cluster is on 127.0.0.1
+    env["RAY_AUTH_MODE"] = "disabled"
+    cmd = [sys.executable, str(REPO / "tune_main.py"), "--space", "vit_head_mlp"]
+    cmd += ["--preset", "smoke", "--dataset", "digits", "--model", "vit_digits"]
+    cmd += ["--states", "2", "--epochs", "1", "--num-samples", "8", "--max-concurrent", "1"]
+    cmd += ["--scheduler", "fifo", "--confirm", "0", "--no-onnx", "--epoch-budget", "4"]
+    cmd += ["--storage", str(tmp_path), "--name", "b", "--address", ray_cluster]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    out = interrupt_after_first_state(proc, tmp_path / "b")
+    assert proc.returncode == 130, out
+    resume = [sys.executable, str(REPO / "tune_main.py"), "--resume", str(tmp_path / "b")]
+    res = subprocess.run(
+        [*resume, "--address", ray_cluster],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "trial-epochs spent: 4 (--epoch-budget 4)" in res.stdout, res.stdout
+    exp = load_experiment(tmp_path / "b")
+    assert [t.status for t in exp.trials] == ["complete"] * 3
+    assert sum(s.epochs_trained for t in exp.trials for s in t.states) == 4
