@@ -39,6 +39,7 @@ from rsst_tune.report.select import (
     ticket_front,
 )
 from rsst_tune.tune.records import Experiment
+from rsst_tune.tune.stops import stop_summary
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,7 @@ def summary_blocks(
             (*counts.keys(), "total", "tickets"),
             ((*(str(v) for v in counts.values()), str(len(experiment.trials)), str(len(tickets))),),
         ),
+        *_stops_blocks(experiment),
         Para(
             "A ticket is one pruning state of one trial. Tickets are chosen by validation "
             "accuracy; test accuracy is shown beside it and never used to choose. "
@@ -284,6 +286,13 @@ def summary_blocks(
         Para(choice_text(choice)),
     ]
     return blocks
+
+
+def _stops_blocks(experiment: Experiment) -> list[Block]:
+    """The early-stopping scheduler's stops, the line the console printed at the sweep's end
+    (`rsst_tune.tune.stops`); nothing for fifo."""
+    summary = stop_summary(experiment)
+    return [] if summary is None else [Para(summary.line() + ".")]
 
 
 def _front_mark(leader: Ticket | None, t: Ticket) -> str:

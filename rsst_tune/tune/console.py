@@ -5,7 +5,9 @@ starts, finishes a pruning state, completes, is pruned by the scheduler, is retr
 failure (`--max-failures`) or fails for good, with the counts and the best result so far, and
 appends every event to `events.jsonl` in the experiment directory (the benchmark reads trial
 wall times from it). Ray's and Optuna's chatter goes to `sweep.log` in the experiment
-directory instead of the console.
+directory instead of the console. When the sweep ends, `print_stop_summary` says in one line
+how many trials an early-stopping scheduler stopped, after which state, and the trial-epochs
+that saved (`rsst_tune.tune.stops`; the report shows the same line).
 
 `StorageGuard` is a Ray stopper that ends the sweep at the first storage error (disk full,
 permission) that a trial or the searcher met, instead of letting every trial fail in turn.
@@ -32,8 +34,9 @@ from rsst_tune.errors import ConfigError
 from rsst_tune.results import StateResult
 from rsst_tune.tune.experiment import backup_ray_state, error_summary
 from rsst_tune.tune.objectives import trial_value
-from rsst_tune.tune.records import Objective
+from rsst_tune.tune.records import Experiment, Objective
 from rsst_tune.tune.searcher import is_complete
+from rsst_tune.tune.stops import stop_summary
 from rsst_tune.tune.storage import note_storage_failure, storage_error, storage_failure
 
 log = logging.getLogger(__name__)
@@ -227,6 +230,14 @@ class SweepConsole(Callback):
         record = {"time": time.time(), "event": event, "trial_id": trial.trial_id, **fields}
         with contextlib.suppress(OSError), open(self.events_path, "a") as fh:
             fh.write(json.dumps(record, default=str) + "\n")
+
+
+def print_stop_summary(experiment: Experiment, *, show: bool = True) -> None:
+    """At the sweep's end: what the early-stopping scheduler stopped, in one line (the one the
+    report shows: `rsst_tune.tune.stops.stop_summary`); nothing for fifo."""
+    summary = stop_summary(experiment)
+    if show and summary is not None:
+        print(summary.line(), flush=True)
 
 
 def _pct(value: Any) -> str:

@@ -5,10 +5,11 @@ configs, statuses), each trial's `result.json` (one row per pruning state) and `
 and the Optuna journal (what Optuna proposed, and PRUNED/COMPLETE/FAIL).
 
 Status of a trial: `complete` (ran every state), `pruned` (stopped early by the scheduler,
-or by the time budget), `error` (raised, after its retries), `running` (unfinished: the sweep
-is running or was interrupted and can be resumed). Ray's record decides whether a trial
-finished and how (a trial that failed, was retried and then ran every state is `complete`);
-Optuna's only tells pruned from complete where Ray cannot.
+or by the time budget: `TrialRecord.stopped_by` says which, from Optuna's user attrs),
+`error` (raised, after its retries), `running` (unfinished: the sweep is running or was
+interrupted and can be resumed). Ray's record decides whether a trial finished and how (a
+trial that failed, was retried and then ran every state is `complete`); Optuna's only tells
+pruned from complete where Ray cannot.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from rsst_tune.errors import ConfigError
 from rsst_tune.results import StateResult
-from rsst_tune.tune.records import Experiment, TrialRecord
+from rsst_tune.tune.records import STOPPED_BY_SCHEDULER, Experiment, TrialRecord
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def load_experiment(path: str | Path) -> Experiment:
         command=plan.command,
         study=study,
         confirmation=read_confirmation(exp_dir),
+        scheduler=plan.scheduler,
     )
 
 
@@ -142,7 +144,27 @@ def _record(
         error=_error(trial_dir) if status == "error" else None,
         checkpoint_dir=last_ckpt,
         state_checkpoints=checkpoints,
+        stopped_by=_stopped_by(status, ot_trial),
     )
+
+
+def _stopped_by(status: str, ot_trial: Any) -> str | None:
+    """Why a pruned trial ended early, from its Optuna trial: the sweep's own stops carry user
+    attr `stopped_by` ("time_budget", "stopped"; `searcher.settle_finished`); a trial the
+    scheduler stopped is PRUNED with `stopped_after_state` and no `stopped_by` (the searcher's
+    `on_trial_complete`). None when the trial was not pruned or Optuna does not say."""
+    from optuna.trial import TrialState
+
+    from rsst_tune.tune.searcher import STOPPED_ATTR
+
+    if status != "pruned" or ot_trial is None:
+        return None
+    reason = ot_trial.user_attrs.get("stopped_by")
+    if reason is not None:
+        return str(reason)
+    if ot_trial.state == TrialState.PRUNED and STOPPED_ATTR in ot_trial.user_attrs:
+        return STOPPED_BY_SCHEDULER
+    return None
 
 
 class _Named:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 STATUSES = ("complete", "pruned", "error", "running")
 # StateResult fields a ticket's accuracy can be traded against (lower is cheaper)
 PARETO_COSTS = ("macs_frac", "params_frac", "macs", "params", "density_total")
+# TrialRecord.stopped_by of a trial an early-stopping scheduler (MO-ASHA, ASHA) stopped
+STOPPED_BY_SCHEDULER = "scheduler"
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,11 @@ class TrialRecord:
     # state index -> the checkpoint directory of that state (theta0.pt, state_XX.pt,
     # config.json, results.json); what exporting the best state of a trial needs
     state_checkpoints: dict[int, str] = field(default_factory=dict)
+    # Why a `pruned` trial ended before its last state, as the Optuna study recorded it:
+    # STOPPED_BY_SCHEDULER (an early-stopping scheduler stopped it), "time_budget" (running
+    # when `--time-budget` ran out), "stopped" (the sweep ended it otherwise); None when not
+    # pruned or not recorded
+    stopped_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,7 @@ class Experiment:
     command: str = ""  # the command line that started the sweep
     study: Any = field(default=None, compare=False)  # optuna.Study | None
     confirmation: Confirmation | None = None  # the seed-confirmation stage, when it ran
+    scheduler: str = ""  # the sweep's scheduler ("moasha", "asha", "fifo"; "" when unknown)
 
     # The methods below are thin views over `rsst_tune.report` (imported when called, so
     # records stay cheap to import): every (trial, state) pair is a candidate *ticket*, chosen

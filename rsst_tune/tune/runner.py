@@ -493,6 +493,8 @@ def _finish(plan: SweepPlan, elapsed: float, *, show: bool) -> Experiment | None
     """
     from ray.tune import ExperimentAnalysis
 
+    from rsst_tune.tune.console import print_stop_summary
+
     failure = storage_failure()
     if failure is not None:  # Ray's files may be cut off: read nothing, write nothing
         log.info("sweep %s", _storage_reason(plan, failure))
@@ -529,6 +531,8 @@ def _finish(plan: SweepPlan, elapsed: float, *, show: bool) -> Experiment | None
     _say(show, f"finished in {elapsed:.0f}s: {summary or f'{len(statuses)} trials'}")
     if plan.epoch_budget is not None:
         _say(show, f"trial-epochs spent: {spent} (--epoch-budget {plan.epoch_budget})")
+    if experiment is not None:  # what MO-ASHA/ASHA stopped: the report's line too
+        print_stop_summary(experiment, show=show)
     if experiment is not None and plan.confirm:
         experiment = _confirm(plan, experiment, show=show)
     if experiment is not None:
