@@ -182,3 +182,14 @@ def test_an_interrupted_budgeted_sweep_resumes_to_the_same_budget(
     exp = load_experiment(tmp_path / "b")
     assert [t.status for t in exp.trials] == ["complete"] * 3
     assert sum(s.epochs_trained for t in exp.trials for s in t.states) == 4
+
+
+def test_tpe_startup_under_a_budget_counts_the_full_length_trials_it_buys() -> None:
+    from rsst_tune.tune.epoch_budget import full_trials
+    from rsst_tune.tune.searcher import tpe_startup
+
+    base = {**BASE, "epochs": 4, "pruning_times": 4}  # 3 pruned states x 4 epochs = 12
+    assert full_trials(196, base) == 16  # the benchmark's budget: 16 FIFO trials
+    assert tpe_startup(min(32, full_trials(196, base))) == 3  # as FIFO's 16 trials, not 32's 6
+    assert full_trials(5, base) == 1
+    assert full_trials(40, {**base, "finetune_epochs": 1}) == 13  # 3 epochs per trial

@@ -43,6 +43,15 @@ def state_costs(config: Mapping[str, Any]) -> dict[int, int]:
     return {s: cfg.state_epochs(s) for s in range(cfg.pruning_times)}
 
 
+def full_trials(budget: int, base_config: Mapping[str, Any]) -> int:
+    """How many trials of `base_config` the budget buys when each runs every state: its
+    pruned states' epochs per trial (state 0 is shared through the dense cache), at least 1.
+    What TPE's random start-up is sized by under a budget (`searcher.tpe_startup`): an
+    early-stopping sweep admits more, shorter trials, which should not buy more random ones."""
+    per_trial = sum(e for s, e in state_costs(base_config).items() if s > 0)
+    return max(1, int(budget) // max(1, per_trial))
+
+
 class EpochBudget(Searcher):
     """Wraps a searcher; its `suggest` returns FINISHED once spent + committed epochs reach
     `budget` (see the module docstring)."""

@@ -320,11 +320,16 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
         from rsst_tune.pruning.budget import MacsBudget
 
         budget = MacsBudget(plan.base_config, plan.macs_budget)
+    planned = plan.num_samples  # TPE's random start-up is a fifth of the trials planned
+    if plan.epoch_budget is not None:  # ... or of the full-length trials the budget buys
+        from rsst_tune.tune.epoch_budget import full_trials
+
+        planned = min(planned, full_trials(plan.epoch_budget, plan.base_config))
     searcher = PruningAwareOptunaSearch(
         functools.partial(space.sample, fixed=plan.fixed, base=plan.base_config),
         metric=keys if len(keys) > 1 else keys[0],
         mode=modes if len(modes) > 1 else modes[0],
-        sampler=make_sampler(plan.sampler, plan.seed, plan.num_samples, plan.max_concurrent),
+        sampler=make_sampler(plan.sampler, plan.seed, planned, plan.max_concurrent),
         constraint=budget,
         study_name=plan.study_name or plan.name,
         storage=journal_storage(local / JOURNAL_FILE),

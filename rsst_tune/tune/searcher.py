@@ -99,7 +99,9 @@ def tpe_startup(num_samples: int) -> int:
     model, and least of a MO-ASHA sweep, which is given more (cheaper) trials for the same
     compute: the benchmark's MO-ASHA sweep (32 trials) spent nearly half its budget on its 10
     random trials, and as TPE's start-up draws from the seed's random stream, they were the
-    very configurations random search tried (`benchmarks/bench_search.py`)."""
+    very configurations random search tried (`benchmarks/bench_search.py`). Under
+    `--epoch-budget`, `num_samples` is at most the full-length trials the budget buys
+    (`epoch_budget.full_trials`), so MO-ASHA's extra, shorter trials are not random ones."""
     return min(10, max(2, int(num_samples) // 5))
 
 
