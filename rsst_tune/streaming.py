@@ -21,9 +21,10 @@ Order and crops come from the trial's generator: the permutation is drawn from i
 seed per epoch for a CPU generator that draws each batch's crops as the batch is asked for.
 So a resumed state sees the same batches, and the host syncs twice an epoch, not per batch.
 
-Memory: the epoch's order (8 bytes an image) and the paths (one bytes array, shared with the
-workers) grow with the folder; the workers hold their prefetched batches (``PREFETCH`` each),
-never the split.
+Memory: the epoch's order (8 bytes an image) and the file list (a ``FileList``: a folder
+index and a fixed-width bytes name per image, about 22 bytes for ImageNet's names; numpy
+arrays, handed to the workers whole) grow with the folder; the workers hold their prefetched
+batches (``PREFETCH`` each), never the split.
 
 ``choose_placement(cfg_placement, bundle, device)`` resolves ``data_placement="auto"``:
 ``device`` when the decoded splits take at most ``AUTO_FRACTION`` of the device's memory (and
@@ -163,17 +164,17 @@ class _Files(Dataset[_Batch]):
     """A ``FileSplit`` for a DataLoader whose items are whole batches (``__getitems__``)."""
 
     def __init__(self, split: FileSplit, encode_jpegs: bool, flip: bool) -> None:
-        # the paths as one array of bytes, not a tuple of objects: a worker reading a Python
-        # object touches its reference count, which copies the page it lives on into the
-        # worker (copy-on-write), so a tuple of paths would be copied into every worker
-        self.paths = np.array([os.fsencode(f) for f in split.files])
+        # the split's FileList: a few numpy arrays, not a tuple of objects (a worker reading a
+        # Python object touches its reference count, which copies the page it lives on into
+        # the worker, copy-on-write, so a tuple of paths would be copied into every worker)
+        self.files = split.files
         self.labels = split.y
         self.side, self.img_size = split.side, split.img_size
         self.encode_jpegs = encode_jpegs  # hand JPEG bytes over instead of decoding them
         self.flip = flip
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.files)
 
     def __getitem__(self, index: int) -> _Batch:  # pragma: no cover - the loader batches
         return self.__getitems__([(index, None)])
@@ -185,7 +186,7 @@ class _Files(Dataset[_Batch]):
         encoded_at: list[int] = []
         failed: list[tuple[int, str]] = []
         for pos, (i, draws) in enumerate(items):
-            path = Path(os.fsdecode(self.paths[i]))
+            path = self.files[i]
             try:
                 if self.encode_jpegs and path.suffix.lower() in JPEG_SUFFIXES:
                     encoded.append(_read_bytes(path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections import Counter
 from pathlib import Path
@@ -15,6 +16,8 @@ from rsst_tune.data import (
     DataBundle,
     DataSpec,
     DeviceData,
+    FileList,
+    FileSplit,
     Split,
     list_datasets,
     load_dataset,
@@ -268,6 +271,89 @@ def test_imagefolder(tmp_path: Path) -> None:
     assert bundle.spec.num_classes == 2 and bundle.spec.img_size == 32
     with pytest.raises(ConfigError, match=str(tmp_path / "missing")):
         load_dataset("imagefolder", data_dir=tmp_path / "missing")
+
+
+# ----------------------------------------------------------------------------- FileList
+
+ODD_NAMES = ("é.png", "日本 語.JPEG", os.fsdecode(b"\xff\xfe.jpg"), "a-c.png", "..")
+
+
+def file_paths(root: Path) -> list[Path]:
+    """Paths in several folders, non-ASCII and undecodable names (surrogate-escaped) among
+    them, plus a relative one, a bare name and the root folder."""
+    paths = [root / cls / f"{cls}_{i}.JPEG" for cls in ("n01", "n02", "n03") for i in range(4)]
+    paths += [root / "n02" / "deep" / name for name in ODD_NAMES]
+    return [*paths, Path("rel/x.png"), Path("bare.png"), Path("/")]
+
+
+def test_a_file_list_indexes_iterates_and_encodes_as_the_paths(tmp_path: Path) -> None:
+    paths = file_paths(tmp_path)
+    files = FileList.from_paths(paths)
+    assert len(files) == len(paths) and list(files) == paths
+    assert [files[i] for i in range(len(paths))] == paths
+    assert all(isinstance(f, Path) for f in files)
+    assert files[-1] == paths[-1] and files[np.int64(3)] == paths[3]
+    with pytest.raises(IndexError):
+        files[len(paths)]
+    for i, path in enumerate(paths):
+        assert files.encoded(i) == os.fsencode(path), path
+    odd = [files[i] for i in range(len(paths)) if files[i].name in ODD_NAMES]
+    assert [p.name for p in odd] == list(ODD_NAMES)  # non-ASCII and undecodable round-trip
+    assert os.fsencode(odd[2].name) == b"\xff\xfe.jpg"
+    assert files[2:5] == FileList.from_paths(paths[2:5]) and len(files[::-1]) == len(paths)
+    assert FileList.from_paths(str(p) for p in paths) == files  # strings as well as Paths
+    assert len(FileList.from_paths([])) == 0 and list(FileList.from_paths([])) == []
+    assert files.nbytes < 30 * len(paths)  # one byte of folder index + fixed-width names
+    assert "FileList(n=" in repr(files)
+
+
+def test_a_file_list_takes_rows_compares_as_a_bool_and_pickles_compactly(
+    tmp_path: Path,
+) -> None:
+    paths = file_paths(tmp_path)
+    files = FileList.from_paths(paths)
+    rows = [5, 0, -1, 5]
+    for index in (rows, np.array(rows), torch.tensor(rows)):
+        taken = files.take(index)
+        assert list(taken) == [paths[i] for i in rows]
+        assert taken.dirs is files.dirs  # the folders are shared, not copied
+    assert len(files.take([])) == 0 and len(files.take(torch.tensor([], dtype=torch.long))) == 0
+    with pytest.raises(TypeError, match="integer positions"):
+        files.take(torch.tensor([True, False]))
+    with pytest.raises(IndexError):
+        files.take([len(paths)])
+
+    same = FileList.from_paths(paths)
+    assert (files == same) is True and (files != same) is False
+    assert hash(files) == hash(same)
+    assert (files == files.take(range(len(paths) - 1))) is False
+    assert (files == files.take([1, 0, *range(2, len(paths))])) is False
+    assert (files == tuple(paths)) is False  # only a FileList equals a FileList
+    # another folder table (a subset keeps its parent's folders), the same paths: equal
+    sub = files.take([0, 12, 13])
+    rebuilt = FileList.from_paths([paths[0], paths[12], paths[13]])
+    assert sub.dirs != rebuilt.dirs and (sub == rebuilt) is True and hash(sub) == hash(rebuilt)
+
+    back = pickle.loads(pickle.dumps(files))
+    assert (back == files) is True and list(back) == paths
+    assert all(back.encoded(i) == files.encoded(i) for i in range(len(paths)))
+    many = FileList.from_paths(tmp_path / f"n{i % 10:08d}" / f"n{i:08d}.JPEG" for i in range(20000))
+    assert len(pickle.dumps(many)) < 24 * len(many)  # two buffers, no object per file
+    with pytest.raises(ValueError, match="read-only"):
+        many._names[0] = b"x"  # immutable: the arrays are read-only
+
+
+def test_a_file_split_keeps_a_file_list_and_subsets_it(tmp_path: Path) -> None:
+    paths = file_paths(tmp_path)[:12]
+    y = torch.arange(12) % 3
+    split = FileSplit(tuple(paths), y, 16, 16, tmp_path)  # type: ignore[arg-type]
+    # a loader's own tuple of paths is made a FileList
+    assert isinstance(split.files, FileList) and list(split.files) == paths
+    part = split.subset(torch.tensor([11, 2, 3]))
+    assert list(part.files) == [paths[11], paths[2], paths[3]]
+    assert torch.equal(part.y, y[[11, 2, 3]]) and (part.side, part.root) == (16, tmp_path)
+    with pytest.raises(ValueError, match=r"FileSplit\.y must be int64 \[N=12\]"):
+        FileSplit(split.files, y[:5], 16, 16, tmp_path)
 
 
 # ----------------------------------------------------------------------------- DeviceData

@@ -8,6 +8,8 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -23,6 +25,7 @@ from rsst_tune.config import TrialConfig
 from rsst_tune.data import (
     RRC_DRAWS,
     DeviceData,
+    FileList,
     FileSplit,
     decode_crop,
     load_dataset,
@@ -93,6 +96,45 @@ def test_a_lazy_bundle_decoded_is_the_eager_bundle(folder: Path) -> None:
     ):
         decoded = a.decode() if isinstance(a, FileSplit) else a
         assert torch.equal(decoded.x, b.x) and torch.equal(decoded.y, b.y)  # type: ignore[union-attr]
+
+
+def test_the_scan_keeps_a_compact_file_list_in_path_order_that_workers_read(
+    tmp_path: Path,
+) -> None:
+    """The lazy scan holds each split's files in a ``FileList`` (no per-file objects), in the
+    order of sorted ``Path`` s class by class (nested folders, non-ASCII and undecodable
+    names), labelled by class; it pickles small, and a worker process reads it: streamed
+    evaluation batches are the decoded split's."""
+    root = make_folder(tmp_path / "data", {"train": 6, "val": 2})
+    odd = ("a-b", "é 日本", os.fsdecode(b"\xff") + "x")  # \xff: a surrogate-escaped str
+    for cls in ("cat", "dog"):
+        folder = root / "train" / cls
+        (folder / "a").mkdir()
+        files = sorted(folder.glob("*.*"))
+        for k, name in enumerate(odd):  # 0, 1, 2 renamed; 3, 4, 5 moved to a/ and renamed
+            files[k].rename(folder / f"{name}{files[k].suffix}")
+            files[k + 3].rename(folder / "a" / f"{name}{files[k + 3].suffix}")
+    bundle = load_dataset("imagefolder", data_dir=root, img_size=16, val_size=3, lazy=True)
+    scan_order = [  # what the scan lists: each class folder's files sorted as Paths
+        p for c in ("cat", "dog") for p in sorted((root / "train" / c).rglob("*")) if p.is_file()
+    ]
+    assert scan_order != sorted(scan_order, key=str)  # a/... before a-b...: Path order
+    train, val = bundle.train, bundle.val
+    assert isinstance(train, FileSplit) and isinstance(val, FileSplit)
+    assert isinstance(train.files, FileList) and isinstance(val.files, FileList)
+    for split in (train, val):  # each split in scan order; together every file once
+        at = [scan_order.index(f) for f in split.files]
+        assert at == sorted(set(at))
+    assert sorted([*train.files, *val.files]) == sorted(scan_order) and len(scan_order) == 12
+    for split in (train, val):
+        classes = [0 if f.is_relative_to(root / "train" / "cat") else 1 for f in split.files]
+        assert split.y.tolist() == classes
+    assert sum(f.stem in odd for f in [*train.files, *val.files]) == 12
+    assert len(pickle.dumps(train)) < 4000
+    resident = DeviceData(train.decode(), bundle.spec, "cpu")
+    streamed = StreamData(train, bundle.spec, "cpu", workers=1)
+    for a, b in zip(resident.eval_batches(4), streamed.eval_batches(4), strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 def test_training_crops_follow_torchvisions_rules_and_the_generator(folder: Path) -> None:
