@@ -314,11 +314,7 @@ class FileList(Sequence[Path]):
     def __iter__(self) -> Iterator[Path]:
         """The paths in order (decoded a chunk at a time)."""
         dirs = self._dirs
-        for start in range(0, len(self), ITER_CHUNK):
-            stop = start + ITER_CHUNK
-            chunk = zip(self._dir_of[start:stop].tolist(), self._names[start:stop].tolist())
-            for k, name in chunk:
-                yield dirs[k] / os.fsdecode(name)
+        return (dirs[k] / os.fsdecode(name) for k, name in self._rows())
 
     def take(self, index: Tensor | np.ndarray[Any, Any] | Sequence[int]) -> FileList:
         """The files at positions ``index`` (integers; negative ones count from the end), in
@@ -370,11 +366,13 @@ class FileList(Sequence[Path]):
 
     def _encoded_iter(self) -> Iterator[bytes]:
         prefixes = self._prefixes
+        return (prefixes[k] + name for k, name in self._rows())
+
+    def _rows(self) -> Iterator[tuple[int, bytes]]:
+        """(folder index, encoded name) of every file in order, a chunk at a time."""
         for start in range(0, len(self), ITER_CHUNK):
             stop = start + ITER_CHUNK
-            chunk = zip(self._dir_of[start:stop].tolist(), self._names[start:stop].tolist())
-            for k, name in chunk:
-                yield prefixes[k] + name
+            yield from zip(self._dir_of[start:stop].tolist(), self._names[start:stop].tolist())
 
 
 @dataclass(frozen=True)

@@ -228,6 +228,17 @@ def resnet_ticket(tmp_path_factory: pytest.TempPathFactory, digits_small: DataBu
     )
 
 
+def tune_main_env() -> dict[str, str]:
+    """The environment of a `tune_main.py` subprocess that joins the module's `ray_cluster`:
+    this checkout importable, the cluster on 127.0.0.1, token authentication off."""
+    env = dict(os.environ)
+    repo = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the module's cluster is on 127.0.0.1
+    env["RAY_AUTH_MODE"] = "disabled"
+    return env
+
+
 def _interrupt_after_first_state(proc: subprocess.Popen[str], exp_dir: Path) -> str:
     """SIGINT a `tune_main.py` subprocess once Ray has registered a state's checkpoint (the
     console's `saved` event in `exp_dir/events.jsonl`); returns its output. A state whose

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import tune_main_env
 from ray.tune.search import Searcher
 
 from rsst_tune.errors import ConfigError
@@ -154,10 +154,7 @@ def test_an_interrupted_budgeted_sweep_resumes_to_the_same_budget(
 ) -> None:
     """SIGINT after the first state, then --resume: Ray restores the budget wrapper from its
     pickle and it recounts from the record; the sweep still stops at 3 trials and 4 epochs."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the module's cluster is on 127.0.0.1
-    env["RAY_AUTH_MODE"] = "disabled"
+    env = tune_main_env()
     cmd = [sys.executable, str(REPO / "tune_main.py"), "--space", "vit_head_mlp"]
     cmd += ["--preset", "smoke", "--dataset", "digits", "--model", "vit_digits"]
     cmd += ["--states", "2", "--epochs", "1", "--num-samples", "8", "--max-concurrent", "1"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from typing import Any
 import optuna
 import pytest
 import torch
+from conftest import tune_main_env
 
 from rsst_tune.checkpoint import state_file
 from rsst_tune.cli import build_parser, config_from_args
@@ -383,8 +383,7 @@ def test_budgeted_sweep_survives_sigint_and_resume(
     resumed: it ends with --num-samples feasible trials, trained no infeasible proposal, and
     the study keeps every proposal's constraint, the ones told before the interrupt too."""
     repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
+    env = tune_main_env()
     tune = [sys.executable, str(repo / "tune_main.py")]
     budget, samples, exp_dir = 0.45, 3, tmp_path / "rb"
     cmd = [

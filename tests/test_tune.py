@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import tune_main_env
 
 from rsst_tune.errors import ConfigError, SweepInterrupted
 from rsst_tune.results import StateResult
@@ -196,14 +197,6 @@ def test_asha_refused_where_sparsity_is_searched(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- SIGINT + resume
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the module's cluster is on 127.0.0.1
-    env["RAY_AUTH_MODE"] = "disabled"
-    return env
-
-
 @pytest.mark.sweep
 def test_sigint_then_resume_completes_without_rerunning_a_state(
     ray_cluster: str,
@@ -242,7 +235,12 @@ def test_sigint_then_resume_completes_without_rerunning_a_state(
         "fifo",
     ]
     proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd,
+        cwd=tmp_path,
+        env=tune_main_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     out = interrupt_after_first_state(proc, exp_dir)
     assert proc.returncode == 130, out
@@ -260,7 +258,7 @@ def test_sigint_then_resume_completes_without_rerunning_a_state(
         ray_cluster,
     ]
     res = subprocess.run(
-        resume, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=400
+        resume, cwd=tmp_path, env=tune_main_env(), capture_output=True, text=True, timeout=400
     )
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -325,7 +323,7 @@ def test_conditional_parameter_is_absent_when_its_condition_is_false() -> None:
 def test_bad_space_name_exits_2_and_lists_the_spaces() -> None:
     res = subprocess.run(
         [sys.executable, str(REPO / "tune_main.py"), "--space", "nope"],
-        env=_env(),
+        env=tune_main_env(),
         capture_output=True,
         text=True,
         timeout=60,
