@@ -1,6 +1,6 @@
 """`make gpu-check`: the CUDA paths, exercised and measured on one GPU, in one table.
 
-    python benchmarks/gpu_check.py            # 194 s on one H100 (docs/data.md has the table)
+    python benchmarks/gpu_check.py            # 194-307 s on one H100 (docs/data.md has the tables)
     python benchmarks/gpu_check.py --json gpu_check.json
 
 Without a CUDA device it prints "gpu-check: no CUDA device; nothing measured" and exits 0 at
@@ -11,10 +11,10 @@ still run; the exit status is 1 when any part failed):
 1. **CUDA tests**: `pytest -m cuda tests/` (a trial on the GPU and its resume, bf16 autocast,
    channels_last CNNs, export latency on CUDA; tests/test_gpu.py).
 2. **Training throughput**: images/s of one vit_tiny epoch on CIFAR-shaped synthetic data
-   (20,480 images, batch 256, the batched crop and flip on the device) in fp32, bf16 autocast
-   and bf16 + `torch.compile`, through the trial's own setup (`build_setup`) and hot path
-   (`train_state`); each after a warm-up epoch (which also pays the compile), with the ratios
-   to fp32.
+   (20,480 images, batch 256, the batched crop and flip on the device) in fp32 and bf16
+   autocast, eager and with CUDA graphs (`compile=True, compile_mode="reduce-overhead"`),
+   through the trial's own setup (`build_setup`) and hot path (`train_state`); each the faster
+   of two epochs after a warm-up epoch (which also pays the compile), with the ratios to fp32.
 3. **Fractional GPUs**: a sweep of 4 trials at 0.25 GPU each, all at once, run to completion
    (`tune_main.py --space vit_head_mlp --preset smoke --num-samples 4 --gpus-per-trial 0.25
    --scheduler fifo --confirm 0 --device cuda`, in a temporary storage directory).
@@ -26,17 +26,15 @@ still run; the exit status is 1 when any part failed):
    400x350 (`rsst_tune.streaming.StreamData`, img_size 224, batch 64): decoded on the GPU
    (nvjpeg) and decoded by PIL in the workers, beside torchvision's ImageFolder + DataLoader
    with the same workers (`benchmarks/bench_stream.py`; goal on a GPU: >= 5x torchvision).
-6. **Headroom** (what the first H100 run left open, docs/data.md): how busy the GPU is during
-   a 32 px vit_tiny bf16 epoch (the sum of its kernels' device time over the epoch's wall
-   time, torch.profiler), the same epoch with `torch.compile(mode="reduce-overhead")` (CUDA
-   graphs; not a product option: a what-if), and timm's DeiT-tiny trained at its 224 px in
-   fp32 and bf16 autocast (2,048 images, batch 128).
+6. **Headroom**: how busy the GPU is during a 32 px vit_tiny epoch in fp32 and bf16 (the sum
+   of its kernels' device time over the epoch's wall time, torch.profiler), and timm's
+   DeiT-tiny trained at its 224 px (2,048 images, batch 128) in fp32, bf16 and bf16 with CUDA
+   graphs.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
@@ -107,40 +105,59 @@ def cuda_tests(table: Table) -> None:
 
 
 # ----------------------------------------------------------------------------- 2. throughput
+# (label, amp, compile_mode or None): eager and CUDA graphs (`--fix compile=true --fix
+# compile_mode=reduce-overhead`), each in fp32 and bf16 autocast
+VARIANTS = (
+    ("fp32", False, None),
+    ("bf16 autocast", True, None),
+    ("fp32 + CUDA graphs", False, "reduce-overhead"),
+    ("bf16 + CUDA graphs", True, "reduce-overhead"),
+)
+
+
 def throughput(table: Table) -> None:
-    from rsst_tune.config import TrialConfig
     from rsst_tune.data import make_synthetic
-    from rsst_tune.trial_setup import build_setup
 
     images, batch = (512, 64) if DRY_RUN else (20_480, 256)
     bundle = make_synthetic(sizes=(images, 512, 512))
+    measure_variants(table, "throughput", "vit_tiny 32 px", "vit_tiny", bundle, batch)
+
+
+def measure_variants(
+    table: Table,
+    part: str,
+    label: str,
+    model: str,
+    bundle: Any,
+    batch: int,
+    variants: tuple[tuple[str, bool, str | None], ...] = VARIANTS,
+) -> None:
+    """Training images/s of `model` in each of VARIANTS through the trial's own setup
+    (`build_setup`) and hot path (`train_state`): after a warm-up epoch (autotuning, and the
+    compile and graph capture), the faster of two timed epochs, with the ratio to fp32."""
+    from rsst_tune.config import TrialConfig
+    from rsst_tune.trial_setup import build_setup
+
     rates: dict[str, float] = {}
-    for label, amp, compile_ in (
-        ("fp32", False, False),
-        ("bf16 autocast", True, False),
-        ("bf16 + torch.compile", True, True),
-    ):
+    for variant, amp, mode in variants:
         cfg = TrialConfig(
-            model="vit_tiny", dataset="synthetic", device=DEVICE, epochs=1, batch_size=batch,
-            warmup_epochs=0.0, augment=True, amp=amp, compile=compile_,
+            model=model, dataset="synthetic", device=DEVICE, epochs=1, batch_size=batch,
+            warmup_epochs=0.0, augment=True, amp=amp, compile=mode is not None,
+            compile_mode=mode or "default",
         )  # fmt: skip
         setup = build_setup(cfg, bundle)
         if amp and setup.amp is None:
-            table.add("throughput", label, "no bf16 on this device", ok=DRY_RUN)
+            table.add(part, f"{label}, {variant}", "no bf16 on this device", ok=DRY_RUN)
             continue
-        if compile_ and setup.forward is setup.model:
-            table.add("throughput", label, "torch.compile not used", ok=DRY_RUN)
+        if mode is not None and setup.forward is setup.model:
+            table.add(part, f"{label}, {variant}", "torch.compile: CUDA only", ok=DRY_RUN)
             continue
-
-        warm = timed_epoch(setup)  # cuDNN/cuBLAS autotuning, and the compile
-        rate = images / timed_epoch(setup)
-        rates[label] = rate
-        ratio = (
-            f" ({rate / rates['fp32']:.2f}x fp32)" if "fp32" in rates and label != "fp32" else ""
-        )
-        table.add("throughput", f"vit_tiny epoch, {label}", f"{rate:,.0f} img/s{ratio}")
-        if compile_:
-            table.add("throughput", "  first epoch with the compile", f"{warm:.1f} s")
+        warm = timed_epoch(setup)
+        rate = len(bundle.train) / min(timed_epoch(setup), timed_epoch(setup))
+        rates[variant] = rate
+        ratio = f" ({rate / rates['fp32']:.2f}x fp32)" if variant != "fp32" else ""
+        first = f"; first epoch {warm:.1f} s (the compile)" if mode is not None else ""
+        table.add(part, f"{label}, {variant}", f"{rate:,.0f} img/s{ratio}{first}")
 
 
 def timed_epoch(setup: Any) -> float:
@@ -167,61 +184,39 @@ def timed_epoch(setup: Any) -> float:
 
 # ----------------------------------------------------------------------------- 6. headroom
 def headroom(table: Table) -> None:
-    import torch
-
     from rsst_tune.config import TrialConfig
     from rsst_tune.data import make_synthetic
     from rsst_tune.trial_setup import build_setup
 
     images = 512 if DRY_RUN else 20_480
     bundle = make_synthetic(sizes=(images, 256, 256))
-    cfg = TrialConfig(
-        model="vit_tiny", dataset="synthetic", device=DEVICE, epochs=1, batch_size=256,
-        warmup_epochs=0.0, augment=True, amp=True,
-    )  # fmt: skip
-    setup = build_setup(cfg, bundle)
-    timed_epoch(setup)  # warm-up
-    wall = timed_epoch(setup)
     if DEVICE == "cuda":
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            timed_epoch(setup)
-        busy_s = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6
-        table.add(
-            "headroom",
-            "vit_tiny 32 px bf16: GPU busy",
-            f"{busy_s / wall:.0%} of the epoch ({busy_s:.2f} s of kernels in {wall:.2f} s)",
-        )
-        graphed = dataclasses.replace(
-            setup, forward=torch.compile(setup.model, mode="reduce-overhead")
-        )
-        timed_epoch(graphed)  # the compile and the graph capture
-        rate = images / timed_epoch(graphed)
-        table.add(
-            "headroom",
-            "vit_tiny 32 px bf16 + compile reduce-overhead",
-            f"{rate:,.0f} img/s ({rate * wall / images:.2f}x bf16 eager)",
-        )
+        for variant, amp in (("fp32", False), ("bf16", True)):
+            cfg = TrialConfig(
+                model="vit_tiny", dataset="synthetic", device=DEVICE, epochs=1,
+                batch_size=256, warmup_epochs=0.0, augment=True, amp=amp,
+            )  # fmt: skip
+            setup = build_setup(cfg, bundle)
+            timed_epoch(setup)  # warm-up
+            wall = timed_epoch(setup)
+            with profile(activities=[ProfilerActivity.CUDA], acc_events=True) as prof:
+                timed_epoch(setup)
+            busy_s = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6
+            table.add(
+                "headroom",
+                f"vit_tiny 32 px {variant} eager: GPU busy",
+                f"{busy_s / wall:.0%} of the epoch ({busy_s:.2f} s of kernels in {wall:.2f} s)",
+            )
     else:
-        table.add("headroom", "GPU busy, CUDA graphs", "CUDA only", ok=DRY_RUN)
+        table.add("headroom", "GPU busy", "CUDA only", ok=DRY_RUN)
     big = make_synthetic(sizes=(32 if DRY_RUN else 2048, 32, 32))
-    rates: dict[str, float] = {}
-    for label, amp in (("fp32", False), ("bf16 autocast", True)):
-        cfg = TrialConfig(
-            model="timm:deit_tiny_patch16_224", dataset="synthetic", device=DEVICE, epochs=1,
-            batch_size=16 if DRY_RUN else 128, warmup_epochs=0.0, augment=True, amp=amp,
-        )  # fmt: skip
-        setup = build_setup(cfg, big)
-        if amp and setup.amp is None:
-            table.add("headroom", f"DeiT-tiny 224 px, {label}", "no bf16 here", ok=DRY_RUN)
-            continue
-        timed_epoch(setup)
-        rates[label] = len(big.train) / timed_epoch(setup)
-        ratio = f" ({rates[label] / rates['fp32']:.2f}x fp32)" if label != "fp32" else ""
-        table.add(
-            "headroom", f"DeiT-tiny 224 px epoch, {label}", f"{rates[label]:,.0f} img/s{ratio}"
-        )
+    model = "timm:deit_tiny_patch16_224"
+    measure_variants(
+        table, "headroom", "DeiT-tiny 224 px", model, big, 16 if DRY_RUN else 128,
+        variants=(VARIANTS[0], VARIANTS[1], VARIANTS[3]),  # one compile: bf16 + CUDA graphs
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- 3. sweep

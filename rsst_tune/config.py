@@ -29,6 +29,7 @@ OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("cosine", "multistep", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PLACEMENTS = ("auto", "device", "stream")  # data_placement (rsst_tune.streaming)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile(mode=...)
 
 # Accepted spellings from the research code (`--arch`, `--struct`) map onto field names.
 ALIASES = {"arch": "model", "struct": "method", "states": "pruning_times"}
@@ -208,6 +209,13 @@ class TrialConfig:
     threads: int = _field(0, NUMERICS, "torch CPU threads (0: torch's default)")
     amp: bool = _field(True, NUMERICS, "bf16 autocast where the device supports it (CUDA)")
     compile: bool = _field(False, NUMERICS, "torch.compile the model (CUDA only)")
+    compile_mode: str = _field(
+        "default",
+        NUMERICS,
+        "torch.compile mode when compile is on: reduce-overhead replays each step as CUDA "
+        "graphs (small models, whose steps are bound by kernel launches: docs/data.md)",
+        choices=COMPILE_MODES,
+    )
     extra: dict[str, Any] = _field(  # noqa: RUF009 (a default_factory field)
         None, DENSE, "free-form values for user extensions (part of every key)", factory=dict
     )

@@ -48,13 +48,16 @@ def dense_key(cfg: TrialConfig) -> str:
     """A short hash of everything that determines state 0's trained weights (and θr).
 
     The fields are those of the DENSE and NUMERICS groups of `TrialConfig` (field metadata:
-    a new field must name its group, so none can be forgotten here), plus the rewind epoch
+    a new field must name its group, so none can be forgotten here; `compile_mode` only
+    when `compile` is on), plus the rewind epoch
     when θr is part of what state 0 produces, and the resolved data folder of datasets read
     from disk (another folder is other data).
     """
     names = TrialConfig.fields_in(DENSE) + TrialConfig.fields_in(NUMERICS)
     data: dict[str, Any] = {name: getattr(cfg, name) for name in names}
     data["decreasing_lr"] = list(cfg.decreasing_lr)
+    if not cfg.compile:  # a mode that is not used does not split the cache
+        del data["compile_mode"]
     data["rewind_epoch"] = cfg.rewind_epoch if cfg.prune_type == "rewind_lt" else None
     if cfg.dataset not in BUILTIN_DATASETS:
         data["data_dir"] = str(Path(cfg.data_dir).expanduser().resolve())

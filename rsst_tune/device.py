@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
+from torch import Tensor, nn
 
 from rsst_tune.errors import ConfigError
 
@@ -45,3 +46,21 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
 
 def can_compile(device: torch.device) -> bool:
     return device.type == "cuda"
+
+
+def compile_forward(model: nn.Module, mode: str) -> Callable[[Tensor], Tensor]:
+    """`torch.compile(model, mode=mode)`. With `reduce-overhead` (CUDA graphs) every call
+    first marks a new step (`torch.compiler.cudagraph_mark_step_begin`), so the graphs may
+    reuse the memory of the previous call's outputs: the loop reads each forward's output
+    (loss and backward, or the predicted classes) before its next forward, and the
+    distillation teacher is a separate, uncompiled module."""
+    compiled = torch.compile(model, mode=mode)
+    if mode != "reduce-overhead":
+        return compiled
+
+    def forward(x: Tensor) -> Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        out: Tensor = compiled(x)
+        return out
+
+    return forward

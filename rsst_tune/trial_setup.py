@@ -30,7 +30,7 @@ from rsst_tune.data import (
     load_dataset,
     seeded_subset,
 )
-from rsst_tune.device import amp_dtype, can_compile, resolve_device
+from rsst_tune.device import amp_dtype, can_compile, compile_forward, resolve_device
 from rsst_tune.errors import ConfigError
 from rsst_tune.models import (
     check_img_size,
@@ -124,7 +124,7 @@ def build_setup(cfg: TrialConfig, data: DataBundle | None = None) -> TrialSetup:
         model.to(memory_format=torch.channels_last)  # faster convs on tensor cores
     forward: Callable[[Tensor], Tensor] = model
     if cfg.compile and can_compile(device):
-        forward = torch.compile(model)
+        forward = compile_forward(model, cfg.compile_mode)
     return TrialSetup(
         cfg=cfg,
         device=device,

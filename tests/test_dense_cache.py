@@ -10,6 +10,7 @@ import pytest
 
 from rsst_tune.config import TrialConfig
 from rsst_tune.dense_cache import DenseCache, dense_key
+from rsst_tune.errors import ConfigError
 from rsst_tune.loop import PruneLoop
 
 BASE = dict(epochs=1, pruning_times=2, head_ratio=0.25, mlp_ratio=0.5, batch_size=128)
@@ -24,6 +25,18 @@ def test_key_ignores_pruning_settings_but_not_training_ones() -> None:
     assert dense_key(a.replace(prune_type="rewind_lt", rewind_epoch=1)) != dense_key(
         a.replace(prune_type="rewind_lt", rewind_epoch=0)
     )
+
+
+def test_key_has_the_compile_mode_only_when_compiling() -> None:
+    """`compile_mode` changes the kernels only under `compile`: off, it does not split the
+    cache; on, each mode is its own dense state (max-autotune picks other kernels)."""
+    a = TrialConfig(**BASE)
+    assert dense_key(a) == dense_key(a.replace(compile_mode="reduce-overhead"))
+    on = a.replace(compile=True)
+    assert dense_key(on) != dense_key(a)
+    assert dense_key(on) != dense_key(on.replace(compile_mode="max-autotune"))
+    with pytest.raises(ConfigError, match=r"compile_mode 'cudagraphs'.*reduce-overhead"):
+        a.replace(compile_mode="cudagraphs")
 
 
 def test_second_trial_reuses_state0_and_matches_a_solo_run(tmp_path: Path) -> None:

@@ -165,3 +165,60 @@ def test_a_streamed_image_folder_decodes_on_the_gpu_and_trains(tmp_path: Path) -
     )  # fmt: skip
     loop = PruneLoop(cfg, tmp_path / "run")
     assert [r.state for r in loop.states()] == [0, 1] and loop.setup.placement == "stream"
+
+
+def test_cuda_graphs_train_like_eager_and_keep_the_masks(rgb: DataBundle) -> None:
+    """`compile_mode="reduce-overhead"`: three fp32 steps from the same weights on the same
+    batches give the eager losses (inductor's fused kernels round differently: 1e-3), the
+    optimizer is fused on CUDA, and the masked weights stay zero through the graph replays."""
+    from rsst_tune.train import build_optimizer, train_step
+    from rsst_tune.trial_setup import build_setup
+
+    fields = dict(model="vit_tiny", dataset="synthetic", amp=False, **FAST)
+    eager = build_setup(TrialConfig(**fields), rgb)
+    graphed = build_setup(TrialConfig(**fields, compile=True, compile_mode="reduce-overhead"), rgb)
+    assert graphed.forward is not graphed.model
+    graphed.model.load_state_dict(eager.model.state_dict())
+    name = "blocks.0.mlp.fc1.weight"
+    mask = torch.ones_like(dict(eager.model.named_parameters())[name])
+    mask[::2] = 0.0  # every other neuron of block 0's MLP
+    batches = [b for _, b in zip(range(3), eager.train_data.train_batches(
+        64, make_generator(0, eager.device), augment=False))]  # fmt: skip
+    losses = []
+    for setup in (eager, graphed):
+        opt = build_optimizer(setup.model, setup.cfg)
+        assert opt.defaults["fused"] is True
+        enforcer = MaskEnforcer(setup.model, {name: mask})
+        enforcer.apply()
+        loss_fn = torch.nn.CrossEntropyLoss()
+        run = [
+            float(train_step(setup.forward, x, y, opt=opt, loss_fn=loss_fn, enforcer=enforcer,
+                             pull=None, lam_value=0.0, amp=None))
+            for x, y in batches
+        ]  # fmt: skip
+        losses.append(run)
+        weight = dict(setup.model.named_parameters())[name]
+        assert bool((weight[::2] == 0).all()) and bool((weight[1::2] != 0).any())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+    acc = evaluate(graphed.model, graphed.forward, graphed.val_data, 100, None)  # new shapes
+    assert 0.0 <= acc <= 1.0
+
+
+def test_a_pruned_distilled_trial_runs_with_cuda_graphs(
+    tmp_path: Path, digits_small: DataBundle
+) -> None:
+    """RSST states distilled from the dense teacher, the student compiled with CUDA graphs:
+    every state is reported and the ticket holds its mask."""
+    from rsst_tune.run import run_trial
+
+    cfg = dict(
+        model="vit_digits", dataset="digits", pruning_times=3, img_size=16, distill_alpha=0.5,
+        compile=True, compile_mode="reduce-overhead", **FAST,
+    )  # fmt: skip
+    results = run_trial(cfg, tmp_path / "run", data=digits_small)
+    assert [r.state for r in results] == [0, 1, 2]
+    assert all(r.train_loss == r.train_loss for r in results)  # finite
+    assert results[2].macs_frac < results[1].macs_frac < 1.0
+    state = torch.load(tmp_path / "run" / "state_02.pt", map_location="cpu", weights_only=True)
+    for key, m in state["M"].items():
+        assert bool((state["ticket"][key][m == 0] == 0).all()), key

@@ -171,8 +171,9 @@ def _other_value(cfg: TrialConfig, name: str) -> object:
 @pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(TrialConfig)])
 def test_dense_key_follows_the_field_groups(name: str) -> None:
     """A field of the DENSE or NUMERICS group changes the shared state 0's key; the others do
-    not (θr's epoch counts only for rewind_lt, a data folder only for folder datasets)."""
-    base = TrialConfig(dataset="digits", prune_type="lt")
+    not (θr's epoch counts only for rewind_lt, a data folder only for folder datasets, the
+    compile mode only with compile on)."""
+    base = TrialConfig(dataset="digits", prune_type="lt", compile=name == "compile_mode")
     other = base.replace(**{name: _other_value(base, name)})
     group = next(f for f in dataclasses.fields(TrialConfig) if f.name == name).metadata["group"]
     changes = dense_key(other) != dense_key(base)
@@ -185,6 +186,8 @@ def test_dense_key_special_cases() -> None:
     assert dense_key(rewind) != dense_key(rewind.replace(rewind_epoch=2))
     folder = TrialConfig(dataset="cifar10", data_dir="a")
     assert dense_key(folder) != dense_key(folder.replace(data_dir="b"))
+    eager = TrialConfig(compile=False)
+    assert dense_key(eager) == dense_key(eager.replace(compile_mode="reduce-overhead"))
 
 
 # =========================================================================== the contract
