@@ -32,11 +32,16 @@ epochs spent so far and the **hypervolume** of the tickets so far (every state o
 stopped trials' states included, as the report's Pareto front) in the plane
 (val_acc, 1 - macs_frac), both maximised, against the fixed reference point (0.1, 0.0): chance
 accuracy (10 classes) and no MACs saved. Printed: hypervolume at fractions of B (mean over
-seeds, and min..max), and per seed the epochs each setup needed to reach random+fifo's final
-hypervolume of that seed, as a ratio of the epochs random+fifo itself needed (goal for
-tpe+moasha: <= 0.5; "never" when not reached within B), with random+fifo's own hypervolume at
-B/2 beside the target: how much of its final hypervolume the baseline already had at half the
-budget (the ratio only tells who first gets the rest).
+seeds, and min..max); per seed, the epochs each setup needed to reach random+fifo's final
+hypervolume of that seed, as a ratio of the epochs random+fifo itself needed ("never" when not
+reached within B), with random+fifo's own hypervolume at B/2 beside the target: how much of
+its final hypervolume the baseline already had at half the budget (the ratio only tells who
+first gets the rest); and the same ratio on the curves averaged over the seeds (the table's
+means, at every epoch), which is what the goal is judged on (tpe+moasha <= 0.5), with the
+number of seeds that meet it on their own beside it. Per seed the ratio swings with one
+configuration (the hypervolume saturates early, and a baseline that finds a lucky point late
+is out of everyone's reach), and a mean of per-seed ratios is undefined when one seed never
+gets there.
 """
 
 from __future__ import annotations
@@ -142,6 +147,16 @@ def value_at(points: list[tuple[int, float]], epochs: float) -> float:
     return max((hv for spent, hv in points if spent <= epochs), default=0.0)
 
 
+def mean_curve(
+    per_seed: dict[int, list[tuple[int, float]]], seeds: Sequence[int], budget: int
+) -> list[tuple[int, float]]:
+    """(epochs, the mean over `seeds` of the hypervolume reached within them) at every epoch
+    1..budget: the seed-averaged curve of the printed table."""
+    return [
+        (e, statistics.mean(value_at(per_seed[s], e) for s in seeds)) for e in range(1, budget + 1)
+    ]
+
+
 def epochs_to(points: list[tuple[int, float]], target: float, budget: int) -> int | None:
     """The epochs spent when the hypervolume first reached `target` (None: not within budget)."""
     for spent, hv in points:
@@ -207,7 +222,22 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("--states", "--epochs", "--fifo-trials", "--moasha-trials"):
         dev.add_argument(flag, type=int)
     dev.add_argument("--curves", default=None, help="also write every curve to this JSON file")
+    dev.add_argument(
+        "--from-curves",
+        default=None,
+        metavar="FILE",
+        help="run nothing: print the report of the curves a run wrote with --curves",
+    )
     args = parser.parse_args(argv)
+    if args.from_curves:
+        saved = json.loads(Path(args.from_curves).read_text())
+        size = Size(**{**saved["size"], "seeds": tuple(saved["size"]["seeds"])})
+        saved_curves = {
+            label: {int(seed): [(int(e), float(hv)) for e, hv in points]
+                    for seed, points in per_seed.items()}
+            for label, per_seed in saved["curves"].items()
+        }  # fmt: skip
+        return report(saved_curves, size, int(saved["budget"]), math.nan)
     size = TINY if args.tiny else FULL
     changes = {
         key: getattr(args, key)
@@ -258,6 +288,13 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps({"size": dataclasses.asdict(size), "budget": budget, "curves": curves})
         )
 
+    return report(curves, size, budget, elapsed)
+
+
+def report(
+    curves: dict[str, dict[int, list[tuple[int, float]]]], size: Size, budget: int, elapsed: float
+) -> int:
+    """Print the hypervolume table, the ratios and the goal line, then one JSON line."""
     # hypervolume against epochs spent
     labels = [s[0] for s in SETUPS]
     print(f"\nhypervolume (mean over {len(size.seeds)} seeds, [min..max]) by trial-epochs spent")
@@ -292,28 +329,34 @@ def main(argv: list[str] | None = None) -> int:
             f"  seed {seed}: target {target:.4f} ({BASELINE} had {half:.4f} at B/2): "
             + ", ".join(parts)
         )
-    summary = {}
+    within = {label: sum(r <= GOAL for r in ratios[label]) for label in labels}
     for label in labels:
-        defined = [r for r in ratios[label] if not math.isnan(r)]
-        finite = [r for r in defined if math.isfinite(r)]
-        if not defined:
-            mean = math.nan
-        else:
-            mean = statistics.mean(defined) if len(finite) == len(defined) else math.inf
-        summary[label] = mean
-        shown = (
-            f"{mean:.2f}"
-            if math.isfinite(mean) or math.isnan(mean)
-            else f"never in {len(defined) - len(finite)} seed(s)"
-        )
-        print(f"  {label:<13} mean ratio {shown}")
-    met = math.isfinite(summary["tpe+moasha"]) and summary["tpe+moasha"] <= GOAL
+        shown = ", ".join("never" if math.isinf(r) else f"{r:.2f}" for r in ratios[label])
+        print(f"  {label:<13} per seed {shown}; <= {GOAL} in {within[label]} of {len(size.seeds)}")
+
+    # the same on the curves averaged over the seeds (the table above)
+    mean_curves = {label: mean_curve(curves[label], size.seeds, budget) for label in labels}
+    target = mean_curves[BASELINE][-1][1]
+    own = epochs_to(mean_curves[BASELINE], target, budget)
     print(
-        f"goal tpe+moasha <= {GOAL} of {BASELINE}'s epochs: "
-        + ("met" if met else "NOT met")
-        + f" (measured {summary['tpe+moasha']:.2f})"
+        f"\non the curve averaged over the {len(size.seeds)} seeds: {BASELINE}'s final "
+        f"hypervolume {target:.4f}, reached by"
     )
-    print(f"total {elapsed:.0f} s")
+    summary: dict[str, float] = {}
+    for label in labels:
+        needed = epochs_to(mean_curves[label], target, budget)
+        summary[label] = needed / own if needed and own and target > 0 else math.inf
+        shown = "never" if needed is None else f"{needed} epochs ({summary[label]:.2f})"
+        print(f"  {label:<13} {shown}")
+    met = summary["tpe+moasha"] <= GOAL
+    print(
+        f"goal tpe+moasha <= {GOAL} of {BASELINE}'s epochs, on the seed-averaged curve: "
+        + ("met" if met else "NOT met")
+        + f" ({summary['tpe+moasha']:.2f}); per seed: met in {within['tpe+moasha']} of "
+        f"{len(size.seeds)}"
+    )
+    if math.isfinite(elapsed):
+        print(f"total {elapsed:.0f} s")
     print(
         json.dumps(
             {
@@ -322,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
                 "ratio": {
                     k: (round(v, 3) if math.isfinite(v) else None) for k, v in summary.items()
                 },
+                "ratio_per_seed": {
+                    k: [round(r, 3) if math.isfinite(r) else None for r in v]
+                    for k, v in ratios.items()
+                },
                 "final_hypervolume": {
                     label: round(
                         statistics.mean(value_at(curves[label][s], budget) for s in size.seeds), 4
@@ -329,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                     for label in labels
                 },
                 "goal_met": met,
-                "total_s": round(elapsed, 1),
+                "total_s": round(elapsed, 1) if math.isfinite(elapsed) else None,
             }
         )
     )

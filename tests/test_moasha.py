@@ -196,6 +196,36 @@ def test_the_benchmark_hypervolume_by_hand() -> None:
     assert hv([]) == 0.0
 
 
+def test_the_benchmark_judges_the_goal_on_the_seed_averaged_curve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two seeds, budget 20: random+fifo ends at 0.2 and 0.5 (mean 0.35, reached at epoch 20
+    on the averaged curve); tpe+moasha reaches 0.6 at epoch 5 in seed 0 (5 / 20 = 0.25) and
+    0.1 at epoch 10 in seed 1 (never 0.5): on its averaged curve 0.3 at 5 and 0.35 at 10, so
+    10 / 20 = 0.5 (met) where one seed alone does not meet it."""
+    bench = _bench_search()
+    base = {0: [(10, 0.1), (20, 0.2)], 1: [(10, 0.3), (20, 0.5)]}
+    curves = {
+        "tpe+moasha": {0: [(5, 0.6)], 1: [(10, 0.1)]},
+        "tpe+fifo": {0: [(20, 0.1)], 1: [(20, 0.1)]},
+        "random+moasha": base,
+        "random+fifo": base,
+    }
+    mean = bench.mean_curve(curves["tpe+moasha"], (0, 1), 20)
+    assert mean[4] == (5, pytest.approx(0.3)) and mean[9] == (10, pytest.approx(0.35))
+    size = dict(seeds=[0, 1], states=2, epochs=10, fifo_trials=1, moasha_trials=2)
+    saved = tmp_path / "curves.json"
+    saved.write_text(json.dumps({"size": size, "budget": 20, "curves": curves}))
+    assert bench.main(["--from-curves", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "tpe+moasha    per seed 0.25, never; <= 0.5 in 1 of 2" in out
+    assert "tpe+moasha    10 epochs (0.50)" in out and "tpe+fifo      never" in out
+    assert "on the seed-averaged curve: met (0.50); per seed: met in 1 of 2" in out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["ratio"]["tpe+moasha"] == 0.5 and summary["goal_met"] is True
+    assert summary["ratio_per_seed"]["tpe+moasha"] == [0.25, None]
+
+
 def test_tpe_start_up_is_a_fifth_of_the_trials_within_2_and_10() -> None:
     from rsst_tune.tune.searcher import make_sampler, tpe_startup
 
