@@ -105,7 +105,7 @@ def cuda_tests(table: Table) -> None:
 
 
 # ----------------------------------------------------------------------------- 2. throughput
-# (label, amp, compile_mode or None): eager and CUDA graphs (`--fix compile=true --fix
+# (label, amp, compile_mode or None): eager and CUDA graphs (`--set compile=true --set
 # compile_mode=reduce-overhead`), each in fp32 and bf16 autocast
 VARIANTS = (
     ("fp32", False, None),

@@ -44,7 +44,9 @@ def sweep(
     `cpus_per_trial`, `gpus_per_trial`, `time_budget` (seconds), `epoch_budget`
     (trial-epochs: no trial starts once they are spent or committed), `storage` (default
     "experiments"), `name` (default SPACE[-PRESET]-TIMESTAMP), `wandb`, `share_dense`,
-    `device`, and `fixed={"lr": 3e-3}` to pin searched parameters.
+    `device`, `fixed={"lr": 3e-3}` to pin searched parameters, and `settings={"amp": False}`
+    for how every trial executes (`--set`: amp, compile, compile_mode, eval_batch_size,
+    download).
 
     `address` joins a running Ray cluster (default: a local one, started and shut down here,
     unless `ray.init` was already called); `show` prints the live view, `verbose` puts debug

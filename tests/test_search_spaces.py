@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import optuna
 import pytest
 
@@ -101,6 +103,33 @@ def test_fixed_parameter_is_pinned_and_not_searched() -> None:
         assert "lr" not in trial.params  # Optuna never suggested it
         assert "reg_granularity_prune" in trial.params  # the rest is still searched
         study.tell(trial, 0.0)
+
+
+def test_set_gives_every_trial_how_it_executes() -> None:
+    """`--set` (SweepOptions.settings) reaches the base config of every trial; a field that
+    changes what a trial computes, or has a flag of its own, is refused with where it goes."""
+    from rsst_tune.tune.plan import SweepOptions, resolve_plan
+
+    plan = resolve_plan(
+        SweepOptions.from_keywords(
+            "vit_head_mlp",
+            {"preset": "smoke", "settings": {"amp": False, "compile": True,
+                                             "compile_mode": "reduce-overhead"}},
+        )
+    )  # fmt: skip
+    base = plan.base_config
+    assert (base["amp"], base["compile"], base["compile_mode"]) == (False, True, "reduce-overhead")
+    default = resolve_plan(SweepOptions(space="vit_head_mlp", preset="smoke")).base_config
+    assert (default["amp"], default["compile"]) == (True, False)
+    for pair, message in (
+        (("lr", 0.1), "--set lr: it changes what a trial computes: pin a searched parameter"),
+        (("threads", 2), "--set threads: use --cpus-per-trial"),
+        (("device", "cpu"), "--set device: use --device"),
+        (("nope", 1), "--set nope: no such field; --set takes: amp, compile, compile_mode"),
+        (("compile_mode", "x"), "unknown compile_mode 'x'; choose one of: default"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            resolve_plan(SweepOptions(space="vit_head_mlp", preset="smoke", settings=(pair,)))
 
 
 def test_fix_names_must_be_searched_parameters() -> None:

@@ -422,6 +422,8 @@ BAD_SWEEP_FLAGS: list[tuple[str, st.SearchStrategy[str]]] = [
     ("--fix", st.sampled_from(["head_ratio=1.5", "mlp_ratio=-0.1", "exponents=0", "target=x"])),
     ("--fix", st.sampled_from(["reg_granularity_prune=-1", "criteria=nope", "rate=1"])),
     ("--device", st.sampled_from(["gpu", "cuda:0", "tpu"])),
+    ("--set", st.sampled_from(["amp=maybe", "compile_mode=cudagraphs", "eval_batch_size=0"])),
+    ("--set", st.sampled_from(["lr=0.1", "threads=2", "device=cpu", "nope=1", "amp"])),
 ]
 
 

@@ -144,6 +144,15 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         help="pin a searched parameter (repeatable), e.g. --fix lr=3e-3",
     )
     what.add_argument(
+        "--set",
+        dest="settings",
+        type=_fixed_param,
+        action="append",
+        metavar="NAME=VALUE",
+        help="how every trial executes (repeatable): amp, compile, compile_mode, "
+        "eval_batch_size, download, e.g. --set compile=true --set compile_mode=reduce-overhead",
+    )
+    what.add_argument(
         "--preset",
         choices=("smoke",),
         default=None,
@@ -408,6 +417,7 @@ def tune_command(args: argparse.Namespace) -> int:
         wandb=args.wandb,
         share_dense=not args.no_share_dense,
         fixed=tuple(args.fix or ()),
+        settings=tuple(args.settings or ()),
         dataset=args.dataset,
         model=args.model,
         states=args.states,

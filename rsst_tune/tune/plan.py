@@ -69,6 +69,9 @@ class SweepOptions:
     command: str = ""
     share_dense: bool = True
     fixed: tuple[tuple[str, Any], ...] = ()  # searched parameters pinned with --fix NAME=VALUE
+    # how every trial executes (--set NAME=VALUE): amp, compile, compile_mode, eval_batch_size,
+    # download (SETTABLE)
+    settings: tuple[tuple[str, Any], ...] = ()
     max_failures: int = 2  # restarts of a trial whose worker or node died (--max-failures)
     confirm: int | None = None  # --confirm K: top K tickets per budget re-run with 2 more seeds
     onnx: bool = True  # the best tickets' exports also write model.onnx (--no-onnx: not)
@@ -83,8 +86,8 @@ class SweepOptions:
 
     @classmethod
     def from_keywords(cls, space: str, options: Mapping[str, Any]) -> SweepOptions:
-        """Options from a caller's keyword arguments (`rsst_tune.sweep`): `fixed` may be a
-        dict; an unknown name is a ConfigError that lists the valid ones."""
+        """Options from a caller's keyword arguments (`rsst_tune.sweep`): `fixed` and
+        `settings` may be dicts; an unknown name is a ConfigError that lists the valid ones."""
         names = {f.name for f in dataclasses.fields(cls)} - {"space"}
         unknown = sorted(set(options) - names)
         if unknown:
@@ -93,11 +96,12 @@ class SweepOptions:
                 f"{', '.join(sorted(names))}"
             )
         data = dict(options)
-        fixed = data.get("fixed")
-        if isinstance(fixed, Mapping):
-            data["fixed"] = tuple(fixed.items())
-        elif fixed is not None:
-            data["fixed"] = tuple((str(k), v) for k, v in fixed)
+        for key in ("fixed", "settings"):
+            pairs = data.get(key)
+            if isinstance(pairs, Mapping):
+                data[key] = tuple(pairs.items())
+            elif pairs is not None:
+                data[key] = tuple((str(k), v) for k, v in pairs)
         return cls(space=space, **data)
 
 
@@ -194,7 +198,12 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
     base = space.resolve_base(
         overrides,
         preset=opts.preset,
-        extra={"seed": opts.seed, "device": opts.device, **_inputs(opts)},
+        extra={
+            "seed": opts.seed,
+            "device": opts.device,
+            **_inputs(opts),
+            **_check_settings(opts.settings),
+        },
     )
     fixed = {**(SMOKE_FIXED if opts.preset == "smoke" else {}), **dict(opts.fixed)}
     _check_fixed(space, base, fixed)
@@ -277,6 +286,42 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
         command=opts.command,
         study_name=name,
     )
+
+
+# Fields `--set NAME=VALUE` may give every trial: how a trial executes, not what it computes
+# (TrialConfig's NUMERICS and EXECUTION groups), less those with a flag of their own.
+SETTABLE = ("amp", "compile", "compile_mode", "eval_batch_size", "download")
+OWN_FLAG = {
+    "device": "--device",
+    "data_placement": "--data-placement",
+    "data_dir": "--data-dir",
+    "data_workers": "--data-workers",
+    "threads": "--cpus-per-trial (one torch thread per CPU a trial holds)",
+    "seed": "--seed",
+}
+
+
+def _check_settings(settings: Any) -> dict[str, Any]:
+    """`--set` pairs as a dict; a name outside SETTABLE is a ConfigError that says where it is
+    set instead (its own flag, `--fix` for a searched parameter, or the space). The values
+    are checked with the whole base config (`TrialConfig`)."""
+    out: dict[str, Any] = {}
+    for pair in settings or ():
+        if not (isinstance(pair, tuple | list) and len(pair) == 2 and isinstance(pair[0], str)):
+            raise ConfigError(f"settings must be NAME=VALUE pairs, got {pair!r}")
+        name, value = pair
+        if name in OWN_FLAG:
+            raise ConfigError(f"--set {name}: use {OWN_FLAG[name]}")
+        if name not in SETTABLE:
+            what = (
+                "it changes what a trial computes: pin a searched parameter with --fix, or "
+                "set it in a space of your own (docs/tuning.md, Adding a space)"
+                if name in {f.name for f in dataclasses.fields(TrialConfig)}
+                else "no such field"
+            )
+            raise ConfigError(f"--set {name}: {what}; --set takes: {', '.join(SETTABLE)}")
+        out[name] = value
+    return out
 
 
 def _inputs(opts: SweepOptions) -> dict[str, Any]:
@@ -387,7 +432,7 @@ def _check_fixed(space: Any, base: Mapping[str, Any], fixed: Mapping[str, Any]) 
     if unknown:
         raise ConfigError(
             f"space {space.name} does not search {', '.join(unknown)} (--fix); it searches: "
-            f"{', '.join(sorted(searched))}; set other fields with the override flags"
+            f"{', '.join(sorted(searched))}; set other fields with the override flags or --set"
         )
     pinned = " ".join(f"{k}={v!r}" for k, v in fixed.items())
     for name, value in fixed.items():
