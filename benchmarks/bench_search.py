@@ -237,6 +237,14 @@ def main(argv: list[str] | None = None) -> int:
                     for seed, points in per_seed.items()}
             for label, per_seed in saved["curves"].items()
         }  # fmt: skip
+        missing = [
+            f"{label} seed {seed}"
+            for label, _, _ in SETUPS
+            for seed in size.seeds
+            if seed not in saved_curves.get(label, {})
+        ]
+        if missing:
+            parser.error(f"{args.from_curves} has no curve for {', '.join(missing)}")
         return report(saved_curves, size, int(saved["budget"]), math.nan)
     size = TINY if args.tiny else FULL
     changes = {
@@ -291,6 +299,15 @@ def main(argv: list[str] | None = None) -> int:
     return report(curves, size, budget, elapsed)
 
 
+def _ratio_text(ratio: float) -> str:
+    return "-" if math.isnan(ratio) else "never" if math.isinf(ratio) else f"{ratio:.2f}"
+
+
+def _ratio_json(ratio: float) -> float | str:
+    """A ratio, "never" (not reached within the budget) or "undefined" (nothing to reach)."""
+    return "undefined" if math.isnan(ratio) else "never" if math.isinf(ratio) else round(ratio, 3)
+
+
 def report(
     curves: dict[str, dict[int, list[tuple[int, float]]]], size: Size, budget: int, elapsed: float
 ) -> int:
@@ -331,7 +348,7 @@ def report(
         )
     within = {label: sum(r <= GOAL for r in ratios[label]) for label in labels}
     for label in labels:
-        shown = ", ".join("never" if math.isinf(r) else f"{r:.2f}" for r in ratios[label])
+        shown = ", ".join(_ratio_text(r) for r in ratios[label])
         print(f"  {label:<13} per seed {shown}; <= {GOAL} in {within[label]} of {len(size.seeds)}")
 
     # the same on the curves averaged over the seeds (the table above)
@@ -345,8 +362,13 @@ def report(
     summary: dict[str, float] = {}
     for label in labels:
         needed = epochs_to(mean_curves[label], target, budget)
-        summary[label] = needed / own if needed and own and target > 0 else math.inf
-        shown = "never" if needed is None else f"{needed} epochs ({summary[label]:.2f})"
+        if target <= 0.0 or not own:  # nothing to reach: no ratio
+            summary[label], shown = math.nan, "-"
+        elif needed is None:
+            summary[label], shown = math.inf, "never"
+        else:
+            summary[label] = needed / own
+            shown = f"{needed} epochs ({summary[label]:.2f})"
         print(f"  {label:<13} {shown}")
     met = summary["tpe+moasha"] <= GOAL
     print(
@@ -362,13 +384,8 @@ def report(
             {
                 "budget_epochs": budget,
                 "seeds": list(size.seeds),
-                "ratio": {
-                    k: (round(v, 3) if math.isfinite(v) else None) for k, v in summary.items()
-                },
-                "ratio_per_seed": {
-                    k: [round(r, 3) if math.isfinite(r) else None for r in v]
-                    for k, v in ratios.items()
-                },
+                "ratio": {k: _ratio_json(v) for k, v in summary.items()},
+                "ratio_per_seed": {k: [_ratio_json(r) for r in v] for k, v in ratios.items()},
                 "final_hypervolume": {
                     label: round(
                         statistics.mean(value_at(curves[label][s], budget) for s in size.seeds), 4

@@ -213,7 +213,8 @@ class TrialConfig:
         "default",
         NUMERICS,
         "torch.compile mode when compile is on: reduce-overhead replays each step as CUDA "
-        "graphs (small models, whose steps are bound by kernel launches: docs/data.md)",
+        "graphs (small models, whose steps are bound by kernel launches: docs/data.md); "
+        "max-autotune also tunes the kernels (slow to compile), with CUDA graphs",
         choices=COMPILE_MODES,
     )
     extra: dict[str, Any] = _field(  # noqa: RUF009 (a default_factory field)

@@ -48,14 +48,18 @@ def can_compile(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+# torch.compile modes that replay CUDA graphs on a GPU (max-autotune does too, by default)
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
 def compile_forward(model: nn.Module, mode: str) -> Callable[[Tensor], Tensor]:
-    """`torch.compile(model, mode=mode)`. With `reduce-overhead` (CUDA graphs) every call
+    """`torch.compile(model, mode=mode)`. In a mode with CUDA graphs (`CUDA_GRAPH_MODES`) every call
     first marks a new step (`torch.compiler.cudagraph_mark_step_begin`), so the graphs may
     reuse the memory of the previous call's outputs: the loop reads each forward's output
     (loss and backward, or the predicted classes) before its next forward, and the
     distillation teacher is a separate, uncompiled module."""
     compiled = torch.compile(model, mode=mode)
-    if mode != "reduce-overhead":
+    if mode not in CUDA_GRAPH_MODES:
         return compiled
 
     def forward(x: Tensor) -> Tensor:

@@ -223,7 +223,13 @@ def test_the_benchmark_judges_the_goal_on_the_seed_averaged_curve(
     assert "on the seed-averaged curve: met (0.50); per seed: met in 1 of 2" in out
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["ratio"]["tpe+moasha"] == 0.5 and summary["goal_met"] is True
-    assert summary["ratio_per_seed"]["tpe+moasha"] == [0.25, None]
+    assert summary["ratio_per_seed"]["tpe+moasha"] == [0.25, "never"]
+    assert summary["ratio"]["tpe+fifo"] == "never"
+    del curves["tpe+fifo"][1]  # a partial file: refused, naming what is missing
+    saved.write_text(json.dumps({"size": size, "budget": 20, "curves": curves}))
+    with pytest.raises(SystemExit):
+        bench.main(["--from-curves", str(saved)])
+    assert "has no curve for tpe+fifo seed 1" in capsys.readouterr().err
 
 
 def test_tpe_start_up_is_a_fifth_of_the_trials_within_2_and_10() -> None:
