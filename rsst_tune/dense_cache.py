@@ -49,9 +49,8 @@ def dense_key(cfg: TrialConfig) -> str:
 
     The fields are those of the DENSE and NUMERICS groups of `TrialConfig` (field metadata:
     a new field must name its group, so none can be forgotten here; `compile_mode` only
-    when `compile` is on), plus the rewind epoch
-    when θr is part of what state 0 produces, and the resolved data folder of datasets read
-    from disk (another folder is other data).
+    when `compile` is on), plus the rewind epoch when θr is part of what state 0 produces,
+    and the resolved data folder of datasets read from disk (another folder is other data).
     """
     names = TrialConfig.fields_in(DENSE) + TrialConfig.fields_in(NUMERICS)
     data: dict[str, Any] = {name: getattr(cfg, name) for name in names}

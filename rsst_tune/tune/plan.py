@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rsst_tune.config import TrialConfig
+from rsst_tune.config import EXECUTION, NUMERICS, TrialConfig
 from rsst_tune.errors import ConfigError, unknown_choice
 from rsst_tune.tune import objectives as objs
 from rsst_tune.tune.records import Objective
@@ -288,9 +288,7 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
     )
 
 
-# Fields `--set NAME=VALUE` may give every trial: how a trial executes, not what it computes
-# (TrialConfig's NUMERICS and EXECUTION groups), less those with a flag of their own.
-SETTABLE = ("amp", "compile", "compile_mode", "eval_batch_size", "download")
+# Sweep options that set a TrialConfig field: `--set` names them for that field.
 OWN_FLAG = {
     "device": "--device",
     "data_placement": "--data-placement",
@@ -299,6 +297,14 @@ OWN_FLAG = {
     "threads": "--cpus-per-trial (one torch thread per CPU a trial holds)",
     "seed": "--seed",
 }
+# Fields `--set NAME=VALUE` may give every trial: how a trial executes, not what it computes
+# (TrialConfig's NUMERICS and EXECUTION groups), less those with a flag of their own.
+SETTABLE = tuple(
+    name
+    for group in (NUMERICS, EXECUTION)
+    for name in TrialConfig.fields_in(group)
+    if name not in OWN_FLAG
+)
 
 
 def _check_settings(settings: Any) -> dict[str, Any]:
