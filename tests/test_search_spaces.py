@@ -130,6 +130,12 @@ def test_set_gives_every_trial_how_it_executes() -> None:
     ):
         with pytest.raises(ConfigError, match=re.escape(message)):
             resolve_plan(SweepOptions(space="vit_head_mlp", preset="smoke", settings=(pair,)))
+    from rsst_tune.tune.cli import build_parser
+    from rsst_tune.tune.plan import SETTABLE
+
+    assert set(SETTABLE) == {"amp", "compile", "compile_mode", "eval_batch_size", "download"}
+    usage = " ".join(build_parser().format_help().split())
+    assert f"how every trial executes (repeatable): {', '.join(SETTABLE)}," in usage
 
 
 def test_fix_names_must_be_searched_parameters() -> None:

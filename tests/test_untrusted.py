@@ -114,6 +114,25 @@ def resume_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return key
 
 
+def test_options_resume_does_not_use_are_named_as_ignored(
+    tmp_path: Path, resume_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The saved plan decides what a resumed sweep runs: the sweep's own command typed again
+    with `--resume`, or a hoped-for change (`--set`), is named on stderr as ignored; the
+    options `--resume` uses (`--quiet`, `--address`, ...) are not."""
+    exp = _resumable(tmp_path)
+    extra = ("--space", "vit_head_mlp", "--preset", "smoke", "--num-samples", "9",
+             "--set", "amp=false")  # fmt: skip
+    assert _resume(exp, *extra) == 2  # then refused: the directory is not signed here
+    err = capsys.readouterr().err
+    assert (
+        f"--resume continues the sweep as it was planned ({exp / PLAN_FILE}); "
+        "ignored: --space, --set, --preset, --num-samples"
+    ) in err, err
+    assert _resume(exp) == 2
+    assert "ignored" not in capsys.readouterr().err
+
+
 def test_resume_refuses_a_crafted_tuner_pkl_and_runs_none_of_it(
     tmp_path: Path, resume_key: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

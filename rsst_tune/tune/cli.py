@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from rsst_tune.config import MAX_WORKERS, PLACEMENTS
 from rsst_tune.errors import CommandFailed, ConfigError, SweepInterrupted, describe_exception
+from rsst_tune.tune.plan import SETTABLE
 
 if TYPE_CHECKING:
     from rsst_tune.tune.records import Experiment
@@ -149,8 +150,8 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         type=_fixed_param,
         action="append",
         metavar="NAME=VALUE",
-        help="how every trial executes (repeatable): amp, compile, compile_mode, "
-        "eval_batch_size, download, e.g. --set compile=true --set compile_mode=reduce-overhead",
+        help=f"how every trial executes (repeatable): {', '.join(SETTABLE)}, "
+        "e.g. --set compile=true --set compile_mode=reduce-overhead",
     )
     what.add_argument(
         "--preset",
@@ -363,7 +364,13 @@ def add_tune_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: i
 def tune_command(args: argparse.Namespace) -> int:
     """Start, resume or dry-run a sweep; exit status 0 done, 1 when no trial completed or was
     pruned (e.g. every trial failed), 130 interrupted (the resume command goes to stderr)."""
-    from rsst_tune.tune.plan import SweepOptions, describe_plan, load_plan, resolve_plan
+    from rsst_tune.tune.plan import (
+        PLAN_FILE,
+        SweepOptions,
+        describe_plan,
+        load_plan,
+        resolve_plan,
+    )
     from rsst_tune.tune.sweep import run_sweep
 
     prog = getattr(args, "prog", "rsst-tune")
@@ -379,6 +386,13 @@ def tune_command(args: argparse.Namespace) -> int:
         else:
             raise ConfigError("--resume needs an experiment directory (or --storage and --name)")
         plan = load_plan(path)
+        ignored = ignored_with_resume(args)
+        if ignored:  # the user re-typed the sweep's command, or hoped to change it
+            print(
+                f"{prog}: --resume continues the sweep as it was planned ({path / PLAN_FILE}); "
+                f"ignored: {', '.join(ignored)}",
+                file=sys.stderr,
+            )
         check_local_resources(plan, args.address)
         return _run(
             prog,
@@ -443,6 +457,26 @@ def tune_command(args: argparse.Namespace) -> int:
         lambda: run_sweep(plan, address=args.address, verbose=verbose, show=not args.quiet),
         Path(plan.local_dir) / "sweep.log",
     )
+
+
+# Options `--resume` uses; every other one is decided by the sweep's saved plan.
+RESUME_OPTIONS = frozenset(
+    {"resume", "trust_pickles", "address", "storage", "name", "quiet", "verbose", "tune_verbose"}
+)
+
+
+def ignored_with_resume(args: argparse.Namespace) -> list[str]:
+    """The options given with `--resume` that it does not use (the saved plan decides the
+    space, trials, scheduler and every trial's config), as typed flags, e.g. `--set`."""
+    reference = argparse.ArgumentParser(add_help=False)
+    add_tune_arguments(reference)
+    ignored = []
+    for action in reference._actions:
+        if action.dest in RESUME_OPTIONS or not action.option_strings:
+            continue
+        if getattr(args, action.dest, action.default) != action.default:
+            ignored.append(action.option_strings[0])
+    return ignored
 
 
 def check_local_resources(plan: Any, address: str | None) -> None:
