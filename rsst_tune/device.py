@@ -44,6 +44,21 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
             yield
 
 
+def describe_device(device: torch.device) -> str:
+    """Where a trial ran, for its results: `cuda (NVIDIA H100 80GB HBM3)`, `mps`, `cpu`."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def describe_numerics(amp: torch.dtype | None, compile_mode: str | None) -> str:
+    """How a trial's forward ran, for its results: `fp32`, `bf16 autocast`, with
+    `, compiled (MODE)` when torch.compile was used."""
+    short = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+    text = "fp32" if amp is None else f"{short.get(amp, str(amp))} autocast"
+    return text if compile_mode is None else f"{text}, compiled ({compile_mode})"
+
+
 def can_compile(device: torch.device) -> bool:
     return device.type == "cuda"
 

@@ -81,6 +81,10 @@ class StateResult:
     # in results recorded before they were recorded
     val_size: int | None = None
     test_size: int | None = None
+    # where and how the state ran (`device.describe_device` / `describe_numerics`): the report
+    # says which trials ran where; None in results recorded before they were recorded
+    device: str | None = None
+    numerics: str | None = None
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:

@@ -66,6 +66,7 @@ class TrialSetup:
     placement: str  # "device" or "stream": cfg.data_placement resolved
     model: nn.Module  # the one model the trial trains (its weights change, never its shape)
     forward: Callable[[Tensor], Tensor]  # the model, or its torch.compile'd wrapper
+    compile_mode: str | None  # the torch.compile mode `forward` runs with, None: eager
     structure: Structure  # the units this trial prunes (cfg.target)
     report_structure: Structure  # every unit kind: §6 reports heads and neurons always
     cost: CostModel
@@ -123,7 +124,8 @@ def build_setup(cfg: TrialConfig, data: DataBundle | None = None) -> TrialSetup:
     if cnn_on_cuda:
         model.to(memory_format=torch.channels_last)  # faster convs on tensor cores
     forward: Callable[[Tensor], Tensor] = model
-    if cfg.compile and can_compile(device):
+    compiled = cfg.compile and can_compile(device)
+    if compiled:
         forward = compile_forward(model, cfg.compile_mode)
     return TrialSetup(
         cfg=cfg,
@@ -138,6 +140,7 @@ def build_setup(cfg: TrialConfig, data: DataBundle | None = None) -> TrialSetup:
         placement=placement,
         model=model,
         forward=forward,
+        compile_mode=cfg.compile_mode if compiled else None,
         structure=structure,
         report_structure=report_structure,
         cost=CostModel(model, report_structure, example),

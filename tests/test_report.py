@@ -13,6 +13,7 @@ from typing import Any
 
 import optuna
 import pytest
+import torch
 from optuna.study import StudyDirection
 
 from rsst_tune.config import TrialConfig
@@ -689,6 +690,44 @@ def test_a_real_run_records_its_split_sizes(exported_sweep: Experiment, tmp_path
     assert round(result.val_acc * 96) == pytest.approx(result.val_acc * 96)  # correct / n
     md = write_report(exported_sweep, tmp_path).read_text()
     assert "val acc % [95 % CI], n=96" in md and "one image of 96 is 1.04 points" in md
+
+
+def test_a_real_run_records_where_it_ran_and_the_report_says_so(
+    exported_sweep: Experiment, tmp_path: Path
+) -> None:
+    """Every state records its device and numerics (the fp32 / bf16 autocast / compiled
+    forward it ran with); the report's summary counts the trials per way they ran, and says
+    nothing of results recorded before rsst-tune recorded it."""
+    from rsst_tune.device import describe_device, describe_numerics, resolve_device
+
+    record = exported_sweep.trials[0]
+    (result,) = record.states
+    device = resolve_device(str(record.config["device"]))
+    expected = describe_numerics(torch.bfloat16 if device.type == "cuda" else None, None)
+    assert (result.device, result.numerics) == (describe_device(device), expected)
+    assert StateResult.from_dict(result.to_dict()) == result
+    md = write_report(exported_sweep, tmp_path / "real").read_text()
+    assert f"Ran on: {result.device}, {result.numerics} (1 trial)." in md
+
+    gpu = dataclasses.replace(
+        result, device="cuda (NVIDIA H100 80GB HBM3)", numerics="bf16 autocast"
+    )
+    cpu = dataclasses.replace(result, device="cpu", numerics="fp32")
+    row = result.to_dict()
+    del row["device"], row["numerics"]  # a result.json row written before they were recorded
+    old = StateResult.from_dict(row)
+    assert (old.device, old.numerics) == (None, None)
+    trials = tuple(
+        dataclasses.replace(record, trial_id=f"t{i}", states=states)
+        for i, states in enumerate([(gpu,), (gpu,), (cpu, gpu), (old,)])
+    )
+    mixed = dataclasses.replace(exported_sweep, trials=trials)
+    md = write_report(mixed, tmp_path / "mixed").read_text()
+    assert (
+        "Ran on: cuda (NVIDIA H100 80GB HBM3), bf16 autocast (3 trials); cpu, fp32 (1 trial)."
+    ) in md
+    older = dataclasses.replace(exported_sweep, trials=(trials[-1],))
+    assert "Ran on:" not in write_report(older, tmp_path / "old").read_text()
 
 
 def export_rows_in(md: str) -> list[str]:

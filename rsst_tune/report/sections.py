@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -260,6 +261,7 @@ def summary_blocks(
             ((*(str(v) for v in counts.values()), str(len(experiment.trials)), str(len(tickets))),),
         ),
         *_stops_blocks(experiment),
+        *_ran_on_blocks(experiment),
         Para(
             "A ticket is one pruning state of one trial. Tickets are chosen by validation "
             "accuracy; test accuracy is shown beside it and never used to choose. "
@@ -293,6 +295,27 @@ def _stops_blocks(experiment: Experiment) -> list[Block]:
     (`rsst_tune.tune.stops`); nothing for fifo."""
     summary = stop_summary(experiment)
     return [] if summary is None else [Para(summary.line() + ".")]
+
+
+def ran_on(experiment: Experiment) -> list[tuple[str, int]]:
+    """Where and how the trials' states ran ("cuda (NVIDIA H100 ...), bf16 autocast"), each
+    with its number of trials, most trials first; a trial whose states ran in several ways
+    (resumed on another machine) counts under each. Results that do not record it are left
+    out (an older rsst-tune)."""
+    counts: Counter[str] = Counter()
+    for trial in experiment.trials:
+        counts.update(
+            {f"{r.device}, {r.numerics}" for r in trial.states if r.device and r.numerics}
+        )
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+def _ran_on_blocks(experiment: Experiment) -> list[Block]:
+    where = ran_on(experiment)
+    if not where:
+        return []
+    parts = "; ".join(f"{what} ({n} trial{'s' if n != 1 else ''})" for what, n in where)
+    return [Para(f"Ran on: {parts}.")]
 
 
 def _front_mark(leader: Ticket | None, t: Ticket) -> str:
