@@ -42,6 +42,9 @@ def test_a_trial_runs_on_cuda_and_resumes(tmp_path: Path, digits_small: DataBund
     assert [r.state for r in results] == [0, 1]
     assert all(0.0 <= r.val_acc <= 1.0 and r.train_loss == r.train_loss for r in results)
     assert results[1].macs_frac < 1.0
+    name = torch.cuda.get_device_name(0)
+    bf16 = "bf16 autocast" if torch.cuda.is_bf16_supported() else "fp32"
+    assert {(r.device, r.numerics) for r in results} == {(f"cuda ({name})", bf16)}
     state = torch.load(tmp_path / "run" / "state_01.pt", map_location="cpu", weights_only=True)
     assert state["spec"]["img_size"] == 16
     loop = PruneLoop.resume(tmp_path / "run", data=digits_small)
@@ -219,6 +222,7 @@ def test_a_pruned_distilled_trial_runs_with_cuda_graphs(
     assert [r.state for r in results] == [0, 1, 2]
     assert all(r.train_loss == r.train_loss for r in results)  # finite
     assert results[2].macs_frac < results[1].macs_frac < 1.0
+    assert all(r.numerics and r.numerics.endswith(", compiled (reduce-overhead)") for r in results)
     state = torch.load(tmp_path / "run" / "state_02.pt", map_location="cpu", weights_only=True)
     for key, m in state["M"].items():
         assert bool((state["ticket"][key][m == 0] == 0).all()), key
