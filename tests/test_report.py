@@ -708,6 +708,7 @@ def test_a_real_run_records_where_it_ran_and_the_report_says_so(
     assert StateResult.from_dict(result.to_dict()) == result
     md = write_report(exported_sweep, tmp_path / "real").read_text()
     assert f"Ran on: {result.device}, {result.numerics} (1 trial)." in md
+    assert "not all measured the same way" not in md
 
     gpu = dataclasses.replace(
         result, device="cuda (NVIDIA H100 80GB HBM3)", numerics="bf16 autocast"
@@ -724,7 +725,8 @@ def test_a_real_run_records_where_it_ran_and_the_report_says_so(
     mixed = dataclasses.replace(exported_sweep, trials=trials)
     md = write_report(mixed, tmp_path / "mixed").read_text()
     assert (
-        "Ran on: cuda (NVIDIA H100 80GB HBM3), bf16 autocast (3 trials); cpu, fp32 (1 trial)."
+        "Ran on: cuda (NVIDIA H100 80GB HBM3), bf16 autocast (3 trials); cpu, fp32 (1 trial). "
+        "The tickets compared were not all measured the same way"
     ) in md
     older = dataclasses.replace(exported_sweep, trials=(trials[-1],))
     assert "Ran on:" not in write_report(older, tmp_path / "old").read_text()

@@ -315,6 +315,11 @@ def _ran_on_blocks(experiment: Experiment) -> list[Block]:
     if not where:
         return []
     parts = "; ".join(f"{what} ({n} trial{'s' if n != 1 else ''})" for what, n in where)
+    if len(where) > 1:
+        parts += (
+            ". The tickets compared were not all measured the same way: a difference "
+            "between them may come from the device or the numerics"
+        )
     return [Para(f"Ran on: {parts}.")]
 
 
