@@ -26,7 +26,7 @@ from rsst_tune import checkpoint as ckpt
 from rsst_tune.config import EXECUTION, KIND_RATIO, NUMERICS, TrialConfig, check_host
 from rsst_tune.data import BatchTransforms, DataBundle, make_generator
 from rsst_tune.dense_cache import DenseCache, dense_key
-from rsst_tune.device import describe_device, describe_numerics
+from rsst_tune.device import describe_device
 from rsst_tune.errors import ConfigError, TrialDiverged
 from rsst_tune.pruning import masks as mk
 from rsst_tune.pruning.cost import nonzero_params
@@ -170,7 +170,7 @@ class PruneLoop:
             val_size=len(self.setup.val_data),
             test_size=len(self.setup.test_data),
             device=describe_device(self.setup.device),
-            numerics=describe_numerics(self.setup.amp, self.setup.compile_mode),
+            numerics=self.setup.numerics,
         )
         self.results.append(result)
         self.next_state = s + 1

@@ -24,7 +24,7 @@ from rsst_tune import checkpoint as ckpt
 from rsst_tune import fileio
 from rsst_tune.config import TrialConfig
 from rsst_tune.data import DataBundle
-from rsst_tune.device import describe_device, describe_numerics
+from rsst_tune.device import describe_device
 from rsst_tune.errors import CommandFailed, ConfigError, TrialDiverged, describe_exception
 from rsst_tune.logfile import log_to_file
 from rsst_tune.loop import EpochCallback, PruneLoop
@@ -117,7 +117,7 @@ def _run_states(
     log.info(
         "run %s: %s on %s, %s, %d states x %d epochs, device %s, %s",
         out_dir or "(in memory)", c.model, c.dataset, c.method, c.pruning_times, c.epochs,
-        describe_device(loop.device), describe_numerics(loop.setup.amp, loop.setup.compile_mode),
+        describe_device(loop.device), loop.setup.numerics,
     )  # fmt: skip
     for result in loop.states():
         if out_dir is not None:

@@ -30,7 +30,13 @@ from rsst_tune.data import (
     load_dataset,
     seeded_subset,
 )
-from rsst_tune.device import amp_dtype, can_compile, compile_forward, resolve_device
+from rsst_tune.device import (
+    amp_dtype,
+    can_compile,
+    compile_forward,
+    describe_numerics,
+    resolve_device,
+)
 from rsst_tune.errors import ConfigError
 from rsst_tune.models import (
     check_img_size,
@@ -74,6 +80,11 @@ class TrialSetup:
     rate: float | None  # U's rate; None: derived each state from the unit ratios (§2.4.1)
     # each pruned group's explicit ratio (global or per layer), None: density-matched (§3.2)
     ratios: dict[str, float | None] = dataclasses.field(default_factory=dict)
+
+    @property
+    def numerics(self) -> str:
+        """How the forward runs (`fp32`, `bf16 autocast, compiled (MODE)`), for the results."""
+        return describe_numerics(self.amp, self.compile_mode)
 
 
 def build_setup(cfg: TrialConfig, data: DataBundle | None = None) -> TrialSetup:
