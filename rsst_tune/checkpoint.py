@@ -23,6 +23,7 @@ from torch import Tensor
 
 from rsst_tune import fileio
 from rsst_tune.errors import ConfigError
+from rsst_tune.limits import MAX_STATE
 
 VERSION = 2
 THETA0_FILE = "theta0.pt"
@@ -30,9 +31,6 @@ STATE_GLOB = "state_[0-9][0-9].pt"
 _STATE_RE = re.compile(r"state_(\d\d)\.pt")
 
 Weights = dict[str, Tensor]
-
-
-MAX_STATE = 99  # two digits: `TrialConfig.pruning_times` is at most MAX_STATE + 1
 
 
 def state_file(state: int) -> str:

@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 
 from rsst_tune.config import TrialConfig
 from rsst_tune.errors import CommandFailed, ConfigError, TrialDiverged, describe_exception
+from rsst_tune.limits import MAX_REPEATS
 
 # Spellings of the research code (seeds/) that map onto config fields.
 FLAG_ALIASES: dict[str, list[str]] = {
@@ -62,9 +63,6 @@ def _ratio_list(text: str) -> tuple[float, ...] | None:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated numbers, one per layer (e.g. 0.25,0,0.5,0.25), got {text!r}"
         ) from None
-
-
-MAX_REPEATS = 10_000  # export: timed runs per model and batch size
 
 
 def _repeats(text: str) -> int:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from rsst_tune import limits
 from rsst_tune.errors import ConfigError, unknown_choice
 
 # Choices of the fields that are not registries (models, datasets, methods, criteria and λ
@@ -365,17 +366,19 @@ class TrialConfig:
 
 
 # ---------------------------------------------------------------------- bounds
-MAX_STATES = 100  # state_00.pt ... state_99.pt: checkpoint names have two digits
-MAX_EPOCHS = 100_000
-MAX_BATCH = 2**20
-MAX_SEED = 2**32 - 1  # what every generator seeded from it (torch, numpy) accepts
-MAX_THREADS = 4096  # and at most the cores of the machine that runs it (`check_host`)
-MAX_COUNT = 2**20  # min_units, score_batches, decreasing_lr entries
-MAX_VAL_SIZE = 10**9
-MAX_WORKERS = 256  # data_workers
-MAX_IMG_SIZE = 4096  # rsst_tune.models.inputs.MAX_IMG_SIZE
-MAX_TEMPERATURE = 1e3  # distill_T: T² scales the soft loss
-MAX_COEFF = 1e6  # lr, weight decay, λ's ceiling, k: larger overflow float32 arithmetic
+# The limits of the fields are declared in `rsst_tune.limits`; still importable from here.
+MAX_STATES = limits.MAX_STATES
+MAX_EPOCHS = limits.MAX_EPOCHS
+MAX_BATCH = limits.MAX_BATCH
+MAX_SEED = limits.MAX_SEED
+MAX_THREADS = limits.MAX_THREADS
+MAX_COUNT = limits.MAX_COUNT
+MAX_VAL_SIZE = limits.MAX_VAL_SIZE
+MAX_WORKERS = limits.MAX_WORKERS
+MAX_IMG_SIZE = limits.MAX_IMG_SIZE
+MAX_TEMPERATURE = limits.MAX_TEMPERATURE
+MAX_COEFF = limits.MAX_COEFF
+MAX_LAYERS = limits.MAX_LAYERS
 BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True}
 BOOL_WORDS.update({"0": False, "false": False, "no": False, "off": False})
 
@@ -415,7 +418,6 @@ FLOAT_RANGES: dict[str, tuple[float, bool, float, bool]] = {
 }
 _FLOAT_FIELDS = set(FLOAT_RANGES)
 RATIO_LISTS = tuple(KIND_RATIOS.values())  # per-layer ratios: values in [0, 1), like the ratios
-MAX_LAYERS = 100_000
 OPTIONAL = {
     *RATIO_LISTS,
     "finetune_epochs",

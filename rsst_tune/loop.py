@@ -28,6 +28,7 @@ from rsst_tune.data import BatchTransforms, DataBundle, make_generator
 from rsst_tune.dense_cache import DenseCache, dense_key
 from rsst_tune.device import describe_device
 from rsst_tune.errors import ConfigError, TrialDiverged
+from rsst_tune.limits import MAX_BATCH
 from rsst_tune.pruning import masks as mk
 from rsst_tune.pruning.cost import nonzero_params
 from rsst_tune.pruning.criteria import ScoreInputs
@@ -618,7 +619,7 @@ def _check_batches(setup: TrialSetup) -> None:
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in setup.model.modules())
     if has_bn and cfg.batch_size < 2:
         raise ConfigError(
-            f"batch_size must be in [2, 1048576] for {cfg.model} (BatchNorm cannot train on "
+            f"batch_size must be in [2, {MAX_BATCH}] for {cfg.model} (BatchNorm cannot train on "
             f"one image), got {cfg.batch_size}"
         )
 

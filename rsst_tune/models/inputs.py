@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rsst_tune.config import MAX_IMG_SIZE  # the largest side a config takes; ends the search
 from rsst_tune.errors import ConfigError
+from rsst_tune.limits import MAX_IMG_SIZE  # the largest side a config takes; ends the search
 from rsst_tune.models.registry import TIMM_PREFIX
 
 __all__ = ["MAX_IMG_SIZE", "check_img_size", "default_img_size", "input_stats", "patch_size"]
