@@ -15,7 +15,7 @@ dense, then 3 pruned states), 4 epochs each, 2 trials at a time:
 * `random+fifo`:   random sampler, every trial runs every state (the baseline).
 
 Every setup first runs the space's starting point; TPE's random start-up trials
-(`rsst_tune.tune.searcher.tpe_startup`: a fifth of the full-length trials the budget buys,
+(`rsst_tune.tune.search.searcher.tpe_startup`: a fifth of the full-length trials the budget buys,
 3 of 16, for MO-ASHA too) come from the same seeded
 stream as the random sampler's, so all setups share their first few trials (common random
 numbers).
@@ -23,7 +23,7 @@ numbers).
 Budget: the same number of **trial-epochs** for every setup, B = (FIFO trials) x (pruned
 states) x (epochs per state) + one dense state 0 (`epochs_trained` of every state of every
 trial is what counts: a state 0 loaded from the shared dense cache costs 0), given to every
-sweep as `--epoch-budget B` (`rsst_tune.tune.epoch_budget`: no trial starts once B are spent
+sweep as `--epoch-budget B` (`rsst_tune.tune.search.epoch_budget`: no trial starts once B are spent
 or committed to running trials). A MO-ASHA sweep stops trials early, so it is allowed twice
 the trials, and the budget decides how many it runs; every curve is cut at B.
 
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     if storage is None:
         tmp = tempfile.mkdtemp(prefix="bench_search_")
         storage = tmp
-    from rsst_tune.tune.ray_setup import prepare_ray_env
+    from rsst_tune.tune.run.ray_setup import prepare_ray_env
 
     prepare_ray_env(None)
     import ray

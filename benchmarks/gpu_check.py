@@ -221,7 +221,7 @@ def headroom(table: Table) -> None:
 
 # ----------------------------------------------------------------------------- 3. sweep
 def fractional_sweep(table: Table) -> None:
-    from rsst_tune.tune.experiment import load_experiment
+    from rsst_tune.experiment.reader import load_experiment
 
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as storage:
         cmd = [
@@ -338,7 +338,7 @@ def streaming(table: Table) -> None:
     )
 
     from rsst_tune.data import FileSplit, load_dataset
-    from rsst_tune.streaming import StreamData, default_workers
+    from rsst_tune.data.streaming import StreamData, default_workers
 
     n = 64 if DRY_RUN else 2000
     workers = default_workers()

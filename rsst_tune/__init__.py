@@ -8,7 +8,8 @@ The Python API, imported on first use (`import rsst_tune` itself imports no torc
     experiment = rsst_tune.sweep("vit_head_mlp", preset="smoke", num_samples=4)
     experiment = rsst_tune.resume_sweep("experiments/NAME")     # after SweepInterrupted
     experiment = rsst_tune.load_experiment("experiments/NAME")
-    experiment.best(macs=0.5), experiment.pareto(), experiment.write_report()
+    experiment.best(macs=0.5), experiment.pareto()
+    rsst_tune.write_report(experiment)                          # report.md & co.
 
 `run_trial` returns one `StateResult` per pruning state; `sweep` an `Experiment`.
 """
@@ -25,10 +26,11 @@ _LAZY = {
     "sweep": "rsst_tune.api",
     "resume_sweep": "rsst_tune.api",
     "load_experiment": "rsst_tune.api",
+    "write_report": "rsst_tune.api",
     "run_trial": "rsst_tune.run",
     "TrialConfig": "rsst_tune.config",
     "StateResult": "rsst_tune.results",
-    "Experiment": "rsst_tune.tune.records",
+    "Experiment": "rsst_tune.experiment",
     "ConfigError": "rsst_tune.errors",
     "SweepInterrupted": "rsst_tune.errors",
 }
@@ -44,15 +46,16 @@ __all__ = [
     "resume_sweep",
     "run_trial",
     "sweep",
+    "write_report",
 ]
 
 if TYPE_CHECKING:
-    from rsst_tune.api import load_experiment, resume_sweep, sweep
+    from rsst_tune.api import load_experiment, resume_sweep, sweep, write_report
     from rsst_tune.config import TrialConfig
     from rsst_tune.errors import ConfigError, SweepInterrupted
+    from rsst_tune.experiment.experiment import Experiment
     from rsst_tune.results import StateResult
     from rsst_tune.run import run_trial
-    from rsst_tune.tune.records import Experiment
 
 
 def __getattr__(name: str) -> Any:

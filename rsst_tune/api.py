@@ -5,7 +5,7 @@
     experiment = rsst_tune.sweep("vit_head_mlp", preset="smoke", num_samples=4, epochs=2)
     best = experiment.best(macs=0.5)           # the best ticket at <= 50 % MACs, or None
     print(best.config if best else "no ticket within the budget")
-    experiment.write_report()                  # report.md & co. in the experiment directory
+    rsst_tune.write_report(experiment)         # report.md & co. in the experiment directory
 
     rsst_tune.resume_sweep("experiments/vit_head_mlp-smoke-20250101-120000")
     rsst_tune.load_experiment("experiments/vit_head_mlp-smoke-20250101-120000")
@@ -20,12 +20,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rsst_tune.tune.experiment import load_experiment as _load_experiment
+from rsst_tune.experiment.experiment import Experiment
+from rsst_tune.experiment.reader import load_experiment as _load_experiment
 from rsst_tune.tune.plan import SweepOptions, load_plan, resolve_plan
-from rsst_tune.tune.records import Experiment
 from rsst_tune.tune.sweep import run_sweep
 
-__all__ = ["load_experiment", "resume_sweep", "sweep"]
+__all__ = ["load_experiment", "resume_sweep", "sweep", "write_report"]
 
 
 def sweep(
@@ -94,6 +94,20 @@ def load_experiment(experiment_dir: str | Path) -> Experiment:
         >>> len(experiment.tickets()), experiment.best(macs=None)
     """
     return _load_experiment(experiment_dir)
+
+
+def write_report(experiment: Experiment, out_dir: str | Path | None = None) -> Path:
+    """Render the report of `experiment` (`report.md`, `report.html`, plots,
+    `best_config.json`) into `out_dir` (default: the experiment directory) and return the
+    path of `report.md`. It renders what the sweep recorded (the best tickets' exports
+    included) and measures nothing.
+
+        >>> rsst_tune.write_report(experiment, "/tmp/report")
+        PosixPath('/tmp/report/report.md')
+    """
+    from rsst_tune.report import write_report as render
+
+    return Path(render(experiment, experiment.path if out_dir is None else out_dir))
 
 
 def _call_text(space: str, options: dict[str, Any]) -> str:

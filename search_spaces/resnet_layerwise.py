@@ -17,7 +17,7 @@ and see the same resolution, and 9 per-block ratios (27 for resnet56) are many d
 for TPE in a sweep of tens of trials, most of whose proposals a tight budget rejects.
 
 Explicit ratios fix the filters kept at every state, so the MACs of the last state are known
-before training (`rsst_tune.pruning.budget.planned_macs_frac`, equal to the MACs counted on
+before training (`rsst_tune.macs_plan.planned_macs_frac`, equal to the MACs counted on
 the sliced model): with `--macs-budget`, a proposal over the budget is told to Optuna as
 infeasible (user attr `constraint` = [macs_frac − budget]) and the sampler proposes again, at
 no trial's cost. The `rate` of U is derived from the ratios (ALGORITHMS.md §2 step 4.1).
@@ -28,8 +28,8 @@ from __future__ import annotations
 from typing import Any
 
 from rsst_tune.errors import ConfigError
-from rsst_tune.pruning.budget import ConvLayer, conv_layers
-from rsst_tune.tune.records import Objective
+from rsst_tune.experiment.records import Objective
+from rsst_tune.macs_plan import ConvLayer, conv_layers
 from rsst_tune.tune.space import SearchSpace
 from search_spaces._common import (
     CNN_LR,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rsst_tune.tune.records import Objective
+from rsst_tune.experiment.records import Objective
 from rsst_tune.tune.space import SearchSpace
 from search_spaces._common import (
     VIT_CIFAR,

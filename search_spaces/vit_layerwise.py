@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rsst_tune.pruning.budget import layer_counts
-from rsst_tune.tune.records import Objective
+from rsst_tune.experiment.records import Objective
+from rsst_tune.macs_plan import layer_counts
 from rsst_tune.tune.space import SearchSpace
 from search_spaces._common import VIT_CIFAR, VIT_LR, VIT_MODELS, overridable, suggest_rsst_recipe
 

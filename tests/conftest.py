@@ -26,7 +26,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session", autouse=True)
 def resume_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The key `--resume` signs Ray's pickles with (rsst_tune.tune.trust): a session temp
+    """The key `--resume` signs Ray's pickles with (rsst_tune.tune.safety.trust): a session temp
     file, so the tests never create or read the user's ~/.config/rsst-tune/resume.key;
     subprocesses inherit it."""
     path = tmp_path_factory.mktemp("trust") / "resume.key"
@@ -45,7 +45,7 @@ def ray_cluster() -> Iterator[str]:
     join."""
     import logging
 
-    from rsst_tune.tune.ray_setup import prepare_ray_env, restore_ray_env
+    from rsst_tune.tune.run.ray_setup import prepare_ray_env, restore_ray_env
 
     prepare_ray_env(None)
     import ray

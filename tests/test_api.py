@@ -11,7 +11,7 @@ import pytest
 
 import rsst_tune
 from rsst_tune.errors import ConfigError
-from rsst_tune.report.select import choose_at_budget
+from rsst_tune.experiment.select import choose_at_budget
 from rsst_tune.results import StateResult
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,9 +126,9 @@ def test_sweep_then_read_back_tickets_front_best_and_report(tmp_path: Path) -> N
     assert default is None or default.macs_frac <= 0.5
 
     (exp_dir / "report.md").unlink()  # written by the sweep; the default is the same place
-    report = loaded.write_report()
+    report = rsst_tune.write_report(loaded)
     assert report == exp_dir.resolve() / "report.md" and report.is_file()
-    elsewhere = loaded.write_report(tmp_path / "elsewhere")
+    elsewhere = rsst_tune.write_report(loaded, tmp_path / "elsewhere")
     assert elsewhere == tmp_path / "elsewhere" / "report.md" and elsewhere.is_file()
 
 

@@ -12,18 +12,20 @@ from pathlib import Path
 import pytest
 
 from rsst_tune.errors import ConfigError
-from rsst_tune.report import choices_by_budget
-from rsst_tune.report.seeds import (
+from rsst_tune.experiment.experiment import Experiment
+from rsst_tune.experiment.reader import read_confirmation
+from rsst_tune.experiment.records import Confirmation, Objective, SeedRun, TrialRecord
+from rsst_tune.experiment.seeds import (
     choose_confirmed,
     confirm_candidates,
     confirmed_choices,
     ranked_at_budget,
     seed_stats,
 )
+from rsst_tune.report import choices_by_budget
 from rsst_tune.results import StateResult
-from rsst_tune.tune.confirm import plan_runs, read_confirmation, write_confirmation
+from rsst_tune.tune.confirm import plan_runs, write_confirmation
 from rsst_tune.tune.plan import SweepOptions, resolve_plan
-from rsst_tune.tune.records import Confirmation, Experiment, Objective, SeedRun, TrialRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 360  # the digits val/test split size

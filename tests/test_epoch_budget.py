@@ -15,8 +15,8 @@ from ray.tune.search import Searcher
 from rsst_tune.errors import ConfigError
 from rsst_tune.tune import SweepOptions, load_experiment, resolve_plan, run_sweep
 from rsst_tune.tune.cli import build_parser
-from rsst_tune.tune.epoch_budget import EpochBudget, state_costs
 from rsst_tune.tune.plan import SweepPlan
+from rsst_tune.tune.search.epoch_budget import EpochBudget, state_costs
 
 REPO = Path(__file__).resolve().parents[1]
 BASE: dict[str, Any] = {"model": "vit_digits", "dataset": "digits", "pruning_times": 3}
@@ -182,8 +182,8 @@ def test_an_interrupted_budgeted_sweep_resumes_to_the_same_budget(
 
 
 def test_tpe_startup_under_a_budget_counts_the_full_length_trials_it_buys() -> None:
-    from rsst_tune.tune.epoch_budget import full_trials
-    from rsst_tune.tune.searcher import tpe_startup
+    from rsst_tune.tune.search.epoch_budget import full_trials
+    from rsst_tune.tune.search.searcher import tpe_startup
 
     base = {**BASE, "epochs": 4, "pruning_times": 4}  # 3 pruned states x 4 epochs = 12
     assert full_trials(196, base) == 16  # the benchmark's budget: 16 FIFO trials

@@ -25,26 +25,16 @@ from rsst_tune.cli import build_parser, config_from_args
 from rsst_tune.config import TrialConfig
 from rsst_tune.data import DataBundle
 from rsst_tune.errors import ConfigError
+from rsst_tune.experiment.layout import CONSTRAINT_ATTR, RAY_TRIAL_ATTR
 from rsst_tune.export import export_checkpoint
 from rsst_tune.loop import PruneLoop
-from rsst_tune.pruning.budget import (
-    MacsBudget,
-    conv_layers,
-    layer_counts,
-    planned_alive,
-    planned_macs_frac,
-)
+from rsst_tune.macs_plan import MacsBudget, conv_layers, layer_counts, planned_macs_frac
 from rsst_tune.pruning.select import round_half_up
 from rsst_tune.pruning.slicing import export_model
 from rsst_tune.pruning.structure import find_structure
 from rsst_tune.tune import SweepOptions, describe_plan, load_experiment, resolve_plan, run_sweep
-from rsst_tune.tune.searcher import (
-    CONSTRAINT_ATTR,
-    CONSTRAINT_KEY,
-    RAY_TRIAL_ATTR,
-    PruningAwareOptunaSearch,
-    make_sampler,
-)
+from rsst_tune.tune.search.searcher import CONSTRAINT_KEY, PruningAwareOptunaSearch, make_sampler
+from rsst_tune.unit_budget import planned_alive
 from search_spaces import get_space
 
 TINY: dict[str, Any] = dict(
@@ -197,11 +187,11 @@ def test_over_budget_proposals_are_infeasible_and_never_handed_out(
         assert list(t.constraints.values()) == t.user_attrs[CONSTRAINT_ATTR]  # what TPE reads
     # a budget no proposal can meet: a bounded number of tries, one line, no more trials
     hopeless = _searcher(0.01, max_proposals=4, space_name=space_name)
-    with caplog.at_level(logging.WARNING, logger="rsst_tune.tune.searcher"):
+    with caplog.at_level(logging.WARNING, logger="rsst_tune.tune.search.searcher"):
         assert hopeless.suggest("t0") == hopeless.FINISHED
     assert len(hopeless.study.get_trials(deepcopy=False)) == 4
     assert [r.getMessage() for r in caplog.records if "no proposal" in r.getMessage()] == [
-        r.getMessage() for r in caplog.records if r.name == "rsst_tune.tune.searcher"
+        r.getMessage() for r in caplog.records if r.name == "rsst_tune.tune.search.searcher"
     ]
     assert any("after 4 tries" in r.getMessage() for r in caplog.records)
 

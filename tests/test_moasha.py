@@ -50,7 +50,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rsst_tune.tune import SweepOptions
-from rsst_tune.tune.moasha import (
+from rsst_tune.tune.search.moasha import (
     MoashaRungs,
     continues,
     crowding_distance,
@@ -233,7 +233,7 @@ def test_the_benchmark_judges_the_goal_on_the_seed_averaged_curve(
 
 
 def test_tpe_start_up_is_a_fifth_of_the_trials_within_2_and_10() -> None:
-    from rsst_tune.tune.searcher import make_sampler, tpe_startup
+    from rsst_tune.tune.search.searcher import make_sampler, tpe_startup
 
     sizes = {1: 2, 6: 2, 8: 2, 15: 3, 16: 3, 24: 4, 32: 6, 50: 10, 500: 10}
     assert {n: tpe_startup(n) for n in sizes} == sizes
@@ -340,7 +340,7 @@ def _scripted_trainable(config: dict[str, Any]) -> None:
 def _tuner(tmp_path: Path, name: str, fail: str) -> Any:
     from ray import tune
 
-    from rsst_tune.tune.moasha import make_scheduler
+    from rsst_tune.tune.search.moasha import make_scheduler
 
     configs = [
         {
@@ -419,7 +419,7 @@ def test_ray_scheduler_stops_what_the_hand_computation_stops_and_survives_a_rest
 def test_the_scheduler_unpickles_in_a_fresh_process() -> None:
     """Ray stores the scheduler in tuner.pkl; `--resume` unpickles it in a new process,
     before anything has built the Ray class."""
-    from rsst_tune.tune.moasha import make_scheduler
+    from rsst_tune.tune.search.moasha import make_scheduler
 
     scheduler = make_scheduler(list(METRICS), list(MODES), grace=1, reduction_factor=2)
     for t in ("T1", "T2"):

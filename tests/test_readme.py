@@ -240,7 +240,7 @@ class Tour:
         assert where and not Path(where.group(1)).exists(), "a dry run writes nothing"
 
     def check_sweep(self, argv: list[str], res: subprocess.CompletedProcess[str]) -> None:
-        from rsst_tune.tune.experiment import load_experiment
+        from rsst_tune.experiment.reader import load_experiment
 
         exp_dir = self.experiment_dir(argv)
         for name in ("sweep.json", "report.md", "report.html", "optuna.journal"):
@@ -306,8 +306,8 @@ def test_python_example_runs_verbatim(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import rsst_tune
+    from rsst_tune.experiment.experiment import Experiment
     from rsst_tune.results import StateResult
-    from rsst_tune.tune.records import Experiment
 
     code = python_example(README.read_text())
     monkeypatch.chdir(tmp_path)

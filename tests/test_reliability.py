@@ -172,7 +172,7 @@ def test_killed_worker_restarts_from_its_last_state_and_completes(
 _DIVERGING = """
 import sys
 
-from rsst_tune.tune.records import Objective
+from rsst_tune.experiment.records import Objective
 from rsst_tune.tune.space import SMOKE_DIGITS, SearchSpace
 from search_spaces import register_space
 
@@ -518,9 +518,10 @@ def test_sigkill_of_the_driver_leaves_no_process_and_resume_settles_every_trial(
 def test_a_second_sweep_on_the_same_directory_is_refused_naming_the_holder(
     tmp_path: Path, ray_tmp: Path
 ) -> None:
+    from rsst_tune.experiment.layout import SWEEP_LOCK
     from rsst_tune.locks import LockOwner
     from rsst_tune.tune import SweepOptions, resolve_plan
-    from rsst_tune.tune.storage import SWEEP_LOCK, sweep_lock
+    from rsst_tune.tune.run.storage import sweep_lock
 
     plan = resolve_plan(
         SweepOptions(space="vit_head_mlp", preset="smoke", storage=str(tmp_path), name="two")
@@ -599,7 +600,7 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_it_resumes_once_freed(
         assert "No space left on device" in line and "--resume" in line, sweep.err
         import optuna
 
-        from rsst_tune.tune.searcher import journal_storage
+        from rsst_tune.tune.search.searcher import journal_storage
 
         study = optuna.load_study(
             study_name="full", storage=journal_storage(exp_dir / "optuna.journal")

@@ -17,6 +17,8 @@ import torch
 from optuna.study import StudyDirection
 
 from rsst_tune.config import TrialConfig
+from rsst_tune.experiment.experiment import Experiment
+from rsst_tune.experiment.records import Objective, TrialRecord
 from rsst_tune.report import (
     BUDGETS,
     TIE_RULE,
@@ -33,7 +35,6 @@ from rsst_tune.report import (
 )
 from rsst_tune.results import StateResult
 from rsst_tune.stats import wilson_interval
-from rsst_tune.tune.records import Experiment, Objective, TrialRecord
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -502,7 +503,7 @@ def test_importances_per_objective_and_a_warning_below_the_minimum(
 
 
 def test_importance_errors_still_reach_the_user(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("WARNING", logger="rsst_tune.report.select"):
+    with caplog.at_level("WARNING", logger="rsst_tune.experiment.select"):
         imp = param_importances(object())
     assert imp.values is None
     assert any("parameter importances not available" in r.message for r in caplog.records)
@@ -741,7 +742,7 @@ def test_report_renders_recorded_exports_without_measuring(
 ) -> None:
     from rsst_tune.export import read_report
     from rsst_tune.report import fmt_latency
-    from rsst_tune.tune.runner import write_report_if_available
+    from rsst_tune.tune.run.runner import write_report_if_available
 
     assert write_report_if_available(exported_sweep, tmp_path, export="missing")  # sweep's end
     folder = tmp_path / "best_exports" / "t_x_s1"
@@ -770,7 +771,7 @@ def test_report_measure_exports_again(exported_sweep: Experiment, tmp_path: Path
     from rsst_tune.cli import build_parser
     from rsst_tune.export import read_report
     from rsst_tune.report import fmt_latency
-    from rsst_tune.tune.runner import write_report_if_available
+    from rsst_tune.tune.run.runner import write_report_if_available
 
     assert build_parser().parse_args(["report", "exp"]).measure is False
     assert build_parser().parse_args(["report", "exp", "--measure"]).measure is True

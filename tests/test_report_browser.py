@@ -20,12 +20,13 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.study import StudyDirection
 
 from rsst_tune.config import TrialConfig
+from rsst_tune.experiment.experiment import Experiment
+from rsst_tune.experiment.objectives import trial_value
+from rsst_tune.experiment.records import Objective, TrialRecord
+from rsst_tune.experiment.select import MIN_IMPORTANCE_TRIALS
 from rsst_tune.report import write_report
 from rsst_tune.report.document import Para, Plot, to_html
-from rsst_tune.report.select import MIN_IMPORTANCE_TRIALS
 from rsst_tune.results import StateResult
-from rsst_tune.tune.objectives import trial_value
-from rsst_tune.tune.records import Experiment, Objective, TrialRecord
 
 OBJECTIVES = (Objective("val_acc", "max"), Objective("macs_frac", "min"))
 SEARCHED = {

@@ -9,7 +9,7 @@ import pytest
 
 from rsst_tune.config import TrialConfig
 from rsst_tune.errors import ConfigError
-from rsst_tune.tune.records import Objective
+from rsst_tune.experiment.records import Objective
 from rsst_tune.tune.space import SearchSpace, varying_sparsity_fields
 from search_spaces import get_space, list_spaces
 

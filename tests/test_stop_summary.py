@@ -1,4 +1,4 @@
-"""The end-of-sweep stop summary (`rsst_tune.tune.stops`): what an early-stopping scheduler
+"""The end-of-sweep stop summary (`rsst_tune.experiment.stops`): what an early-stopping scheduler
 stopped, per state, and the trial-epochs it saved; the console and the report say the same
 line. No Ray is started: records built by hand, and an experiment directory written as a sweep
 leaves it (Ray's state as JSON, result.json rows, a real searcher telling a real journal)."""
@@ -13,10 +13,11 @@ import optuna
 import pytest
 
 from rsst_tune.config import TrialConfig
+from rsst_tune.experiment.experiment import Experiment
+from rsst_tune.experiment.records import STOPPED_BY_SCHEDULER, Objective, TrialRecord
+from rsst_tune.experiment.stops import StopSummary, stop_summary
 from rsst_tune.results import StateResult
 from rsst_tune.tune.console import print_stop_summary
-from rsst_tune.tune.records import STOPPED_BY_SCHEDULER, Experiment, Objective, TrialRecord
-from rsst_tune.tune.stops import StopSummary, stop_summary
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -210,10 +211,11 @@ def test_load_experiment_tells_the_schedulers_stops_from_the_time_budgets(tmp_pa
     """A sweep directory as a moasha sweep that ran out of time leaves it: the searcher told
     Optuna of the scheduler's stop, the error and the complete trial; the time-budget trial is
     settled by the sweep's end (`_settle_study`); a SIGINT-interrupted one stays running."""
-    from rsst_tune.tune.experiment import load_experiment
-    from rsst_tune.tune.plan import PLAN_FILE, SweepOptions, resolve_plan
-    from rsst_tune.tune.runner import _settle_study
-    from rsst_tune.tune.searcher import JOURNAL_FILE, PruningAwareOptunaSearch, journal_storage
+    from rsst_tune.experiment.layout import JOURNAL_FILE, PLAN_FILE
+    from rsst_tune.experiment.reader import load_experiment
+    from rsst_tune.tune.plan import SweepOptions, resolve_plan
+    from rsst_tune.tune.run.runner import _settle_study
+    from rsst_tune.tune.search.searcher import PruningAwareOptunaSearch, journal_storage
 
     plan = resolve_plan(
         SweepOptions(

@@ -21,6 +21,8 @@ import pytest
 from conftest import tune_main_env
 
 from rsst_tune.errors import ConfigError, SweepInterrupted
+from rsst_tune.experiment.experiment import Experiment
+from rsst_tune.experiment.records import Objective, TrialRecord
 from rsst_tune.results import StateResult
 from rsst_tune.tune import (
     SweepOptions,
@@ -32,7 +34,6 @@ from rsst_tune.tune import (
     trial_value,
 )
 from rsst_tune.tune.cli import main as tune_main
-from rsst_tune.tune.records import Experiment, Objective, TrialRecord
 
 REPO = Path(__file__).resolve().parents[1]
 TINY: dict[str, Any] = {"dataset": "digits", "model": "vit_digits", "states": 2, "epochs": 2}
@@ -428,7 +429,7 @@ def test_the_loopback_setting_of_a_local_sweep_does_not_outlive_its_start(
     later by the caller: the 2-node chaos test in the full suite) exit at once."""
     import ray
 
-    from rsst_tune.tune import ray_setup
+    from rsst_tune.tune.run import ray_setup
 
     var = ray_setup.LOCAL_ONLY_ENV
     monkeypatch.setattr(ray_setup, "_callers_local_only", [])
@@ -510,7 +511,8 @@ def test_objective_parsing_and_budgeted_value() -> None:
 def test_trials_ended_by_the_time_budget_become_pruned() -> None:
     import optuna
 
-    from rsst_tune.tune.searcher import RAY_TRIAL_ATTR, mark_stopped
+    from rsst_tune.experiment.layout import RAY_TRIAL_ATTR
+    from rsst_tune.tune.search.searcher import mark_stopped
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     running, finished, other = study.ask(), study.ask(), study.ask()
@@ -561,12 +563,8 @@ def test_bad_max_failures_flag_is_one_line_and_exit_2(
 def test_optuna_is_settled_from_rays_record() -> None:
     import optuna
 
-    from rsst_tune.tune.searcher import (
-        FAIL_REASON_ATTR,
-        RAY_TRIAL_ATTR,
-        fail_lost,
-        settle_finished,
-    )
+    from rsst_tune.experiment.layout import FAIL_REASON_ATTR, RAY_TRIAL_ATTR
+    from rsst_tune.tune.search.searcher import fail_lost, settle_finished
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     trials = {rid: study.ask() for rid in ("done", "cut", "err", "lost", "live")}
@@ -599,7 +597,7 @@ def test_a_journal_write_cut_by_a_full_disk_leaves_the_journal_readable(
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
-    from rsst_tune.tune.searcher import journal_storage
+    from rsst_tune.tune.search.searcher import journal_storage
 
     path = tmp_path / "optuna.journal"
     study = optuna.create_study(study_name="s", storage=journal_storage(path))
@@ -623,7 +621,7 @@ def test_a_journal_write_cut_by_a_full_disk_leaves_the_journal_readable(
 def test_a_retried_trial_is_complete_and_errors_are_summarised() -> None:
     from optuna.trial import TrialState
 
-    from rsst_tune.tune.experiment import _status, error_summary
+    from rsst_tune.experiment.reader import _status, error_summary
 
     rows = [{"state": 0, "pruning_times": 2}, {"state": 1, "pruning_times": 2}]
 
@@ -659,8 +657,9 @@ def _fake_experiment(exp_dir: Path, known: list[str], on_disk: list[str]) -> Non
 def test_resume_after_a_killed_driver_settles_trials_ray_never_recorded(tmp_path: Path) -> None:
     import optuna
 
-    from rsst_tune.tune.runner import LOST_DIR, _recover
-    from rsst_tune.tune.searcher import FAIL_REASON_ATTR, RAY_TRIAL_ATTR, journal_storage
+    from rsst_tune.experiment.layout import FAIL_REASON_ATTR, RAY_TRIAL_ATTR
+    from rsst_tune.tune.run.runner import LOST_DIR, _recover
+    from rsst_tune.tune.search.searcher import journal_storage
 
     plan = resolve_plan(
         SweepOptions(space="vit_head_mlp", preset="smoke", storage=str(tmp_path), name="k")
@@ -703,7 +702,8 @@ def _search_generator(plan: Any, num_samples: int) -> Any:
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.search_generator import SearchGenerator
 
-    from rsst_tune.tune.searcher import JOURNAL_FILE, PruningAwareOptunaSearch, journal_storage
+    from rsst_tune.experiment.layout import JOURNAL_FILE
+    from rsst_tune.tune.search.searcher import PruningAwareOptunaSearch, journal_storage
 
     searcher = PruningAwareOptunaSearch(
         _define_lr,
@@ -731,9 +731,9 @@ def test_a_trial_generated_but_never_recorded_is_lost_and_generated_again(
     record of it: the resume fails the trial in Optuna and still runs --num-samples trials."""
     import shutil
 
-    from rsst_tune.tune.experiment import open_study
-    from rsst_tune.tune.runner import _recover
-    from rsst_tune.tune.searcher import FAIL_REASON_ATTR, RAY_TRIAL_ATTR
+    from rsst_tune.experiment.layout import FAIL_REASON_ATTR, RAY_TRIAL_ATTR
+    from rsst_tune.experiment.reader import open_study
+    from rsst_tune.tune.run.runner import _recover
 
     plan = resolve_plan(
         SweepOptions(space="vit_head_mlp", preset="smoke", storage=str(tmp_path), name="g")
@@ -774,13 +774,8 @@ def test_a_trial_generated_but_never_recorded_is_lost_and_generated_again(
 
 
 def test_damaged_ray_state_is_restored_from_its_last_intact_copy(tmp_path: Path) -> None:
-    from rsst_tune.tune.experiment import (
-        RAY_STATE_BACKUP,
-        backup_ray_state,
-        ray_state_files,
-        ray_state_intact,
-        repair_ray_state,
-    )
+    from rsst_tune.experiment.reader import RAY_STATE_BACKUP, ray_state_files, ray_state_intact
+    from rsst_tune.tune.run.ray_state import backup_ray_state, repair_ray_state
 
     exp_dir = tmp_path / "e"
     _fake_experiment(exp_dir, known=["a"], on_disk=["a"])
@@ -810,7 +805,7 @@ def test_only_infrastructure_failures_are_retried(ray_cluster: str, tmp_path: Pa
     from ray.tune.experiment import Trial
 
     from rsst_tune.errors import TrialDiverged
-    from rsst_tune.tune.retries import RetryPolicy, failure_line
+    from rsst_tune.tune.safety.retries import RetryPolicy, failure_line
 
     def trial(adopted: bool = True) -> Any:
         t = Trial("train_trial", stub=True, max_failures=2)
@@ -851,7 +846,11 @@ def test_a_storage_failure_noted_while_logging_it_does_not_recurse() -> None:
     already be taken, or this recursed until RecursionError (seen in the full-disk chaos test)."""
     import errno
 
-    from rsst_tune.tune.storage import note_storage_failure, reset_storage_failure, storage_failure
+    from rsst_tune.tune.run.storage import (
+        note_storage_failure,
+        reset_storage_failure,
+        storage_failure,
+    )
 
     full = OSError(errno.ENOSPC, "No space left on device")
     seen: list[str] = []
@@ -861,7 +860,7 @@ def test_a_storage_failure_noted_while_logging_it_does_not_recurse() -> None:
             seen.append(record.getMessage())
             note_storage_failure(OSError(errno.ENOSPC, "No space left on device", "sweep.log"))
 
-    logger = logging.getLogger("rsst_tune.tune.storage")
+    logger = logging.getLogger("rsst_tune.tune.run.storage")
     handler, level = FullDiskHandler(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -887,7 +886,7 @@ def test_rays_state_is_signed_as_it_is_saved_and_verifies_when_synced(
     from ray.train._internal.storage import StorageContext
     from ray.tune.experiment import Trial
 
-    from rsst_tune.tune.trust import StateSigner, check_resume, sign_all
+    from rsst_tune.tune.safety.trust import StateSigner, check_resume, sign_all
 
     trial = Trial("train_trial", stub=True)
     # Ray's staging directory is <session>/artifacts/<second>/<name>: a name of its own, so

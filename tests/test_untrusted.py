@@ -10,8 +10,9 @@ import pytest
 
 from rsst_tune.cli import main
 from rsst_tune.config import TrialConfig
-from rsst_tune.tune.experiment import load_experiment
-from rsst_tune.tune.plan import PLAN_FILE, SweepOptions, resolve_plan
+from rsst_tune.experiment.layout import PLAN_FILE
+from rsst_tune.experiment.reader import load_experiment
+from rsst_tune.tune.plan import SweepOptions, resolve_plan
 
 
 class _Touch:
@@ -136,7 +137,7 @@ def test_options_resume_does_not_use_are_named_as_ignored(
 def test_resume_refuses_a_crafted_tuner_pkl_and_runs_none_of_it(
     tmp_path: Path, resume_key: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from rsst_tune.tune.trust import sign_all
+    from rsst_tune.tune.safety.trust import sign_all
 
     marker = tmp_path / "pwned"
     exp = _resumable(tmp_path)
@@ -160,8 +161,9 @@ def test_resume_refuses_a_crafted_tuner_pkl_and_runs_none_of_it(
 def test_a_signed_directory_verifies_and_a_killed_driver_falls_back_to_the_signed_copy(
     tmp_path: Path, resume_key: Path
 ) -> None:
-    from rsst_tune.tune.experiment import RAY_STATE_BACKUP, backup_ray_state
-    from rsst_tune.tune.trust import check_resume, sign_all
+    from rsst_tune.experiment.reader import RAY_STATE_BACKUP
+    from rsst_tune.tune.run.ray_state import backup_ray_state
+    from rsst_tune.tune.safety.trust import check_resume, sign_all
 
     exp = _resumable(tmp_path)
     assert check_resume(exp, trust=True) == []
@@ -191,7 +193,7 @@ def test_a_signed_directory_verifies_and_a_killed_driver_falls_back_to_the_signe
 
 def test_the_resume_key_must_be_private(tmp_path: Path, resume_key: Path) -> None:
     from rsst_tune.errors import ConfigError
-    from rsst_tune.tune import trust
+    from rsst_tune.tune.safety import trust
 
     exp = _resumable(tmp_path)
     assert trust.sign_all(exp)

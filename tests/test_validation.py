@@ -40,12 +40,13 @@ from rsst_tune.config import (
 )
 from rsst_tune.data import DataBundle
 from rsst_tune.errors import ConfigError, TrialDiverged
+from rsst_tune.experiment.objectives import parse_objectives, trial_value
+from rsst_tune.experiment.select import best_at_budget, rank_trials, ticket_front
+from rsst_tune.experiment.tickets import Ticket
 from rsst_tune.loop import PruneLoop
-from rsst_tune.report.select import Ticket, best_at_budget, rank_trials, ticket_front
 from rsst_tune.results import StateResult
 from rsst_tune.run import LOG_FILE, run_trial
 from rsst_tune.tune.cli import main as tune_main
-from rsst_tune.tune.objectives import parse_objectives, trial_value
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = [
@@ -147,7 +148,7 @@ def test_the_trainable_lets_divergence_propagate_and_never_reports_the_state(
 ) -> None:
     """`train_trial` under a stand-in for `ray.tune`: state 0 is reported with its checkpoint,
     the diverged state 1 is not, and the error reaches Ray as `TrialDiverged`."""
-    from rsst_tune.tune.trainable import train_trial
+    from rsst_tune.tune.run.trainable import train_trial
 
     reported: list[dict[str, Any]] = []
     tune = types.SimpleNamespace(

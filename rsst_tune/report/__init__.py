@@ -20,35 +20,17 @@ One module per job:
 
 from __future__ import annotations
 
-from rsst_tune.report.exports import (
-    BEST_EXPORTS_DIR,
-    EXPORT_MODES,
-    ExportMode,
-    distinct_bests,
-    export_best,
-    read_export,
-)
-from rsst_tune.report.files import (
-    BEST_CONFIGS_DIR,
-    best_config_record,
-    build_blocks,
-    write_best_configs,
-    write_report,
-)
-from rsst_tune.report.sections import fmt_latency, fmt_pct
-from rsst_tune.report.select import (
+from rsst_tune.experiment.layout import BEST_CONFIGS_DIR, BEST_EXPORTS_DIR
+from rsst_tune.experiment.select import (
     BUDGETS,
     DEFAULT_BUDGET,
-    SELECT_METRIC,
     TIE_RULE,
     Choice,
     Importances,
-    Ticket,
     best_at_budget,
     best_by_budget,
     choices_by_budget,
     choose_at_budget,
-    collect_tickets,
     headline_choice,
     headline_ticket,
     is_tied,
@@ -60,6 +42,21 @@ from rsst_tune.report.select import (
     ticket_front,
     within_budget,
 )
+from rsst_tune.experiment.tickets import SELECT_METRIC, Ticket, collect_tickets
+from rsst_tune.report.exports import (
+    EXPORT_MODES,
+    ExportMode,
+    distinct_bests,
+    export_best,
+    read_export,
+)
+from rsst_tune.report.files import (
+    best_config_record,
+    build_blocks,
+    write_best_configs,
+    write_report,
+)
+from rsst_tune.report.sections import fmt_latency, fmt_pct
 
 __all__ = [
     "BEST_CONFIGS_DIR",

@@ -17,12 +17,13 @@ if TYPE_CHECKING:
 
 
 from rsst_tune import fileio
+from rsst_tune.experiment.layout import BEST_EXPORTS_DIR, EXPORT_ERROR_FILE
+from rsst_tune.experiment.select import budget_label, first_line
+from rsst_tune.experiment.tickets import Ticket
 from rsst_tune.report.document import Block, Heading, Para, Table
-from rsst_tune.report.select import Ticket, budget_label, first_line
 
 log = logging.getLogger(__name__)
 
-BEST_EXPORTS_DIR = "best_exports"
 
 # ---------------------------------------------------------------------- physical exports
 # Each budget's best ticket is exported (and timed) once, when the sweep ends, into
@@ -30,7 +31,6 @@ BEST_EXPORTS_DIR = "best_exports"
 # renders those records and measures nothing unless asked (`rsst-tune report DIR --measure`).
 ExportMode = Literal["recorded", "missing", "all"]
 EXPORT_MODES: tuple[str, ...] = ("recorded", "missing", "all")
-EXPORT_ERROR_FILE = "error.txt"
 DASH = "—"
 
 

@@ -12,13 +12,36 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rsst_tune.tune.records import Experiment
+from rsst_tune.experiment.experiment import Experiment
+from rsst_tune.experiment.layout import BEST_CONFIGS_DIR, SWEEP_LOG
 
 if TYPE_CHECKING:
     pass
 
 
 from rsst_tune import fileio
+from rsst_tune.experiment.seeds import (
+    CONFIRM_RULE,
+    EXTRA_SEEDS,
+    ConfirmedChoice,
+    SeedStats,
+    confirmed_choices,
+    seed_stats,
+)
+from rsst_tune.experiment.select import (
+    TIE_RULE,
+    Choice,
+    budget_label,
+    budget_slug,
+    choices_by_budget,
+    headline_choice,
+    jsonable,
+    param_importances,
+    quiet_log,
+    reproduce_config,
+    state_history,
+)
+from rsst_tune.experiment.tickets import SELECT_METRIC, Ticket, collect_tickets
 from rsst_tune.report.document import Block, Plot, to_html, to_markdown
 from rsst_tune.report.exports import EXPORT_MODES, ExportMode, export_best
 from rsst_tune.report.interactive import interactive_blocks, plotly_js, search_blocks
@@ -33,35 +56,9 @@ from rsst_tune.report.sections import (
     summary_blocks,
     trials_blocks,
 )
-from rsst_tune.report.seeds import (
-    CONFIRM_RULE,
-    EXTRA_SEEDS,
-    ConfirmedChoice,
-    SeedStats,
-    confirmed_choices,
-    seed_stats,
-)
-from rsst_tune.report.select import (
-    SELECT_METRIC,
-    TIE_RULE,
-    Choice,
-    Ticket,
-    budget_label,
-    budget_slug,
-    choices_by_budget,
-    collect_tickets,
-    headline_choice,
-    jsonable,
-    param_importances,
-    quiet_log,
-    reproduce_config,
-    state_history,
-)
 
 log = logging.getLogger(__name__)
 
-BEST_CONFIGS_DIR = "best_configs"
-SWEEP_LOG = "sweep.log"  # the experiment's log (rsst_tune.tune.console.LOG_FILE)
 REPORT_LOG = "report.log"  # where third-party chatter goes when the experiment has no log dir
 
 

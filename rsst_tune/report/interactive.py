@@ -18,19 +18,19 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from rsst_tune.report.document import Block, Heading, Image, Para, Plot
-from rsst_tune.report.select import (
+from rsst_tune.experiment.experiment import Experiment
+from rsst_tune.experiment.objectives import trial_value
+from rsst_tune.experiment.records import TrialRecord
+from rsst_tune.experiment.select import (
     BUDGETS,
     FRONT_AXES,
     Importances,
-    Ticket,
-    finite,
     front_leader,
     or_default,
     ticket_front,
 )
-from rsst_tune.tune.objectives import trial_value
-from rsst_tune.tune.records import Experiment, TrialRecord
+from rsst_tune.experiment.tickets import Ticket, finite
+from rsst_tune.report.document import Block, Heading, Image, Para, Plot
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go

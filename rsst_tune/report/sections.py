@@ -13,13 +13,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from rsst_tune.report.document import Block, Code, Heading, Image, Para, Table
-
-# the export table lives with the exports (re-exported for files.py and the package)
-from rsst_tune.report.exports import export_blocks as export_blocks
-from rsst_tune.report.exports import fmt_latency as fmt_latency
-from rsst_tune.report.seeds import CONFIRM_RULE, EXTRA_SEEDS, ConfirmedChoice
-from rsst_tune.report.select import (
+from rsst_tune.experiment.experiment import Experiment
+from rsst_tune.experiment.seeds import CONFIRM_RULE, EXTRA_SEEDS, ConfirmedChoice
+from rsst_tune.experiment.select import (
     BUDGETS,
     DEFAULT_BUDGET,
     FRONT_AXES,
@@ -28,7 +24,6 @@ from rsst_tune.report.select import (
     UNIT_KINDS,
     Choice,
     Importances,
-    Ticket,
     budget_label,
     first_line,
     front_leader,
@@ -39,8 +34,13 @@ from rsst_tune.report.select import (
     status_counts,
     ticket_front,
 )
-from rsst_tune.tune.records import Experiment
-from rsst_tune.tune.stops import stop_summary
+from rsst_tune.experiment.stops import stop_summary
+from rsst_tune.experiment.tickets import Ticket
+from rsst_tune.report.document import Block, Code, Heading, Image, Para, Table
+
+# the export table lives with the exports (re-exported for files.py and the package)
+from rsst_tune.report.exports import export_blocks as export_blocks
+from rsst_tune.report.exports import fmt_latency as fmt_latency
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ def summary_blocks(
 
 def _stops_blocks(experiment: Experiment) -> list[Block]:
     """The early-stopping scheduler's stops, the line the console printed at the sweep's end
-    (`rsst_tune.tune.stops`); nothing for fifo."""
+    (`rsst_tune.experiment.stops`); nothing for fifo."""
     summary = stop_summary(experiment)
     return [] if summary is None else [Para(summary.line() + ".")]
 

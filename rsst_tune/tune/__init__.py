@@ -19,10 +19,11 @@ checks), `ray_setup` (a quiet local Ray or a cluster's address), `sweep` (`run_s
 
 from __future__ import annotations
 
-from rsst_tune.tune.experiment import load_experiment
-from rsst_tune.tune.objectives import parse_objectives, trial_value
+from rsst_tune.experiment.experiment import Experiment
+from rsst_tune.experiment.objectives import parse_objectives, trial_value
+from rsst_tune.experiment.reader import load_experiment
+from rsst_tune.experiment.records import Objective, TrialRecord
 from rsst_tune.tune.plan import SweepOptions, SweepPlan, describe_plan, load_plan, resolve_plan
-from rsst_tune.tune.records import Experiment, Objective, TrialRecord
 from rsst_tune.tune.space import SearchSpace
 from rsst_tune.tune.sweep import run_sweep
 

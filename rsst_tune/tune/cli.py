@@ -20,7 +20,7 @@ from rsst_tune.errors import CommandFailed, ConfigError, SweepInterrupted, descr
 from rsst_tune.tune.plan import SETTABLE
 
 if TYPE_CHECKING:
-    from rsst_tune.tune.records import Experiment
+    from rsst_tune.experiment.experiment import Experiment
 
 EXIT_NO_TRIAL = 1  # the sweep finished but no trial completed or was pruned
 EXIT_INTERRUPTED = 130  # stopped before its trials finished: resumable
@@ -364,13 +364,8 @@ def add_tune_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: i
 def tune_command(args: argparse.Namespace) -> int:
     """Start, resume or dry-run a sweep; exit status 0 done, 1 when no trial completed or was
     pruned (e.g. every trial failed), 130 interrupted (the resume command goes to stderr)."""
-    from rsst_tune.tune.plan import (
-        PLAN_FILE,
-        SweepOptions,
-        describe_plan,
-        load_plan,
-        resolve_plan,
-    )
+    from rsst_tune.experiment.layout import PLAN_FILE
+    from rsst_tune.tune.plan import SweepOptions, describe_plan, load_plan, resolve_plan
     from rsst_tune.tune.sweep import run_sweep
 
     prog = getattr(args, "prog", "rsst-tune")
@@ -545,8 +540,8 @@ def _run(prog: str, sweep: Callable[[], Experiment | None], log_path: Path | Non
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from rsst_tune.tune.experiment import load_experiment
-    from rsst_tune.tune.runner import write_report_if_available
+    from rsst_tune.experiment.reader import load_experiment
+    from rsst_tune.tune.run.runner import write_report_if_available
 
     export = "all" if getattr(args, "measure", False) else "recorded"
     if getattr(args, "confirm", 0):

@@ -11,7 +11,7 @@ Ray trials under `<experiment>/confirm/round_<n>/`, and every finished run is re
 in `<experiment>/confirm.json`, so an interrupted stage loses at most the runs in flight and a
 later stage (`--resume`, or `rsst-tune report --confirm K`) runs only what is missing.
 The report then chooses among the confirmed tickets by the mean over seeds
-(`rsst_tune.report.seeds.choose_confirmed`).
+(`rsst_tune.experiment.seeds.choose_confirmed`).
 """
 
 from __future__ import annotations
@@ -26,14 +26,15 @@ from typing import Any
 
 from rsst_tune import fileio
 from rsst_tune.errors import ConfigError, SweepInterrupted
+from rsst_tune.experiment.experiment import Experiment
+from rsst_tune.experiment.layout import CONFIRM_DIR, CONFIRM_FILE
+from rsst_tune.experiment.reader import read_confirmation
+from rsst_tune.experiment.records import Confirmation, Objective, SeedRun
 from rsst_tune.results import StateResult
 from rsst_tune.tune.plan import SweepPlan, check_confirm
-from rsst_tune.tune.records import Confirmation, Experiment, Objective, SeedRun
 
 log = logging.getLogger(__name__)
 
-CONFIRM_FILE = "confirm.json"
-CONFIRM_DIR = "confirm"  # Ray's files of the confirmation runs, one round per stage
 CONFIRM_VERSION = 1
 RUN_KEY = "run"  # a confirmation trial's config: {"run": the full TrialConfig dict}
 
@@ -54,8 +55,8 @@ class RunSpec:
 
 def plan_runs(experiment: Experiment, k: int, extra: int | None = None) -> list[RunSpec]:
     """The seed runs that confirm the top `k` tickets of each budget."""
-    from rsst_tune.report.seeds import EXTRA_SEEDS, confirm_candidates
-    from rsst_tune.report.select import reproduce_config
+    from rsst_tune.experiment.seeds import EXTRA_SEEDS, confirm_candidates
+    from rsst_tune.experiment.select import reproduce_config
 
     extra = EXTRA_SEEDS if extra is None else extra
     specs: list[RunSpec] = []
@@ -68,36 +69,8 @@ def plan_runs(experiment: Experiment, k: int, extra: int | None = None) -> list[
 
 
 # ---------------------------------------------------------------------- the record
-def read_confirmation(exp_dir: str | Path) -> Confirmation | None:
-    """`confirm.json` of an experiment directory as a record (None when there is none). A
-    damaged file is a one-line ConfigError."""
-    path = Path(exp_dir) / CONFIRM_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        runs = tuple(
-            SeedRun(
-                ticket=str(r["ticket"]),
-                seed=int(r["seed"]),
-                status=str(r["status"]),
-                result=StateResult.from_dict(r["result"]) if r.get("result") else None,
-                error=r.get("error"),
-            )
-            for r in data["runs"]
-        )
-        return Confirmation(
-            k=int(data["k"]),
-            seeds=tuple(int(s) for s in data["seeds"]),
-            tickets=tuple(str(t) for t in data["tickets"]),
-            runs=runs,
-        )
-    except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
-        raise ConfigError(f"{path} is not a readable seed-confirmation record: {exc}") from None
-
-
 def write_confirmation(exp_dir: str | Path, confirmation: Confirmation) -> None:
-    from rsst_tune.report.select import jsonable
+    from rsst_tune.experiment.select import jsonable
 
     data = {
         "version": CONFIRM_VERSION,
@@ -130,7 +103,7 @@ def run_confirmation(
     `SweepInterrupted` when Ctrl+C (or SIGTERM) stopped the stage before its runs finished
     (the finished ones are recorded).
     """
-    from rsst_tune.report.seeds import EXTRA_SEEDS
+    from rsst_tune.experiment.seeds import EXTRA_SEEDS
 
     k = check_confirm(k)
     local = Path(plan.local_dir)
@@ -187,9 +160,9 @@ def confirm_sweep(
     tickets confirmed are the ones the finished sweep offers."""
     import dataclasses
 
-    from rsst_tune.tune.experiment import load_experiment
+    from rsst_tune.experiment.reader import load_experiment
     from rsst_tune.tune.plan import load_plan
-    from rsst_tune.tune.ray_setup import prepare_ray_env, restore_ray_env
+    from rsst_tune.tune.run.ray_setup import prepare_ray_env, restore_ray_env
 
     plan = dataclasses.replace(load_plan(path), confirm=check_confirm(k))
     experiment = load_experiment(plan.experiment_dir)
@@ -219,8 +192,8 @@ def _confirm_in_ray(
 ) -> None:
     """Hold the sweep lock, start or join Ray, and run the confirmation."""
     from rsst_tune.tune.console import sweep_logging
-    from rsst_tune.tune.ray_setup import init_ray
-    from rsst_tune.tune.storage import sweep_lock
+    from rsst_tune.tune.run.ray_setup import init_ray
+    from rsst_tune.tune.run.storage import sweep_lock
 
     with sweep_lock(plan), sweep_logging(Path(plan.local_dir), verbose=verbose):
         started = init_ray(address)
@@ -246,7 +219,7 @@ def _confirm_tuner(
 ) -> Any:
     from ray import tune
 
-    from rsst_tune.tune.runner import trainable_for, trial_dirname, trial_name
+    from rsst_tune.tune.run.runner import trainable_for, trial_dirname, trial_name
 
     return tune.Tuner(
         trainable_for(plan, confirm_run),
@@ -275,7 +248,7 @@ def confirm_run(
 ) -> None:
     """Ray Tune entry point of one seed run: the sweep's trainable on `config[RUN_KEY]` (the
     runs are a grid over whole configs, whose lists may differ in length)."""
-    from rsst_tune.tune.trainable import train_trial
+    from rsst_tune.tune.run.trainable import train_trial
 
     train_trial(config[RUN_KEY], objectives=objectives, dense_cache_dir=dense_cache_dir)
 
@@ -307,7 +280,7 @@ class _Recorder:
         self._add(trial.config, "complete", state, None)
 
     def failed(self, trial: Any) -> None:
-        from rsst_tune.tune.experiment import error_summary
+        from rsst_tune.experiment.reader import error_summary
 
         text = ""
         path = Path(str(getattr(trial, "local_path", "") or "")) / "error.txt"

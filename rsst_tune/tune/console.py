@@ -7,7 +7,7 @@ appends every event to `events.jsonl` in the experiment directory (the benchmark
 wall times from it). Ray's and Optuna's chatter goes to `sweep.log` in the experiment
 directory instead of the console. When the sweep ends, `print_stop_summary` says in one line
 how many trials an early-stopping scheduler stopped, after which state, and the trial-epochs
-that saved (`rsst_tune.tune.stops`; the report shows the same line).
+that saved (`rsst_tune.experiment.stops`; the report shows the same line).
 
 `StorageGuard` is a Ray stopper that ends the sweep at the first storage error (disk full,
 permission) that a trial or the searcher met, instead of letting every trial fail in turn.
@@ -31,18 +31,19 @@ from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
 from rsst_tune.errors import ConfigError
+from rsst_tune.experiment.experiment import Experiment
+from rsst_tune.experiment.layout import SWEEP_LOG, is_complete
+from rsst_tune.experiment.objectives import trial_value
+from rsst_tune.experiment.reader import error_summary
+from rsst_tune.experiment.records import Objective
+from rsst_tune.experiment.stops import stop_summary
 from rsst_tune.results import StateResult
-from rsst_tune.tune.experiment import backup_ray_state, error_summary
-from rsst_tune.tune.objectives import trial_value
-from rsst_tune.tune.records import Experiment, Objective
-from rsst_tune.tune.searcher import is_complete
-from rsst_tune.tune.stops import stop_summary
-from rsst_tune.tune.storage import note_storage_failure, storage_error, storage_failure
+from rsst_tune.tune.run.ray_state import backup_ray_state
+from rsst_tune.tune.run.storage import note_storage_failure, storage_error, storage_failure
 
 log = logging.getLogger(__name__)
 
 EVENTS_FILE = "events.jsonl"
-LOG_FILE = "sweep.log"
 BACKUP_EVERY_S = 2.0
 _SHOWN_KEYS = ("state", "val_acc", "test_acc", "macs_frac", "params_frac", "sparsity")
 
@@ -234,7 +235,7 @@ class SweepConsole(Callback):
 
 def print_stop_summary(experiment: Experiment, *, show: bool = True) -> None:
     """At the sweep's end: what the early-stopping scheduler stopped, in one line (the one the
-    report shows: `rsst_tune.tune.stops.stop_summary`); nothing for fifo."""
+    report shows: `rsst_tune.experiment.stops.stop_summary`); nothing for fifo."""
     summary = stop_summary(experiment)
     if show and summary is not None:
         print(summary.line(), flush=True)
@@ -328,7 +329,7 @@ def sweep_logging(log_dir: Path, *, verbose: bool = False) -> Iterator[Path]:
     import optuna
 
     log_dir.mkdir(parents=True, exist_ok=True)
-    path = log_dir / LOG_FILE
+    path = log_dir / SWEEP_LOG
     handler = _SweepLogHandler(path)
     handler.setLevel(logging.DEBUG if verbose else logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -23,13 +23,13 @@ from typing import Any
 
 from rsst_tune.config import EXECUTION, NUMERICS, TrialConfig
 from rsst_tune.errors import ConfigError, unknown_choice
-from rsst_tune.tune import objectives as objs
-from rsst_tune.tune.records import Objective
+from rsst_tune.experiment import objectives as objs
+from rsst_tune.experiment.layout import PLAN_FILE
+from rsst_tune.experiment.records import Objective
 from rsst_tune.tune.space import SMOKE_SWEEP, SearchSpace, summarize, varying_sparsity_fields
 
 log = logging.getLogger(__name__)
 
-PLAN_FILE = "sweep.json"
 PLAN_VERSION = 1
 SCHEDULERS = ("moasha", "asha", "fifo")
 # First rung (a pruning state; 0 = dense) when --grace is not given, per scheduler.
@@ -141,7 +141,7 @@ class SweepPlan:
     # (analytic, before training) is told to Optuna as infeasible and never runs
     macs_budget: float | None = None
     # --epoch-budget: no trial starts once this many trial-epochs are spent or committed
-    # (`rsst_tune.tune.epoch_budget`)
+    # (`rsst_tune.tune.search.epoch_budget`)
     epoch_budget: int | None = None
 
     @property
@@ -421,7 +421,7 @@ def halving_settings(plan: SweepPlan) -> tuple[int, int]:
 
 def moasha_rungs(plan: SweepPlan) -> list[int]:
     """The rung states MO-ASHA would use for the plan's trials (may be empty)."""
-    from rsst_tune.tune.moasha import rung_states
+    from rsst_tune.tune.search.moasha import rung_states
 
     grace, factor = halving_settings(plan)
     return rung_states(max(1, grace), factor, plan.states - 1)

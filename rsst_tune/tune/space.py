@@ -33,7 +33,7 @@ from typing import Any
 
 from rsst_tune.config import TrialConfig
 from rsst_tune.errors import ConfigError
-from rsst_tune.tune.records import Objective
+from rsst_tune.experiment.records import Objective
 
 # (optuna.Trial) or (optuna.Trial, base config) -> searched TrialConfig fields
 DefineFn = Callable[..., dict[str, Any]]

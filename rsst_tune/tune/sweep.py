@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 from rsst_tune.errors import ConfigError
+from rsst_tune.experiment.experiment import Experiment
 from rsst_tune.tune.plan import SweepPlan
-from rsst_tune.tune.ray_setup import check_address
-from rsst_tune.tune.records import Experiment
-from rsst_tune.tune.storage import check_storage, sweep_lock
+from rsst_tune.tune.run.ray_setup import check_address
+from rsst_tune.tune.run.storage import check_storage, sweep_lock
 
 
 def run_sweep(
@@ -54,10 +54,10 @@ def run_sweep(
     debug logs in `sweep.log`.
 
     A resume first checks that every pickle Ray would load from the directory was signed by
-    this user's rsst-tune (`rsst_tune.tune.trust.check_resume`; ConfigError otherwise);
+    this user's rsst-tune (`rsst_tune.tune.safety.trust.check_resume`; ConfigError otherwise);
     `trust_pickles` (`--trust-pickles`) skips that check.
     """
-    from rsst_tune.tune.runner import execute
+    from rsst_tune.tune.run.runner import execute
 
     check_storage(plan, resume=resume)
     if plan.wandb == "online" and not os.environ.get("WANDB_API_KEY"):
@@ -72,7 +72,7 @@ def run_sweep(
         raise ConfigError(f"{plan.experiment_dir} holds no Ray Tune experiment state to resume")
     with sweep_lock(plan):
         if resume and not plan.is_uri:
-            from rsst_tune.tune.trust import check_resume
+            from rsst_tune.tune.safety.trust import check_resume
 
             for note in check_resume(plan.experiment_dir, trust=trust_pickles):
                 print(f"rsst-tune: {note}", file=sys.stderr)

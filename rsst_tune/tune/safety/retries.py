@@ -64,7 +64,7 @@ def failure_line(trial_id: str) -> str | None:
 
 
 def _one_line(exc: BaseException | None) -> str:
-    from rsst_tune.tune.experiment import error_summary
+    from rsst_tune.experiment.reader import error_summary
 
     cause = deterministic_cause(exc)
     if cause is not None:

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rsst_tune.errors import ConfigError
+from rsst_tune.experiment.layout import PLAN_FILE, SWEEP_LOCK
 from rsst_tune.locks import (
     HEARTBEAT_S,
     MISSED_BEATS,
@@ -35,11 +36,10 @@ from rsst_tune.locks import (
     break_lock,
     read_owner,
 )
-from rsst_tune.tune.plan import PLAN_FILE, SweepPlan
+from rsst_tune.tune.plan import SweepPlan
 
 log = logging.getLogger(__name__)
 
-SWEEP_LOCK = "sweep.lock"
 # errnos that mean "the storage cannot take our files": the sweep stops instead of failing
 # every trial in turn
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}

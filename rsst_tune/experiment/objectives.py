@@ -22,8 +22,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rsst_tune.errors import ConfigError, unknown_choice
+from rsst_tune.experiment.records import Objective
 from rsst_tune.results import StateResult
-from rsst_tune.tune.records import Objective
 
 # Per-state metrics that may be optimised, with their direction.
 METRIC_MODES: dict[str, str] = {

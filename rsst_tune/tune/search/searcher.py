@@ -49,18 +49,20 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from rsst_tune.errors import unknown_choice
-from rsst_tune.tune.retries import failure_line
-from rsst_tune.tune.storage import note_storage_failure, storage_error
+from rsst_tune.experiment.layout import (
+    CONSTRAINT_ATTR,
+    FAIL_REASON_ATTR,
+    PRUNED_VALUES_ATTR,
+    RAY_TRIAL_ATTR,
+    STATE_VALUES_ATTR,
+    STOPPED_ATTR,
+    is_complete,
+)
+from rsst_tune.tune.run.storage import note_storage_failure, storage_error
+from rsst_tune.tune.safety.retries import failure_line
 
 log = logging.getLogger(__name__)
 
-JOURNAL_FILE = "optuna.journal"
-RAY_TRIAL_ATTR = "ray_trial_id"
-STOPPED_ATTR = "stopped_after_state"
-STATE_VALUES_ATTR = "values_state_"  # + state: {objective: value} at that pruning state
-PRUNED_VALUES_ATTR = "pruned_values"  # {objective: value} of a stopped trial's last state
-FAIL_REASON_ATTR = "fail_reason"
-CONSTRAINT_ATTR = "constraint"  # [macs_frac - budget] of a proposal (feasible when <= 0)
 CONSTRAINT_KEY = "macs_budget"  # the same value as Optuna's constraint (`Trial.set_constraint`)
 MAX_PROPOSALS = 500  # proposals asked per trial slot before the sweep stops generating trials
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -128,13 +130,6 @@ def make_sampler(
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise unknown_choice("sampler", name, SAMPLERS)
-
-
-def is_complete(result: Mapping[str, Any] | None) -> bool:
-    """Whether the trial's last result is its last pruning state."""
-    if not result or "state" not in result or "pruning_times" not in result:
-        return False
-    return int(result["state"]) >= int(result["pruning_times"]) - 1
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
@@ -398,11 +393,11 @@ def recount_search_state(exp_dir: str | Path, recorded: Mapping[str, str]) -> st
     trials becomes the number recorded and the limiter's live trials the recorded unfinished
     ones, so the resumed sweep generates the trials still missing (the lost trial's Optuna
     trial is told FAIL by `fail_lost`). The file is rewritten atomically; it must be trusted
-    (`rsst_tune.tune.trust`): it is unpickled here. Returns what changed, None when nothing.
+    (`rsst_tune.tune.safety.trust`): it is unpickled here. Returns what changed, None when nothing.
     """
     import ray.cloudpickle as cloudpickle
 
-    from rsst_tune.tune.experiment import ray_state_files
+    from rsst_tune.experiment.reader import ray_state_files
 
     files = [p for p in ray_state_files(exp_dir) if p.name.startswith(SEARCH_GEN_STATE)]
     if not files:

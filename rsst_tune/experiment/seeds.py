@@ -18,18 +18,10 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from rsst_tune.report.select import (
-    BUDGETS,
-    SELECT_METRIC,
-    Choice,
-    Ticket,
-    choose_at_budget,
-    finite,
-    or_default,
-    within_budget,
-)
+from rsst_tune.experiment.records import Confirmation
+from rsst_tune.experiment.select import BUDGETS, Choice, choose_at_budget, or_default, within_budget
+from rsst_tune.experiment.tickets import SELECT_METRIC, Ticket, finite
 from rsst_tune.stats import accuracy_interval, overlaps
-from rsst_tune.tune.records import Confirmation
 
 EXTRA_SEEDS = 2  # seeds each confirmed ticket runs with besides its own
 CONFIRM_RULE = (

@@ -51,11 +51,11 @@ from ray.tune import Callback
 
 from rsst_tune import fileio
 from rsst_tune.errors import ConfigError
+from rsst_tune.experiment.layout import RAY_STATE_BACKUP, SIGNATURES_FILE
 
 log = logging.getLogger(__name__)
 
 KEY_ENV = "RSST_TUNE_RESUME_KEY"
-SIGNATURES_FILE = "signatures.json"
 UNSIGNED_SUFFIX = ".unsigned"
 TRUST_FLAG = "--trust-pickles"
 _KEY_BYTES = 32
@@ -69,7 +69,6 @@ RAY_STATE_PATTERNS = (
     "callback-states-*.pkl",
 )
 TUNER_FILE = "tuner.pkl"
-BACKUP_DIR = ".ray_state_backup"  # = experiment.RAY_STATE_BACKUP
 
 _keys: dict[Path, bytes] = {}
 
@@ -135,9 +134,11 @@ def pickled_files(exp_dir: str | Path) -> list[Path]:
         found.add(root / TUNER_FILE)
     for pattern in (*RAY_STATE_PATTERNS, "*.pkl"):
         found.update(p for p in root.glob(pattern) if p.is_file())
-    if (root / BACKUP_DIR).is_dir():
+    if (root / RAY_STATE_BACKUP).is_dir():
         found.update(
-            p for p in (root / BACKUP_DIR).iterdir() if p.is_file() and not p.name.startswith(".")
+            p
+            for p in (root / RAY_STATE_BACKUP).iterdir()
+            if p.is_file() and not p.name.startswith(".")
         )
     found.update(p for p in root.glob("trial_*/error.pkl") if p.is_file())
     return sorted(found)
@@ -209,7 +210,7 @@ def sign_staged(exp_dir: str | Path, staging: str | Path, seen: dict[str, tuple[
     """Sign the versions of Ray's state files (and trials' `error.pkl`) in Ray's staging
     directory `staging` that `seen` (path -> (mtime_ns, size), updated) has not seen, under
     the names they get in `exp_dir`. Returns how many were signed."""
-    from rsst_tune.tune.experiment import _file_intact
+    from rsst_tune.experiment.reader import file_intact
 
     root, stage = Path(exp_dir), Path(staging)
     found = [p for pattern in RAY_STATE_PATTERNS for p in stage.glob(pattern)]
@@ -221,7 +222,7 @@ def sign_staged(exp_dir: str | Path, staging: str | Path, seen: dict[str, tuple[
         except OSError:
             continue
         mark = (info.st_mtime_ns, info.st_size)
-        if seen.get(str(path)) != mark and _file_intact(path):
+        if seen.get(str(path)) != mark and file_intact(path):
             fresh.append((path, mark))
     if not fresh:
         return 0
@@ -294,7 +295,7 @@ def check_resume(exp_dir: str | Path, *, trust: bool = False) -> list[str]:
     if not bad:
         return []
     notes: list[str] = []
-    backups = [p for p in files if p.parent == root / BACKUP_DIR]
+    backups = [p for p in files if p.parent == root / RAY_STATE_BACKUP]
     live_state = [p for p in bad if p.parent == root and p.name != TUNER_FILE]
     if live_state and backups and not any(p in bad for p in backups) and key is not None:
         for path in live_state:
@@ -304,7 +305,7 @@ def check_resume(exp_dir: str | Path, *, trust: bool = False) -> list[str]:
         notes.append(
             f"Ray's experiment state in {root} was written after its last signature (the "
             "driver was killed?): resuming from its last signed copy "
-            f"({BACKUP_DIR}/, at most about 2 s older; the unsigned files are kept as "
+            f"({RAY_STATE_BACKUP}/, at most about 2 s older; the unsigned files are kept as "
             f"*{UNSIGNED_SUFFIX})"
         )
         bad = [p for p in bad if p not in live_state]

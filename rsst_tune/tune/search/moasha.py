@@ -42,6 +42,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from rsst_tune.experiment.layout import RESULT_FILE
+
 log = logging.getLogger(__name__)
 
 Point = tuple[float, ...]  # objective values oriented so that larger is better in each
@@ -370,9 +372,6 @@ def _scheduler_class(base: type) -> type:
     _MoashaScheduler.__name__ = _MoashaScheduler.__qualname__ = "MoashaScheduler"
     _MoashaScheduler.__module__ = __name__
     return _MoashaScheduler
-
-
-RESULT_FILE = "result.json"
 
 
 def _trial_rows(trial: Any) -> list[dict[str, Any]]:

@@ -28,16 +28,17 @@ from typing import Any
 
 from rsst_tune import fileio
 from rsst_tune.errors import ConfigError, SweepInterrupted
-from rsst_tune.tune.plan import PLAN_FILE, SweepPlan
-from rsst_tune.tune.ray_setup import (
+from rsst_tune.experiment.experiment import Experiment
+from rsst_tune.experiment.layout import PLAN_FILE
+from rsst_tune.tune.plan import SweepPlan
+from rsst_tune.tune.run.ray_setup import (
     Reaper,
     init_ray,
     prepare_ray_env,
     restore_ray_env,
     start_reaper,
 )
-from rsst_tune.tune.records import Experiment
-from rsst_tune.tune.storage import (
+from rsst_tune.tune.run.storage import (
     describe_storage_error,
     note_storage_failure,
     reset_storage_failure,
@@ -155,7 +156,7 @@ def _release_dense_locks(plan: SweepPlan, *, wait_s: float) -> None:
 def _fit(plan: SweepPlan, *, resume: bool, show: bool) -> Experiment | None:
     from ray import tune
 
-    from rsst_tune.tune.searcher import JOURNAL_FILE
+    from rsst_tune.experiment.layout import JOURNAL_FILE
 
     local = Path(plan.local_dir)
     trainable = trainable_for(plan)
@@ -210,8 +211,9 @@ def _recover(plan: SweepPlan) -> None:
     """
     if plan.is_uri:
         return
-    from rsst_tune.tune.experiment import open_study, repair_ray_state, snapshot_trials
-    from rsst_tune.tune.searcher import fail_lost, recount_search_state
+    from rsst_tune.experiment.reader import open_study, snapshot_trials
+    from rsst_tune.tune.run.ray_state import repair_ray_state
+    from rsst_tune.tune.search.searcher import fail_lost, recount_search_state
 
     exp_dir = Path(plan.experiment_dir)
     repaired = repair_ray_state(exp_dir)
@@ -260,7 +262,7 @@ def _sign(plan: SweepPlan) -> None:
     `--resume` unpickles them; with URI storage they are not checked."""
     if plan.is_uri or not Path(plan.experiment_dir).is_dir():
         return
-    from rsst_tune.tune.trust import sign_all
+    from rsst_tune.tune.safety.trust import sign_all
 
     sign_all(plan.experiment_dir)
 
@@ -282,7 +284,7 @@ def trainable_for(plan: SweepPlan, entry: Any = None) -> Any:
     dense cache and per-trial resources (the seed-confirmation stage passes its own entry)."""
     from ray import tune
 
-    from rsst_tune.tune.trainable import train_trial
+    from rsst_tune.tune.run.trainable import train_trial
 
     resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
     return tune.with_resources(
@@ -298,17 +300,17 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    from rsst_tune.experiment.layout import JOURNAL_FILE
     from rsst_tune.tune.console import EVENTS_FILE, StorageGuard, SweepConsole
-    from rsst_tune.tune.moasha import make_scheduler as make_moasha
     from rsst_tune.tune.plan import halving_settings
-    from rsst_tune.tune.retries import RetryPolicy
-    from rsst_tune.tune.searcher import (
-        JOURNAL_FILE,
+    from rsst_tune.tune.safety.retries import RetryPolicy
+    from rsst_tune.tune.safety.trust import StateSigner
+    from rsst_tune.tune.search.moasha import make_scheduler as make_moasha
+    from rsst_tune.tune.search.searcher import (
         PruningAwareOptunaSearch,
         journal_storage,
         make_sampler,
     )
-    from rsst_tune.tune.trust import StateSigner
     from search_spaces import get_space
 
     space = get_space(plan.space)
@@ -322,7 +324,7 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
         budget = MacsBudget(plan.base_config, plan.macs_budget)
     planned = plan.num_samples  # TPE's random start-up is a fifth of the trials planned
     if plan.epoch_budget is not None:  # ... or of the full-length trials the budget buys
-        from rsst_tune.tune.epoch_budget import full_trials
+        from rsst_tune.tune.search.epoch_budget import full_trials
 
         planned = min(planned, full_trials(plan.epoch_budget, plan.base_config))
     searcher = PruningAwareOptunaSearch(
@@ -342,7 +344,7 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
     if plan.max_concurrent:
         search_alg = ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)
     if plan.epoch_budget is not None:  # outermost: asked first whether a trial may start
-        from rsst_tune.tune.epoch_budget import EpochBudget
+        from rsst_tune.tune.search.epoch_budget import EpochBudget
 
         search_alg = EpochBudget(
             search_alg, plan.epoch_budget, plan.base_config, plan.experiment_dir
@@ -407,7 +409,7 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
 def _wandb_callbacks(plan: SweepPlan) -> list[Any]:
     if plan.wandb == "off":
         return []
-    from rsst_tune.tune.wandb_callback import KeylessWandbCallback
+    from rsst_tune.tune.run.wandb_callback import KeylessWandbCallback
 
     return [
         KeylessWandbCallback(
@@ -424,8 +426,8 @@ def _wandb_callbacks(plan: SweepPlan) -> list[Any]:
 def _with_retry_policy(tuner: Any) -> None:
     """A sweep started by an older rsst-tune has no `RetryPolicy` (nor `StateSigner`) in
     `tuner.pkl`: add them."""
-    from rsst_tune.tune.retries import RetryPolicy
-    from rsst_tune.tune.trust import StateSigner
+    from rsst_tune.tune.safety.retries import RetryPolicy
+    from rsst_tune.tune.safety.trust import StateSigner
 
     run_config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
     if run_config is None:
@@ -445,7 +447,7 @@ def _keyless_wandb(tuner: Any) -> None:
     make it the keyless one (a subclass without state of its own) before it starts actors."""
     from ray.air.integrations.wandb import WandbLoggerCallback
 
-    from rsst_tune.tune.wandb_callback import KeylessWandbCallback
+    from rsst_tune.tune.run.wandb_callback import KeylessWandbCallback
 
     run_config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
     for callback in getattr(run_config, "callbacks", None) or ():
@@ -517,7 +519,7 @@ def _finish(plan: SweepPlan, elapsed: float, *, show: bool) -> Experiment | None
     counts: dict[str, int] = {}
     experiment = None
     if not plan.is_uri:
-        from rsst_tune.tune.experiment import load_experiment
+        from rsst_tune.experiment.reader import load_experiment
 
         experiment = load_experiment(plan.experiment_dir)
         for t in experiment.trials:
@@ -565,8 +567,8 @@ def _confirm(plan: SweepPlan, experiment: Experiment, *, show: bool) -> Experime
     """The seed-confirmation stage (`--confirm K`), then the experiment with its record. An
     interrupted stage still leaves a report of the sweep (its finished runs are recorded and
     `--resume` runs only the rest)."""
+    from rsst_tune.experiment.reader import load_experiment
     from rsst_tune.tune.confirm import run_confirmation
-    from rsst_tune.tune.experiment import load_experiment
 
     try:
         run_confirmation(plan, experiment, plan.confirm, show=show)
@@ -590,8 +592,8 @@ def _settle_study(plan: SweepPlan, statuses: dict[str, str], stopped_reason: str
     the time budget ended; tells a killed driver or a full disk prevented)."""
     if plan.is_uri:
         return
-    from rsst_tune.tune.experiment import last_row, open_study, trial_error
-    from rsst_tune.tune.searcher import settle_finished
+    from rsst_tune.experiment.reader import last_row, open_study, trial_error
+    from rsst_tune.tune.search.searcher import settle_finished
 
     study = open_study(Path(plan.local_dir), plan.study_name or plan.name)
     if study is None:

@@ -8,32 +8,26 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from rsst_tune.config import TrialConfig
-from rsst_tune.results import StateResult
-from rsst_tune.stats import accuracy_interval, overlaps
-from rsst_tune.tune.objectives import finite_state
-from rsst_tune.tune.records import STATUSES, Experiment, Objective
-
-if TYPE_CHECKING:
-    pass
+from rsst_tune.experiment.records import STATUSES, Objective
+from rsst_tune.experiment.tickets import SELECT_METRIC, HasTrials, Ticket, finite
+from rsst_tune.stats import overlaps
 
 log = logging.getLogger(__name__)
 
 
 BUDGETS: tuple[float | None, ...] = (0.25, 0.5, 0.75, None)  # max MACs fraction; None = any
 DEFAULT_BUDGET = 0.5  # the budget best_config.json answers for
-SELECT_METRIC = "val_acc"
 TOP_TRIALS = 5
 UNIT_KINDS = ("heads", "neurons", "filters")
 BUDGET_TOL = 1e-9  # a ticket at exactly 50.0 % MACs is within "MACs ≤ 50 %"
 FRONT_AXES = (("macs_frac", "MACs"), ("params_frac", "params"))  # (metric, axis name)
-SPLIT_SIZE = {"val_acc": "val_size", "test_acc": "test_size"}  # accuracy -> images evaluated
 MIN_IMPORTANCE_TRIALS = 10  # below this many complete trials, importances are only a hint
 TIE_RULE = (
     "Tickets within a budget whose 95 % Wilson interval of val_acc overlaps the interval of the "
@@ -42,96 +36,6 @@ TIE_RULE = (
     "val_acc, then the fewer params, then the earlier ticket. A ticket whose split size was not "
     "recorded has no interval and ties only on an equal val_acc."
 )
-
-
-def finite(value: Any) -> float | None:
-    """`value` as a float when it is a finite number, else None (missing, NaN, inf, text)."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-@dataclass(frozen=True, eq=False)
-class Ticket:
-    """One pruning state of one trial: a candidate pruned model."""
-
-    trial_id: str
-    state: int
-    status: str
-    result: StateResult | None  # None: a placeholder for a trial without states
-    config: Mapping[str, Any] = field(default_factory=dict)
-    params: Mapping[str, Any] = field(default_factory=dict)
-    order: int = 0  # position among all tickets: the last, deterministic tie-break
-    checkpoint: str | None = None  # the trial's checkpoint directory for this state, if kept
-
-    def metric(self, key: str) -> float | None:
-        return self.result.metric(key) if self.result is not None else None
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        """The state's result as plain data."""
-        return self.result.to_dict() if self.result is not None else {}
-
-    @property
-    def val_acc(self) -> float | None:
-        return self.metric("val_acc")
-
-    @property
-    def test_acc(self) -> float | None:
-        return self.metric("test_acc")
-
-    @property
-    def macs_frac(self) -> float | None:
-        return self.metric("macs_frac")
-
-    @property
-    def params_frac(self) -> float | None:
-        return self.metric("params_frac")
-
-    @property
-    def label(self) -> str:
-        return f"{self.trial_id}/s{self.state}"
-
-    def split_size(self, metric: str = SELECT_METRIC) -> int | None:
-        """The number of images `metric` (val_acc or test_acc) was measured on, when recorded."""
-        key = SPLIT_SIZE.get(metric)
-        n = getattr(self.result, key, None) if key is not None else None
-        return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
-
-    def interval(self, metric: str = SELECT_METRIC) -> tuple[float, float] | None:
-        """The 95 % Wilson interval of an accuracy (val_acc or test_acc), or None when the
-        accuracy or its split size is missing."""
-        return accuracy_interval(self.metric(metric), self.split_size(metric))
-
-    @property
-    def selectable(self) -> bool:
-        """Whether the ticket may be chosen: its accuracies and training loss are finite (a
-        diverged state never is)."""
-        return self.result is not None and finite_state(self.result)
-
-
-def collect_tickets(experiment: Experiment) -> list[Ticket]:
-    """Every (trial, state) of the experiment, in trial then state order."""
-    out: list[Ticket] = []
-    for trial in experiment.trials:
-        for result in trial.states:
-            out.append(
-                Ticket(
-                    trial_id=str(trial.trial_id),
-                    state=result.state,
-                    status=str(trial.status),
-                    result=result,
-                    config=trial.config if isinstance(trial.config, Mapping) else {},
-                    params=trial.params if isinstance(trial.params, Mapping) else {},
-                    order=len(out),
-                    checkpoint=trial.state_checkpoints.get(result.state),
-                )
-            )
-    return out
 
 
 def pareto_front(points: Sequence[Sequence[float | None]], maximize: Sequence[bool]) -> list[int]:
@@ -355,7 +259,7 @@ def rank_trials(tickets: Sequence[Ticket], n: int = TOP_TRIALS) -> list[str]:
     return sorted(scores, key=lambda tid: scores[tid], reverse=True)[:n]
 
 
-def status_counts(experiment: Experiment) -> dict[str, int]:
+def status_counts(experiment: HasTrials) -> dict[str, int]:
     """Trials per status: every known status (even at 0), then any unexpected ones."""
     counts = dict.fromkeys(STATUSES, 0)
     for trial in experiment.trials:

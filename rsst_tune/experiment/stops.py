@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rsst_tune.errors import ConfigError
-from rsst_tune.tune.records import STOPPED_BY_SCHEDULER, Experiment, TrialRecord
+from rsst_tune.experiment.experiment import Experiment
+from rsst_tune.experiment.records import STOPPED_BY_SCHEDULER, TrialRecord
 
 # the schedulers that stop trials early, as the line names them
 EARLY_STOPPING = {"moasha": "MO-ASHA", "asha": "ASHA"}

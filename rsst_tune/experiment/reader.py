@@ -1,4 +1,5 @@
-"""Read an experiment directory back as an `Experiment` (records.py), for the report.
+"""Read an experiment directory back as an `Experiment`, as data: nothing is unpickled, run or
+written here (repairs and backups of Ray's state stay with the sweep).
 
 Sources: `sweep.json` (space, objectives, command), Ray Tune's experiment state (trial ids,
 configs, statuses), each trial's `result.json` (one row per pruning state) and `error.txt`,
@@ -16,29 +17,49 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rsst_tune.errors import ConfigError
+from rsst_tune.experiment.experiment import Experiment
+from rsst_tune.experiment.layout import (
+    CONFIRM_FILE,
+    ERROR_FILE,
+    JOURNAL_FILE,
+    PLAN_FILE,
+    RAY_STATE_BACKUP,
+    RAY_STATE_FILES,
+    RAY_STATE_GLOB,
+    RAY_STATE_PREFIX,
+    RAY_TRIAL_ATTR,
+    RESULT_FILE,
+    STOPPED_ATTR,
+    STOPPED_BY_ATTR,
+    is_complete,
+    trial_dirname,
+)
+from rsst_tune.experiment.objectives import objectives_from_json
+from rsst_tune.experiment.records import (
+    STOPPED_BY_SCHEDULER,
+    Confirmation,
+    Objective,
+    SeedRun,
+    TrialRecord,
+)
 from rsst_tune.results import StateResult
-from rsst_tune.tune.records import STOPPED_BY_SCHEDULER, Experiment, TrialRecord
 
 log = logging.getLogger(__name__)
 
 
 def load_experiment(path: str | Path) -> Experiment:
     """The sweep in `path` (a local experiment directory) as records."""
-    from rsst_tune.tune.confirm import read_confirmation
-    from rsst_tune.tune.plan import PLAN_FILE, SweepPlan
-
     exp_dir = Path(path).expanduser().resolve()
     plan_file = exp_dir / PLAN_FILE
     if not plan_file.is_file():
         raise ConfigError(f"{exp_dir} holds no sweep (no {PLAN_FILE})")
-    plan = SweepPlan.from_json(plan_file.read_text())
+    plan = _read_plan(plan_file)
     study = open_study(exp_dir, plan.study_name or plan.name)
     by_ray_id = _optuna_trials(study)
     records = [
@@ -58,25 +79,52 @@ def load_experiment(path: str | Path) -> Experiment:
     )
 
 
-def open_study(exp_dir: Path, study_name: str) -> Any:
-    """The Optuna study of the sweep (None when there is no journal yet)."""
-    from rsst_tune.tune.searcher import JOURNAL_FILE, journal_storage
+@dataclass(frozen=True)
+class _PlanFacts:
+    """What the record needs of the sweep's plan (`sweep.json`, written by the sweep)."""
 
+    name: str
+    space: str
+    objectives: tuple[Objective, ...]
+    command: str
+    study_name: str
+    scheduler: str
+
+
+def _read_plan(plan_file: Path) -> _PlanFacts:
+    try:
+        data = json.loads(plan_file.read_text(encoding="utf-8"))
+        return _PlanFacts(
+            name=str(data["name"]),
+            space=str(data["space"]),
+            objectives=objectives_from_json(data["objectives"]),
+            command=str(data.get("command", "")),
+            study_name=str(data.get("study_name", "")),
+            scheduler=str(data.get("scheduler", "")),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{plan_file} is not a readable sweep plan: {exc}") from None
+
+
+def open_study(exp_dir: Path, study_name: str, storage: Any = None) -> Any:
+    """The Optuna study of the sweep (None when there is no journal yet), read through
+    Optuna's journal file (or through `storage`, the sweep's own writer, when given)."""
     journal = exp_dir / JOURNAL_FILE
     if not journal.is_file():
         return None
     import optuna
+    from optuna.storages.journal import JournalFileBackend
 
+    if storage is None:
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
     try:
-        return optuna.load_study(study_name=study_name, storage=journal_storage(journal))
+        return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         log.warning("%s holds no study named %s", journal, study_name)
         return None
 
 
 def _optuna_trials(study: Any) -> dict[str, Any]:
-    from rsst_tune.tune.searcher import RAY_TRIAL_ATTR
-
     if study is None:
         return {}
     return {
@@ -94,7 +142,7 @@ def _ray_trials(exp_dir: Path) -> list[tuple[str, str, dict[str, Any]]]:
     and configs are plain JSON in Ray's experiment state; nothing else is read from it.
     """
     source = exp_dir
-    if not any(exp_dir.glob("experiment_state-*.json")):
+    if not any(exp_dir.glob(RAY_STATE_GLOB)):
         return []
     if not ray_state_intact(ray_state_files(exp_dir)):  # cut off by a full disk
         source = exp_dir / RAY_STATE_BACKUP
@@ -123,10 +171,8 @@ def _ray_trials(exp_dir: Path) -> list[tuple[str, str, dict[str, Any]]]:
 def _record(
     exp_dir: Path, trial_id: str, ray_status: str, config: dict[str, Any], ot_trial: Any
 ) -> TrialRecord:
-    from rsst_tune.tune.runner import trial_dirname
-
-    trial_dir = exp_dir / trial_dirname(_Named(trial_id))
-    rows = _result_rows(trial_dir / "result.json")
+    trial_dir = exp_dir / trial_dirname(trial_id)
+    rows = _result_rows(trial_dir / RESULT_FILE)
     states = tuple(StateResult.from_dict(r) for r in rows)
     checkpoints = {
         int(r["state"]): str(trial_dir / r["checkpoint_dir_name"])
@@ -155,21 +201,14 @@ def _stopped_by(status: str, ot_trial: Any) -> str | None:
     `on_trial_complete`). None when the trial was not pruned or Optuna does not say."""
     from optuna.trial import TrialState
 
-    from rsst_tune.tune.searcher import STOPPED_ATTR
-
     if status != "pruned" or ot_trial is None:
         return None
-    reason = ot_trial.user_attrs.get("stopped_by")
+    reason = ot_trial.user_attrs.get(STOPPED_BY_ATTR)
     if reason is not None:
         return str(reason)
     if ot_trial.state == TrialState.PRUNED and STOPPED_ATTR in ot_trial.user_attrs:
         return STOPPED_BY_SCHEDULER
     return None
-
-
-class _Named:
-    def __init__(self, trial_id: str) -> None:
-        self.trial_id = trial_id
 
 
 def _result_rows(path: Path) -> list[dict[str, Any]]:
@@ -198,8 +237,6 @@ def _result_rows(path: Path) -> list[dict[str, Any]]:
 def _status(ray_status: str, rows: list[dict[str, Any]], ot_trial: Any) -> str:
     from optuna.trial import TrialState
 
-    from rsst_tune.tune.searcher import is_complete
-
     if ray_status == "ERROR":
         return "error"
     if ray_status == "TERMINATED":
@@ -212,7 +249,7 @@ def _status(ray_status: str, rows: list[dict[str, Any]], ot_trial: Any) -> str:
 
 
 def _error(trial_dir: Path) -> str | None:
-    path = trial_dir / "error.txt"
+    path = trial_dir / ERROR_FILE
     if not path.is_file():
         return None
     return error_summary(path.read_text(errors="replace"))
@@ -235,7 +272,7 @@ def error_summary(text: str) -> str:
 def snapshot_trials(exp_dir: str | Path) -> dict[str, str] | None:
     """Trial id -> Ray status in the newest Ray experiment state of `exp_dir` (read as JSON,
     nothing unpickled); None when there is none or it cannot be read."""
-    states = sorted(Path(exp_dir).glob("experiment_state-*.json"))
+    states = sorted(Path(exp_dir).glob(RAY_STATE_GLOB))
     if not states:
         return None
     try:
@@ -252,41 +289,35 @@ def snapshot_trials(exp_dir: str | Path) -> dict[str, str] | None:
 
 def last_row(exp_dir: str | Path, trial_id: str) -> dict[str, Any] | None:
     """The trial's last complete result row (its last pruning state), None before any."""
-    from rsst_tune.tune.runner import trial_dirname
-
-    rows = _result_rows(Path(exp_dir) / trial_dirname(_Named(trial_id)) / "result.json")
+    rows = _result_rows(Path(exp_dir) / trial_dirname(trial_id) / RESULT_FILE)
     return rows[-1] if rows else None
 
 
 def trial_error(exp_dir: str | Path, trial_id: str) -> str | None:
-    from rsst_tune.tune.runner import trial_dirname
-
-    return _error(Path(exp_dir) / trial_dirname(_Named(trial_id)))
+    return _error(Path(exp_dir) / trial_dirname(trial_id))
 
 
 # ---------------------------------------------------------------------- Ray's state files
-RAY_STATE_BACKUP = ".ray_state_backup"
-_RAY_STATE = ("experiment_state-{}.json", "searcher-state-{}.pkl", "search_gen_state-{}.json")
 
 
 def ray_state_files(directory: str | Path) -> list[Path]:
     """Ray's experiment-state files of the newest session in `directory` ([] if none)."""
-    newest = sorted(Path(directory).glob(_RAY_STATE[0].format("*")))
+    newest = sorted(Path(directory).glob(RAY_STATE_GLOB))
     if not newest:
         return []
-    session = newest[-1].name[len("experiment_state-") : -len(".json")]
-    return [p for t in _RAY_STATE if (p := Path(directory) / t.format(session)).is_file()]
+    session = newest[-1].name[len(RAY_STATE_PREFIX) : -len(".json")]
+    return [p for t in RAY_STATE_FILES if (p := Path(directory) / t.format(session)).is_file()]
 
 
 def ray_state_intact(files: list[Path]) -> bool:
     """Whether Ray can read these files back: JSON that parses, pickles that end as a pickle
     does (a write cut off by a full disk fails one or the other)."""
-    if not files or not files[0].name.startswith("experiment_state-"):
+    if not files or not files[0].name.startswith(RAY_STATE_PREFIX):
         return False
-    return all(_file_intact(path) for path in files)
+    return all(file_intact(path) for path in files)
 
 
-def _file_intact(path: Path) -> bool:
+def file_intact(path: Path) -> bool:
     try:
         data = path.read_bytes()
     except OSError:
@@ -300,53 +331,29 @@ def _file_intact(path: Path) -> bool:
     return True
 
 
-def backup_ray_state(exp_dir: Path) -> bool:
-    """Copy Ray's newest experiment state to `.ray_state_backup/` when it is intact (each file
-    written aside, signed (`trust.sign_copies`) and renamed, so a failed copy leaves the
-    previous backup whole and signed)."""
-    files = ray_state_files(exp_dir)
-    if not ray_state_intact(files):
-        return False
-    from rsst_tune.tune.trust import sign_copies
-
-    backup = exp_dir / RAY_STATE_BACKUP
-    backup.mkdir(exist_ok=True)
-    copies = [(backup / f".{path.name}.tmp", backup / path.name, path) for path in files]
-    try:
-        for path, (tmp, _, _) in zip(files, copies, strict=True):
-            shutil.copyfile(path, tmp)
-        if not all(_file_intact(tmp) for tmp, _, _ in copies):  # Ray rewrote one meanwhile
-            return False
-        sign_copies(exp_dir, copies)  # before they replace the signed backup
-        for tmp, target, _ in copies:
-            os.replace(tmp, target)
-    finally:
-        for tmp, _, _ in copies:
-            tmp.unlink(missing_ok=True)
-    names = {p.name for p in files}
-    for old in backup.iterdir():
-        if old.name not in names and not old.name.startswith("."):
-            old.unlink(missing_ok=True)
-    return True
-
-
-def repair_ray_state(exp_dir: Path) -> str | None:
-    """Before a resume: when Ray's newest experiment state is damaged (a full disk cut it),
-    put it aside (`*.damaged`) and restore the last intact copy from `.ray_state_backup/`.
-    Returns what was done, None when nothing needed doing; raises ConfigError when the state
-    is damaged and no intact copy exists."""
-    files = ray_state_files(exp_dir)
-    if not files or ray_state_intact(files):
+def read_confirmation(exp_dir: str | Path) -> Confirmation | None:
+    """`confirm.json` of an experiment directory as a record (None when there is none). A
+    damaged file is a one-line ConfigError."""
+    path = Path(exp_dir) / CONFIRM_FILE
+    if not path.is_file():
         return None
-    backup = ray_state_files(exp_dir / RAY_STATE_BACKUP)
-    if not ray_state_intact(backup):
-        raise ConfigError(
-            f"Ray's experiment state in {exp_dir} ({files[0].name}) is damaged (cut off by a "
-            "full disk?) and there is no intact copy to resume from; the trials' checkpoints, "
-            "results and the Optuna journal are intact: start a new sweep"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        runs = tuple(
+            SeedRun(
+                ticket=str(r["ticket"]),
+                seed=int(r["seed"]),
+                status=str(r["status"]),
+                result=StateResult.from_dict(r["result"]) if r.get("result") else None,
+                error=r.get("error"),
+            )
+            for r in data["runs"]
         )
-    for path in files:
-        path.rename(path.with_name(path.name + ".damaged"))
-    for path in backup:
-        shutil.copyfile(path, exp_dir / path.name)
-    return f"restored Ray's experiment state from {backup[0].parent} ({files[0].name} was damaged)"
+        return Confirmation(
+            k=int(data["k"]),
+            seeds=tuple(int(s) for s in data["seeds"]),
+            tickets=tuple(str(t) for t in data["tickets"]),
+            runs=runs,
+        )
+    except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
+        raise ConfigError(f"{path} is not a readable seed-confirmation record: {exc}") from None

@@ -29,10 +29,10 @@ from typing import Any
 
 from rsst_tune.config import TrialConfig
 from rsst_tune.errors import TrialDiverged
+from rsst_tune.experiment.objectives import objective_metrics
+from rsst_tune.experiment.records import Objective
 from rsst_tune.logfile import log_to_file
 from rsst_tune.results import StateResult
-from rsst_tune.tune.objectives import objective_metrics
-from rsst_tune.tune.records import Objective
 
 log = logging.getLogger(__name__)
 

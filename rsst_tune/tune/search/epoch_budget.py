@@ -99,7 +99,7 @@ class EpochBudget(Searcher):
         self._recount = False
         if self._experiment_dir is None or not Path(self._experiment_dir).is_dir():
             return
-        from rsst_tune.tune.experiment import load_experiment
+        from rsst_tune.experiment.reader import load_experiment
 
         self._spent.clear()
         self._left.clear()

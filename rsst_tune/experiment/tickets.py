@@ -1,0 +1,114 @@
+"""A *ticket*: one pruning state of one trial, a candidate pruned model with its own accuracy
+and cost. A trial of S states offers S tickets; `collect_tickets` lists every one of a sweep."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from rsst_tune.experiment.objectives import finite_state
+from rsst_tune.experiment.records import TrialRecord
+from rsst_tune.results import StateResult
+from rsst_tune.stats import accuracy_interval
+
+SELECT_METRIC = "val_acc"  # what tickets are chosen by; test_acc is reported, never chosen by
+SPLIT_SIZE = {"val_acc": "val_size", "test_acc": "test_size"}  # accuracy -> images evaluated
+
+
+class HasTrials(Protocol):
+    """Anything holding a sweep's trial records (an `Experiment`)."""
+
+    @property
+    def trials(self) -> Sequence[TrialRecord]: ...
+
+
+def finite(value: Any) -> float | None:
+    """`value` as a float when it is a finite number, else None (missing, NaN, inf, text)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+@dataclass(frozen=True, eq=False)
+class Ticket:
+    """One pruning state of one trial: a candidate pruned model."""
+
+    trial_id: str
+    state: int
+    status: str
+    result: StateResult | None  # None: a placeholder for a trial without states
+    config: Mapping[str, Any] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    order: int = 0  # position among all tickets: the last, deterministic tie-break
+    checkpoint: str | None = None  # the trial's checkpoint directory for this state, if kept
+
+    def metric(self, key: str) -> float | None:
+        return self.result.metric(key) if self.result is not None else None
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The state's result as plain data."""
+        return self.result.to_dict() if self.result is not None else {}
+
+    @property
+    def val_acc(self) -> float | None:
+        return self.metric("val_acc")
+
+    @property
+    def test_acc(self) -> float | None:
+        return self.metric("test_acc")
+
+    @property
+    def macs_frac(self) -> float | None:
+        return self.metric("macs_frac")
+
+    @property
+    def params_frac(self) -> float | None:
+        return self.metric("params_frac")
+
+    @property
+    def label(self) -> str:
+        return f"{self.trial_id}/s{self.state}"
+
+    def split_size(self, metric: str = SELECT_METRIC) -> int | None:
+        """The number of images `metric` (val_acc or test_acc) was measured on, when recorded."""
+        key = SPLIT_SIZE.get(metric)
+        n = getattr(self.result, key, None) if key is not None else None
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+    def interval(self, metric: str = SELECT_METRIC) -> tuple[float, float] | None:
+        """The 95 % Wilson interval of an accuracy (val_acc or test_acc), or None when the
+        accuracy or its split size is missing."""
+        return accuracy_interval(self.metric(metric), self.split_size(metric))
+
+    @property
+    def selectable(self) -> bool:
+        """Whether the ticket may be chosen: its accuracies and training loss are finite (a
+        diverged state never is)."""
+        return self.result is not None and finite_state(self.result)
+
+
+def collect_tickets(experiment: HasTrials) -> list[Ticket]:
+    """Every (trial, state) of the experiment, in trial then state order."""
+    out: list[Ticket] = []
+    for trial in experiment.trials:
+        for result in trial.states:
+            out.append(
+                Ticket(
+                    trial_id=str(trial.trial_id),
+                    state=result.state,
+                    status=str(trial.status),
+                    result=result,
+                    config=trial.config if isinstance(trial.config, Mapping) else {},
+                    params=trial.params if isinstance(trial.params, Mapping) else {},
+                    order=len(out),
+                    checkpoint=trial.state_checkpoints.get(result.state),
+                )
+            )
+    return out
