@@ -45,13 +45,13 @@ from rsst_tune.models import (
     input_stats,
     load_pretrained_file,
 )
-from rsst_tune.pruning.budget import check_layer_ratios, layer_ratios
 from rsst_tune.pruning.cost import CostModel, count_params
 from rsst_tune.pruning.criteria import Criterion, get_criterion
 from rsst_tune.pruning.methods import Method, get_method
 from rsst_tune.pruning.structure import Structure, find_structure
 from rsst_tune.results import KIND_REPORT
 from rsst_tune.streaming import StreamData, choose_placement
+from rsst_tune.unit_budget import check_layer_ratios, layer_ratios
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def build_setup(cfg: TrialConfig, data: DataBundle | None = None) -> TrialSetup:
         log.info("data placement stream: %s read from disk batch by batch", cfg.dataset)
     img_size = asked or bundle.spec.img_size
     torch.manual_seed(cfg.seed)
-    model, spec = _build_model(cfg, bundle.spec, img_size)
+    model, spec = build_model(cfg, bundle.spec, img_size)
     model.to(device)
     cnn_on_cuda = device.type == "cuda" and _has_convs(model) and patch_free(model)
 
@@ -161,9 +161,10 @@ def build_setup(cfg: TrialConfig, data: DataBundle | None = None) -> TrialSetup:
     )
 
 
-def _build_model(cfg: TrialConfig, spec: DataSpec, img_size: int) -> tuple[nn.Module, DataSpec]:
+def build_model(cfg: TrialConfig, spec: DataSpec, img_size: int) -> tuple[nn.Module, DataSpec]:
     """The model at ``img_size`` (checked to take it), its weights from ``pretrained_file``
-    when given, and the trial's data spec (the size, and the timm model's mean/std)."""
+    when given, and the trial's data spec (the size, and the timm model's mean/std); also
+    what `rsst_tune.macs_plan` builds to count a config's MACs before training."""
 
     def build(size: int, pretrained: bool = False) -> nn.Module:
         return create_model(

@@ -1,226 +1,43 @@
-"""Unit budgets as data: each layer's explicit ratio, and the units a config keeps at a state.
+"""Moved: a config's unit budgets and MACs plan left the pruning package.
 
-ALGORITHMS.md §3.2: an explicit ratio r keeps round(C · (1 − r)^p) of a layer's C units after
-p prunes, clamped to [min_units, alive]. The ratio is the kind's global one (`head_ratio`,
-`mlp_ratio`, `filter_ratio`) or the layer's own (`head_ratios`, `mlp_ratios`,
-`filter_ratios`: one per block or prunable conv, in model order), compounding the same way.
+`rsst_tune.pruning` takes tensors, modules and plain numbers only; what reads a
+`TrialConfig`, loads a dataset or builds a model now lives above it:
 
-Because explicit budgets do not depend on the trained weights, the units a config keeps at
-any state, and so its params and MACs (`rsst_tune.pruning.cost`), are known before training:
-`planned_macs_frac(cfg)` is the MAC fraction the last state will reach. `MacsBudget` turns
-that into an Optuna constraint value (`macs_frac − budget`, feasible when ≤ 0).
+* `rsst_tune.unit_budget`: `layer_ratios`, `check_layer_ratios`, `planned_alive`,
+  `LAYER_WORD` (the pure rule: `rsst_tune.pruning.select.planned_keep`);
+* `rsst_tune.macs_plan`: `planned_macs_frac`, `analytic_model`, `MacsBudget`,
+  `layer_counts`, `conv_layers`, `ConvLayer`.
 
-`layer_counts` and `conv_layers` describe a model's layers without data, for spaces that
-search one ratio per layer (`search_spaces/vit_layerwise.py`, `resnet_layerwise.py`).
+The old names still resolve here, imported on first use (so importing this module imports
+no config): callers that have not moved yet, and searchers pickled before the move, which
+name `rsst_tune.pruning.budget.MacsBudget`.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import importlib
+from typing import Any
 
-from rsst_tune.config import KIND_RATIO, KIND_RATIOS, TrialConfig
-from rsst_tune.errors import ConfigError
-from rsst_tune.pruning.select import clamp_keep, explicit_keep
-from rsst_tune.pruning.structure import Structure
-
-if TYPE_CHECKING:
-    from rsst_tune.pruning.cost import CostModel
-
-log = logging.getLogger(__name__)
-
-LAYER_WORD = {"head": "transformer blocks", "neuron": "transformer blocks", "filter": "convs"}
+_MOVED = {
+    "LAYER_WORD": "rsst_tune.unit_budget",
+    "check_layer_ratios": "rsst_tune.unit_budget",
+    "layer_ratios": "rsst_tune.unit_budget",
+    "planned_alive": "rsst_tune.unit_budget",
+    "ConvLayer": "rsst_tune.macs_plan",
+    "MacsBudget": "rsst_tune.macs_plan",
+    "analytic_model": "rsst_tune.macs_plan",
+    "conv_layers": "rsst_tune.macs_plan",
+    "layer_counts": "rsst_tune.macs_plan",
+    "planned_macs_frac": "rsst_tune.macs_plan",
+}
 
 
-def layer_ratios(cfg: TrialConfig, structure: Structure) -> dict[str, float | None]:
-    """Each unit group's explicit ratio (None: density-matched to U), by group name.
-
-    Per-layer ratios must give one ratio per layer of their kind in `structure` (which holds
-    every kind the model has): a one-line ConfigError names the expected length.
-    """
-    out: dict[str, float | None] = {}
-    for kind in structure.kinds:
-        groups = structure.by_kind(kind)
-        many = cfg.ratios_for(kind)
-        if many is not None and len(many) != len(groups):
-            raise ConfigError(
-                f"{KIND_RATIOS[kind]} must have {len(groups)} ratios for {cfg.model} (one per "
-                f"prunable {'conv' if kind == 'filter' else 'block'}: {len(groups)} "
-                f"{LAYER_WORD[kind]}), got {len(many)}"
-            )
-        for i, g in enumerate(groups):
-            out[g.name] = many[i] if many is not None else cfg.ratio_for(kind)
-    return out
+def __getattr__(name: str) -> Any:
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
-def check_layer_ratios(cfg: TrialConfig, structure: Structure) -> None:
-    """Per-layer ratios given for a kind the model does not have are an error too."""
-    for kind, name in KIND_RATIOS.items():
-        if cfg.ratios_for(kind) is not None and not structure.by_kind(kind):
-            raise ConfigError(
-                f"{name} is for {LAYER_WORD[kind]}, and {cfg.model} has none; "
-                f"use {', '.join(KIND_RATIOS[k] for k in structure.kinds)} "
-                f"or {', '.join(KIND_RATIO[k] for k in structure.kinds)}"
-            )
-    layer_ratios(cfg, structure)
-
-
-def planned_alive(
-    cfg: TrialConfig, structure: Structure, pruned: Structure, prunes: int
-) -> dict[str, int] | None:
-    """Units each group of `structure` keeps after `prunes` prunes, when every group that
-    `pruned` prunes has an explicit ratio (None otherwise: density-matched budgets depend on
-    U, known only after training). Groups that are not pruned keep all their units. The
-    per-state clamp to [min_units, alive] is applied state by state, as the loop does."""
-    ratios = layer_ratios(cfg, structure)
-    pruned_names = {g.name for g in pruned.groups}
-    alive = {g.name: g.num_units for g in structure.groups}
-    for g in structure.groups:
-        if g.name not in pruned_names:
-            continue
-        ratio = ratios[g.name]
-        if ratio is None:
-            return None
-        for p in range(1, prunes + 1):
-            alive[g.name] = clamp_keep(
-                explicit_keep(g.num_units, ratio, p), alive[g.name], cfg.min_units
-            )
-    return alive
-
-
-# ---------------------------------------------------------------------- analytic MACs
-_ANALYTIC: dict[tuple[Any, ...], tuple[Structure, Structure, CostModel]] = {}
-
-
-def _analytic_key(cfg: TrialConfig) -> tuple[Any, ...]:
-    return (cfg.model, cfg.dataset, cfg.data_dir, cfg.img_size, cfg.prune_stem, cfg.target)
-
-
-def analytic_model(cfg: TrialConfig) -> tuple[Structure, Structure, CostModel]:
-    """(every unit group, the pruned groups, the cost model) of the config's model at its
-    input, built once per model/dataset/size on the CPU from random weights (costs do not
-    depend on weights). The dataset is loaded for its spec only (classes, channels, size)."""
-    key = _analytic_key(cfg)
-    if key not in _ANALYTIC:
-        import torch
-
-        from rsst_tune.data import load_dataset
-        from rsst_tune.models import default_img_size
-        from rsst_tune.pruning.cost import CostModel
-        from rsst_tune.pruning.structure import find_structure
-        from rsst_tune.trial_setup import _build_model
-
-        asked = cfg.img_size or default_img_size(cfg.model)
-        bundle = load_dataset(
-            cfg.dataset,
-            data_dir=cfg.data_dir,
-            val_size=cfg.val_size,
-            download=cfg.download,
-            img_size=asked,
-        )
-        size = asked or bundle.spec.img_size
-        plain = cfg.replace(pretrained=False, pretrained_file=None)
-        with torch.random.fork_rng(devices=[]):
-            model, spec = _build_model(plain, bundle.spec, size)
-        example = torch.zeros(2, spec.in_chans, size, size)
-        every = find_structure(
-            model, target="both", prune_stem=cfg.prune_stem, example_input=example
-        )
-        pruned = find_structure(
-            model, target=cfg.target, prune_stem=cfg.prune_stem, example_input=example
-        )
-        _ANALYTIC[key] = (every, pruned, CostModel(model, every, example))
-    return _ANALYTIC[key]
-
-
-def planned_macs_frac(cfg: TrialConfig, state: int | None = None) -> float | None:
-    """The MAC fraction (of the dense model) the config reaches at `state` (default: its last
-    state), computed before any training; None when a pruned kind is density-matched or the
-    method is unstructured (the units kept then depend on the trained weights).
-
-    Exact with `sorting` layer; with `sorting` global the kind's total is the same and only
-    its spread over layers differs, which is exact for ViTs (every block costs the same)."""
-    if not cfg.method_info.structured:
-        return None
-    every, pruned, cost = analytic_model(cfg)
-    s = cfg.pruning_times - 1 if state is None else state
-    alive = planned_alive(cfg, every, pruned, s)
-    if alive is None:
-        return None
-    return cost.fractions(alive)[2]
-
-
-class MacsBudget:
-    """An Optuna constraint for a space's proposals: `macs_frac − budget` at the last state
-    (feasible when ≤ 0), for the searched fields of a proposal on top of `base`.
-
-    Picklable (Ray saves the searcher): the analytic models are rebuilt after unpickling."""
-
-    def __init__(self, base: Mapping[str, Any], budget: float) -> None:
-        self.base = dict(base)
-        self.budget = float(budget)
-
-    def macs_frac(self, params: Mapping[str, Any]) -> float:
-        cfg = TrialConfig.from_dict({**self.base, **params})
-        frac = planned_macs_frac(cfg)
-        if frac is None:
-            raise ConfigError(
-                "--macs-budget needs every pruned kind to have explicit ratios (head_ratio(s), "
-                "mlp_ratio(s), filter_ratio(s)) and a structured method; the space proposed "
-                f"{dict(params)}"
-            )
-        return frac
-
-    def __call__(self, params: Mapping[str, Any]) -> float:
-        return self.macs_frac(params) - self.budget
-
-
-@functools.lru_cache(maxsize=64)
-def _default_structure(model: str, img_size: int | None, prune_stem: bool) -> Structure:
-    """Every unit group of a model built at its registered defaults on the CPU (random
-    weights), with the couplings a trace finds (which filters an export can remove)."""
-    import torch
-    from torch import nn
-
-    from rsst_tune.models import create_model
-    from rsst_tune.pruning.structure import find_structure
-
-    with torch.random.fork_rng(devices=[]):
-        built = create_model(model, img_size=img_size)
-    first = next((m for m in built.modules() if isinstance(m, nn.Conv2d)), None)
-    chans = first.in_channels if first is not None else 3
-    size = img_size or 32  # the trace reads no shapes; the input only has to be valid
-    example = torch.zeros(1, chans, size, size)
-    return find_structure(built, target="both", prune_stem=prune_stem, example_input=example)
-
-
-def layer_counts(
-    model: str, img_size: int | None = None, prune_stem: bool = False
-) -> dict[str, int]:
-    """How many layers of each unit kind a model has (ViT: blocks for `head` and `neuron`;
-    CNN: prunable convs for `filter`), from the model built at its registered defaults on
-    the CPU: what a space that searches one ratio per layer needs, without any data."""
-    structure = _default_structure(model, img_size, prune_stem)
-    return {kind: len(structure.by_kind(kind)) for kind in structure.kinds}
-
-
-@dataclass(frozen=True)
-class ConvLayer:
-    """One prunable conv of a CNN, as a space that searches `filter_ratios` sees it."""
-
-    name: str  # module path, e.g. "layer1.0.conv1"
-    filters: int
-    removable: bool  # an export can slice its filters out (no residual add keeps them)
-
-
-def conv_layers(
-    model: str, img_size: int | None = None, prune_stem: bool = False
-) -> tuple[ConvLayer, ...]:
-    """The prunable convs of a CNN in model order, the order of `filter_ratios` (empty for a
-    ViT). Only removable convs change the params and MACs of a ticket (`cost.CostModel`):
-    the filters of a conv whose channels reach a residual add are masked but kept whole."""
-    structure = _default_structure(model, img_size, prune_stem)
-    return tuple(ConvLayer(g.name, g.num_units, g.removable) for g in structure.by_kind("filter"))
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_MOVED})

@@ -77,6 +77,16 @@ def clamp_keep(k: int, alive: int, min_units: int) -> int:
     return max(min(min_units, alive), min(k, alive))
 
 
+def planned_keep(num_units: int, ratio: float, prunes: int, min_units: int) -> int:
+    """Units a layer of `num_units` with an explicit `ratio` keeps after `prunes` prunes:
+    `explicit_keep` of each prune, clamped to [min_units, alive] state by state, as the loop
+    does (§3.2); known before training, since it does not depend on the weights."""
+    alive = num_units
+    for p in range(1, prunes + 1):
+        alive = clamp_keep(explicit_keep(num_units, ratio, p), alive, min_units)
+    return alive
+
+
 def select_units(
     groups: Sequence[UnitGroup],
     scores: Sequence[Tensor],
