@@ -15,7 +15,7 @@ dense, then 3 pruned states), 4 epochs each, 2 trials at a time:
 * `random+fifo`:   random sampler, every trial runs every state (the baseline).
 
 Every setup first runs the space's starting point; TPE's random start-up trials
-(`rsst_tune.tune.search.searcher.tpe_startup`: a fifth of the full-length trials the budget buys,
+(`rsst_tune.tune.search.samplers.tpe_startup`: a fifth of the full-length trials the budget buys,
 3 of 16, for MO-ASHA too) come from the same seeded
 stream as the random sampler's, so all setups share their first few trials (common random
 numbers).

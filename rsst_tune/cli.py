@@ -1,4 +1,5 @@
-"""Command-line parsing, and nothing else: every subcommand hands a validated value to a module.
+"""The `rsst-tune` command: its parsers, and a dispatch that hands each subcommand's validated
+values to the module that does the work (`rsst_tune.run`, `rsst_tune.tune`, the report, export).
 
     rsst-tune run --config CONFIG.json            one trial of the prune loop
     rsst-tune run --arch vit_tiny --struct rsst   the same, with the research code's flag names
@@ -15,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from rsst_tune.command import OneLineParser, one_line, run_guarded
 from rsst_tune.config import TrialConfig
-from rsst_tune.errors import CommandFailed, ConfigError, TrialDiverged, describe_exception
 from rsst_tune.limits import MAX_REPEATS
 
 # Spellings of the research code (seeds/) that map onto config fields.
@@ -135,17 +134,14 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
     return TrialConfig.from_dict(data)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line and exit status 2 (`--help` still shows usage)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="rsst-tune", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = OneLineParser(
+        prog="rsst-tune",
+        description="Structured pruning (IMP, Refill, RSST) of vision models, and sweeps of its "
+        "hyperparameters: run one trial, sweep with Ray Tune + Optuna, report, export.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     run = sub.add_parser(
         "run",
@@ -241,51 +237,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         print(report.table())
         if report.onnx_error is not None:
-            print(f"rsst-tune: error: {_one_line(report.onnx_error)}", file=sys.stderr)
+            print(f"rsst-tune: error: {one_line(report.onnx_error)}", file=sys.stderr)
             return 1
         return 0
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)
-
-
-def run_guarded(prog: str, verbose: bool, command: Callable[[], int], resume_hint: str) -> int:
-    """Run a command with logging set up: bad input is one line and exit 2; a diverged trial
-    or an unexpected error one line and exit 1 (the traceback only with `verbose`, and in the
-    log file a `CommandFailed` names); Ctrl+C exit 130."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
-    )
-    try:
-        return command()
-    except ConfigError as exc:
-        if verbose:
-            traceback.print_exc()
-        print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
-        return 2
-    except TrialDiverged as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
-    except CommandFailed as exc:
-        if verbose and exc.__cause__ is not None:
-            traceback.print_exception(exc.__cause__)
-        print(f"{prog}: error: {_one_line(str(exc))}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; {resume_hint}", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if verbose:
-            traceback.print_exc()
-        hint = "" if verbose else " (run with -v for the traceback)"
-        print(
-            f"{prog}: error: unexpected {_one_line(describe_exception(exc))}{hint}", file=sys.stderr
-        )
-        return 1
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split("\n"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

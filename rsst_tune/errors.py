@@ -5,7 +5,8 @@ trial whose training loss stopped being a finite number: `rsst-tune run` prints 
 with status 1; in a sweep the trial ends as an error and the sweep goes on. `CommandFailed` is
 an unexpected error after work started, with the log file that holds its traceback (exit 1).
 `SweepInterrupted` is a sweep that stopped before its trials finished: the CLI prints how to
-resume it and exits with status 130.
+resume it and exits with status 130. `ReportFailed` is a sweep that finished but could not
+write its report (exit 1, the traceback in the sweep's log).
 """
 
 from __future__ import annotations
@@ -60,6 +61,21 @@ class CommandFailed(Exception):
         if self.log_path is None:
             return self.message
         return f"{self.message} (full traceback in {self.log_path})"
+
+
+class ReportFailed(Exception):
+    """A sweep finished, but its report could not be written (the traceback is in the log);
+    its results are intact and `rsst-tune report DIR` writes the report again."""
+
+    def __init__(self, experiment_dir: str | Path) -> None:
+        super().__init__(str(experiment_dir))
+        self.experiment_dir = str(experiment_dir)
+
+    def __str__(self) -> str:
+        return (
+            f"the sweep finished but its report could not be written; its results are intact "
+            f"in {self.experiment_dir} (`rsst-tune report {self.experiment_dir}` writes it again)"
+        )
 
 
 def describe_exception(exc: BaseException) -> str:

@@ -183,7 +183,7 @@ def test_an_interrupted_budgeted_sweep_resumes_to_the_same_budget(
 
 def test_tpe_startup_under_a_budget_counts_the_full_length_trials_it_buys() -> None:
     from rsst_tune.tune.search.epoch_budget import full_trials
-    from rsst_tune.tune.search.searcher import tpe_startup
+    from rsst_tune.tune.search.samplers import tpe_startup
 
     base = {**BASE, "epochs": 4, "pruning_times": 4}  # 3 pruned states x 4 epochs = 12
     assert full_trials(196, base) == 16  # the benchmark's budget: 16 FIFO trials

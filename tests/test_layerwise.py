@@ -33,7 +33,8 @@ from rsst_tune.pruning.select import round_half_up
 from rsst_tune.pruning.slicing import export_model
 from rsst_tune.pruning.structure import find_structure
 from rsst_tune.tune import SweepOptions, describe_plan, load_experiment, resolve_plan, run_sweep
-from rsst_tune.tune.search.searcher import CONSTRAINT_KEY, PruningAwareOptunaSearch, make_sampler
+from rsst_tune.tune.search.samplers import make_sampler
+from rsst_tune.tune.search.searcher import CONSTRAINT_KEY, PruningAwareOptunaSearch
 from rsst_tune.unit_budget import planned_alive
 from search_spaces import get_space
 

@@ -233,7 +233,7 @@ def test_the_benchmark_judges_the_goal_on_the_seed_averaged_curve(
 
 
 def test_tpe_start_up_is_a_fifth_of_the_trials_within_2_and_10() -> None:
-    from rsst_tune.tune.search.searcher import make_sampler, tpe_startup
+    from rsst_tune.tune.search.samplers import make_sampler, tpe_startup
 
     sizes = {1: 2, 6: 2, 8: 2, 15: 3, 16: 3, 24: 4, 32: 6, 50: 10, 500: 10}
     assert {n: tpe_startup(n) for n in sizes} == sizes

@@ -15,9 +15,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rsst_tune.config import MAX_WORKERS, PLACEMENTS
-from rsst_tune.errors import CommandFailed, ConfigError, SweepInterrupted, describe_exception
+from rsst_tune.command import OneLineParser, run_guarded
+from rsst_tune.config import PLACEMENTS
+from rsst_tune.errors import (
+    CommandFailed,
+    ConfigError,
+    ReportFailed,
+    SweepInterrupted,
+    describe_exception,
+)
+from rsst_tune.limits import MAX_RESOURCES, MAX_SAMPLES, MAX_SEED, MAX_WORKERS
 from rsst_tune.tune.plan import SETTABLE
+from rsst_tune.tune.search.samplers import sampler_names
+from rsst_tune.tune.search.schedulers import scheduler_names
 
 if TYPE_CHECKING:
     from rsst_tune.experiment.experiment import Experiment
@@ -27,11 +37,6 @@ EXIT_INTERRUPTED = 130  # stopped before its trials finished: resumable
 
 TUNE_HELP = "a Ray Tune + Optuna sweep over the prune loop"
 REPORT_HELP = "write the best-config report of a sweep"
-
-
-MAX_COUNT = 1_000_000  # trials, concurrent trials
-MAX_SEED = 2**32 - 1  # = rsst_tune.config.MAX_SEED (not imported: keeps this module light)
-MAX_RESOURCES = 4096.0  # CPUs or GPUs per trial
 
 
 def _int_in(text: str, low: int, high: int) -> int:
@@ -59,7 +64,7 @@ def _float_in(text: str, low: float, high: float, *, low_open: bool) -> float:
 
 
 def _positive_int(text: str) -> int:
-    return _int_in(text, 1, MAX_COUNT)
+    return _int_in(text, 1, MAX_SAMPLES)
 
 
 def _seed(text: str) -> int:
@@ -108,12 +113,12 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument(
         "--sampler",
         default="tpe",
-        choices=("tpe", "nsga2", "random"),
-        help="Optuna sampler (default: tpe)",
+        choices=sampler_names(),
+        help="Optuna sampler (default: tpe; `register_sampler` adds one)",
     )
     what.add_argument(
         "--scheduler",
-        choices=("moasha", "asha", "fifo"),
+        choices=scheduler_names(),
         default=None,
         help="trial scheduler (default: the space's): moasha stops trials outside the top "
         "1/η of a rung state by Pareto rank (val_acc, MACs); asha ranks the first objective, "
@@ -312,7 +317,7 @@ def _macs_budget(text: str) -> float:
 
 
 def _grace(text: str) -> int:
-    return _int_in(text, 0, MAX_COUNT)
+    return _int_in(text, 0, MAX_SAMPLES)
 
 
 def _reduction_factor(text: str) -> int:
@@ -513,6 +518,9 @@ def _run(prog: str, sweep: Callable[[], Experiment | None], log_path: Path | Non
     except SweepInterrupted as stop:
         print(f"{prog}: {stop.reason}; continue with: {stop.resume_hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ReportFailed as failed:  # the traceback is in the sweep's log already
+        print(f"{prog}: error: {failed}", file=sys.stderr)
+        return 1
     except (ConfigError, KeyboardInterrupt):
         raise
     except Exception as exc:
@@ -594,9 +602,7 @@ def spaces_sentence() -> str:
 
 # ---------------------------------------------------------------------- tune_main.py
 def build_parser() -> argparse.ArgumentParser:
-    from rsst_tune.cli import _Parser  # errors are one line and exit status 2
-
-    parser = _Parser(
+    parser = OneLineParser(  # errors are one line and exit status 2
         prog="tune_main.py",
         description="Start (or resume) a hyperparameter sweep of the prune loop: " + TUNE_HELP,
     )
@@ -611,8 +617,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["python", "tune_main.py", *argv])
     args.prog = "tune_main.py"
-    from rsst_tune.cli import run_guarded
-
     return run_guarded(
         "tune_main.py",
         args.verbose,

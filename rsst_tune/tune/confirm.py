@@ -219,7 +219,7 @@ def _confirm_tuner(
 ) -> Any:
     from ray import tune
 
-    from rsst_tune.tune.run.runner import trainable_for, trial_dirname, trial_name
+    from rsst_tune.tune.run.trainable import ray_trial_dirname, ray_trial_name, trainable_for
 
     return tune.Tuner(
         trainable_for(plan, confirm_run),
@@ -227,8 +227,8 @@ def _confirm_tuner(
         tune_config=tune.TuneConfig(
             max_concurrent_trials=plan.max_concurrent,
             reuse_actors=True,
-            trial_name_creator=trial_name,
-            trial_dirname_creator=trial_dirname,
+            trial_name_creator=ray_trial_name,
+            trial_dirname_creator=ray_trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=name,

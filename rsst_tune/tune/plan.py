@@ -26,16 +26,24 @@ from rsst_tune.errors import ConfigError, unknown_choice
 from rsst_tune.experiment import objectives as objs
 from rsst_tune.experiment.layout import PLAN_FILE
 from rsst_tune.experiment.records import Objective
+from rsst_tune.limits import (
+    MAX_CONFIRM,
+    MAX_FAILURES,
+    MAX_REDUCTION_FACTOR,
+    MAX_RESOURCES,
+    MAX_SAMPLES,
+    MAX_SEED,
+)
+from rsst_tune.tune.search.samplers import SAMPLERS, sampler_names
+from rsst_tune.tune.search.schedulers import SCHEDULERS, scheduler_names
 from rsst_tune.tune.space import SMOKE_SWEEP, SearchSpace, summarize, varying_sparsity_fields
 
 log = logging.getLogger(__name__)
 
 PLAN_VERSION = 1
-SCHEDULERS = ("moasha", "asha", "fifo")
 # First rung (a pruning state; 0 = dense) when --grace is not given, per scheduler.
 DEFAULT_GRACE = {"moasha": 1, "asha": 0}
 DEFAULT_REDUCTION_FACTOR = 2
-MAX_REDUCTION_FACTOR = 100
 WANDB_MODES = ("off", "offline", "online")
 DEFAULT_STORAGE = "experiments"
 
@@ -208,11 +216,11 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
     fixed = {**(SMOKE_FIXED if opts.preset == "smoke" else {}), **dict(opts.fixed)}
     _check_fixed(space, base, fixed)
     objectives = objs.parse_objectives(opts.objective) if opts.objective else space.objectives
-    if opts.sampler not in ("tpe", "nsga2", "random"):
-        raise unknown_choice("sampler", opts.sampler, ("tpe", "nsga2", "random"))
+    if not isinstance(opts.sampler, str) or opts.sampler not in SAMPLERS:
+        raise unknown_choice("sampler", opts.sampler, sampler_names())
     scheduler = opts.scheduler or space.scheduler
-    if scheduler not in SCHEDULERS:
-        raise unknown_choice("scheduler", scheduler, SCHEDULERS)
+    if not isinstance(scheduler, str) or scheduler not in SCHEDULERS:
+        raise unknown_choice("scheduler", scheduler, scheduler_names())
     if scheduler == "asha":
         _check_asha(space, base)
     halving = _check_halving(scheduler, opts.grace, opts.reduction_factor)
@@ -455,11 +463,6 @@ def _check_fixed(space: Any, base: Mapping[str, Any], fixed: Mapping[str, Any]) 
         raise ConfigError(f"--fix {pinned}: not usable by space {space.name} ({exc})") from None
 
 
-MAX_RESOURCES = 4096.0  # CPUs or GPUs per trial
-MAX_SAMPLES = 1_000_000  # trials, and concurrent trials
-MAX_SEED = 2**32 - 1
-
-
 def _check_option_types(opts: SweepOptions) -> None:
     """Types and ranges of the options a caller may pass as Python values (the CLI's argparse
     types check the same): integers that are ints, numbers that are finite, names that are
@@ -641,10 +644,6 @@ def describe_plan(plan: SweepPlan) -> str:
         f"{plan.base_config['dataset']})"
     )
     return "\n".join(lines)
-
-
-MAX_FAILURES = 100
-MAX_CONFIRM = 20
 
 
 def _check_bool(name: str, value: Any) -> bool:

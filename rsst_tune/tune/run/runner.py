@@ -27,7 +27,7 @@ from types import FrameType
 from typing import Any
 
 from rsst_tune import fileio
-from rsst_tune.errors import ConfigError, SweepInterrupted
+from rsst_tune.errors import ConfigError, ReportFailed, SweepInterrupted
 from rsst_tune.experiment.experiment import Experiment
 from rsst_tune.experiment.layout import PLAN_FILE
 from rsst_tune.tune.plan import SweepPlan
@@ -45,19 +45,12 @@ from rsst_tune.tune.run.storage import (
     storage_error,
     storage_failure,
 )
+from rsst_tune.tune.run.trainable import ray_trial_dirname, ray_trial_name, trainable_for
 
 log = logging.getLogger(__name__)
 
 FINISHED = ("TERMINATED", "ERROR")
 LOST_DIR = "lost_trials"  # trial directories Ray never recorded (a killed driver), on resume
-
-
-def trial_name(trial: Any) -> str:
-    return str(trial.trial_id)
-
-
-def trial_dirname(trial: Any) -> str:
-    return f"trial_{trial.trial_id}"
 
 
 def execute(
@@ -279,25 +272,8 @@ def _warn_idle_gpus(plan: SweepPlan, show: bool) -> None:
         )
 
 
-def trainable_for(plan: SweepPlan, entry: Any = None) -> Any:
-    """The sweep's Ray trainable: `entry` (default `train_trial`) with the plan's objectives,
-    dense cache and per-trial resources (the seed-confirmation stage passes its own entry)."""
-    from ray import tune
-
-    from rsst_tune.tune.run.trainable import train_trial
-
-    resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
-    return tune.with_resources(
-        tune.with_parameters(
-            entry or train_trial, objectives=plan.objectives, dense_cache_dir=plan.dense_cache_dir
-        ),
-        resources,
-    )
-
-
 def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
     from rsst_tune.experiment.layout import JOURNAL_FILE
@@ -305,12 +281,9 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
     from rsst_tune.tune.plan import halving_settings
     from rsst_tune.tune.safety.retries import RetryPolicy
     from rsst_tune.tune.safety.trust import StateSigner
-    from rsst_tune.tune.search.moasha import make_scheduler as make_moasha
-    from rsst_tune.tune.search.searcher import (
-        PruningAwareOptunaSearch,
-        journal_storage,
-        make_sampler,
-    )
+    from rsst_tune.tune.search.samplers import make_sampler
+    from rsst_tune.tune.search.schedulers import SCHEDULERS, SchedulerSpec
+    from rsst_tune.tune.search.searcher import PruningAwareOptunaSearch, journal_storage
     from search_spaces import get_space
 
     space = get_space(plan.space)
@@ -349,27 +322,16 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
         search_alg = EpochBudget(
             search_alg, plan.epoch_budget, plan.base_config, plan.experiment_dir
         )
-    first = plan.objectives[0]
     grace, factor = halving_settings(plan)
-    if plan.scheduler == "asha":
-        scheduler: Any = ASHAScheduler(
-            time_attr="training_iteration",  # state s is iteration s + 1
-            metric=first.key,
-            mode=first.mode,
-            max_t=plan.states,
-            grace_period=min(grace + 1, plan.states),
-            reduction_factor=factor,
-        )
-    elif plan.scheduler == "moasha":
-        scheduler = make_moasha(
-            [o.key for o in plan.objectives],
-            [o.mode for o in plan.objectives],
+    scheduler = SCHEDULERS.get(plan.scheduler)(
+        SchedulerSpec(
+            metrics=tuple(keys),
+            modes=tuple(modes),
+            states=plan.states,
             grace=grace,
             reduction_factor=factor,
-            default_last_state=plan.states - 1,
         )
-    else:
-        scheduler = FIFOScheduler()
+    )
     callbacks: list[Any] = [
         RetryPolicy(),  # only infrastructure failures are retried
         StateSigner(),  # Ray's state signed as it is saved: `--resume` loads it
@@ -391,8 +353,8 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
             num_samples=plan.num_samples,
             time_budget_s=plan.time_budget_s,
             reuse_actors=True,
-            trial_name_creator=trial_name,
-            trial_dirname_creator=trial_dirname,
+            trial_name_creator=ray_trial_name,
+            trial_dirname_creator=ray_trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=plan.name,
@@ -546,8 +508,9 @@ def _finish(plan: SweepPlan, elapsed: float, *, show: bool) -> Experiment | None
         report = write_report_if_available(
             experiment, Path(plan.experiment_dir), export="missing", onnx=plan.onnx
         )
-        if report is not None:
-            _say(show, f"report {report}")
+        if report is None:  # the sweep ran; a missing report is still a failed command
+            raise ReportFailed(plan.experiment_dir)
+        _say(show, f"report {report}")
     else:
         _upload_side_files(plan)
     return experiment
@@ -619,23 +582,27 @@ def _settle_study(plan: SweepPlan, statuses: dict[str, str], stopped_reason: str
 def write_report_if_available(
     experiment: Any, out_dir: Path, *, export: str = "recorded", onnx: bool = True
 ) -> Path | None:
-    """`rsst_tune.report.write_report`, when that module is installed; never fails the sweep.
+    """The export step (`rsst_tune.best_exports.export_best`) as `export` asks, then the
+    renderer (`rsst_tune.report.write_report`), when that module is installed; never fails the
+    sweep.
 
-    `export`: "recorded" renders the best tickets' recorded exports and measures nothing;
-    "missing" first exports and times those not recorded yet; "all" does it for every one;
-    `onnx`: the exports also write and time model.onnx.
+    `export`: "recorded" exports nothing (the report renders the best tickets' recorded
+    exports and measures nothing); "missing" first exports and times those not recorded yet;
+    "all" does it for every one; `onnx`: the exports also write and time model.onnx.
     """
+    from rsst_tune.best_exports import EXPORT_MODES, export_best
+
     try:
-        from rsst_tune.report import EXPORT_MODES, write_report
+        from rsst_tune.report import write_report
     except ImportError as exc:
         log.warning("no best-config report: rsst_tune.report is not available (%s)", exc)
         return None
     if export not in EXPORT_MODES:
         raise ValueError(f"export must be one of {EXPORT_MODES}, got {export!r}")
     try:
-        return Path(
-            write_report(experiment, out_dir, export=export, onnx=onnx)  # type: ignore[arg-type]
-        )
+        if export != "recorded":
+            export_best(experiment, out_dir, replace=export == "all", onnx=onnx)
+        return Path(write_report(experiment, out_dir))
     except Exception:
         log.exception("writing the report failed; the sweep's results are intact in %s", out_dir)
         return None

@@ -29,10 +29,12 @@ from typing import Any
 
 from rsst_tune.config import TrialConfig
 from rsst_tune.errors import TrialDiverged
+from rsst_tune.experiment.layout import trial_dirname
 from rsst_tune.experiment.objectives import objective_metrics
 from rsst_tune.experiment.records import Objective
 from rsst_tune.logfile import log_to_file
 from rsst_tune.results import StateResult
+from rsst_tune.tune.plan import SweepPlan
 
 log = logging.getLogger(__name__)
 
@@ -170,3 +172,27 @@ def _trial_log(path: Path) -> Iterator[None]:
         except Exception:
             logger.exception("trial failed")
             raise
+
+
+def ray_trial_name(trial: Any) -> str:
+    """Ray's name of a trial: its id."""
+    return str(trial.trial_id)
+
+
+def ray_trial_dirname(trial: Any) -> str:
+    """Ray's directory of a trial (`rsst_tune.experiment.layout.trial_dirname`)."""
+    return trial_dirname(str(trial.trial_id))
+
+
+def trainable_for(plan: SweepPlan, entry: Any = None) -> Any:
+    """The sweep's Ray trainable: `entry` (default `train_trial`) with the plan's objectives,
+    dense cache and per-trial resources (the seed-confirmation stage passes its own entry)."""
+    from ray import tune
+
+    resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
+    return tune.with_resources(
+        tune.with_parameters(
+            entry or train_trial, objectives=plan.objectives, dense_cache_dir=plan.dense_cache_dir
+        ),
+        resources,
+    )

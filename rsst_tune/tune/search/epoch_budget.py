@@ -46,7 +46,7 @@ def state_costs(config: Mapping[str, Any]) -> dict[int, int]:
 def full_trials(budget: int, base_config: Mapping[str, Any]) -> int:
     """How many trials of `base_config` the budget buys when each runs every state: its
     pruned states' epochs per trial (state 0 is shared through the dense cache), at least 1.
-    What TPE's random start-up is sized by under a budget (`searcher.tpe_startup`): an
+    What TPE's random start-up is sized by under a budget (`samplers.tpe_startup`): an
     early-stopping sweep admits more, shorter trials, which should not buy more random ones."""
     per_trial = sum(e for s, e in state_costs(base_config).items() if s > 0)
     return max(1, int(budget) // max(1, per_trial))

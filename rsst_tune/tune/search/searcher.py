@@ -48,7 +48,6 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from rsst_tune.errors import unknown_choice
 from rsst_tune.experiment.layout import (
     CONSTRAINT_ATTR,
     FAIL_REASON_ATTR,
@@ -65,7 +64,6 @@ log = logging.getLogger(__name__)
 
 CONSTRAINT_KEY = "macs_budget"  # the same value as Optuna's constraint (`Trial.set_constraint`)
 MAX_PROPOSALS = 500  # proposals asked per trial slot before the sweep stops generating trials
-SAMPLERS = ("tpe", "nsga2", "random")
 
 
 class SafeJournalFileBackend(JournalFileBackend):
@@ -93,43 +91,6 @@ class SafeJournalFileBackend(JournalFileBackend):
 
 def journal_storage(path: str | Path) -> optuna.storages.JournalStorage:
     return optuna.storages.JournalStorage(SafeJournalFileBackend(str(path)))
-
-
-def tpe_startup(num_samples: int) -> int:
-    """TPE's random start-up trials for a sweep of `num_samples` trials: a fifth, at least 2
-    and at most 10 (Optuna's default). It was a third, which left little of a sweep to TPE's
-    model, and least of a MO-ASHA sweep, which is given more (cheaper) trials for the same
-    compute: the benchmark's MO-ASHA sweep (32 trials) spent nearly half its budget on its 10
-    random trials, and as TPE's start-up draws from the seed's random stream, they were the
-    very configurations random search tried (`benchmarks/bench_search.py`). Under
-    `--epoch-budget`, `num_samples` is at most the full-length trials the budget buys
-    (`epoch_budget.full_trials`), so MO-ASHA's extra, shorter trials are not random ones."""
-    return min(10, max(2, int(num_samples) // 5))
-
-
-def make_sampler(
-    name: str, seed: int, num_samples: int, max_concurrent: int | None
-) -> optuna.samplers.BaseSampler:
-    """TPE (default; multivariate, grouped for conditional spaces), NSGA-II, or random.
-
-    TPE proposes at random until `tpe_startup(num_samples)` trials have finished (a space's
-    enqueued starting points count), then from its model; with parallel trials it counts the
-    running ones as bad (`constant_liar`), so parallel workers are steered apart."""
-    if name == "tpe":
-        startup = tpe_startup(num_samples)
-        return optuna.samplers.TPESampler(
-            seed=seed,
-            n_startup_trials=startup,
-            multivariate=True,
-            group=True,
-            constant_liar=bool(max_concurrent is None or max_concurrent > 1),
-        )
-    if name == "nsga2":
-        population = min(50, max(4, num_samples // 4))
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise unknown_choice("sampler", name, SAMPLERS)
 
 
 class PruningAwareOptunaSearch(OptunaSearch):

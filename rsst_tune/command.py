@@ -1,0 +1,62 @@
+"""What every command line of the project shares: a parser whose errors are one line, and the
+guard that turns how a command ended into one line and an exit status (2 bad input, 1 a failure,
+130 Ctrl+C). `rsst-tune` (`rsst_tune.cli`) and `tune_main.py` (`rsst_tune.tune.cli`) use both."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from typing import NoReturn
+
+from rsst_tune.errors import CommandFailed, ConfigError, TrialDiverged, describe_exception
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line and exit status 2 (`--help` still shows usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def run_guarded(prog: str, verbose: bool, command: Callable[[], int], resume_hint: str) -> int:
+    """Run a command with logging set up: bad input is one line and exit 2; a diverged trial
+    or an unexpected error one line and exit 1 (the traceback only with `verbose`, and in the
+    log file a `CommandFailed` names); Ctrl+C exit 130."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
+    )
+    try:
+        return command()
+    except ConfigError as exc:
+        if verbose:
+            traceback.print_exc()
+        print(f"{prog}: error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except TrialDiverged as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except CommandFailed as exc:
+        if verbose and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__)
+        print(f"{prog}: error: {one_line(str(exc))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; {resume_hint}", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if verbose:
+            traceback.print_exc()
+        hint = "" if verbose else " (run with -v for the traceback)"
+        print(
+            f"{prog}: error: unexpected {one_line(describe_exception(exc))}{hint}", file=sys.stderr
+        )
+        return 1
+
+
+def one_line(text: str) -> str:
+    """`text` with its line breaks as spaces."""
+    return " ".join(text.split("\n"))
