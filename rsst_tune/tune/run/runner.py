@@ -31,6 +31,7 @@ from rsst_tune.errors import ConfigError, ReportFailed, SweepInterrupted
 from rsst_tune.experiment.experiment import Experiment
 from rsst_tune.experiment.layout import PLAN_FILE
 from rsst_tune.tune.plan import SweepPlan
+from rsst_tune.tune.run.legacy import alias_moved_modules
 from rsst_tune.tune.run.ray_setup import (
     Reaper,
     init_ray,
@@ -157,6 +158,7 @@ def _fit(plan: SweepPlan, *, resume: bool, show: bool) -> Experiment | None:
         if not tune.Tuner.can_restore(plan.experiment_dir):
             raise ConfigError(f"{plan.experiment_dir} holds no Ray Tune experiment state to resume")
         _recover(plan)
+        alias_moved_modules()  # a sweep started before tune/ was split into rooms
         tuner = tune.Tuner.restore(
             plan.experiment_dir,
             trainable=trainable,
