@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from rsst_tune import checkpoint as ckpt
-from rsst_tune.config import EXECUTION, KIND_RATIO, NUMERICS, TrialConfig, check_host
+from rsst_tune.config import KIND_RATIO, TrialConfig, check_host
 from rsst_tune.data import BatchTransforms, DataBundle, make_generator
 from rsst_tune.dense_cache import DenseCache, dense_key
 from rsst_tune.device import describe_device
@@ -43,6 +43,7 @@ from rsst_tune.pruning.select import (
 )
 from rsst_tune.pruning.structure import Structure, UnitGroup
 from rsst_tune.results import KIND_REPORT, PruneStats, StateResult
+from rsst_tune.resume import check_fits, resume_point
 from rsst_tune.train import Distillation, TrainStats, evaluate, train_state
 from rsst_tune.trial_setup import TrialSetup, build_setup
 
@@ -51,13 +52,6 @@ log = logging.getLogger(__name__)
 # (state, epochs done, epochs, mean train loss of the last epoch); called with 0 (and NaN) when
 # a state starts, then after every epoch.
 EpochCallback = Callable[[int, int, int, float], None]
-# Fields a resumed run may change (they do not change what the checkpoint means), and
-# `pruning_times`: a resumed run may stop earlier or go on longer (never below the states it
-# has done); a finished run resumed with more states prunes its last ticket and continues
-# exactly as a run started with the larger `pruning_times`.
-RESUMABLE_CHANGES = frozenset(
-    (*TrialConfig.fields_in(NUMERICS), *TrialConfig.fields_in(EXECUTION), "pruning_times")
-)
 
 
 def derive_seed(seed: int, state: int, salt: int = 0) -> int:
@@ -492,41 +486,17 @@ class PruneLoop:
         dataset.
         """
         out_dir = Path(out_dir)
-        path = ckpt.latest_state_file(out_dir)
-        if path is None:
-            raise ConfigError(f"nothing to resume: no state_XX.pt checkpoint in {out_dir}")
-        saved = ckpt.TrialCheckpoint.load(path)
-        try:
-            written = TrialConfig.from_dict(saved.config)
-        except ConfigError as exc:
-            raise ConfigError(f"checkpoint {path} holds an invalid config: {exc}") from None
-        if saved.state != ckpt.state_of(path):
-            raise ConfigError(
-                f"checkpoint {path} holds state {saved.state}, not the state its name says; "
-                "it was renamed or copied from elsewhere"
-            )
-        recorded = out_dir / "config.json"
-        if recorded.is_file():
-            _check_same_run(path, written, TrialConfig.from_json_file(recorded), str(recorded))
-        if cfg is None:
-            cfg = written
-        else:
-            _check_same_run(path, written, cfg, "the config given")
-        if cfg.pruning_times < saved.next_state:
-            raise ConfigError(
-                f"pruning_times must be at least {saved.next_state}, the states the run in "
-                f"{out_dir} has done, got {cfg.pruning_times}"
-            )
-        loop = cls(cfg, out_dir, data=data, on_epoch=on_epoch)
-        loop._restore(saved, ckpt.load_theta0(out_dir), path)
-        if saved.next_state == written.pruning_times < cfg.pruning_times:
-            loop._pending_prune = saved.ticket  # the last state did not prune: states() will
+        point = resume_point(out_dir, cfg)  # the run's own checkpoint, and cfg agrees
+        loop = cls(point.cfg, out_dir, data=data, on_epoch=on_epoch)
+        loop._restore(point.saved, ckpt.load_theta0(out_dir), point.path)
+        if point.extends:
+            loop._pending_prune = point.saved.ticket  # the last state did not prune: states() will
         return loop
 
     def _restore(
         self, saved: ckpt.TrialCheckpoint, theta0: dict[str, Tensor], path: Path | None = None
     ) -> None:
-        self._check_fits(saved, theta0, path)
+        check_fits(saved, theta0, self.setup, self.out_dir, path)
         dev = self.device
         try:
             self.model.load_state_dict(saved.model)
@@ -550,63 +520,6 @@ class PruneLoop:
         self.next_state = saved.next_state
         self._warned = set(saved.warned)
 
-    def _check_fits(
-        self, saved: ckpt.TrialCheckpoint, theta0: dict[str, Tensor], path: Path | None
-    ) -> None:
-        """That a checkpoint fits this trial's model, units and data (nothing is changed)."""
-        where = f"checkpoint {path}" if path is not None else "checkpoint"
-        expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
-        if {k: tuple(v.shape) for k, v in theta0.items()} != expected:
-            raise ConfigError(
-                f"{ckpt.THETA0_FILE} in {self.out_dir} does not belong to {self.cfg.model}"
-            )
-        for name in ("model", "ticket"):
-            weights = getattr(saved, name)
-            if (
-                not isinstance(weights, dict)
-                or {k: tuple(v.shape) for k, v in weights.items()} != expected
-            ):
-                raise ConfigError(f"{where} holds weights of another model than {self.cfg.model}")
-        params = {n: tuple(p.shape) for n, p in self.model.named_parameters()}
-        maskable = set(self.structure.maskable_names)
-        masks = {"M": saved.M, "U": saved.U, "R": saved.R, "T": saved.T}
-        for name, m in masks.items():
-            if m is None:
-                continue
-            if (
-                not isinstance(m, dict)
-                or not set(m) <= maskable
-                or (name == "M" and set(m) != maskable)
-                or any(tuple(t.shape) != params[n] for n, t in m.items())
-            ):
-                raise ConfigError(
-                    f"{where}: its mask {name} does not fit the prunable units of "
-                    f"{self.cfg.model} (target {self.cfg.target!r})"
-                )
-        units = {g.name: g.num_units for g in self.structure.groups}
-        alive = saved.alive if isinstance(saved.alive, dict) else {}
-        if {k: int(v.numel()) for k, v in alive.items()} != units:
-            raise ConfigError(
-                f"{where}: its units do not match {self.cfg.model} (target {self.cfg.target!r})"
-            )
-        spec = dataclasses.asdict(self.setup.spec)
-        if _plain(saved.spec) != _plain(spec):
-            raise ConfigError(
-                f"{where} was written for other data ({saved.spec.get('name')!r}) than "
-                f"dataset {spec['name']!r}"
-            )
-        if self.cfg.distill_alpha > 0 and not isinstance(saved.teacher, dict):
-            raise ConfigError(
-                f"{where} holds no teacher (the dense state 0) for distill_alpha "
-                f"{self.cfg.distill_alpha}"
-            )
-        n = saved.next_state
-        if not 1 <= n <= self.cfg.pruning_times or len(saved.results) != n:
-            raise ConfigError(
-                f"{where} is inconsistent: next state {n} with {len(saved.results)} results "
-                f"for pruning_times={self.cfg.pruning_times}"
-            )
-
 
 def _check_batches(setup: TrialSetup) -> None:
     """That every epoch has a training batch BatchNorm can train on (before any work)."""
@@ -622,35 +535,6 @@ def _check_batches(setup: TrialSetup) -> None:
             f"batch_size must be in [2, {MAX_BATCH}] for {cfg.model} (BatchNorm cannot train on "
             f"one image), got {cfg.batch_size}"
         )
-
-
-def _check_same_run(path: Path, written: TrialConfig, other: TrialConfig, source: str) -> None:
-    """A ConfigError naming each field (besides the resumable ones) where two configs differ."""
-    mine, theirs = written.to_dict(), other.to_dict()
-    first = ("model", "dataset", "method", "target")  # what the run is, named first
-    diff = sorted(
-        (k for k, v in theirs.items() if k not in RESUMABLE_CHANGES and mine[k] != v),
-        key=lambda k: (first.index(k) if k in first else len(first), k),
-    )
-    if not diff:
-        return
-    shown = "; ".join(
-        f"{k} {mine[k]!r} in the checkpoint, {theirs[k]!r} in {source}" for k in diff[:3]
-    )
-    more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
-    raise ConfigError(
-        f"checkpoint {path} was written with a different config ({', '.join(diff)}): "
-        f"{shown}{more}; resume with the same config or start a new --out"
-    )
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, recursively: a DataSpec as data compares equal after a round trip."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _state_dict(model: nn.Module) -> dict[str, Tensor]:
