@@ -6,9 +6,9 @@ float images at 224x224 with random-resized crops and flips:
 
 - torchvision: ``ImageFolder`` + ``DataLoader`` with PIL transforms
   (``RandomResizedCrop(224)``, ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize``);
-- ours: ``rsst_tune.streaming.StreamData.train_batches`` (workers decode whole batches with
-  PIL at the stored size 256, JPEGs at reduced scale where that allows; the crops, flips and
-  normalisation run batched on the device).
+- ours: ``rsst_tune.data.streaming.StreamData.train_batches`` (workers decode whole batches
+  with PIL at the stored size 256, JPEGs at reduced scale where that allows; the crops, flips
+  and normalisation run batched on the device).
 
 Workers persist between epochs in both. It prints images/s of the best of ``--repeats``
 epochs each (the first includes the workers' start-up) and the ratio. Goal on CPU: >= 1.5x;
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from rsst_tune.data import load_dataset, make_generator
+from rsst_tune.data.streaming import StreamData, default_workers
 from rsst_tune.device import resolve_device
-from rsst_tune.streaming import StreamData, default_workers
 
 IMG_SIZE = 224
 BATCH = 64

@@ -30,6 +30,7 @@ from rsst_tune.data import (
     load_dataset,
     seeded_subset,
 )
+from rsst_tune.data.streaming import StreamData, choose_placement
 from rsst_tune.device import (
     amp_dtype,
     can_compile,
@@ -50,7 +51,6 @@ from rsst_tune.pruning.criteria import Criterion, get_criterion
 from rsst_tune.pruning.methods import Method, get_method
 from rsst_tune.pruning.structure import Structure, find_structure
 from rsst_tune.results import KIND_REPORT
-from rsst_tune.streaming import StreamData, choose_placement
 from rsst_tune.unit_budget import check_layer_ratios, layer_ratios
 
 log = logging.getLogger(__name__)

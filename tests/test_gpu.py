@@ -140,8 +140,8 @@ def test_a_streamed_image_folder_decodes_on_the_gpu_and_trains(tmp_path: Path) -
     from PIL import Image
 
     from rsst_tune.data import DeviceData, load_dataset
+    from rsst_tune.data.streaming import StreamData
     from rsst_tune.loop import PruneLoop
-    from rsst_tune.streaming import StreamData
 
     rng = np.random.default_rng(0)
     for sub, n in (("train", 24), ("val", 6)):

@@ -1,5 +1,5 @@
-"""Streaming image folders from disk (rsst_tune.streaming): the same batches as resident data
-where the two share a pipeline, torchvision's crop rules where they do not, the placement
+"""Streaming image folders from disk (rsst_tune.data.streaming): the same batches as resident
+data where the two share a pipeline, torchvision's crop rules where they do not, the placement
 choice, training subsets, unreadable images, and memory that does not grow with the folder."""
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from rsst_tune.data import (
     rrc_box,
     seeded_subset,
 )
+from rsst_tune.data.streaming import StreamData, choose_placement
 from rsst_tune.errors import ConfigError
 from rsst_tune.loop import PruneLoop
-from rsst_tune.streaming import StreamData, choose_placement
 
 MODES = ("RGB", "L", "CMYK", "P")
 
@@ -308,7 +308,7 @@ RSS_SCRIPT = textwrap.dedent(
     import ctypes, gc, json, os, sys, threading, time
     import torch
     from rsst_tune.data import load_dataset, make_generator
-    from rsst_tune.streaming import StreamData
+    from rsst_tune.data.streaming import StreamData
 
     root, mode = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)

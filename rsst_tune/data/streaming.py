@@ -49,12 +49,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from rsst_tune.config import PLACEMENTS, available_cores
-from rsst_tune.data import (
+from rsst_tune.data.batches import BatchTransforms
+from rsst_tune.data.decode import (
     RRC_DRAWS,
-    BatchTransforms,
-    DataBundle,
-    DataSpec,
-    FileSplit,
     decode_crop,
     decode_image,
     describe_error,
@@ -62,6 +59,7 @@ from rsst_tune.data import (
     rrc_box,
     square_offset,
 )
+from rsst_tune.data.types import DataBundle, DataSpec, FileSplit
 from rsst_tune.errors import ConfigError
 
 __all__ = [
@@ -73,7 +71,8 @@ __all__ = [
     "device_memory",
 ]
 
-log = logging.getLogger(__name__)
+# its name before it moved into rsst_tune.data: log lines read as they did
+log = logging.getLogger("rsst_tune.streaming")
 
 AUTO_FRACTION = 0.25
 """``auto`` keeps the decoded splits on the device when they take at most this fraction of its

@@ -1,0 +1,243 @@
+"""Batches on the device: augmentation, evaluation crops and normalisation, batched.
+
+Models receive normalised float input from ``DeviceData``, which keeps a split on the device
+and yields augmented batches with batched tensor ops only (random crop through an ``unfold``
+window view, flips via ``torch.where``; for ``DataSpec.crop == "resized"``, random-resized
+crops and flips through one ``affine_grid`` / ``grid_sample`` per batch, and a centre crop of
+``eval_crop`` for evaluation). A split stored at another size than ``spec.img_size`` (CIFAR's
+32x32 for a model at 224) stays at its own size on the device and each batch is resized
+there, after augmentation (bilinear; antialiased when shrinking), so memory does not grow with
+the image size. ``BatchTransforms`` is what ``DeviceData`` and ``StreamData``
+(``rsst_tune.data.streaming``) share.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rsst_tune.data.decode import RRC_RATIO, RRC_SCALE, stored_size
+from rsst_tune.data.types import DataSpec, Split
+from rsst_tune.errors import ConfigError
+
+__all__ = ["BatchTransforms", "DeviceData", "make_generator"]
+
+
+def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with ``seed`` (for ``train_batches``)."""
+    return torch.Generator(device=torch.device(device)).manual_seed(seed)
+
+
+class BatchTransforms:
+    """What happens to a uint8 batch on the device, whichever way it got there
+    (``DeviceData``: resident; ``rsst_tune.data.streaming.StreamData``: read from disk):
+    augmentation, the evaluation crop, normalisation, the resize to ``spec.img_size``.
+
+    A subclass holds the examples: it gives ``__len__`` and the two iterators."""
+
+    def __init__(
+        self, spec: DataSpec, device: torch.device | str, *, channels_last: bool = False
+    ) -> None:
+        """Keep mean/std on ``device`` as [1, C, 1, 1].
+
+        ``channels_last``: batches come out in channels-last memory format (CNNs on CUDA)."""
+        self.spec = spec
+        self.device = torch.device(device)
+        self.channels_last = channels_last
+        self.mean = torch.tensor(spec.mean, dtype=torch.float32, device=self.device).view(
+            1, -1, 1, 1
+        )
+        self.std = torch.tensor(spec.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        """Number of examples."""
+        raise NotImplementedError
+
+    def train_batches(
+        self, batch_size: int, generator: torch.Generator, augment: bool = True
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """One shuffled epoch of (normalised images, labels); randomness from ``generator``."""
+        raise NotImplementedError
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The split in order, normalised, without augmentation."""
+        raise NotImplementedError
+
+    def check_generator(self, generator: torch.Generator) -> None:
+        """A ``ValueError`` when ``generator`` lives on another device type than the data."""
+        if generator.device.type != self.device.type:
+            raise ValueError(
+                f"generator is on {generator.device} but the data is on {self.device}; "
+                "use make_generator(seed, device)"
+            )
+
+    def serve_train(self, xb: Tensor, generator: torch.Generator, augment: bool) -> Tensor:
+        """A training batch of uint8 images as the model takes it: augmented (random-resized
+        crops for ``spec.crop == "resized"``, else padded random crops and flips) when
+        ``augment``, else the evaluation view."""
+        if augment and self.spec.crop == "resized":
+            return self.random_resized_crop(xb, generator)
+        xb = self.augment(xb, generator) if augment else self.eval_view(xb)
+        return self.to_model_input(xb)
+
+    def serve_eval(self, xb: Tensor) -> Tensor:
+        """An evaluation batch of uint8 images as the model takes it."""
+        return self.to_model_input(self.eval_view(xb))
+
+    def num_train_batches(self, batch_size: int) -> int:
+        """Training batches per epoch: a last batch of a single image is dropped (BatchNorm
+        cannot train on one sample); every other partial batch is kept."""
+        return len(self) // batch_size + (1 if len(self) % batch_size > 1 else 0)
+
+    def num_batches(self, batch_size: int) -> int:
+        """Batches per epoch, the last partial one included."""
+        return math.ceil(len(self) / batch_size)
+
+    def normalise(self, x: Tensor) -> Tensor:
+        """uint8 images to float32, scaled to 0..1 and normalised with the spec's mean/std;
+        channels-last memory when ``channels_last``, else contiguous (one conversion, whatever
+        the layout of ``x``)."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.to(torch.float32, memory_format=fmt).div_(255.0).sub_(self.mean).div_(self.std)
+
+    def to_model_input(self, x: Tensor) -> Tensor:
+        """uint8 images as the model takes them: normalised, at ``spec.img_size`` (bilinear
+        resize on the device when the stored size differs; antialiased when shrinking), in
+        channels-last memory format if asked."""
+        out = self.normalise(x)
+        size = self.spec.img_size
+        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        if hw != (size, size):
+            shrink = min(hw) > size
+            out = F.interpolate(
+                out, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink
+            )
+        if self.channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+    def eval_view(self, x: Tensor) -> Tensor:
+        """The centre ``spec.eval_crop`` of uint8 images (all of them when it is 1)."""
+        if self.spec.eval_crop >= 1.0:
+            return x
+        h, w = x.shape[-2:]
+        ch, cw = max(1, round(h * self.spec.eval_crop)), max(1, round(w * self.spec.eval_crop))
+        top, left = round((h - ch) / 2.0), round((w - cw) / 2.0)
+        return x[..., top : top + ch, left : left + cw]
+
+    def random_resized_crop(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """uint8 images to normalised float at ``spec.img_size``: per image a random crop of
+        scale 0.08..1 of the area and aspect 3/4..4/3 (torchvision's ``RandomResizedCrop``:
+        10 tries, else the whole image), resized bilinearly and, if ``spec.flip``, mirrored
+        at random; one ``affine_grid`` + ``grid_sample`` for the batch."""
+        n, c, h, w = x.shape
+        size, dev = self.spec.img_size, self.device
+        target = stored_size(size)
+        if min(h, w) > 3 * target // 2:  # far larger than served: shrink first (antialiased)
+            r = target / min(h, w)
+            x = F.interpolate(
+                self.normalise(x), size=(round(h * r), round(w * r)), mode="bilinear",
+                align_corners=False, antialias=True,
+            )  # fmt: skip
+            h, w = x.shape[-2:]
+        else:
+            x = self.normalise(x)
+        tries = 10
+        lo, hi = math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])
+        scale = RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * torch.rand(
+            n, tries, generator=generator, device=dev
+        )
+        ratio = torch.exp(lo + (hi - lo) * torch.rand(n, tries, generator=generator, device=dev))
+        area = scale * float(h * w)
+        cw_all, ch_all = (area * ratio).sqrt().round(), (area / ratio).sqrt().round()
+        fits = (cw_all >= 1) & (cw_all <= w) & (ch_all >= 1) & (ch_all <= h)
+        first = fits.int().argmax(dim=1, keepdim=True)
+        found = fits.any(dim=1)
+        cw = torch.where(found, cw_all.gather(1, first).squeeze(1), float(w))
+        ch = torch.where(found, ch_all.gather(1, first).squeeze(1), float(h))
+        top = (torch.rand(n, generator=generator, device=dev) * (h - ch + 1)).floor()
+        left = (torch.rand(n, generator=generator, device=dev) * (w - cw + 1)).floor()
+        sx = cw / w
+        if self.spec.flip:
+            flip = torch.rand(n, generator=generator, device=dev) < 0.5
+            sx = torch.where(flip, -sx, sx)
+        theta = torch.zeros(n, 2, 3, device=dev)
+        theta[:, 0, 0], theta[:, 0, 2] = sx, (2 * left + cw) / w - 1
+        theta[:, 1, 1], theta[:, 1, 2] = ch / h, (2 * top + ch) / h - 1
+        grid = F.affine_grid(theta, [n, c, size, size], align_corners=False)
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if self.channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+    def augment(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """Random crop (padding ``spec.crop_padding``) and, if ``spec.flip``, random h-flips."""
+        n, _, h, w = x.shape
+        pad = self.spec.crop_padding
+        if pad > 0:
+            padded = F.pad(x, (pad, pad, pad, pad))
+            # [N, C, 2p+1, 2p+1, H, W]: every crop position as a view, no copy.
+            windows = padded.unfold(2, h, 1).unfold(3, w, 1)
+            dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=self.device)
+            dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=self.device)
+            x = windows[torch.arange(n, device=self.device), :, dy, dx]
+        if self.spec.flip:
+            flip = torch.rand(n, generator=generator, device=self.device) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        return x
+
+
+class DeviceData(BatchTransforms):
+    """One split resident on a device, batched with tensor ops only (no DataLoader).
+
+    Batches come out at ``spec.img_size``: a split stored at another size is resized on the
+    device, one batch at a time, after augmentation."""
+
+    def __init__(
+        self,
+        split: Split,
+        spec: DataSpec,
+        device: torch.device | str,
+        *,
+        channels_last: bool = False,
+    ) -> None:
+        """Copy ``split`` (still uint8) to ``device``; keep mean/std there as [1, C, 1, 1].
+
+        ``channels_last``: batches come out in channels-last memory format (CNNs on CUDA)."""
+        super().__init__(spec, device, channels_last=channels_last)
+        self.x = split.x.to(self.device)
+        self.y = split.y.to(self.device)
+
+    def __len__(self) -> int:
+        """Number of examples."""
+        return int(self.x.shape[0])
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        """(height, width) of the images as held on the device."""
+        return int(self.x.shape[-2]), int(self.x.shape[-1])
+
+    def train_batches(
+        self, batch_size: int, generator: torch.Generator, augment: bool = True
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """One shuffled epoch of (normalised images, labels); randomness from ``generator``."""
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        self.check_generator(generator)
+        perm = torch.randperm(len(self), generator=generator, device=self.device)
+        for start in range(0, self.num_train_batches(batch_size) * batch_size, batch_size):
+            idx = perm[start : start + batch_size]
+            yield self.serve_train(self.x[idx], generator, augment), self.y[idx]
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The split in order, normalised, without augmentation (centre-cropped to
+        ``spec.eval_crop``)."""
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        for start in range(0, len(self), batch_size):
+            stop = start + batch_size
+            yield self.serve_eval(self.x[start:stop]), self.y[start:stop]
