@@ -20,10 +20,11 @@ from typing import Any
 
 from rsst_tune import limits
 from rsst_tune.errors import ConfigError, unknown_choice
+from rsst_tune.units import TARGETS, UNIT_KINDS, unit_kind
 
 # Choices of the fields that are not registries (models, datasets, methods, criteria and λ
 # schedules are: `registry_for(field)`, so a user's registration is a valid config value).
-TARGETS = ("head", "mlp", "both")
+# TARGETS (ViT units to prune: head, mlp, both) come with the unit kinds (`rsst_tune.units`).
 SORTINGS = ("layer", "global")
 PRUNE_TYPES = ("lt", "rewind_lt", "pt")
 OPTIMIZERS = ("sgd", "adamw")
@@ -43,10 +44,8 @@ NUMERICS = "numerics"  # how it executes, and float results depend on it: in the
 EXECUTION = "execution"  # where inputs come from and how evaluation is batched: no effect on
 #                          the numbers; a resumed run may change it
 GROUPS = (DENSE, PRUNE, NUMERICS, EXECUTION)
-# Pruning ratio field of each unit kind.
-KIND_RATIO = {"head": "head_ratio", "neuron": "mlp_ratio", "filter": "filter_ratio"}
-# Per-layer ratio field of each unit kind (one ratio per block or conv; ALGORITHMS.md §3.2).
-KIND_RATIOS = {"head": "head_ratios", "neuron": "mlp_ratios", "filter": "filter_ratios"}
+# Each unit kind's ratio field and per-layer ratio field (one ratio per block or conv;
+# ALGORITHMS.md §3.2): `rsst_tune.units.UnitKind.ratio` and `.ratios`.
 
 
 def _field(
@@ -252,10 +251,10 @@ class TrialConfig:
             )
         if self.lr_schedule == "multistep" and not self.decreasing_lr:
             raise ConfigError("lr_schedule 'multistep' needs decreasing_lr, e.g. [20, 30]")
-        for kind, many in KIND_RATIOS.items():
-            if getattr(self, many) is not None and getattr(self, KIND_RATIO[kind]) is not None:
+        for kind in UNIT_KINDS:
+            if getattr(self, kind.ratios) is not None and getattr(self, kind.ratio) is not None:
                 raise ConfigError(
-                    f"give {KIND_RATIO[kind]} (every layer) or {many} (one per layer), not both"
+                    f"give {kind.ratio} (every layer) or {kind.ratios} (one per layer), not both"
                 )
 
     # ------------------------------------------------------------------ derived values
@@ -280,12 +279,12 @@ class TrialConfig:
 
     def ratio_for(self, kind: str) -> float | None:
         """The global pruning ratio of a unit kind (`head`, `neuron`, `filter`), or None."""
-        value: float | None = getattr(self, KIND_RATIO[kind])
+        value: float | None = getattr(self, unit_kind(kind).ratio)
         return value
 
     def ratios_for(self, kind: str) -> tuple[float, ...] | None:
         """The per-layer pruning ratios of a unit kind (one per block or conv), or None."""
-        value: tuple[float, ...] | None = getattr(self, KIND_RATIOS[kind])
+        value: tuple[float, ...] | None = getattr(self, unit_kind(kind).ratios)
         return value
 
     def has_ratio(self, kind: str) -> bool:
@@ -417,7 +416,8 @@ FLOAT_RANGES: dict[str, tuple[float, bool, float, bool]] = {
     "train_subset": (0.0, False, 1.0, True),
 }
 _FLOAT_FIELDS = set(FLOAT_RANGES)
-RATIO_LISTS = tuple(KIND_RATIOS.values())  # per-layer ratios: values in [0, 1), like the ratios
+# per-layer ratios: values in [0, 1), like the ratios
+RATIO_LISTS = tuple(k.ratios for k in UNIT_KINDS)
 OPTIONAL = {
     *RATIO_LISTS,
     "finetune_epochs",

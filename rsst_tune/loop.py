@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from rsst_tune import checkpoint as ckpt
-from rsst_tune.config import KIND_RATIO, TrialConfig, check_host
+from rsst_tune.config import TrialConfig, check_host
 from rsst_tune.data import BatchTransforms, DataBundle, make_generator
 from rsst_tune.dense_cache import DenseCache, dense_key
 from rsst_tune.device import describe_device
@@ -42,10 +42,11 @@ from rsst_tune.pruning.select import (
     select_units,
 )
 from rsst_tune.pruning.structure import Structure, UnitGroup
-from rsst_tune.results import KIND_REPORT, PruneStats, StateResult
+from rsst_tune.results import PruneStats, StateResult
 from rsst_tune.resume import check_fits, resume_point
 from rsst_tune.train import Distillation, TrainStats, evaluate, train_state
 from rsst_tune.trial_setup import TrialSetup, build_setup
+from rsst_tune.units import UNIT_KINDS, unit_kind
 
 log = logging.getLogger(__name__)
 
@@ -315,10 +316,10 @@ class PruneLoop:
             for m in g.members:
                 alive |= m.per_unit(params[m.param] != 0, reduce="any")
             alive_counts[g.name] = int(alive.sum())
-        for kind, name in KIND_REPORT.items():
-            per_layer = [alive_counts[g.name] for g in structure.by_kind(kind)]
-            out[name] = sum(per_layer) if per_layer else None
-            out[f"{name}_per_layer"] = tuple(per_layer) if per_layer else None
+        for kind in UNIT_KINDS:
+            per_layer = [alive_counts[g.name] for g in structure.by_kind(kind.name)]
+            out[kind.report] = sum(per_layer) if per_layer else None
+            out[kind.per_layer] = tuple(per_layer) if per_layer else None
         cost, pf, mf = self.setup.cost.fractions(alive_counts)
         out.update(params=cost.params, macs=cost.macs, params_frac=pf, macs_frac=mf)
         return out
@@ -380,7 +381,7 @@ class PruneLoop:
             kind_groups = structure.by_kind(kind)
             before = sum(int(self.alive[g.name].sum()) for g in kind_groups)
             after = sum(int(keep[g.name].sum()) for g in kind_groups)
-            ratios[f"{KIND_RATIO[kind]}_effective"] = 1.0 - after / max(before, 1)
+            ratios[unit_kind(kind).effective] = 1.0 - after / max(before, 1)
         self.alive = {n: k.clone() for n, k in keep.items()}
         return R, ratios
 
@@ -415,7 +416,7 @@ class PruneLoop:
             log.warning(
                 "%s=%.3g removes no %s of %s this state (round(%d·(1-%.3g)^p) keeps all %d "
                 "alive, min_units=%d): effective ratio 0.00",
-                KIND_RATIO[kind],
+                unit_kind(kind).ratio,
                 b.asked_ratio,
                 kind,
                 g.name if self.cfg.sorting == "layer" else f"any {kind} layer",

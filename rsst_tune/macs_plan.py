@@ -24,6 +24,7 @@ from rsst_tune.config import TrialConfig
 from rsst_tune.errors import ConfigError
 from rsst_tune.pruning.structure import Structure
 from rsst_tune.unit_budget import planned_alive
+from rsst_tune.units import FILTER
 
 if TYPE_CHECKING:
     from rsst_tune.pruning.cost import CostModel
@@ -164,4 +165,5 @@ def conv_layers(
     ViT). Only removable convs change the params and MACs of a ticket (`cost.CostModel`):
     the filters of a conv whose channels reach a residual add are masked but kept whole."""
     structure = _default_structure(model, img_size, prune_stem)
-    return tuple(ConvLayer(g.name, g.num_units, g.removable) for g in structure.by_kind("filter"))
+    convs = structure.by_kind(FILTER.name)
+    return tuple(ConvLayer(g.name, g.num_units, g.removable) for g in convs)

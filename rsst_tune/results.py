@@ -15,12 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from rsst_tune.config import KIND_RATIO
 from rsst_tune.errors import ConfigError
+from rsst_tune.units import REPORT_NAMES, UNIT_KINDS, unit_kind
 
-# Unit kinds as the structure names them, and as results report them.
-KIND_REPORT = {"head": "heads", "neuron": "neurons", "filter": "filters"}
-UNIT_FIELDS = tuple(KIND_REPORT.values())
+# The fields of the units alive per kind (heads, neurons, filters): `rsst_tune.units`.
+UNIT_FIELDS = REPORT_NAMES
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class PruneStats:
     def dense(cls, structured: bool, kinds: list[str]) -> PruneStats:
         if not structured:
             return cls()
-        return cls(density_R=1.0, **{f"{KIND_RATIO[k]}_effective": 0.0 for k in kinds})
+        return cls(density_R=1.0, **{unit_kind(k).effective: 0.0 for k in kinds})
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ class StateResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data: every key, per-layer tuples as lists."""
         out = dataclasses.asdict(self)
-        for key in ("heads_per_layer", "neurons_per_layer", "filters_per_layer"):
+        for key in (k.per_layer for k in UNIT_KINDS):
             if out[key] is not None:
                 out[key] = list(out[key])
         return out

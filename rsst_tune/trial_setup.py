@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from rsst_tune.config import KIND_RATIO, KIND_RATIOS, TrialConfig
+from rsst_tune.config import TrialConfig
 from rsst_tune.data import (
     BatchTransforms,
     DataBundle,
@@ -50,8 +50,8 @@ from rsst_tune.pruning.cost import CostModel, count_params
 from rsst_tune.pruning.criteria import Criterion, get_criterion
 from rsst_tune.pruning.methods import Method, get_method
 from rsst_tune.pruning.structure import Structure, find_structure
-from rsst_tune.results import KIND_REPORT
 from rsst_tune.unit_budget import check_layer_ratios, layer_ratios
+from rsst_tune.units import unit_kind
 
 log = logging.getLogger(__name__)
 
@@ -222,11 +222,11 @@ def _check_prunable(
                 continue
             if all(g.num_units <= cfg.min_units for g in structure.by_kind(kind)):
                 raise ConfigError(
-                    f"cannot prune {KIND_REPORT[kind]} of {cfg.model}: every layer already has "
-                    f"<= min_units={cfg.min_units}; lower min_units or change target"
+                    f"cannot prune {unit_kind(kind).report} of {cfg.model}: every layer already "
+                    f"has <= min_units={cfg.min_units}; lower min_units or change target"
                 )
         partial = [
-            KIND_RATIO[k] if cfg.ratio_for(k) is not None else KIND_RATIOS[k]
+            unit_kind(k).ratio if cfg.ratio_for(k) is not None else unit_kind(k).ratios
             for k in structure.kinds
             if cfg.has_ratio(k)
         ]

@@ -13,12 +13,11 @@ the units kept into MACs before training.
 
 from __future__ import annotations
 
-from rsst_tune.config import KIND_RATIO, KIND_RATIOS, TrialConfig
+from rsst_tune.config import TrialConfig
 from rsst_tune.errors import ConfigError
 from rsst_tune.pruning.select import planned_keep
 from rsst_tune.pruning.structure import Structure
-
-LAYER_WORD = {"head": "transformer blocks", "neuron": "transformer blocks", "filter": "convs"}
+from rsst_tune.units import UNIT_KINDS, unit_kind
 
 
 def layer_ratios(cfg: TrialConfig, structure: Structure) -> dict[str, float | None]:
@@ -32,10 +31,10 @@ def layer_ratios(cfg: TrialConfig, structure: Structure) -> dict[str, float | No
         groups = structure.by_kind(kind)
         many = cfg.ratios_for(kind)
         if many is not None and len(many) != len(groups):
+            unit = unit_kind(kind)
             raise ConfigError(
-                f"{KIND_RATIOS[kind]} must have {len(groups)} ratios for {cfg.model} (one per "
-                f"prunable {'conv' if kind == 'filter' else 'block'}: {len(groups)} "
-                f"{LAYER_WORD[kind]}), got {len(many)}"
+                f"{unit.ratios} must have {len(groups)} ratios for {cfg.model} (one per "
+                f"prunable {unit.layer}: {len(groups)} {unit.layers}), got {len(many)}"
             )
         for i, g in enumerate(groups):
             out[g.name] = many[i] if many is not None else cfg.ratio_for(kind)
@@ -44,12 +43,13 @@ def layer_ratios(cfg: TrialConfig, structure: Structure) -> dict[str, float | No
 
 def check_layer_ratios(cfg: TrialConfig, structure: Structure) -> None:
     """Per-layer ratios given for a kind the model does not have are an error too."""
-    for kind, name in KIND_RATIOS.items():
-        if cfg.ratios_for(kind) is not None and not structure.by_kind(kind):
+    for unit in UNIT_KINDS:
+        if cfg.ratios_for(unit.name) is not None and not structure.by_kind(unit.name):
+            there = [unit_kind(k) for k in structure.kinds]
             raise ConfigError(
-                f"{name} is for {LAYER_WORD[kind]}, and {cfg.model} has none; "
-                f"use {', '.join(KIND_RATIOS[k] for k in structure.kinds)} "
-                f"or {', '.join(KIND_RATIO[k] for k in structure.kinds)}"
+                f"{unit.ratios} is for {unit.layers}, and {cfg.model} has none; "
+                f"use {', '.join(k.ratios for k in there)} "
+                f"or {', '.join(k.ratio for k in there)}"
             )
     layer_ratios(cfg, structure)
 

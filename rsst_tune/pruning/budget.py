@@ -3,8 +3,9 @@
 `rsst_tune.pruning` takes tensors, modules and plain numbers only; what reads a
 `TrialConfig`, loads a dataset or builds a model now lives above it:
 
-* `rsst_tune.unit_budget`: `layer_ratios`, `check_layer_ratios`, `planned_alive`,
-  `LAYER_WORD` (the pure rule: `rsst_tune.pruning.select.planned_keep`);
+* `rsst_tune.unit_budget`: `layer_ratios`, `check_layer_ratios`, `planned_alive` (the pure
+  rule: `rsst_tune.pruning.select.planned_keep`; `LAYER_WORD` is `rsst_tune.units`'
+  `UnitKind.layers`);
 * `rsst_tune.macs_plan`: `planned_macs_frac`, `analytic_model`, `MacsBudget`,
   `layer_counts`, `conv_layers`, `ConvLayer`.
 
@@ -19,7 +20,6 @@ import importlib
 from typing import Any
 
 _MOVED = {
-    "LAYER_WORD": "rsst_tune.unit_budget",
     "check_layer_ratios": "rsst_tune.unit_budget",
     "layer_ratios": "rsst_tune.unit_budget",
     "planned_alive": "rsst_tune.unit_budget",

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from rsst_tune.pruning.structure import Member, Structure
+from rsst_tune.units import HEAD
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class CostModel:
         self._macs_per_el: dict[str, float] = {}
         self._tokens: dict[str, int] = {}
         modules = dict(model.named_modules())
-        head_qkv = {f"{g.name}.qkv": g.name for g in structure.by_kind("head")}
+        head_qkv = {f"{g.name}.qkv": g.name for g in structure.by_kind(HEAD.name)}
         handles = []
 
         def hook(name: str, mod: nn.Module) -> Callable[..., None]:
@@ -80,7 +81,7 @@ class CostModel:
             f = frac.get(name, 1.0)
             params += n * f
             macs += n * f * self._macs_per_el.get(name, 0.0)
-        for g in self.structure.by_kind("head"):
+        for g in self.structure.by_kind(HEAD.name):
             tokens = self._tokens.get(g.name, 0)
             heads = alive_counts.get(g.name, g.num_units)
             macs += 2 * tokens * tokens * g.unit_dim * heads

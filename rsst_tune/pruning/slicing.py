@@ -32,7 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from rsst_tune.errors import ConfigError
-from rsst_tune.pruning.structure import Member, Structure, UnitGroup
+from rsst_tune.pruning.structure import Member, Structure, UnitGroup, is_attention
+from rsst_tune.units import HEAD, NEURON
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +167,6 @@ def _replace_tensor(module: nn.Module, leaf: str, value: Tensor) -> None:
         raise ExportError(f"{type(module).__name__} has no tensor {leaf!r}")
 
 
-def _is_attention(m: nn.Module) -> bool:
-    return isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(
-        getattr(m, "num_heads", None), int
-    )
-
-
 def _sync_attributes(model: nn.Module, num_heads: Mapping[str, int]) -> None:
     """Make every module's size attributes agree with its (possibly sliced) tensors."""
     for name, m in model.named_modules():
@@ -184,7 +179,7 @@ def _sync_attributes(model: nn.Module, num_heads: Mapping[str, int]) -> None:
             ref = m.weight if m.weight is not None else m.running_mean
             if ref is not None:
                 m.num_features = int(ref.shape[0])
-        if name in num_heads and _is_attention(m):
+        if name in num_heads and is_attention(m):
             heads = int(num_heads[name])
             m.num_heads = heads
             if hasattr(m, "attn_dim"):
@@ -199,7 +194,7 @@ def _coupling(model: nn.Module, group: UnitGroup) -> str | None:
     norm = getattr(mod, "norm", None)
     if norm is not None and not isinstance(norm, nn.Identity):
         return "a norm layer spans all its units"
-    if group.kind == "neuron":
+    if group.kind == NEURON.name:
         fc1, fc2 = getattr(mod, "fc1", None), getattr(mod, "fc2", None)
         if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)) or (
             fc1.out_features != fc2.in_features
@@ -222,7 +217,7 @@ def _group_cuts(
             for buf in ("running_mean", "running_var"):
                 if getattr(owner, buf, None) is not None:
                     cuts.append((f"{prefix}.{buf}", _Cut(0, (group.num_units,), 0, index)))
-    if group.kind == "head":
+    if group.kind == HEAD.name:
         gate = getattr(model.get_submodule(group.name), "gate", None)
         if isinstance(gate, nn.Linear):
             d, h = group.unit_dim, group.num_units
@@ -266,7 +261,7 @@ def export_model(
     reports: list[LayerReport] = []
     keep_all: dict[str, Tensor] = {}
     cuts: dict[str, list[_Cut]] = {}
-    num_heads = {n: int(m.num_heads) for n, m in pruned.named_modules() if _is_attention(m)}
+    num_heads = {n: int(m.num_heads) for n, m in pruned.named_modules() if is_attention(m)}
     for g in structure.groups:
         zero = zero_units(pruned, g)
         n_zero = int(zero.sum())
@@ -285,7 +280,7 @@ def export_model(
             )
         )
         keep_all[g.name] = keep.cpu()
-        if g.kind == "head" and g.name in num_heads:
+        if g.kind == HEAD.name and g.name in num_heads:
             num_heads[g.name] = kept
         if kept == g.num_units:
             continue

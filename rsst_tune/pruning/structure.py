@@ -40,10 +40,9 @@ import torch
 from torch import Tensor, nn
 
 from rsst_tune.errors import ConfigError
+from rsst_tune.units import FILTER, HEAD, KINDS, NEURON, prunes
 
 log = logging.getLogger(__name__)
-
-KINDS = ("head", "neuron", "filter")
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ class UnitGroup:
     """The units of one kind in one layer."""
 
     name: str  # module path, e.g. "blocks.0.attn"
-    kind: str  # head | neuron | filter
+    kind: str  # head | neuron | filter (`rsst_tune.units.KINDS`)
     num_units: int
     members: tuple[Member, ...]
     act_module: str  # module whose input (heads, neurons) or output (filters) is the activation
@@ -92,10 +91,10 @@ class UnitGroup:
 
     def activation_matrix(self, act: Tensor) -> Tensor:
         """Reshape a captured activation to [samples, units]."""
-        if self.kind == "head":
+        if self.kind == HEAD.name:
             heads = act.reshape(*act.shape[:-1], self.num_units, self.unit_dim)
             return heads.movedim(-2, -1).reshape(-1, self.num_units)
-        if self.kind == "neuron":
+        if self.kind == NEURON.name:
             return act.reshape(-1, self.num_units)
         return act.movedim(1, -1).reshape(-1, self.num_units)
 
@@ -147,7 +146,10 @@ def find_structure(
 
 
 # --------------------------------------------------------------------------- ViT
-def _is_attention(m: nn.Module) -> bool:
+def is_attention(m: nn.Module) -> bool:
+    """A timm-style attention whose heads are units: `qkv` and `proj` linears and an integer
+    `num_heads` (head h owns rows of q, k and v and input columns of `proj`). The export
+    (`slicing`) reads the same test for the modules whose `num_heads` follows the slicing."""
     return (
         isinstance(getattr(m, "qkv", None), nn.Linear)
         and isinstance(getattr(m, "proj", None), nn.Linear)
@@ -162,19 +164,19 @@ def _is_mlp(m: nn.Module) -> bool:
 
 
 def _vit_groups(model: nn.Module, target: str) -> list[UnitGroup] | None:
-    attns = [(n, m) for n, m in model.named_modules() if _is_attention(m)]
+    attns = [(n, m) for n, m in model.named_modules() if is_attention(m)]
     if not attns:
         return None
     groups: list[UnitGroup] = []
     for name, block in model.named_modules():
         attn = getattr(block, "attn", None)
         mlp = getattr(block, "mlp", None)
-        if attn is None or not _is_attention(attn):
+        if attn is None or not is_attention(attn):
             continue
         prefix = f"{name}." if name else ""
-        if target in ("head", "both"):
+        if prunes(target, HEAD):
             groups.append(_head_group(f"{prefix}attn", attn))
-        if target in ("mlp", "both") and mlp is not None and _is_mlp(mlp):
+        if prunes(target, NEURON) and mlp is not None and _is_mlp(mlp):
             groups.append(_neuron_group(f"{prefix}mlp", mlp))
     return groups
 
@@ -194,7 +196,7 @@ def _head_group(name: str, attn: nn.Module) -> UnitGroup:
     if qkv.bias is not None:
         members.append(Member(f"{name}.qkv.bias", (3, heads, d), 1, False))
     return UnitGroup(
-        name, "head", heads, tuple(members), f"{name}.proj", act_is_input=True, unit_dim=d
+        name, HEAD.name, heads, tuple(members), f"{name}.proj", act_is_input=True, unit_dim=d
     )
 
 
@@ -208,7 +210,7 @@ def _neuron_group(name: str, mlp: nn.Module) -> UnitGroup:
     ]
     if fc1.bias is not None:
         members.append(Member(f"{name}.fc1.bias", (n,), 0, False))
-    return UnitGroup(name, "neuron", n, tuple(members), f"{name}.fc2", act_is_input=True)
+    return UnitGroup(name, NEURON.name, n, tuple(members), f"{name}.fc2", act_is_input=True)
 
 
 # --------------------------------------------------------------------------- CNN
@@ -237,7 +239,9 @@ def _conv_groups(model: nn.Module, prune_stem: bool) -> list[UnitGroup]:
                 members.append(Member(f"{bn_name}.bias", (c,), 0, False))
         # Until a trace proves otherwise, a filter is not physically removable.
         groups.append(
-            UnitGroup(name, "filter", c, tuple(members), name, act_is_input=False, removable=False)
+            UnitGroup(
+                name, FILTER.name, c, tuple(members), name, act_is_input=False, removable=False
+            )
         )
     return groups
 
