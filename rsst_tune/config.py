@@ -47,16 +47,104 @@ GROUPS = (DENSE, PRUNE, NUMERICS, EXECUTION)
 # Each unit kind's ratio field and per-layer ratio field (one ratio per block or conv;
 # ALGORITHMS.md §3.2): `rsst_tune.units.UnitKind.ratio` and `.ratios`.
 
+# ---------------------------------------------------------------------- bounds
+# The limits of the fields are declared in `rsst_tune.limits`; still importable from here.
+MAX_STATES = limits.MAX_STATES
+MAX_EPOCHS = limits.MAX_EPOCHS
+MAX_BATCH = limits.MAX_BATCH
+MAX_SEED = limits.MAX_SEED
+MAX_THREADS = limits.MAX_THREADS
+MAX_COUNT = limits.MAX_COUNT
+MAX_VAL_SIZE = limits.MAX_VAL_SIZE
+MAX_WORKERS = limits.MAX_WORKERS
+MAX_IMG_SIZE = limits.MAX_IMG_SIZE
+MAX_TEMPERATURE = limits.MAX_TEMPERATURE
+MAX_COEFF = limits.MAX_COEFF
+MAX_LAYERS = limits.MAX_LAYERS
+BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True}
+BOOL_WORDS.update({"0": False, "false": False, "no": False, "off": False})
+
+# What a field holds (`Accepts.type`):
+INT = "int"  # an integer in [low, high]
+FLOAT = "float"  # a finite number between low and high (each bound included unless open)
+BOOL = "bool"  # true or false (also 1/0, yes/no, on/off when read from text)
+STR = "str"  # a non-empty string without NUL
+CHOICE = "choice"  # one of the field's `choices`, checked by them alone (compile_mode)
+EPOCHS = "epochs"  # a list of integers in [low, high] (decreasing_lr)
+RATIOS = "ratios"  # 1 to max_items numbers between low and high, one per layer
+JSON = "json"  # a JSON object with string keys (extra)
+
+
+@dataclass(frozen=True)
+class Accepts:
+    """The values a config field accepts: its type, range and optionality, in the field's
+    metadata (`metadata["valid"]`). Validation (`TrialConfig._validate`), the coercion of
+    `from_dict` and the CLI's messages read it; nothing else says a field's range."""
+
+    type: str  # INT, FLOAT, BOOL, STR, CHOICE, EPOCHS, RATIOS or JSON
+    low: int | float = 0
+    high: int | float = 0
+    low_open: bool = False  # FLOAT, RATIOS: low itself is not valid
+    high_open: bool = False
+    optional: bool = False  # None is valid too (the field's default decides then)
+    hint: str = ""  # appended to the range in the error message
+    max_items: int = 0  # RATIOS: the longest list
+
+    def interval(self) -> str:
+        """The valid values, as `[1, 100]` (INT, EPOCHS) or `[0, 1)` (FLOAT, RATIOS)."""
+        if self.type in (INT, EPOCHS):
+            return f"[{self.low}, {self.high}]"
+        low, high = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"{low}{self.low:g}, {self.high:g}{high}"
+
+    def contains(self, value: float) -> bool:
+        """Whether a number lies within the bounds (not whether it has the right type)."""
+        above = self.low < value if self.low_open else self.low <= value
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+
+def _int(low: int, high: int, *, optional: bool = False, hint: str = "") -> Accepts:
+    return Accepts(INT, low, high, optional=optional, hint=hint)
+
+
+def _float(
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+    hint: str = "",
+) -> Accepts:
+    return Accepts(FLOAT, low, high, low_open, high_open, optional, hint)
+
+
+def _bool(*, optional: bool = False) -> Accepts:
+    return Accepts(BOOL, optional=optional)
+
+
+def _str(*, optional: bool = False) -> Accepts:
+    return Accepts(STR, optional=optional)
+
+
+_CHOICE = Accepts(CHOICE)
+_EPOCHS = Accepts(EPOCHS, 1, MAX_EPOCHS)
+# per-layer ratios: values in [0, 1), like the ratios
+_RATIOS = Accepts(RATIOS, 0.0, 1.0, high_open=True, optional=True, max_items=MAX_LAYERS)
+_JSON = Accepts(JSON)
+
 
 def _field(
     default: Any,
     group: str,
     help: str,
     *,
+    valid: Accepts,
     choices: tuple[str, ...] | None = None,
     factory: Callable[[], Any] | None = None,
 ) -> Any:
-    meta = {"group": group, "help": help, "choices": choices}
+    meta = {"group": group, "help": help, "choices": choices, "valid": valid}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -66,38 +154,50 @@ def _field(
 class TrialConfig:
     """Everything one trial needs; immutable and JSON round-trippable.
 
-    Each field's metadata holds its `group` (see GROUPS), a one-line `help` (the CLI's) and,
-    for fixed sets, its `choices`.
+    Each field's metadata holds its `group` (see GROUPS), a one-line `help` (the CLI's),
+    what it accepts (`valid`: an `Accepts`, its type, range and optionality) and, for fixed
+    sets, its `choices`.
     """
 
     # what to prune
     model: str = _field(
-        "vit_digits", DENSE, "registered model or timm:NAME (see the model registry)"
+        "vit_digits", DENSE, "registered model or timm:NAME (see the model registry)", valid=_str()
     )
-    pretrained: bool = _field(False, DENSE, "timm:NAME models: start from timm's weights")
+    pretrained: bool = _field(
+        False, DENSE, "timm:NAME models: start from timm's weights", valid=_bool()
+    )
     pretrained_file: str | None = _field(
         None,
         DENSE,
         "start from the weights in this local file, no hub needed: a timm/torchvision state "
         "dict (.pt/.pth, read with weights_only=True) or a .safetensors file",
+        valid=_str(optional=True),
     )
-    dataset: str = _field("digits", DENSE, "registered dataset (digits and synthetic: offline)")
+    dataset: str = _field(
+        "digits", DENSE, "registered dataset (digits and synthetic: offline)", valid=_str()
+    )
     img_size: int | None = _field(
         None,
         DENSE,
         "input image side in pixels; the data are resized to it; default: the model's (timm: "
         "its pretrained input size, e.g. 224; the built-in models: the dataset's, 32 for CIFAR)",
+        valid=_int(1, MAX_IMG_SIZE, optional=True),
     )
-    data_dir: str = _field("data", EXECUTION, "folder of the dataset's files")
-    download: bool = _field(False, EXECUTION, "download the dataset into data_dir if missing")
-    method: str = _field("rsst", PRUNE, "pruning method (ALGORITHMS.md §2.4)")
-    pruning_times: int = _field(4, PRUNE, "number of pruning states S (state 0 is dense)")
-    epochs: int = _field(40, DENSE, "training epochs per state")
+    data_dir: str = _field("data", EXECUTION, "folder of the dataset's files", valid=_str())
+    download: bool = _field(
+        False, EXECUTION, "download the dataset into data_dir if missing", valid=_bool()
+    )
+    method: str = _field("rsst", PRUNE, "pruning method (ALGORITHMS.md §2.4)", valid=_str())
+    pruning_times: int = _field(
+        4, PRUNE, "number of pruning states S (state 0 is dense)", valid=_int(1, MAX_STATES)
+    )
+    epochs: int = _field(40, DENSE, "training epochs per state", valid=_int(1, MAX_EPOCHS))
     finetune_epochs: int | None = _field(
         None,
         PRUNE,
         "training epochs of each state >= 1 (pt fine-tuning, or the retraining of lt/rewind_lt "
         "and RSST's pull); state 0 trains epochs; default: epochs",
+        valid=_int(1, MAX_EPOCHS, optional=True),
     )
     # how much to prune (ALGORITHMS.md §2.4, §3.2)
     rate: float | None = _field(
@@ -105,85 +205,153 @@ class TrialConfig:
         PRUNE,
         "fraction of the kept weights U removes per prune; default: derived from the unit "
         "ratios when every pruned kind has one, else the method's default (0.2)",
+        valid=_float(
+            0.0, 1.0, high_open=True, optional=True, hint=" (rate 1 would remove every weight)"
+        ),
     )
-    target: str = _field("both", PRUNE, "ViT units to prune", choices=TARGETS)
+    target: str = _field("both", PRUNE, "ViT units to prune", choices=TARGETS, valid=_str())
     head_ratio: float | None = _field(
-        None, PRUNE, "ViT heads removed per prune, compounding; default: density-matched to U"
+        None,
+        PRUNE,
+        "ViT heads removed per prune, compounding; default: density-matched to U",
+        valid=_float(0.0, 1.0, high_open=True, optional=True),
     )
     mlp_ratio: float | None = _field(
-        None, PRUNE, "ViT MLP neurons removed per prune, compounding; default: density-matched"
+        None,
+        PRUNE,
+        "ViT MLP neurons removed per prune, compounding; default: density-matched",
+        valid=_float(0.0, 1.0, high_open=True, optional=True),
     )
     filter_ratio: float | None = _field(
-        None, PRUNE, "CNN filters removed per prune, compounding; default: density-matched"
+        None,
+        PRUNE,
+        "CNN filters removed per prune, compounding; default: density-matched",
+        valid=_float(0.0, 1.0, high_open=True, optional=True),
     )
     # layer-wise budgets (ALGORITHMS.md §3.2): one ratio per block or conv, instead of the
     # global ratio of the same kind; the length is checked against the model at setup
     head_ratios: tuple[float, ...] | None = _field(
-        None, PRUNE, "ViT heads removed per prune, one ratio per block (comma list), compounding"
+        None,
+        PRUNE,
+        "ViT heads removed per prune, one ratio per block (comma list), compounding",
+        valid=_RATIOS,
     )
     mlp_ratios: tuple[float, ...] | None = _field(
         None,
         PRUNE,
         "ViT MLP neurons removed per prune, one ratio per block (comma list), compounding",
+        valid=_RATIOS,
     )
     filter_ratios: tuple[float, ...] | None = _field(
         None,
         PRUNE,
         "CNN filters removed per prune, one ratio per prunable conv (comma list), compounding",
+        valid=_RATIOS,
     )
     fillback_rate: float = _field(
-        0.0, PRUNE, "density-matched budgets: 0 keeps U's weight budget, 1 keeps every unit"
+        0.0,
+        PRUNE,
+        "density-matched budgets: 0 keeps U's weight budget, 1 keeps every unit",
+        valid=_float(0.0, 1.0),
     )
-    min_units: int = _field(1, PRUNE, "units every layer keeps at least")
+    min_units: int = _field(1, PRUNE, "units every layer keeps at least", valid=_int(1, MAX_COUNT))
     sorting: str = _field(
-        "layer", PRUNE, "rank units within each layer, or all layers together", choices=SORTINGS
+        "layer",
+        PRUNE,
+        "rank units within each layer, or all layers together",
+        choices=SORTINGS,
+        valid=_str(),
     )
-    criteria: str = _field("l1", PRUNE, "unit score (ALGORITHMS.md §3.1)")
-    score_batches: int = _field(4, PRUNE, "training batches the criterion scores on")
-    prune_stem: bool = _field(False, PRUNE, "CNNs: also prune the first convolution")
+    criteria: str = _field("l1", PRUNE, "unit score (ALGORITHMS.md §3.1)", valid=_str())
+    score_batches: int = _field(
+        4, PRUNE, "training batches the criterion scores on", valid=_int(1, MAX_COUNT)
+    )
+    prune_stem: bool = _field(False, PRUNE, "CNNs: also prune the first convolution", valid=_bool())
     # the RSST regularizer (§4)
-    RST_schedule: str = _field("x^2", PRUNE, "shape of λ over a state (RSST)")
-    reg_granularity_prune: float = _field(1.0, PRUNE, "λ's ceiling g, reached at the state's end")
-    exponents: float = _field(4.0, PRUNE, "k of the exp_custom_exponents schedule")
+    RST_schedule: str = _field("x^2", PRUNE, "shape of λ over a state (RSST)", valid=_str())
+    reg_granularity_prune: float = _field(
+        1.0, PRUNE, "λ's ceiling g, reached at the state's end", valid=_float(0.0, MAX_COEFF)
+    )
+    exponents: float = _field(
+        4.0,
+        PRUNE,
+        "k of the exp_custom_exponents schedule",
+        valid=_float(0.0, MAX_COEFF, low_open=True),
+    )
     # distillation from the trial's own dense state 0 (§4b)
     distill_alpha: float = _field(
         0.0,
         PRUNE,
         "states >= 1 train on (1-A)*CE + A*T^2*KL against the trial's dense state 0 (0: off)",
+        valid=_float(0.0, 1.0),
     )
-    distill_T: float = _field(4.0, PRUNE, "distillation temperature T (distill_alpha > 0)")
+    distill_T: float = _field(
+        4.0,
+        PRUNE,
+        "distillation temperature T (distill_alpha > 0)",
+        valid=_float(0.0, MAX_TEMPERATURE, low_open=True),
+    )
     # rewinding (§2.5)
     prune_type: str = _field(
         "lt",
         PRUNE,
         "after a prune: lt rewinds to θ0, rewind_lt to θr, pt keeps the trained weights",
         choices=PRUNE_TYPES,
+        valid=_str(),
     )
-    rewind_epoch: int = _field(1, PRUNE, "epoch of state 0 whose weights are θr (rewind_lt)")
+    rewind_epoch: int = _field(  # and at most epochs (`_validate`)
+        1, PRUNE, "epoch of state 0 whose weights are θr (rewind_lt)", valid=_int(0, MAX_EPOCHS)
+    )
     # optimisation
-    optimizer: str = _field("adamw", DENSE, "optimizer", choices=OPTIMIZERS)
-    lr: float = _field(3e-3, DENSE, "peak learning rate")
-    momentum: float = _field(0.9, DENSE, "SGD momentum")
-    weight_decay: float = _field(0.05, DENSE, "weight decay (matrices and kernels only)")
-    warmup_epochs: float = _field(2.0, DENSE, "linear warm-up epochs (capped at the state)")
-    lr_schedule: str = _field("cosine", DENSE, "learning-rate schedule", choices=LR_SCHEDULES)
-    decreasing_lr: tuple[int, ...] = _field(
-        (), DENSE, "multistep: epochs at which the LR is multiplied by 0.1", factory=tuple
+    optimizer: str = _field("adamw", DENSE, "optimizer", choices=OPTIMIZERS, valid=_str())
+    lr: float = _field(
+        3e-3, DENSE, "peak learning rate", valid=_float(0.0, MAX_COEFF, low_open=True)
     )
-    batch_size: int = _field(64, DENSE, "training batch size")
-    eval_batch_size: int = _field(1024, EXECUTION, "evaluation batch size")
-    label_smoothing: float = _field(0.1, DENSE, "label smoothing of the training loss")
+    momentum: float = _field(0.9, DENSE, "SGD momentum", valid=_float(0.0, 1.0, high_open=True))
+    weight_decay: float = _field(
+        0.05, DENSE, "weight decay (matrices and kernels only)", valid=_float(0.0, MAX_COEFF)
+    )
+    warmup_epochs: float = _field(
+        2.0,
+        DENSE,
+        "linear warm-up epochs (capped at the state)",
+        valid=_float(0.0, float(MAX_EPOCHS)),
+    )
+    lr_schedule: str = _field(
+        "cosine", DENSE, "learning-rate schedule", choices=LR_SCHEDULES, valid=_str()
+    )
+    decreasing_lr: tuple[int, ...] = _field(
+        (),
+        DENSE,
+        "multistep: epochs at which the LR is multiplied by 0.1",
+        factory=tuple,
+        valid=_EPOCHS,
+    )
+    batch_size: int = _field(64, DENSE, "training batch size", valid=_int(1, MAX_BATCH))
+    eval_batch_size: int = _field(
+        1024, EXECUTION, "evaluation batch size", valid=_int(1, MAX_BATCH)
+    )
+    label_smoothing: float = _field(
+        0.1, DENSE, "label smoothing of the training loss", valid=_float(0.0, 1.0, high_open=True)
+    )
     augment: bool | None = _field(
-        None, DENSE, "batched crop and flip; default: the dataset's (digits off, CIFAR on)"
+        None,
+        DENSE,
+        "batched crop and flip; default: the dataset's (digits off, CIFAR on)",
+        valid=_bool(optional=True),
     )
     val_size: int | None = _field(
-        None, DENSE, "validation images carved from train; default: the dataset's"
+        None,
+        DENSE,
+        "validation images carved from train; default: the dataset's",
+        valid=_int(1, MAX_VAL_SIZE, optional=True),
     )
     train_subset: float | None = _field(
         None,
         DENSE,
         "train on this fraction of the training split (a fixed-seed subset, the same for every "
         "trial), for quick sweeps; default: all of it",
+        valid=_float(0.0, 1.0, low_open=True, optional=True),
     )
     data_placement: str = _field(
         "auto",
@@ -192,23 +360,38 @@ class TrialConfig:
         "from disk batch by batch (DataLoader workers; JPEGs decoded on the GPU on CUDA); auto: "
         "device when the decoded splits take at most a quarter of the device's memory",
         choices=PLACEMENTS,
+        valid=_str(),
     )
     data_workers: int | None = _field(
         None,
         EXECUTION,
         "DataLoader worker processes of data_placement stream (0: read in the trial's process); "
         "default: one per core but one, at most 8",
+        valid=_int(0, MAX_WORKERS, optional=True),
     )
     # execution
-    seed: int = _field(0, DENSE, "trial seed (initialisation, data order, tie-breaks)")
+    seed: int = _field(
+        0, DENSE, "trial seed (initialisation, data order, tie-breaks)", valid=_int(0, MAX_SEED)
+    )
     device: str = _field(
-        "auto", NUMERICS, "auto picks cuda, then mps, then cpu", choices=(*DEVICES, "cuda:N")
+        "auto",
+        NUMERICS,
+        "auto picks cuda, then mps, then cpu",
+        choices=(*DEVICES, "cuda:N"),
+        valid=_str(),
     )
     # CPU threads for torch (0: torch's default). Float reductions depend on it, so a sweep
     # records its per-trial value and `rsst-tune run --config` repeats a trial bit for bit.
-    threads: int = _field(0, NUMERICS, "torch CPU threads (0: torch's default)")
-    amp: bool = _field(True, NUMERICS, "bf16 autocast where the device supports it (CUDA)")
-    compile: bool = _field(False, NUMERICS, "torch.compile the model (CUDA only)")
+    threads: int = _field(
+        0,
+        NUMERICS,
+        "torch CPU threads (0: torch's default)",
+        valid=_int(0, MAX_THREADS, hint=" (0: torch's default)"),
+    )
+    amp: bool = _field(
+        True, NUMERICS, "bf16 autocast where the device supports it (CUDA)", valid=_bool()
+    )
+    compile: bool = _field(False, NUMERICS, "torch.compile the model (CUDA only)", valid=_bool())
     compile_mode: str = _field(
         "default",
         NUMERICS,
@@ -216,9 +399,14 @@ class TrialConfig:
         "graphs (small models, whose steps are bound by kernel launches: docs/data.md); "
         "max-autotune also tunes the kernels (slow to compile), with CUDA graphs",
         choices=COMPILE_MODES,
+        valid=_CHOICE,
     )
     extra: dict[str, Any] = _field(  # noqa: RUF009 (a default_factory field)
-        None, DENSE, "free-form values for user extensions (part of every key)", factory=dict
+        None,
+        DENSE,
+        "free-form values for user extensions (part of every key)",
+        factory=dict,
+        valid=_JSON,
     )
 
     def __post_init__(self) -> None:
@@ -364,101 +552,41 @@ class TrialConfig:
         return cls.from_dict(data)
 
 
-# ---------------------------------------------------------------------- bounds
-# The limits of the fields are declared in `rsst_tune.limits`; still importable from here.
-MAX_STATES = limits.MAX_STATES
-MAX_EPOCHS = limits.MAX_EPOCHS
-MAX_BATCH = limits.MAX_BATCH
-MAX_SEED = limits.MAX_SEED
-MAX_THREADS = limits.MAX_THREADS
-MAX_COUNT = limits.MAX_COUNT
-MAX_VAL_SIZE = limits.MAX_VAL_SIZE
-MAX_WORKERS = limits.MAX_WORKERS
-MAX_IMG_SIZE = limits.MAX_IMG_SIZE
-MAX_TEMPERATURE = limits.MAX_TEMPERATURE
-MAX_COEFF = limits.MAX_COEFF
-MAX_LAYERS = limits.MAX_LAYERS
-BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True}
-BOOL_WORDS.update({"0": False, "false": False, "no": False, "off": False})
+# ---------------------------------------------------------------------- what fields accept
+ACCEPTS: dict[str, Accepts] = {f.name: f.metadata["valid"] for f in fields(TrialConfig)}
 
-# Integer fields: (low, high), both inclusive.
-INT_RANGES: dict[str, tuple[int, int]] = {
-    "pruning_times": (1, MAX_STATES),
-    "epochs": (1, MAX_EPOCHS),
-    "finetune_epochs": (1, MAX_EPOCHS),
-    "min_units": (1, MAX_COUNT),
-    "score_batches": (1, MAX_COUNT),
-    "rewind_epoch": (0, MAX_EPOCHS),  # and at most epochs
-    "batch_size": (1, MAX_BATCH),
-    "eval_batch_size": (1, MAX_BATCH),
-    "val_size": (1, MAX_VAL_SIZE),
-    "img_size": (1, MAX_IMG_SIZE),
-    "data_workers": (0, MAX_WORKERS),
-    "seed": (0, MAX_SEED),
-    "threads": (0, MAX_THREADS),
+
+def accepts(name: str) -> Accepts:
+    """What config field `name` accepts (its `metadata["valid"]`)."""
+    return ACCEPTS[name]
+
+
+def _named(kind: str) -> tuple[str, ...]:
+    return tuple(n for n, a in ACCEPTS.items() if a.type == kind)
+
+
+# Views of the fields' metadata, by type (importable as before):
+# (low, high), both inclusive
+INT_RANGES = {n: (int(ACCEPTS[n].low), int(ACCEPTS[n].high)) for n in _named(INT)}
+# (low, low included, high, high included); every value must also be finite
+FLOAT_RANGES = {
+    n: (
+        float(ACCEPTS[n].low),
+        not ACCEPTS[n].low_open,
+        float(ACCEPTS[n].high),
+        not ACCEPTS[n].high_open,
+    )
+    for n in _named(FLOAT)
 }
-# Float fields: (low, low included, high, high included); every value must also be finite.
-FLOAT_RANGES: dict[str, tuple[float, bool, float, bool]] = {
-    "rate": (0.0, True, 1.0, False),
-    "head_ratio": (0.0, True, 1.0, False),
-    "mlp_ratio": (0.0, True, 1.0, False),
-    "filter_ratio": (0.0, True, 1.0, False),
-    "fillback_rate": (0.0, True, 1.0, True),
-    "reg_granularity_prune": (0.0, True, MAX_COEFF, True),
-    "exponents": (0.0, False, MAX_COEFF, True),
-    "distill_alpha": (0.0, True, 1.0, True),
-    "distill_T": (0.0, False, MAX_TEMPERATURE, True),
-    "lr": (0.0, False, MAX_COEFF, True),
-    "momentum": (0.0, True, 1.0, False),
-    "weight_decay": (0.0, True, MAX_COEFF, True),
-    "warmup_epochs": (0.0, True, float(MAX_EPOCHS), True),
-    "label_smoothing": (0.0, True, 1.0, False),
-    "train_subset": (0.0, False, 1.0, True),
-}
-_FLOAT_FIELDS = set(FLOAT_RANGES)
-# per-layer ratios: values in [0, 1), like the ratios
-RATIO_LISTS = tuple(k.ratios for k in UNIT_KINDS)
-OPTIONAL = {
-    *RATIO_LISTS,
-    "finetune_epochs",
-    "rate",
-    "head_ratio",
-    "mlp_ratio",
-    "filter_ratio",
-    "augment",
-    "val_size",
-    "img_size",
-    "pretrained_file",
-    "train_subset",
-    "data_workers",
-}
-BOOL_FIELDS = {"pretrained", "download", "prune_stem", "amp", "compile", "augment"}
-STR_FIELDS = {
-    "model",
-    "pretrained_file",
-    "dataset",
-    "data_dir",
-    "method",
-    "target",
-    "sorting",
-    "criteria",
-    "RST_schedule",
-    "prune_type",
-    "optimizer",
-    "lr_schedule",
-    "device",
-    "data_placement",
-}
-_HINTS = {"rate": " (rate 1 would remove every weight)", "threads": " (0: torch's default)"}
+RATIO_LISTS = _named(RATIOS)
+OPTIONAL = {n for n, a in ACCEPTS.items() if a.optional}
+BOOL_FIELDS = set(_named(BOOL))
+STR_FIELDS = set(_named(STR))
 
 
 def interval(name: str) -> str:
     """The valid values of a numeric field, as `[0, 1)` or `(0, inf)`."""
-    if name in INT_RANGES:
-        low, high = INT_RANGES[name]
-        return f"[{low}, {high}]"
-    low_f, low_in, high_f, high_in = FLOAT_RANGES[name]
-    return f"{'[' if low_in else '('}{low_f:g}, {high_f:g}{']' if high_in else ')'}"
+    return accepts(name).interval()
 
 
 def _is_int(value: Any) -> bool:
@@ -470,53 +598,44 @@ def _is_number(value: Any) -> bool:
 
 
 def _check_type_and_range(f: dataclasses.Field[Any], value: Any) -> None:
-    name = f.name
-    if value is None and name in OPTIONAL:
+    name, valid = f.name, accepts(f.name)
+    if value is None and valid.optional:
         return
-    if name in INT_RANGES:
-        low, high = INT_RANGES[name]
-        if not _is_int(value) or not low <= value <= high:
+    if valid.type == INT:
+        if not _is_int(value) or not valid.contains(value):
             raise ConfigError(
-                f"{name} must be an integer in {interval(name)}{_HINTS.get(name, '')}, "
-                f"got {value!r}"
+                f"{name} must be an integer in {valid.interval()}{valid.hint}, got {value!r}"
             )
-    elif name in FLOAT_RANGES:
-        low_f, low_in, high_f, high_in = FLOAT_RANGES[name]
-        ok = _is_number(value) and math.isfinite(value)
-        ok = ok and (low_f <= value if low_in else low_f < value)
-        ok = ok and (value <= high_f if high_in else value < high_f)
-        if not ok:
+    elif valid.type == FLOAT:
+        if not (_is_number(value) and math.isfinite(value) and valid.contains(value)):
             raise ConfigError(
-                f"{name} must be a finite number in {interval(name)}{_HINTS.get(name, '')}, "
-                f"got {value!r}"
+                f"{name} must be a finite number in {valid.interval()}{valid.hint}, got {value!r}"
             )
-    elif name in BOOL_FIELDS:
+    elif valid.type == BOOL:
         if not isinstance(value, bool):
             raise ConfigError(
                 f"{name} must be true or false (also 1/0, yes/no)"
-                + (" or null" if name in OPTIONAL else "")
+                + (" or null" if valid.optional else "")
                 + f", got {value!r}"
             )
-    elif name in STR_FIELDS:
+    elif valid.type == STR:
         if not isinstance(value, str) or not value or "\x00" in value:
             raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
-    elif name == "decreasing_lr":
-        if not isinstance(value, tuple) or not all(
-            _is_int(e) and 1 <= e <= MAX_EPOCHS for e in value
-        ):
+    elif valid.type == EPOCHS:
+        if not isinstance(value, tuple) or not all(_is_int(e) and valid.contains(e) for e in value):
             raise ConfigError(
-                f"decreasing_lr must be a list of epochs, integers in [1, {MAX_EPOCHS}], "
+                f"{name} must be a list of epochs, integers in {valid.interval()}, "
                 f"got {_shown(value)}"
             )
-    elif name in RATIO_LISTS:
-        ok = isinstance(value, tuple) and 1 <= len(value) <= MAX_LAYERS
-        ok = ok and all(_is_number(v) and math.isfinite(v) and 0.0 <= v < 1.0 for v in value)
+    elif valid.type == RATIOS:
+        ok = isinstance(value, tuple) and 1 <= len(value) <= valid.max_items
+        ok = ok and all(_is_number(v) and math.isfinite(v) and valid.contains(v) for v in value)
         if not ok:
             raise ConfigError(
-                f"{name} must be a list of numbers in [0, 1), one per layer "
+                f"{name} must be a list of numbers in {valid.interval()}, one per layer "
                 f"(e.g. 0.25,0,0.5,0.25), got {_shown(value)}"
             )
-    elif name == "extra":
+    elif valid.type == JSON:
         _check_extra(value)
 
 
@@ -539,15 +658,13 @@ def _normalised(cfg: Any) -> dict[str, Any]:
     """Fields of a directly built config that need a canonical type (ints for floats, tuples
     for lists), so equal configs compare, hash and serialise the same."""
     out: dict[str, Any] = {}
-    for name in _FLOAT_FIELDS:
+    for name, valid in ACCEPTS.items():
         value = getattr(cfg, name)
-        if _is_int(value):
+        if valid.type == FLOAT and _is_int(value):
             out[name] = float(value)
-    if isinstance(cfg.decreasing_lr, list):
-        out["decreasing_lr"] = tuple(cfg.decreasing_lr)
-    for name in RATIO_LISTS:
-        value = getattr(cfg, name)
-        if isinstance(value, list | tuple):
+        elif valid.type == EPOCHS and isinstance(value, list):
+            out[name] = tuple(value)
+        elif valid.type == RATIOS and isinstance(value, list | tuple):
             out[name] = tuple(float(v) if _is_int(v) else v for v in value)
     return out
 
@@ -583,7 +700,8 @@ def check_host(cfg: TrialConfig) -> None:
 def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
     """Tune and JSON hand us ints for floats, lists for tuples, numpy scalars and words for
     bools: normalise what is unambiguous; anything else is left for `_validate` to name."""
-    if f.name == "extra":
+    kind = accepts(f.name).type
+    if kind == JSON:
         return {} if value is None else dict(value) if isinstance(value, Mapping) else value
     if value is None:
         return None
@@ -592,22 +710,21 @@ def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
             value = value.item()
         except (TypeError, ValueError, RuntimeError):
             return value
-    name = f.name
-    if name == "decreasing_lr":
+    if kind == EPOCHS:
         if isinstance(value, list | tuple):
             return tuple(_coerce_int(v) for v in value)
         return value
-    if name in RATIO_LISTS:
+    if kind == RATIOS:
         return _coerce_ratios(value)
-    if name in _FLOAT_FIELDS:
+    if kind == FLOAT:
         return float(value) if _is_int(value) else value
-    if name in BOOL_FIELDS:
+    if kind == BOOL:
         if isinstance(value, str):
             return BOOL_WORDS.get(value.strip().lower(), value)
         if _is_int(value) and value in (0, 1):
             return bool(value)
         return value
-    if name in INT_RANGES:
+    if kind == INT:
         return _coerce_int(value)
     return value
 
