@@ -9,7 +9,8 @@ nowhere else). A run repeats the forward enough times to last at least `min_run_
 timings are not dominated by timer noise.
 
 `compare_forwards` is the same measurement for any two callables that take a batch tensor,
-e.g. onnxruntime sessions (`rsst_tune.onnx_export.onnx_latency`).
+e.g. onnxruntime sessions (`rsst_tune.onnx_export.onnx_latency`). `Latency`, the record of one
+measurement, is plain data in `rsst_tune.export_record` (importable from here as before).
 """
 
 from __future__ import annotations
@@ -18,63 +19,18 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from rsst_tune.errors import ConfigError
+from rsst_tune.export_record import Latency as Latency
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Forward", "Latency", "compare_forwards", "compare_latency", "iqr", "time_forward"]
 
 Forward = Callable[[Tensor], object]  # a model, or anything else that runs a batch
-
-
-@dataclass(frozen=True)
-class Latency:
-    """Milliseconds per forward of the dense and the pruned model on one setting: the median
-    of `repeats` timed runs and their interquartile range (0 with fewer than 2 runs)."""
-
-    device: str
-    batch: int
-    dense_ms: float  # median
-    pruned_ms: float  # median
-    dense_iqr_ms: float
-    pruned_iqr_ms: float
-    repeats: int  # timed runs of each model
-    inner: int  # forwards per timed run
-
-    @property
-    def speedup(self) -> float:
-        """dense time / pruned time (> 1 means the pruned model is faster)."""
-        return self.dense_ms / self.pruned_ms if self.pruned_ms > 0 else math.inf
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data: the fields and `speedup` (None when it is not finite)."""
-        speedup = self.speedup
-        return {**asdict(self), "speedup": speedup if math.isfinite(speedup) else None}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Latency:
-        """Read `to_dict()` back (derived keys such as `speedup` are ignored)."""
-        try:
-            return cls(
-                device=str(data["device"]),
-                batch=int(data["batch"]),
-                dense_ms=float(data["dense_ms"]),
-                pruned_ms=float(data["pruned_ms"]),
-                dense_iqr_ms=float(data["dense_iqr_ms"]),
-                pruned_iqr_ms=float(data["pruned_iqr_ms"]),
-                repeats=int(data["repeats"]),
-                inner=int(data["inner"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            names = ", ".join(f.name for f in fields(cls))
-            raise ConfigError(f"not a latency record ({names}): {exc!r}") from None
 
 
 def iqr(values: Sequence[float]) -> float:

@@ -25,8 +25,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from rsst_tune import fileio
-from rsst_tune.errors import ConfigError
-from rsst_tune.latency import Latency, compare_forwards
+from rsst_tune.export_record import Latency
+from rsst_tune.export_record import OnnxCheck as OnnxCheck
+from rsst_tune.latency import compare_forwards
 from rsst_tune.pruning.slicing import ATOL, ExportError, device_of
 
 if TYPE_CHECKING:
@@ -73,47 +73,6 @@ class OnnxMismatch(OnnxError):
     def __init__(self, message: str, check: OnnxCheck) -> None:
         super().__init__(message)
         self.check = check
-
-
-@dataclass(frozen=True)
-class OnnxCheck:
-    """One ONNX file and its equivalence check against the PyTorch model it came from."""
-
-    file: str
-    opset: int
-    export_batch: int  # batch size of the example the graph was exported with
-    check_batch: int  # batch size of the check (another size: the batch axis is dynamic)
-    max_abs_diff: float  # onnxruntime vs PyTorch on the check batch
-    atol: float
-    params: int  # weights stored in the file (elements of its initializers)
-    export_s: float  # seconds torch.onnx.export took
-
-    @property
-    def ok(self) -> bool:
-        return self.max_abs_diff <= self.atol  # False for NaN
-
-    def to_dict(self) -> dict[str, Any]:
-        diff = self.max_abs_diff
-        return {**asdict(self), "max_abs_diff": diff if math.isfinite(diff) else None}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> OnnxCheck:
-        """Read `to_dict()` back."""
-        try:
-            diff = data["max_abs_diff"]
-            return cls(
-                file=str(data["file"]),
-                opset=int(data["opset"]),
-                export_batch=int(data["export_batch"]),
-                check_batch=int(data["check_batch"]),
-                max_abs_diff=math.nan if diff is None else float(diff),
-                atol=float(data["atol"]),
-                params=int(data["params"]),
-                export_s=float(data["export_s"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            names = ", ".join(f.name for f in fields(cls))
-            raise ConfigError(f"not an ONNX check record ({names}): {exc!r}") from None
 
 
 def export_onnx(model: nn.Module, example: Tensor, path: str | Path, *, opset: int = OPSET) -> int:

@@ -150,6 +150,34 @@ def test_the_mean_over_seeds_decides_and_a_change_of_answer_is_reported() -> Non
     assert {s.ticket.label for s in again.tied} == {"b/s1", "c/s1"}
 
 
+def test_report_and_export_step_share_one_answer_per_budget(tmp_path: Path) -> None:
+    """`best_tickets` is the seed-confirmed choice where there is one: the ticket the report
+    recommends (best_config.json) and the one its export table lists, i.e. the one the export
+    step (`export_best`, on the same `best_tickets`) exports."""
+    import dataclasses
+
+    from rsst_tune.experiment.exports import distinct_bests
+    from rsst_tune.experiment.seeds import best_choices, best_tickets
+    from rsst_tune.report import write_report
+
+    assert best_tickets(EXP)[0.5] is not None and best_tickets(EXP)[0.5].label == "c/s1"
+    lucky = _confirmation(
+        {("c/s1", 1): 0.60, ("c/s1", 2): 0.62, ("b/s1", 1): 0.81, ("b/s1", 2): 0.79}
+    )
+    confirmed = dataclasses.replace(EXP, confirmation=lucky)
+    bests = best_tickets(confirmed)
+    assert bests[0.5] is not None and bests[0.5].label == "b/s1"  # the extra seeds decide
+    answer = best_choices(confirmed.tickets(), lucky)
+    assert answer.k == 2 and answer.bests == bests and answer.confirmed[0.5] is not None
+    best = json.loads(write_report(confirmed, tmp_path).with_name("best_config.json").read_text())
+    assert (best["trial_id"], best["state"]) == ("b", 1)
+    md = (tmp_path / "report.md").read_text()
+    rows = [line for line in md.splitlines() if "no checkpoint kept for this state" in line]
+    assert rows and [r.split(" | ")[0].strip("| ") for r in rows] == [
+        t.label for t, _ in distinct_bests(bests)
+    ]
+
+
 def test_a_failed_seed_run_is_left_out_of_the_mean_and_counted() -> None:
     conf = _confirmation({("b/s1", 1): None, ("b/s1", 2): 0.70})
     (stats,) = seed_stats(conf, EXP.tickets())

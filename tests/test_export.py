@@ -364,9 +364,10 @@ def test_export_refuses_to_overwrite_and_bad_out_dirs(
 
 def test_report_re_exports_best_tickets_in_place(checkpoint: Path, tmp_path: Path) -> None:
     """`rsst-tune report --measure` exports a best ticket again over its earlier export."""
+    from rsst_tune.best_exports import export_best
+    from rsst_tune.experiment.exports import export_dir
     from rsst_tune.experiment.layout import EXPORT_ERROR_FILE
     from rsst_tune.experiment.tickets import Ticket
-    from rsst_tune.report.exports import export_best, export_dir
 
     ticket = Ticket("t0", 1, "complete", None, checkpoint=str(checkpoint.parent))
     for replace in (False, True):

@@ -185,9 +185,11 @@ def test_a_mismatch_is_refused_and_recorded(vit_ticket: Path, tmp_path: Path) ->
 
 
 def test_report_links_each_best_tickets_onnx(vit_ticket: Path, tmp_path: Path) -> None:
+    from rsst_tune.best_exports import export_best
+    from rsst_tune.experiment.exports import export_dir
     from rsst_tune.experiment.tickets import Ticket
     from rsst_tune.report.document import to_html, to_markdown
-    from rsst_tune.report.exports import export_best, export_blocks, export_dir, fmt_latency
+    from rsst_tune.report.exports import export_blocks, fmt_latency
 
     ticket = Ticket("t0", 1, "complete", None, checkpoint=str(vit_ticket.parent))
     export_best({0.5: ticket, None: ticket}, tmp_path)  # ONNX by default

@@ -11,7 +11,10 @@ One module per job:
 * `tickets`: `Ticket`, one (trial, state) pair, and `collect_tickets`;
 * `objectives`: parsing `--objective` and a trial's value under an objective;
 * `select`: Pareto fronts, the best ticket per MACs budget with its ties, importances;
-* `seeds`: seed-confirmation statistics and the choice by the mean over seeds;
+* `seeds`: seed-confirmation statistics, the choice by the mean over seeds, and the answer
+  per budget that the report renders and the export step exports (`best_tickets`);
+* `exports`: the best tickets' recorded exports read back (`read_export`; the records are
+  `rsst_tune.export_record`'s plain data, no torch);
 * `stops`: what an early-stopping scheduler stopped, in one summary;
 * `layout`: every file and directory name of an experiment directory;
 * `reader`: `load_experiment`, reading Ray's state (as JSON), the Optuna journal, results.

@@ -9,6 +9,11 @@ seeds (`choose_confirmed`). Pure functions on records; nothing here runs or rend
     labels = confirm_candidates(tickets, k=2)              # what to re-run
     stats = seed_stats(experiment.confirmation, tickets)   # per ticket: every seed's accuracy
     choice = choose_confirmed(stats, budget=0.5)           # chosen by mean val_acc
+    bests = best_tickets(experiment)                       # the answer per budget, as reported
+
+`best_choices` / `best_tickets` are *the* answer at each budget: the seed-confirmed choice
+where there is one, else the single-seed choice. The report renders it and the export step
+(`rsst_tune.best_exports`) exports it, so the two always agree.
 """
 
 from __future__ import annotations
@@ -18,8 +23,16 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from rsst_tune.experiment.experiment import Experiment
 from rsst_tune.experiment.records import Confirmation
-from rsst_tune.experiment.select import BUDGETS, Choice, choose_at_budget, or_default, within_budget
+from rsst_tune.experiment.select import (
+    BUDGETS,
+    Choice,
+    choices_by_budget,
+    choose_at_budget,
+    or_default,
+    within_budget,
+)
 from rsst_tune.experiment.tickets import SELECT_METRIC, Ticket, finite
 from rsst_tune.stats import accuracy_interval, overlaps
 
@@ -213,15 +226,68 @@ def confirmed_choices(
     return {b: choose_confirmed(stats, b, single) for b, single in singles.items()}
 
 
+def confirmed_or(single: Choice | None, confirmed: ConfirmedChoice | None) -> Choice | None:
+    """The answer at a budget: the seed-confirmed choice when there is one (as a `Choice` of
+    its tickets), else the single-seed choice."""
+    if confirmed is None:
+        return single
+    return Choice(
+        confirmed.budget,
+        confirmed.chosen.ticket,
+        confirmed.leader.ticket,
+        tuple(s.ticket for s in confirmed.tied),
+        SELECT_METRIC,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class BestChoices:
+    """The answer at every budget: `choices` (the seed-confirmed choice where there is one,
+    else the single-seed choice, `confirmed_or`), the seed-confirmed choices themselves
+    (`confirmed`, empty without a confirmation that confirmed a ticket) and the `k` of
+    `--confirm K` (0 without a confirmation stage)."""
+
+    choices: Mapping[float | None, Choice | None]
+    confirmed: Mapping[float | None, ConfirmedChoice | None]
+    k: int = 0
+
+    @property
+    def bests(self) -> dict[float | None, Ticket | None]:
+        """The chosen ticket per budget (None where no ticket is within it)."""
+        return {b: None if c is None else c.chosen for b, c in self.choices.items()}
+
+
+def best_choices(
+    tickets: Sequence[Ticket],
+    confirmation: Confirmation | None,
+    budgets: Sequence[float | None] = BUDGETS,
+) -> BestChoices:
+    """The report's answer at each of `budgets` among `tickets` (`BestChoices`)."""
+    stats = seed_stats(confirmation, tickets)
+    singles = choices_by_budget(tickets, budgets)
+    confirmed = confirmed_choices(stats, singles) if stats else {}
+    choices = {b: confirmed_or(c, confirmed.get(b)) for b, c in singles.items()}
+    return BestChoices(choices, confirmed, confirmation.k if confirmation is not None else 0)
+
+
+def best_tickets(experiment: Experiment) -> dict[float | None, Ticket | None]:
+    """The best ticket per budget, as the report chooses it (and the export step exports)."""
+    return best_choices(experiment.tickets(), experiment.confirmation).bests
+
+
 __all__ = [
     "CONFIRM_RULE",
     "EXTRA_SEEDS",
     "SELECT_METRIC",
+    "BestChoices",
     "ConfirmedChoice",
     "SeedStats",
+    "best_choices",
+    "best_tickets",
     "choose_confirmed",
     "confirm_candidates",
     "confirmed_choices",
+    "confirmed_or",
     "ranked_at_budget",
     "seed_stats",
 ]

@@ -25,13 +25,12 @@ import copy
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from rsst_tune.errors import ConfigError
+from rsst_tune.export_record import LayerReport as LayerReport
 from rsst_tune.pruning.structure import Member, Structure, UnitGroup, is_attention
 from rsst_tune.units import HEAD, NEURON
 
@@ -55,38 +54,6 @@ ATOL = 1e-4
 
 class ExportError(RuntimeError):
     """The exported model does not compute what the masked model computes (a bug, not input)."""
-
-
-@dataclass(frozen=True)
-class LayerReport:
-    """What the export did to one unit group."""
-
-    name: str
-    kind: str
-    units: int  # before export
-    kept: int  # after export
-    zero: int  # units whose member slices were all zero
-    zero_kept_coupled: int  # zero units a coupling (residual add, norm) kept
-    zero_kept_min: int  # zero units kept so the layer keeps at least one unit
-
-    @property
-    def removed(self) -> int:
-        return self.units - self.kept
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "removed": self.removed}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LayerReport:
-        """Read `to_dict()` back (`removed` is derived, so ignored)."""
-        try:
-            return cls(
-                str(data["name"]),
-                str(data["kind"]),
-                *(int(data[f.name]) for f in fields(cls)[2:]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"not a layer record: {exc!r}") from None
 
 
 @dataclass

@@ -8,18 +8,26 @@ validation accuracy (`val_acc`); test accuracy is reported beside it and never u
 
 One module per job:
 
-* `select`: pure computation on records (`collect_tickets`, `pareto_front`,
-  `choose_at_budget` / `best_at_budget` with the tie rule `TIE_RULE`, `reproduce_config`,
-  `rank_trials`, `param_importances`, ...); the 95 % intervals come from `rsst_tune.stats`;
+It renders only what was recorded: the choices are computed on the records by the record
+layer (`rsst_tune.experiment`: `select`, `seeds.best_choices`, the 95 % intervals of
+`rsst_tune.stats`; re-exported here), and the best tickets' exports are read back from
+best_exports/ (`rsst_tune.experiment.exports`). Exporting and timing them is the export step's
+job (`rsst_tune.best_exports.export_best`, run when a sweep ends and on `rsst-tune report
+--measure`); nothing here imports torch, the models, pruning, export or the sweep.
+
+One module per job:
+
 * `document`: a tiny document model (`Heading`, `Para`, `Code`, `Table`, `Image`), rendered
   to Markdown and to self-contained HTML;
 * `sections`: the report's sections as blocks (and its plots);
-* `exports`: the physically pruned best tickets, exported and timed once, then read back;
+* `interactive`: report.html's interactive plotly figures;
+* `exports`: the table of the physically pruned best tickets, from their records;
 * `files`: `write_report`, which writes the files.
 """
 
 from __future__ import annotations
 
+from rsst_tune.experiment.exports import distinct_bests, read_export
 from rsst_tune.experiment.layout import BEST_CONFIGS_DIR, BEST_EXPORTS_DIR
 from rsst_tune.experiment.select import (
     BUDGETS,
@@ -43,13 +51,6 @@ from rsst_tune.experiment.select import (
     within_budget,
 )
 from rsst_tune.experiment.tickets import SELECT_METRIC, Ticket, collect_tickets
-from rsst_tune.report.exports import (
-    EXPORT_MODES,
-    ExportMode,
-    distinct_bests,
-    export_best,
-    read_export,
-)
 from rsst_tune.report.files import (
     best_config_record,
     build_blocks,
@@ -63,11 +64,9 @@ __all__ = [
     "BEST_EXPORTS_DIR",
     "BUDGETS",
     "DEFAULT_BUDGET",
-    "EXPORT_MODES",
     "SELECT_METRIC",
     "TIE_RULE",
     "Choice",
-    "ExportMode",
     "Importances",
     "Ticket",
     "best_at_budget",
@@ -78,7 +77,6 @@ __all__ = [
     "choose_at_budget",
     "collect_tickets",
     "distinct_bests",
-    "export_best",
     "fmt_latency",
     "fmt_pct",
     "headline_choice",

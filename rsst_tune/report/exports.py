@@ -1,120 +1,20 @@
-"""The physically pruned best tickets: exported and timed once (when the sweep ends, or on
-`--measure`) into best_exports/, then only read back; and the report's table of them.
-
-Each export writes model.pt and, unless `onnx=False` (`tune_main.py --no-onnx`), model.onnx
-checked and timed in onnxruntime: about 5 s more per ticket on one CPU thread for the digits
-models (two torch.onnx.export calls, dense and pruned)."""
+"""The report's table of the physically pruned best tickets: their recorded exports (timed once
+by the export step, `rsst_tune.best_exports`, when the sweep ends or on `--measure`), read back
+with `rsst_tune.experiment.exports.read_export`. Nothing here exports or measures."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
 
-if TYPE_CHECKING:
-    from rsst_tune.export import ExportReport
-
-
-from rsst_tune import fileio
-from rsst_tune.experiment.layout import BEST_EXPORTS_DIR, EXPORT_ERROR_FILE
+from rsst_tune.experiment.exports import distinct_bests, read_export
+from rsst_tune.experiment.layout import export_name
 from rsst_tune.experiment.select import budget_label, first_line
 from rsst_tune.experiment.tickets import Ticket
+from rsst_tune.export_record import ExportReport
 from rsst_tune.report.document import Block, Heading, Para, Table
 
-log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------- physical exports
-# Each budget's best ticket is exported (and timed) once, when the sweep ends, into
-# best_exports/<trial>_s<state>/ (model.pt, export.json; error.txt when it failed); the report
-# renders those records and measures nothing unless asked (`rsst-tune report DIR --measure`).
-ExportMode = Literal["recorded", "missing", "all"]
-EXPORT_MODES: tuple[str, ...] = ("recorded", "missing", "all")
 DASH = "—"
-
-
-def export_name(ticket: Ticket) -> str:
-    """A best ticket's export directory, relative to the report directory."""
-    return f"{BEST_EXPORTS_DIR}/{ticket.trial_id}_s{ticket.state}"
-
-
-def export_dir(out_dir: Path, ticket: Ticket) -> Path:
-    """Where a best ticket's export is recorded."""
-    return out_dir / export_name(ticket)
-
-
-def distinct_bests(
-    bests: Mapping[float | None, Ticket | None],
-) -> list[tuple[Ticket, list[float | None]]]:
-    """Each ticket that is best at some budget, once, with the budgets it is best at."""
-    out: dict[tuple[str, int], tuple[Ticket, list[float | None]]] = {}
-    for budget, ticket in bests.items():
-        if ticket is not None:
-            out.setdefault((ticket.trial_id, ticket.state), (ticket, []))[1].append(budget)
-    return list(out.values())
-
-
-def export_best(
-    bests: Mapping[float | None, Ticket | None],
-    out_dir: Path,
-    *,
-    replace: bool = False,
-    onnx: bool = True,
-) -> None:
-    """Export and time each budget's best ticket (once per ticket) into its `export_dir`,
-    with model.onnx when `onnx`.
-
-    A ticket already recorded (export.json, or error.txt of a failed export) is skipped unless
-    `replace`. A failure is logged and recorded in error.txt; it never raises (a failed ONNX
-    export is recorded in export.json and shown in the report).
-    """
-    from rsst_tune.checkpoint import state_file
-    from rsst_tune.export import MODEL_FILE, REPORT_FILE, export_checkpoint
-    from rsst_tune.onnx_export import ONNX_FILE
-
-    for ticket, _ in distinct_bests(bests):
-        if ticket.checkpoint is None:
-            continue
-        dest = export_dir(out_dir, ticket)
-        error = dest / EXPORT_ERROR_FILE
-        if not replace and ((dest / REPORT_FILE).is_file() or error.is_file()):
-            continue
-        try:
-            export_checkpoint(
-                Path(ticket.checkpoint) / state_file(ticket.state), dest, overwrite=True, onnx=onnx
-            )
-        except Exception as exc:  # one ticket's export must not cost the report
-            reason = f"{type(exc).__name__}: {first_line(str(exc))}"
-            log.warning("could not export %s: %s", ticket.label, reason)
-            for stale in (
-                REPORT_FILE,
-                MODEL_FILE,
-                ONNX_FILE,
-            ):  # an earlier export is replaced by the failure
-                (dest / stale).unlink(missing_ok=True)
-            fileio.write_text(error, reason + "\n")
-        else:
-            error.unlink(missing_ok=True)
-
-
-def read_export(ticket: Ticket, out_dir: Path) -> ExportReport | str:
-    """A best ticket's recorded export, or why there is none (nothing is measured)."""
-    from rsst_tune.errors import ConfigError
-    from rsst_tune.export import REPORT_FILE, read_report
-
-    dest = export_dir(out_dir, ticket)
-    if (dest / REPORT_FILE).is_file():
-        try:
-            return read_report(dest / REPORT_FILE)
-        except ConfigError as exc:
-            return f"unreadable record: {exc}"
-    if (dest / EXPORT_ERROR_FILE).is_file():
-        text = (dest / EXPORT_ERROR_FILE).read_text(encoding="utf-8", errors="replace")
-        return f"export failed: {first_line(text)}"
-    if ticket.checkpoint is None:
-        return "no checkpoint kept for this state"
-    return "not exported yet (`rsst-tune report DIR --measure` exports it)"
 
 
 # ---------------------------------------------------------------------- the report's table
@@ -162,7 +62,7 @@ def export_rows(
 ) -> list[tuple[str, ...]]:
     """One row per measured device and batch size of a ticket (one row when there is none);
     onnxruntime's CPU latency beside PyTorch's on the CPU rows of the same batch size."""
-    where = export_name(ticket)
+    where = export_name(ticket.trial_id, ticket.state)
     head = (ticket.label, "; ".join(budget_label(b) for b in budgets))
     if isinstance(record, str):
         return [(*head, record, *[DASH] * (len(EXPORT_HEADERS) - 3))]

@@ -10,30 +10,17 @@ import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from rsst_tune.experiment.experiment import Experiment
-from rsst_tune.experiment.layout import BEST_CONFIGS_DIR, SWEEP_LOG
-
-if TYPE_CHECKING:
-    pass
-
+from typing import Any
 
 from rsst_tune import fileio
-from rsst_tune.experiment.seeds import (
-    CONFIRM_RULE,
-    EXTRA_SEEDS,
-    ConfirmedChoice,
-    SeedStats,
-    confirmed_choices,
-    seed_stats,
-)
+from rsst_tune.experiment.experiment import Experiment
+from rsst_tune.experiment.layout import BEST_CONFIGS_DIR, SWEEP_LOG
+from rsst_tune.experiment.seeds import CONFIRM_RULE, EXTRA_SEEDS, SeedStats, best_choices
 from rsst_tune.experiment.select import (
     TIE_RULE,
     Choice,
     budget_label,
     budget_slug,
-    choices_by_budget,
     headline_choice,
     jsonable,
     param_importances,
@@ -43,7 +30,6 @@ from rsst_tune.experiment.select import (
 )
 from rsst_tune.experiment.tickets import SELECT_METRIC, Ticket, collect_tickets
 from rsst_tune.report.document import Block, Plot, to_html, to_markdown
-from rsst_tune.report.exports import EXPORT_MODES, ExportMode, export_best
 from rsst_tune.report.interactive import interactive_blocks, plotly_js, search_blocks
 from rsst_tune.report.sections import (
     budget_blocks,
@@ -186,35 +172,24 @@ def report_logging(experiment: Experiment, out_dir: Path) -> Iterator[None]:
         handler.close()
 
 
-def build_blocks(
-    experiment: Experiment, out_dir: Path, *, export: ExportMode = "recorded", onnx: bool = True
-) -> tuple[list[Block], dict[str, Any]]:
+def build_blocks(experiment: Experiment, out_dir: Path) -> tuple[list[Block], dict[str, Any]]:
     """Compute everything, write the plots and configs; return the document and best_config.
 
-    `export`: "recorded" renders the recorded exports of the best tickets and measures
-    nothing; "missing" first exports and times the best tickets without a record (the end of
-    a sweep); "all" first exports and times every best ticket again (`--measure`).
+    The best tickets' exports are only read from best_exports/ (the export step,
+    `rsst_tune.best_exports.export_best`, records them); nothing is measured.
     """
-    if export not in EXPORT_MODES:
-        raise ValueError(f"export must be one of {EXPORT_MODES}, got {export!r}")
     tickets = collect_tickets(experiment)
-    stats = seed_stats(experiment.confirmation, tickets)
-    k = experiment.confirmation.k if experiment.confirmation is not None else 0
-    singles = choices_by_budget(tickets)
-    confirmed = confirmed_choices(stats, singles) if stats else {}
-    choices = {b: _confirmed_or(c, confirmed.get(b)) for b, c in singles.items()}
-    bests = {b: None if c is None else c.chosen for b, c in choices.items()}
+    answer = best_choices(tickets, experiment.confirmation)
+    choices, confirmed, bests = answer.choices, answer.confirmed, answer.bests
     headline = headline_choice(choices, tickets)
     files = write_best_configs(out_dir, bests)
-    if export != "recorded":
-        export_best(bests, out_dir, replace=export == "all", onnx=onnx)
     with report_logging(experiment, out_dir):
         importances = param_importances(experiment.study, experiment.objectives)
     blocks = [
         *summary_blocks(experiment, tickets, headline),
         *pareto_blocks(tickets, out_dir),
         *budget_blocks(tickets, choices, files, out_dir),
-        *confirmation_blocks(confirmed, k),
+        *confirmation_blocks(confirmed, answer.k),
         *export_blocks(bests, out_dir),
         *states_blocks(tickets, out_dir),
         *search_blocks(experiment, tickets),
@@ -226,22 +201,8 @@ def build_blocks(
     chosen = confirmed.get(headline[0])
     if chosen is not None and headline[1] is not None:
         best["seeds"] = _seeds_record(chosen.chosen)
-        best["rule"] = f"{TIE_RULE} {CONFIRM_RULE.format(k=k, extra=EXTRA_SEEDS)}"
+        best["rule"] = f"{TIE_RULE} {CONFIRM_RULE.format(k=answer.k, extra=EXTRA_SEEDS)}"
     return blocks, best
-
-
-def _confirmed_or(single: Choice | None, confirmed: ConfirmedChoice | None) -> Choice | None:
-    """The answer at a budget: the seed-confirmed choice when there is one (as a `Choice` of
-    its tickets), else the single-seed choice."""
-    if confirmed is None:
-        return single
-    return Choice(
-        confirmed.budget,
-        confirmed.chosen.ticket,
-        confirmed.leader.ticket,
-        tuple(s.ticket for s in confirmed.tied),
-        SELECT_METRIC,
-    )
 
 
 def _seeds_record(stats: SeedStats) -> dict[str, Any]:
@@ -259,22 +220,16 @@ def _seeds_record(stats: SeedStats) -> dict[str, Any]:
     }
 
 
-def write_report(
-    experiment: Experiment,
-    out_dir: str | Path,
-    *,
-    export: ExportMode = "recorded",
-    onnx: bool = True,
-) -> Path:
+def write_report(experiment: Experiment, out_dir: str | Path) -> Path:
     """Write report.md, report.html, PNG plots, best_config.json and best_configs/ to out_dir.
 
-    By default the best tickets' exports are only read from best_exports/ (nothing is
-    measured); `export="missing"` or `"all"` exports and times them first (`build_blocks`).
+    The best tickets' exports are only read from best_exports/ (nothing is measured: the
+    export step, `rsst_tune.best_exports.export_best`, records them first when asked).
     Returns the path of report.md.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    blocks, best = build_blocks(experiment, out, export=export, onnx=onnx)
+    blocks, best = build_blocks(experiment, out)
     _write_json(out / "best_config.json", best)
     script = plotly_js() if any(isinstance(b, Plot) for b in blocks) else ""
     title = f"rsst-tune report: {experiment.name}"
