@@ -7,11 +7,13 @@
         finally:
             lock.release()      # removes the file only while it is still ours
 
-A lock file holds its owner as JSON: host, pid, the pid's start time (against pid reuse), a
-token and what the owner is. Whether someone else's lock is stale (`Staleness.is_stale`):
+A lock file holds its owner as JSON: host, pid, the pid's creation time (`created`, from
+psutil, against pid reuse), a token and what the owner is. Whether someone else's lock is
+stale (`Staleness.is_stale`):
 
-* owner on this host: stale at once when its pid is dead (or reused by another process);
-  never while it lives;
+* owner on this host: stale at once when its pid is dead, a zombie, or reused by another
+  process (created at another time); never while it lives. Liveness comes from psutil, so it
+  holds where there is no /proc (macOS) too;
 * owner on another host (or a file that cannot be read): stale once its modification time
   has not changed for `stale_after` seconds (`MISSED_BEATS` heartbeats) of this process's own
   observation, so clock skew between hosts does not matter; a file untouched for ten times
@@ -33,14 +35,21 @@ import threading
 import time
 import uuid
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0  # a lock's owner touches it this often
 MISSED_BEATS = 3  # an owner on another host is dead after this many missed heartbeats
+# Two creation times of one process may differ this much (psutil derives Linux's from the boot
+# time, which the clock's adjustments move by up to a second); a pid reused by another
+# process is created later than that.
+CREATED_TOLERANCE_S = 1.0
+PROC = Path("/proc")  # Linux only: the `start` older rsst-tune versions recorded
 
 _HELD: weakref.WeakSet[OwnerLock] = weakref.WeakSet()
 
@@ -58,35 +67,46 @@ def this_host() -> str:
 
 
 def process_start(pid: int) -> str | None:
-    """The start time of `pid` in clock ticks since boot (Linux), None where unknown."""
+    """The start time of `pid` in clock ticks since boot, from /proc (Linux), None where
+    unknown. Written beside `created` so that older rsst-tune versions, which compare this,
+    judge a new owner's lock as before."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = (PROC / str(pid) / "stat").read_text()
     except OSError:
         return None
     fields = stat.rpartition(")")[2].split()
     return fields[19] if len(fields) > 19 else None
 
 
-def pid_alive(pid: int, start: str | None = None) -> bool:
-    """Whether process `pid` of this host runs (a zombie or a reused pid does not count)."""
+def process_created(pid: int) -> float | None:
+    """When `pid` was created (seconds since the epoch, psutil's), None where unknown."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.Error, OSError, ValueError):
+        return None
+
+
+def pid_alive(pid: int, start: str | None = None, created: float | None = None) -> bool:
+    """Whether process `pid` of this host runs: it exists, is no zombie, and when `created`
+    is recorded it was created then (within CREATED_TOLERANCE_S), so a reused pid does not
+    count. Without `created` (a lock written before psutil), a recorded `start` is compared
+    where /proc can tell (Linux), as those versions did."""
     if pid <= 0:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        proc = psutil.Process(pid)
+        if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):  # exited, not reaped
+            return False
+        if created is not None:
+            return abs(float(proc.create_time()) - created) <= CREATED_TOLERANCE_S
+    except psutil.NoSuchProcess:  # gone (a ZombieProcess is one too)
         return False
-    except PermissionError:
-        pass  # it exists, as another user's process
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:
+    except psutil.AccessDenied:
+        return True  # it exists, as another user's process
+    if start is None:
         return True
-    rest = stat.rpartition(")")[2].split()
-    if rest and rest[0] in ("Z", "X"):  # exited, not reaped yet
-        return False
-    return start is None or len(rest) <= 19 or rest[19] == start
+    now = process_start(pid)
+    return now is None or now == start
 
 
 @dataclass(frozen=True)
@@ -96,16 +116,31 @@ class LockOwner:
     pid: int
     host: str
     token: str
-    start: str | None = None
+    start: str | None = None  # /proc clock ticks (Linux; what older versions compare)
     info: dict[str, Any] = field(default_factory=dict)
+    created: float | None = None  # psutil's creation time of pid (None: not recorded)
 
     @classmethod
     def me(cls, info: dict[str, Any] | None = None) -> LockOwner:
         pid = os.getpid()
-        return cls(pid, this_host(), uuid.uuid4().hex, process_start(pid), dict(info or {}))
+        return cls(
+            pid,
+            this_host(),
+            uuid.uuid4().hex,
+            process_start(pid),
+            dict(info or {}),
+            process_created(pid),
+        )
 
     def to_text(self) -> str:
-        data = {"pid": self.pid, "host": self.host, "token": self.token, "start": self.start}
+        data: dict[str, Any] = {
+            "pid": self.pid,
+            "host": self.host,
+            "token": self.token,
+            "start": self.start,
+        }
+        if self.created is not None:
+            data["created"] = self.created
         return json.dumps({**data, **self.info}, sort_keys=True) + "\n"
 
     @classmethod
@@ -128,13 +163,23 @@ class LockOwner:
         except (KeyError, TypeError, ValueError):
             return None
         start = data.pop("start", None)
-        return cls(owner_pid, owner_host, owner_token, None if start is None else str(start), data)
+        created = data.pop("created", None)
+        if isinstance(created, bool) or not isinstance(created, int | float):
+            created = None
+        return cls(
+            owner_pid,
+            owner_host,
+            owner_token,
+            None if start is None else str(start),
+            data,
+            None if created is None else float(created),
+        )
 
     def alive(self) -> bool | None:
         """True/False for an owner on this host; None (unknown) for one on another host."""
         if self.host != this_host():
             return None
-        return pid_alive(self.pid, self.start)
+        return pid_alive(self.pid, self.start, self.created)
 
     def describe(self) -> str:
         return f"pid {self.pid} on {self.host}"
@@ -251,9 +296,7 @@ class OwnerLock:
         if self.held:
             return True
         # a new token per acquisition: a lock broken and retaken is never mistaken for ours
-        self.owner = LockOwner(
-            self.owner.pid, self.owner.host, uuid.uuid4().hex, self.owner.start, self.owner.info
-        )
+        self.owner = replace(self.owner, token=uuid.uuid4().hex)
         if not create_lock(self.path, self.owner):
             return False
         self._stop = threading.Event()
