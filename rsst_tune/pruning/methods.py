@@ -57,10 +57,6 @@ def get_method(name: str) -> Method:
     return METHODS.get(name)
 
 
-def list_methods() -> list[str]:
-    return METHODS.names()
-
-
 @register_method("imp", structured=False)
 def imp(U: MaskMap, R: MaskMap) -> tuple[mk.Masks, mk.Masks]:
     """Unstructured lottery ticket: M ← U."""
