@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 BUDGETS: tuple[float | None, ...] = (0.25, 0.5, 0.75, None)  # max MACs fraction; None = any
 DEFAULT_BUDGET = 0.5  # the budget best_config.json answers for
 TOP_TRIALS = 5
-UNIT_KINDS = ("heads", "neurons", "filters")
 BUDGET_TOL = 1e-9  # a ticket at exactly 50.0 % MACs is within "MACs ≤ 50 %"
 FRONT_AXES = (("macs_frac", "MACs"), ("params_frac", "params"))  # (metric, axis name)
 MIN_IMPORTANCE_TRIALS = 10  # below this many complete trials, importances are only a hint

@@ -21,7 +21,6 @@ from rsst_tune.experiment.select import (
     FRONT_AXES,
     MIN_IMPORTANCE_TRIALS,
     TIE_RULE,
-    UNIT_KINDS,
     Choice,
     Importances,
     budget_label,
@@ -41,6 +40,7 @@ from rsst_tune.report.document import Block, Code, Heading, Image, Para, Table
 # the export table lives with the exports (re-exported for files.py and the package)
 from rsst_tune.report.exports import export_blocks as export_blocks
 from rsst_tune.report.exports import fmt_latency as fmt_latency
+from rsst_tune.units import REPORT_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def fmt_params(params: Mapping[str, Any]) -> str:
 
 
 def _unit_kinds(tickets: Sequence[Ticket]) -> list[str]:
-    return [k for k in UNIT_KINDS if any(t.metric(k) is not None for t in tickets)]
+    return [k for k in REPORT_NAMES if any(t.metric(k) is not None for t in tickets)]
 
 
 ACC_NAMES = {"val_acc": "val acc %", "test_acc": "test acc %"}

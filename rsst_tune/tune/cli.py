@@ -1,4 +1,6 @@
-"""The `tune` and `report` subcommands (also `python tune_main.py`): parsing, and nothing else.
+"""The `tune` and `report` subcommands (also `python tune_main.py`): their flags, the checks
+that need the machine (GPUs, cores), and the hand-off to the sweep (`rsst_tune.tune.sweep`),
+the report and seed confirmation, with how each ended turned into an exit status.
 
 Importing this module is cheap (no torch, no Ray): bad input fails in well under a second.
 """
@@ -24,7 +26,15 @@ from rsst_tune.errors import (
     SweepInterrupted,
     describe_exception,
 )
-from rsst_tune.limits import MAX_RESOURCES, MAX_SAMPLES, MAX_SEED, MAX_WORKERS
+from rsst_tune.limits import (
+    MAX_CONFIRM,
+    MAX_FAILURES,
+    MAX_REDUCTION_FACTOR,
+    MAX_RESOURCES,
+    MAX_SAMPLES,
+    MAX_SEED,
+    MAX_WORKERS,
+)
 from rsst_tune.tune.plan import SETTABLE
 from rsst_tune.tune.search.samplers import sampler_names
 from rsst_tune.tune.search.schedulers import scheduler_names
@@ -321,15 +331,15 @@ def _grace(text: str) -> int:
 
 
 def _reduction_factor(text: str) -> int:
-    return _int_in(text, 2, 100)  # = rsst_tune.tune.plan.MAX_REDUCTION_FACTOR
+    return _int_in(text, 2, MAX_REDUCTION_FACTOR)
 
 
 def _max_failures(text: str) -> int:
-    return _int_in(text, 0, 100)  # = rsst_tune.tune.plan.MAX_FAILURES
+    return _int_in(text, 0, MAX_FAILURES)
 
 
 def _confirm(text: str) -> int:
-    return _int_in(text, 0, 20)  # = rsst_tune.tune.plan.MAX_CONFIRM
+    return _int_in(text, 0, MAX_CONFIRM)
 
 
 def add_tune_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
