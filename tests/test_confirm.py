@@ -167,6 +167,7 @@ def test_report_and_export_step_share_one_answer_per_budget(tmp_path: Path) -> N
     confirmed = dataclasses.replace(EXP, confirmation=lucky)
     bests = best_tickets(confirmed)
     assert bests[0.5] is not None and bests[0.5].label == "b/s1"  # the extra seeds decide
+    assert confirmed.best(0.5) is bests[0.5] and EXP.best(0.5) is best_tickets(EXP)[0.5]
     answer = best_choices(confirmed.tickets(), lucky)
     assert answer.k == 2 and answer.bests == bests and answer.confirmed[0.5] is not None
     best = json.loads(write_report(confirmed, tmp_path).with_name("best_config.json").read_text())

@@ -16,7 +16,8 @@ from typing import Any
 
 from rsst_tune.errors import ConfigError
 from rsst_tune.experiment.records import PARETO_COSTS, Confirmation, Objective, TrialRecord
-from rsst_tune.experiment.select import best_at_budget, ticket_front
+from rsst_tune.experiment.seeds import best_choices
+from rsst_tune.experiment.select import ticket_front
 from rsst_tune.experiment.tickets import Ticket, collect_tickets
 
 
@@ -66,10 +67,12 @@ class Experiment:
         """The ticket the report chooses at a MACs budget (`macs`: a fraction of the dense
         model's; None: unconstrained), or None when no ticket is within the budget. Tickets
         whose 95 % val_acc interval overlaps the top one's are tied with it, and the tie goes
-        to fewer MACs (`rsst_tune.experiment.select.TIE_RULE`). The default, 0.5, is the budget
-        the report's `best_config.json` answers for.
+        to fewer MACs (`rsst_tune.experiment.select.TIE_RULE`); after seed confirmation
+        (`--confirm K`) the choice among the confirmed tickets by their mean over seeds, as in
+        the report (`rsst_tune.experiment.seeds.best_choices`). The default, 0.5, is the
+        budget the report's `best_config.json` answers for.
 
         >>> ticket = experiment.best(macs=0.25)
         >>> ticket.config if ticket else "no ticket at <= 25 % MACs"
         """
-        return best_at_budget(self.tickets(), macs)
+        return best_choices(self.tickets(), self.confirmation, (macs,)).bests[macs]

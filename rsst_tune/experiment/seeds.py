@@ -22,8 +22,8 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from rsst_tune.experiment.experiment import Experiment
 from rsst_tune.experiment.records import Confirmation
 from rsst_tune.experiment.select import (
     BUDGETS,
@@ -270,7 +270,16 @@ def best_choices(
     return BestChoices(choices, confirmed, confirmation.k if confirmation is not None else 0)
 
 
-def best_tickets(experiment: Experiment) -> dict[float | None, Ticket | None]:
+class HasConfirmedTickets(Protocol):
+    """An `Experiment`: its tickets and its seed-confirmation record."""
+
+    @property
+    def confirmation(self) -> Confirmation | None: ...
+
+    def tickets(self) -> list[Ticket]: ...
+
+
+def best_tickets(experiment: HasConfirmedTickets) -> dict[float | None, Ticket | None]:
     """The best ticket per budget, as the report chooses it (and the export step exports)."""
     return best_choices(experiment.tickets(), experiment.confirmation).bests
 
