@@ -122,8 +122,14 @@ def test_sweep_then_read_back_tickets_front_best_and_report(tmp_path: Path) -> N
     cheapest = min(t.macs_frac for t in tickets)
     at_budget = loaded.best(macs=cheapest)
     assert at_budget is not None and at_budget.macs_frac <= cheapest
+    # the default budget, MACs <= 50 %: None exactly when no selectable ticket is that cheap
     default = loaded.best()
-    assert default is None or default.macs_frac <= 0.5
+    if any(t.selectable and t.macs_frac <= 0.5 + 1e-9 for t in tickets):
+        at_half = choose_at_budget(tickets, 0.5)
+        assert default is not None and at_half is not None and default is at_half.chosen
+        assert default.macs_frac <= 0.5 + 1e-9
+    else:
+        assert default is None, default
 
     (exp_dir / "report.md").unlink()  # written by the sweep; the default is the same place
     report = rsst_tune.write_report(loaded)

@@ -6,6 +6,7 @@ Every test here is marked `cuda` and skipped without a CUDA device; `make gpu-ch
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ def test_a_trial_runs_on_cuda_and_resumes(tmp_path: Path, digits_small: DataBund
     cfg = dict(model="vit_digits", dataset="digits", pruning_times=2, img_size=16, **FAST)
     results = run_trial(cfg, tmp_path / "run", data=digits_small)
     assert [r.state for r in results] == [0, 1]
-    assert all(0.0 <= r.val_acc <= 1.0 and r.train_loss == r.train_loss for r in results)
+    assert all(0.0 <= r.val_acc <= 1.0 and math.isfinite(r.train_loss) for r in results)
     assert results[1].macs_frac < 1.0
     name = torch.cuda.get_device_name(0)
     bf16 = "bf16 autocast" if torch.cuda.is_bf16_supported() else "fp32"
@@ -52,15 +53,22 @@ def test_a_trial_runs_on_cuda_and_resumes(tmp_path: Path, digits_small: DataBund
 
 
 def test_bf16_autocast_trains_with_fp32_weights(rgb: DataBundle) -> None:
+    """vit_tiny in bf16 autocast learns the synthetic classes and keeps its weights in fp32.
+    In 6 epochs the mean loss falls from about ln 10 = 2.30 (chance on 10 classes) to well
+    below it, and validation accuracy rises well above chance (0.1). The same run in fp32
+    on a CPU, with 1 or 2 threads (the run is that sensitive): loss 2.34 -> 1.30 / 1.63,
+    val 88 % / 36 %; the bounds leave room for such spread."""
     from rsst_tune.trial_setup import build_setup
 
     if not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
-    setup = build_setup(TrialConfig(model="vit_tiny", dataset="synthetic", amp=True, **FAST), rgb)
+    cfg = TrialConfig(model="vit_tiny", dataset="synthetic", amp=True, **{**FAST, "epochs": 6})
+    setup = build_setup(cfg, rgb)
     assert setup.amp == torch.bfloat16 == amp_dtype(setup.device, True)
     x, _ = next(setup.val_data.eval_batches(8))
     with autocast(setup.device, setup.amp):
         assert setup.forward(x).dtype == torch.bfloat16
+    epoch_losses: list[float] = []
     stats = train_state(
         setup.model,
         setup.forward,
@@ -70,11 +78,15 @@ def test_bf16_autocast_trains_with_fp32_weights(rgb: DataBundle) -> None:
         enforcer=MaskEnforcer(setup.model, {}),
         pull=None,
         amp=setup.amp,
+        on_epoch=lambda _done, loss: epoch_losses.append(loss),
     )
-    assert stats.train_loss == stats.train_loss and stats.train_loss < 3.0
+    assert len(epoch_losses) == 6 and all(math.isfinite(v) for v in epoch_losses), epoch_losses
+    assert stats.train_loss == epoch_losses[-1]
+    # learning, not noise: the last epoch's loss is clearly below the first's and below chance
+    assert epoch_losses[-1] < min(1.9, epoch_losses[0] - 0.4), epoch_losses
     assert all(p.dtype == torch.float32 for p in setup.model.parameters())
     acc = evaluate(setup.model, setup.forward, setup.val_data, 256, setup.amp)
-    assert 0.0 <= acc <= 1.0
+    assert acc >= 0.2, acc  # twice chance: 26 of 128 images (chance: 13, sd 3.4)
 
 
 def test_cnn_runs_channels_last_and_matches_contiguous(rgb: DataBundle) -> None:
@@ -220,7 +232,7 @@ def test_a_pruned_distilled_trial_runs_with_cuda_graphs(
     )  # fmt: skip
     results = run_trial(cfg, tmp_path / "run", data=digits_small)
     assert [r.state for r in results] == [0, 1, 2]
-    assert all(r.train_loss == r.train_loss for r in results)  # finite
+    assert all(math.isfinite(r.train_loss) for r in results)
     assert results[2].macs_frac < results[1].macs_frac < 1.0
     assert all(r.numerics and r.numerics.endswith(", compiled (reduce-overhead)") for r in results)
     state = torch.load(tmp_path / "run" / "state_02.pt", map_location="cpu", weights_only=True)

@@ -694,6 +694,10 @@ def test_wandb_offline_keeps_the_api_key_out_and_every_run_holds_history_and_exi
             if (item.key or "/".join(item.nested_key)) == "state"
         ]
         assert states == [0, 1], (trial.trial_id, kinds)
+    # The one known flake (docs/reliability.md, "Not guaranteed yet"): one run file of the two
+    # without a single record, the other complete. Every run empty is a failure: W&B logging
+    # is broken, not flaky.
+    assert len(empty) <= 1, f"no W&B offline run holds a record: {empty}"
     if empty:
         pytest.xfail(f"W&B offline run file without records for trial(s) {empty} (seen once in CI)")
 

@@ -142,6 +142,7 @@ def test_training_crops_follow_torchvisions_rules_and_the_generator(folder: Path
     3/4..4/3 (or is the fallback centre crop); a crop is PIL's resize of that box of the whole
     image; the same generator seed gives the same epoch, another seed another."""
     gen = torch.Generator().manual_seed(0)
+    branches = {True: 0, False: 0}  # a draw found, the fallback: both must be checked
     for _ in range(300):
         w, h = (int(v) for v in torch.randint(1, 400, (2,), generator=gen))
         u = torch.rand(RRC_DRAWS, generator=gen).tolist()
@@ -157,6 +158,7 @@ def test_training_crops_follow_torchvisions_rules_and_the_generator(folder: Path
                 for t in range(10)
             )
         )
+        branches[found] += 1
         if found:
             assert 0.08 * w * h * 0.8 <= cw * ch <= w * h  # rounding of the sides
         else:  # torchvision's fallback: the centre crop, its ratio clamped to 3/4..4/3
@@ -167,6 +169,7 @@ def test_training_crops_follow_torchvisions_rules_and_the_generator(folder: Path
                 assert (cw, ch) == (round(h * 4 / 3), h)
             else:
                 assert (cw, ch) == (w, h)
+    assert branches[True] and branches[False], branches
     png = next(p for p in sorted((folder / "train").rglob("*.png")))
     u = [0.5] * 20 + [0.3, 0.7, 0.9]  # no flip
     with Image.open(png) as raw:
@@ -316,33 +319,41 @@ RSS_SCRIPT = textwrap.dedent(
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed set-up memory back first
 
-    def memory(pid, keys):
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                return sum(int(line.split()[1]) for line in f if line.startswith(keys)) * 1024
-        except OSError:  # the process has just ended
-            return 0
+    def memory(pid, keys):  # an OSError (no such process) ends the script: no silent 0
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            lines = [line for line in f if line.startswith(keys)]
+        if not lines:
+            raise RuntimeError(f"no {keys} lines in /proc/{pid}/smaps_rollup")
+        return sum(int(line.split()[1]) for line in lines) * 1024
 
-    def worker():
+    def worker():  # the one DataLoader worker (persistent: alive through epoch 1)
         me = os.getpid()
+        pids = []
         for task in os.listdir(f"/proc/{me}/task"):
-            with open(f"/proc/{me}/task/{task}/children") as f:
-                for pid in f.read().split():
-                    return int(pid)
-        return None
+            try:
+                with open(f"/proc/{me}/task/{task}/children") as f:
+                    pids += [int(pid) for pid in f.read().split()]
+            except FileNotFoundError:  # a thread that has just ended
+                pass
+        if len(pids) != 1:
+            raise RuntimeError(f"expected one worker process, found {pids}")
+        return pids[0]
 
     def measure():  # the trial process: anonymous and shared memory (not the libraries);
         if mode != "workers":  # a worker: the pages only it maps
             return memory(os.getpid(), ("Pss_Anon:", "Pss_Shmem:"))
-        pid = worker()
-        return memory(pid, ("Private_",)) if pid else 0
+        return memory(worker(), ("Private_",))
 
-    peak, done = [0], [False]
+    peak, samples, done, failed = [0], [0], [False], []
 
     def watch():
-        while not done[0]:
-            peak[0] = max(peak[0], measure())
-            time.sleep(0.005)
+        try:
+            while not done[0]:
+                peak[0] = max(peak[0], measure())
+                samples[0] += 1
+                time.sleep(0.005)
+        except BaseException as err:  # reported after the join: the run then fails
+            failed.append(err)
 
     watcher = threading.Thread(target=watch)
     if mode == "device":
@@ -357,7 +368,9 @@ RSS_SCRIPT = textwrap.dedent(
                 pass
     done[0] = True
     watcher.join()
-    print(json.dumps({"peak": peak[0]}))
+    if failed:
+        raise RuntimeError("a measurement failed") from failed[0]
+    print(json.dumps({"peak": peak[0], "samples": samples[0]}))
     """
 )
 
@@ -369,7 +382,18 @@ def test_resident_memory_of_streaming_does_not_grow_with_the_number_of_images(
     """Streaming an epoch of 8,000 small JPEGs at img_size 64 takes no more than a few MB
     beyond an epoch of 1,000: the trial process reading in itself (its anonymous and shared
     memory), and a worker process (the pages only it maps); decoding the same folders (what
-    the device placement holds) grows by about 16 KB an image."""
+    the device placement holds) grows by about 16 KB an image. Every run must measure: a
+    run whose sampling fails (or samples nothing) fails the test. Skipped only where Linux's
+    /proc/PID/smaps_rollup or /proc/PID/task/TID/children (the measure) does not exist."""
+    proc = Path("/proc/self")
+    if (
+        not (proc / "smaps_rollup").is_file()
+        or not (proc / "task" / str(os.getpid()) / "children").is_file()
+    ):
+        pytest.skip(
+            "no /proc/PID/smaps_rollup (Linux 4.14+) or /proc/PID/task/TID/children "
+            "(CONFIG_PROC_CHILDREN) on this system: resident memory cannot be measured"
+        )
     rng = np.random.default_rng(0)
     for n in (1000, 8000):
         for sub, count in (("train", n), ("val", 4)):
@@ -389,9 +413,14 @@ def test_resident_memory_of_streaming_does_not_grow_with_the_number_of_images(
             for _ in range(1 if mode == "device" else 3):
                 out = subprocess.run(
                     [sys.executable, "-c", RSS_SCRIPT, str(tmp_path / str(n)), mode],
-                    capture_output=True, text=True, check=True, timeout=600,
+                    capture_output=True, text=True, timeout=600,
                 )  # fmt: skip
-                runs.append(json.loads(out.stdout.strip().splitlines()[-1])["peak"])
+                assert out.returncode == 0, (n, mode, out.stderr[-3000:])
+                run = json.loads(out.stdout.strip().splitlines()[-1])
+                # a real measure: several samples and a peak of at least a MB (a process's
+                # own anonymous memory, or a worker's private pages, are tens of MB)
+                assert run["samples"] >= 3 and run["peak"] >= 2**20, (n, mode, run)
+                runs.append(run["peak"])
             peak[n, mode] = min(runs)
     grown = {mode: (peak[8000, mode] - peak[1000, mode]) / 2**20 for mode in modes}
     print(f"peak MB 1k -> 8k images: {grown}")
