@@ -123,16 +123,19 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument(
         "--sampler",
         default="tpe",
-        choices=sampler_names(),
-        help="Optuna sampler (default: tpe; `register_sampler` adds one)",
+        metavar="NAME",
+        help=f"Optuna sampler: {', '.join(sampler_names())} (default: tpe; a space's module "
+        "may register more with register_sampler)",
     )
     what.add_argument(
         "--scheduler",
-        choices=scheduler_names(),
         default=None,
-        help="trial scheduler (default: the space's): moasha stops trials outside the top "
-        "1/η of a rung state by Pareto rank (val_acc, MACs); asha ranks the first objective, "
-        "only for spaces that do not search sparsity; fifo runs every trial to the end",
+        metavar="NAME",
+        help=f"trial scheduler, {', '.join(scheduler_names())} (default: the space's; a "
+        "space's module may register more with register_scheduler): moasha stops trials "
+        "outside the top 1/η of a rung state by Pareto rank (val_acc, MACs); asha ranks the "
+        "first objective, only for spaces that do not search sparsity; fifo runs every trial "
+        "to the end",
     )
     what.add_argument(
         "--grace",
