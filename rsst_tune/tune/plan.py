@@ -35,7 +35,7 @@ from rsst_tune.limits import (
     MAX_SEED,
 )
 from rsst_tune.tune.search.samplers import SAMPLERS, sampler_names
-from rsst_tune.tune.search.schedulers import SCHEDULERS, scheduler_names
+from rsst_tune.tune.search.schedulers import SCHEDULERS, SchedulerSpec, scheduler_names
 from rsst_tune.tune.space import SMOKE_SWEEP, SearchSpace, summarize, varying_sparsity_fields
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,17 @@ class SweepPlan:
     @property
     def is_uri(self) -> bool:
         return is_uri(self.storage)
+
+    def scheduler_spec(self) -> SchedulerSpec:
+        """What the plan's scheduler is built from (`SCHEDULERS.get(plan.scheduler)(spec)`)."""
+        grace, factor = halving_settings(self)
+        return SchedulerSpec(
+            metrics=tuple(o.key for o in self.objectives),
+            modes=tuple(o.mode for o in self.objectives),
+            states=self.states,
+            grace=grace,
+            reduction_factor=factor,
+        )
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
