@@ -17,7 +17,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch and torchvision as the matching pair from the package index (DESIGN.md)
+	# torch and torchvision come together from the package index: a torchvision built for
+	# another torch fails at import
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

@@ -1,4 +1,4 @@
-"""Physical export: pruned vs dense latency beside the analytic MAC ratio (ALGORITHMS.md §7).
+"""Physical export: pruned vs dense latency beside the analytic MAC ratio (docs/methods.md §7).
 
 vit_tiny at 3x32x32 with 1 of 3 heads and half the MLP neurons of every block masked is
 exported with `rsst_tune.pruning.slicing.export_model` (outputs checked against the masked

@@ -1,4 +1,4 @@
-"""RSST step vs plain masked step, measured side by side in one run (ALGORITHMS.md §4).
+"""RSST step vs plain masked step, measured side by side in one run (docs/methods.md §4).
 
 Both steps are `rsst_tune.train.train_step` on the same model, optimizer and batch: the plain
 one enforces M after the step; the RSST one also adds λ·w on the target set T (a real T from

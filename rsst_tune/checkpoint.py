@@ -1,4 +1,4 @@
-"""The trial checkpoint format (ALGORITHMS.md §5): one module owns it.
+"""The trial checkpoint format (docs/methods.md §5): one module owns it.
 
 A run directory holds `theta0.pt` (θ0, written once, never changed) and one `state_XX.pt`
 per finished state. A state file is a versioned `TrialCheckpoint`: plain data and tensors

@@ -45,7 +45,7 @@ EXECUTION = "execution"  # where inputs come from and how evaluation is batched:
 #                          the numbers; a resumed run may change it
 GROUPS = (DENSE, PRUNE, NUMERICS, EXECUTION)
 # Each unit kind's ratio field and per-layer ratio field (one ratio per block or conv;
-# ALGORITHMS.md §3.2): `rsst_tune.units.UnitKind.ratio` and `.ratios`.
+# docs/methods.md §3.2): `rsst_tune.units.UnitKind.ratio` and `.ratios`.
 
 # ---------------------------------------------------------------------- bounds
 # The limits of the fields are declared in `rsst_tune.limits`; still importable from here.
@@ -187,7 +187,7 @@ class TrialConfig:
     download: bool = _field(
         False, EXECUTION, "download the dataset into data_dir if missing", valid=_bool()
     )
-    method: str = _field("rsst", PRUNE, "pruning method (ALGORITHMS.md §2.4)", valid=_str())
+    method: str = _field("rsst", PRUNE, "pruning method (docs/methods.md §2.4)", valid=_str())
     pruning_times: int = _field(
         4, PRUNE, "number of pruning states S (state 0 is dense)", valid=_int(1, MAX_STATES)
     )
@@ -199,7 +199,7 @@ class TrialConfig:
         "and RSST's pull); state 0 trains epochs; default: epochs",
         valid=_int(1, MAX_EPOCHS, optional=True),
     )
-    # how much to prune (ALGORITHMS.md §2.4, §3.2)
+    # how much to prune (docs/methods.md §2.4, §3.2)
     rate: float | None = _field(
         None,
         PRUNE,
@@ -228,7 +228,7 @@ class TrialConfig:
         "CNN filters removed per prune, compounding; default: density-matched",
         valid=_float(0.0, 1.0, high_open=True, optional=True),
     )
-    # layer-wise budgets (ALGORITHMS.md §3.2): one ratio per block or conv, instead of the
+    # layer-wise budgets (docs/methods.md §3.2): one ratio per block or conv, instead of the
     # global ratio of the same kind; the length is checked against the model at setup
     head_ratios: tuple[float, ...] | None = _field(
         None,
@@ -262,7 +262,7 @@ class TrialConfig:
         choices=SORTINGS,
         valid=_str(),
     )
-    criteria: str = _field("l1", PRUNE, "unit score (ALGORITHMS.md §3.1)", valid=_str())
+    criteria: str = _field("l1", PRUNE, "unit score (docs/methods.md §3.1)", valid=_str())
     score_batches: int = _field(
         4, PRUNE, "training batches the criterion scores on", valid=_int(1, MAX_COUNT)
     )
@@ -480,7 +480,7 @@ class TrialConfig:
         return self.ratio_for(kind) is not None or self.ratios_for(kind) is not None
 
     def effective_rate(self, pruned_kinds: Iterable[str] = ()) -> float | None:
-        """The rate of U (ALGORITHMS.md §2.4.1): the asked `rate`; else None ("derived each
+        """The rate of U (docs/methods.md §2.4.1): the asked `rate`; else None ("derived each
         state from the unit ratios") when the method is structured and every pruned kind has an
         explicit ratio; else the method's default rate (0.2 for the built-in methods)."""
         if self.rate is not None:

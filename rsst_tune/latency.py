@@ -1,4 +1,4 @@
-"""Inference latency of two models measured side by side (ALGORITHMS.md §7).
+"""Inference latency of two models measured side by side (docs/methods.md §7).
 
 `compare_latency(dense, pruned, sample_shape, device, batch_sizes)` times both models on the
 same random input, alternating runs (dense, pruned, dense, ...) so that drift in the machine's

@@ -1,4 +1,4 @@
-"""The iterative prune loop of ALGORITHMS.md §2: train, (RSST) impose, evaluate, prune, rewind.
+"""The iterative prune loop of docs/methods.md §2: train, (RSST) impose, evaluate, prune, rewind.
 
 `PruneLoop(cfg, out_dir).states()` yields one `StateResult` per pruning state (§6) and writes
 a `TrialCheckpoint` after each (§5), so a run can stop after any state and

@@ -1,4 +1,4 @@
-"""The physically pruned model as ONNX, checked and timed in onnxruntime (ALGORITHMS.md §7).
+"""The physically pruned model as ONNX, checked and timed in onnxruntime (docs/methods.md §7).
 
     check = write_onnx(pruned, batch[:2], "export/model.onnx", check=batch)   # OnnxCheck
     lats = onnx_latency("dense.onnx", "export/model.onnx", (1, 8, 8), (1, 64))

@@ -1,4 +1,4 @@
-"""What one pruning state reports (ALGORITHMS.md §6): one frozen record, one `to_dict`.
+"""What one pruning state reports (docs/methods.md §6): one frozen record, one `to_dict`.
 
 `PruneLoop.states()` yields `StateResult`s; the Ray trainable reports `to_dict()`, and the
 experiment loader, the report, the run table, the objectives, Ray's CSV/TensorBoard files

@@ -1,4 +1,4 @@
-"""Whether a run may resume from its last state checkpoint (ALGORITHMS.md §5).
+"""Whether a run may resume from its last state checkpoint (docs/methods.md §5).
 
 `PruneLoop.resume(out_dir)` asks two questions, each answered by a one-line `ConfigError`
 before anything is written:

@@ -72,7 +72,7 @@ def build_optimizer(model: nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer
 
 @dataclass(frozen=True)
 class Distillation:
-    """Hinton distillation (ALGORITHMS.md §4b): the loss (1 − α)·CE(labels) +
+    """Hinton distillation (docs/methods.md §4b): the loss (1 − α)·CE(labels) +
     α·T²·KL(softmax(z_t/T) ‖ softmax(z/T)), z_t the logits of a frozen teacher.
 
     `teacher` is called in eval mode under `torch.inference_mode()` (no graph, no gradient),

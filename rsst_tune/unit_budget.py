@@ -1,6 +1,6 @@
 """A config's unit budgets: each layer's explicit ratio, and the units it keeps at a state.
 
-ALGORITHMS.md §3.2: an explicit ratio r keeps round(C · (1 − r)^p) of a layer's C units after
+docs/methods.md §3.2: an explicit ratio r keeps round(C · (1 − r)^p) of a layer's C units after
 p prunes, clamped to [min_units, alive] (`rsst_tune.pruning.select.planned_keep`). The ratio
 is the kind's global one (`head_ratio`, `mlp_ratio`, `filter_ratio`) or the layer's own
 (`head_ratios`, `mlp_ratios`, `filter_ratios`: one per block or prunable conv, in model

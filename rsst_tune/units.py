@@ -1,4 +1,4 @@
-"""The unit kinds a model is pruned by, declared once (ALGORITHMS.md §1).
+"""The unit kinds a model is pruned by, declared once (docs/methods.md §1).
 
 A unit kind has several names, one per place that speaks of it:
 

@@ -14,7 +14,7 @@ CRITERIA = ("remain", "magnitude", "l1", "l2", "saliency")
 SCHEDULES = ("constant", "x", "x^2", "x^3", "exp", "exp_custom_exponents")
 VIT_MODELS = ("vit_*", "timm:vit_*", "timm:deit_*")
 CNN_MODELS = ("resnet*", "res*s", "vgg*")
-# The RSST regularizer ceiling g spans about [1e-2, 1e2] on a log scale (ALGORITHMS.md §4).
+# The RSST regularizer ceiling g spans about [1e-2, 1e2] on a log scale (docs/methods.md §4).
 REG_LOW, REG_HIGH = 1e-2, 1e2
 # Learning-rate ranges (log scale): AdamW for ViTs, SGD with momentum for CNNs.
 VIT_LR = (5e-4, 5e-3)
@@ -104,7 +104,7 @@ def suggest_rsst_recipe(trial: Any, lr: tuple[float, float]) -> dict[str, Any]:
 
 
 def suggest_rate(trial: Any, low: float = 0.1, high: float = 0.5) -> dict[str, Any]:
-    """Either derive `rate` from the unit ratios (ALGORITHMS.md §2 step 4.1) or search it."""
+    """Either derive `rate` from the unit ratios (docs/methods.md §2.4.1) or search it."""
     if trial.suggest_categorical("rate_mode", ["derived", "explicit"]) == "explicit":
         return {"rate": trial.suggest_float("rate", low, high)}
     return {}

@@ -2,7 +2,7 @@
 budget (`--macs-budget B`).
 
 The trial's `filter_ratios` hold one ratio per prunable conv (18 for resnet20, in model
-order; ALGORITHMS.md §3.2: each compounds per state in its conv). This space ties them:
+order; docs/methods.md §3.2: each compounds per state in its conv). This space ties them:
 
 * a conv whose filters reach a residual add (`conv2` of every CIFAR BasicBlock; `conv3` and
   the downsample of a Bottleneck) gets ratio 0: an export keeps such channels whole (the add
@@ -20,7 +20,7 @@ Explicit ratios fix the filters kept at every state, so the MACs of the last sta
 before training (`rsst_tune.macs_plan.planned_macs_frac`, equal to the MACs counted on
 the sliced model): with `--macs-budget`, a proposal over the budget is told to Optuna as
 infeasible (user attr `constraint` = [macs_frac − budget]) and the sampler proposes again, at
-no trial's cost. The `rate` of U is derived from the ratios (ALGORITHMS.md §2 step 4.1).
+no trial's cost. The `rate` of U is derived from the ratios (docs/methods.md §2.4.1).
 """
 
 from __future__ import annotations

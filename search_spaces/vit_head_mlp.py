@@ -25,7 +25,7 @@ def define(trial: Any) -> dict[str, Any]:
         cfg["mlp_ratio"] = trial.suggest_float("mlp_ratio", 0.1, 0.6)
     cfg.update(suggest_rate(trial))
     cfg.update(suggest_rsst_recipe(trial, VIT_LR))
-    # distillation from the trial's own dense state 0 (ALGORITHMS.md §4b): conditional
+    # distillation from the trial's own dense state 0 (docs/methods.md §4b): conditional
     if trial.suggest_categorical("distill", ["off", "on"]) == "on":
         cfg["distill_alpha"] = trial.suggest_float("distill_alpha", 0.3, 0.9)
         cfg["distill_T"] = trial.suggest_categorical("distill_T", [2.0, 4.0, 8.0])

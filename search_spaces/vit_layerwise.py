@@ -2,7 +2,7 @@
 budget (`--macs-budget B`).
 
 Every block gets its own `head_ratio_<i>` and `mlp_ratio_<i>` (Optuna parameters), which
-become the trial's `head_ratios` and `mlp_ratios` (ALGORITHMS.md §3.2: each compounds per
+become the trial's `head_ratios` and `mlp_ratios` (docs/methods.md §3.2: each compounds per
 state in its block). The number of blocks is the model's (`--model` may change it). Because
 explicit ratios fix the units kept at every state, the MACs of the last state are known before
 training: with `--macs-budget`, a proposal over the budget is told to Optuna as infeasible

@@ -1,4 +1,4 @@
-"""ALGORITHMS.md §4b: distillation of the pruned states from the trial's own dense state 0,
+"""docs/methods.md §4b: distillation of the pruned states from the trial's own dense state 0,
 on real tiny models (vit_digits, resnet20) and digits, CPU."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tests for the physical export (ALGORITHMS.md §7): real tiny models, CPU only, seconds."""
+"""Tests for the physical export (docs/methods.md §7): real tiny models, CPU only, seconds."""
 
 from __future__ import annotations
 

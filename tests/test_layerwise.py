@@ -1,5 +1,5 @@
 """Layer-wise budgets (issue 9 item 3): per-block/per-conv ratios that compound per state
-(ALGORITHMS.md §3.2), their checks, the command line, and `vit_layerwise` and
+(docs/methods.md §3.2), their checks, the command line, and `vit_layerwise` and
 `resnet_layerwise` under a MACs budget whose over-budget proposals Optuna learns as infeasible
 without ever reaching Ray; the analytic MACs of CNN filter ratios against the MACs torch
 counts on the sliced model."""
@@ -54,7 +54,7 @@ MLP = (0.25, 0.5, 0.0, 0.1)
 
 
 def _keep(units: int, ratio: float, prunes: int) -> int:
-    """ALGORITHMS.md §3.2 by hand: round-half-up of C·(1 − r)^p, at least 1 unit."""
+    """docs/methods.md §3.2 by hand: round-half-up of C·(1 − r)^p, at least 1 unit."""
     return max(1, round_half_up(units * (1 - ratio) ** prunes))
 
 

@@ -1,5 +1,6 @@
-"""ALGORITHMS.md §2 (the loop), §2.5 (rewinding), §3 in the loop, §4 (measured), §5 (checkpoints
-and resume) and §6 (per-state results), through the public `PruneLoop` on real tiny models."""
+"""docs/methods.md §2 (the loop), §2.5 (rewinding), §3 in the loop, §4 (measured),
+§5 (checkpoints and resume) and §6 (per-state results), through the public `PruneLoop` on real
+tiny models."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ALGORITHMS.md §1 (masks), §2.4.1 (U), §3.1 (criteria), §3.2 (budgets, sorting) and §4 (the
+"""docs/methods.md §1 (masks), §2.4.1 (U), §3.1 (criteria), §3.2 (budgets, sorting) and §4 (the
 regularizer as a unit), on real tiny models and real digits batches."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ALGORITHMS.md §1: prunable layers and units (heads, neurons, filters), on real tiny models."""
+"""docs/methods.md §1: prunable layers and units (heads, neurons, filters), on real tiny models."""
 
 from __future__ import annotations
 

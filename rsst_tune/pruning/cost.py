@@ -1,4 +1,4 @@
-"""Params and MACs of the physically pruned model, counted analytically (ALGORITHMS.md §6).
+"""Params and MACs of the physically pruned model, counted analytically (docs/methods.md §6).
 
 One hooked forward of the dense model at batch 1 records how many multiply-accumulates each
 weight element costs (a Linear weight: once per token; a Conv2d weight: once per output

@@ -1,4 +1,4 @@
-"""Unit scores (ALGORITHMS.md §3.1). A criterion only scores; it never edits masks.
+"""Unit scores (docs/methods.md §3.1). A criterion only scores; it never edits masks.
 
 Contract: `criterion(model, groups, inputs) -> list[Tensor]`, one float vector of length
 `group.num_units` per group, higher = more important. Add one with `@register_criterion`.

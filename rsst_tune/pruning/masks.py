@@ -1,4 +1,4 @@
-"""Mask sets: boolean tensors keyed by parameter name (ALGORITHMS.md §1).
+"""Mask sets: boolean tensors keyed by parameter name (docs/methods.md §1).
 
 A `Masks` value is a plain `dict[str, Tensor]` of bool tensors. Every operation here returns
 new tensors (masks are never aliased with weights or with each other); only `MaskEnforcer`

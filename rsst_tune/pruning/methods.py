@@ -1,4 +1,4 @@
-"""The pruning methods as policies behind a registry (ALGORITHMS.md §2.4.3).
+"""The pruning methods as policies behind a registry (docs/methods.md §2.4.3).
 
 Contract: `policy(U, R) -> (next M, next T)`. `U` is the unstructured mask of this state, `R`
 the structured one (None for unstructured methods); `T` is the RSST target set, the weights the
@@ -28,7 +28,7 @@ class Method:
     regularized: bool  # trains with the RSST pull on T
     policy: Policy
     # `rate` when the config gives none and not every pruned kind has an explicit ratio
-    # (ALGORITHMS.md §2.4.1; `imp` defaults to 0.2). None: the method needs `rate` given.
+    # (docs/methods.md §2.4.1; `imp` defaults to 0.2). None: the method needs `rate` given.
     default_rate: float | None = 0.2
 
 

@@ -1,4 +1,4 @@
-"""The RSST regularizer (ALGORITHMS.md §4): pure λ schedules and the fused gradient pull.
+"""The RSST regularizer (docs/methods.md §4): pure λ schedules and the fused gradient pull.
 
 λ(u) is a pure function of progress u ∈ [0, 1] through the state; the only state worth
 checkpointing is the step. The pull `grad += λ·w` on the target set T is one fused
@@ -25,7 +25,7 @@ SCHEDULES: Registry[Schedule] = Registry("RST_schedule")
 def register_schedule(
     name: str, *aliases: str, override: bool = False
 ) -> Callable[[Schedule], Schedule]:
-    """Decorator: register λ(u, g, k), a pure function with λ(1) = g (ALGORITHMS.md §4)."""
+    """Decorator: register λ(u, g, k), a pure function with λ(1) = g (docs/methods.md §4)."""
     return SCHEDULES.register(name, *aliases, override=override)
 
 

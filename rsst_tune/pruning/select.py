@@ -1,6 +1,6 @@
 """Choosing what to keep: global magnitude pruning (U) and unit budgets (R).
 
-ALGORITHMS.md §2.4.1 (U) and §3.2–3.3 (how many units a layer keeps, layer or global
+docs/methods.md §2.4.1 (U) and §3.2–3.3 (how many units a layer keeps, layer or global
 ranking, the structured mask). Pure functions of tensors and a seeded generator; nothing here
 touches the model's weights.
 """

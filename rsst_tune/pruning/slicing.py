@@ -1,4 +1,4 @@
-"""Slicing a masked model into a physically smaller one (ALGORITHMS.md §7): pure functions.
+"""Slicing a masked model into a physically smaller one (docs/methods.md §7): pure functions.
 
 `export_model(model, structure, device)` returns a physically smaller copy of a masked model:
 a unit (head, MLP neuron, conv filter) whose member slices (`structure.Member`) are all zero

@@ -1,4 +1,4 @@
-"""Find the prunable units of a model (ALGORITHMS.md §1) and the weights each one owns.
+"""Find the prunable units of a model (docs/methods.md §1) and the weights each one owns.
 
 A `UnitGroup` is one layer's worth of units of one kind: the heads of one attention block,
 the neurons of one MLP, or the filters of one convolution. Each parameter slice a unit owns is
