@@ -356,13 +356,19 @@ class PruneLoop:
         self.R = mk.clone(R) if self.setup.method.regularized else None
         return PruneStats(**stats)
 
+    def _score_inputs(self, U: mk.Masks, s: int) -> ScoreInputs:
+        """What the criterion scores with; its loss is the training loss, label smoothing
+        included (§3.1: `saliency` differentiates it)."""
+        loss = nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
+        return ScoreInputs(U, self.M, self._score_batches(s), loss)
+
     def _structure_from(
         self, U: mk.Masks, s: int, gen: torch.Generator, prunes: int
     ) -> tuple[mk.Masks, dict[str, float]]:
         """R from U (§3): score units, budget each layer, keep the best; effective ratios."""
         structure = self.setup.structure
         groups = structure.groups
-        inputs = ScoreInputs(U, self.M, self._score_batches(s), nn.CrossEntropyLoss())
+        inputs = self._score_inputs(U, s)
         scores = self.setup.criterion(self.model, groups, inputs)
         budgets = [self._budget(g, U, prunes) for g in groups]
         keep = select_units(

@@ -749,3 +749,21 @@ def test_digits_vit_dense_95_and_rsst_within_two_points(make_cfg, digits) -> Non
     assert list(rsst.heads_per_layer) == [3] * 4 and list(rsst.neurons_per_layer) == [64] * 4
     assert dense.test_acc >= 0.95
     assert rsst.test_acc >= dense.test_acc - 0.02
+
+
+def test_the_criterion_scores_with_the_training_loss_label_smoothing_included(
+    make_cfg, digits_small
+) -> None:
+    """§3.1: `saliency` is |a · dL/da| with L the training loss, so with its label smoothing."""
+    import torch.nn.functional as F
+
+    cfg = make_cfg(model="vit_digits", criteria="saliency", label_smoothing=0.3, pruning_times=2)
+    loop = PruneLoop(cfg, data=digits_small)
+    inputs = loop._score_inputs(loop.M, 1)
+    logits, y = (
+        torch.randn(16, 10, generator=torch.Generator().manual_seed(0)),
+        torch.arange(16) % 10,
+    )
+    smoothed = F.cross_entropy(logits, y, label_smoothing=0.3)
+    assert torch.allclose(inputs.loss_fn(logits, y), smoothed)
+    assert not torch.allclose(inputs.loss_fn(logits, y), F.cross_entropy(logits, y))
