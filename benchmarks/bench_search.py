@@ -267,18 +267,21 @@ def main(argv: list[str] | None = None) -> int:
     if storage is None:
         tmp = tempfile.mkdtemp(prefix="bench_search_")
         storage = tmp
-    from rsst_tune.tune.run.ray_setup import prepare_ray_env
+    from rsst_tune.tune.run.ray_setup import prepare_ray_env, restore_ray_env
 
-    prepare_ray_env(None)
+    saved = prepare_ray_env(None)
     import ray
 
-    ray.init(
-        address="local",
-        num_cpus=size.max_concurrent,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
+    try:
+        ray.init(
+            address="local",
+            num_cpus=size.max_concurrent,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+    finally:
+        restore_ray_env(saved)  # the cluster has what it needs (ray_setup's module doc)
     t0 = time.perf_counter()
     curves: dict[str, dict[int, list[tuple[int, float]]]] = {s[0]: {} for s in SETUPS}
     try:

@@ -47,7 +47,7 @@ def ray_cluster() -> Iterator[str]:
 
     from rsst_tune.tune.run.ray_setup import prepare_ray_env, restore_ray_env
 
-    prepare_ray_env(None)
+    saved = prepare_ray_env(None)
     import ray
 
     try:
@@ -59,7 +59,7 @@ def ray_cluster() -> Iterator[str]:
             logging_level=logging.WARNING,
         )
     finally:
-        restore_ray_env()  # later tests' subprocesses (a `ray start` worker node) need it
+        restore_ray_env(saved)  # later tests' subprocesses (a `ray start` worker node) need it
     try:
         yield ray.get_runtime_context().gcs_address
     finally:

@@ -428,22 +428,23 @@ def test_the_loopback_setting_of_a_local_sweep_does_not_outlive_its_start(
     from rsst_tune.tune.run import ray_setup
 
     var = ray_setup.LOCAL_ONLY_ENV
-    monkeypatch.setattr(ray_setup, "_callers_local_only", [])
     if callers is None:
         monkeypatch.delenv(var, raising=False)
     else:
         monkeypatch.setenv(var, callers)
-    ray_setup.prepare_ray_env(None)
-    ray_setup.prepare_ray_env(None)  # the runner's call, then init_ray's
+    saved = ray_setup.prepare_ray_env(None)
+    ray_setup.prepare_ray_env(None, saved)  # the runner's call, then init_ray's
     assert os.environ[var] == "0"
-    ray_setup.restore_ray_env()
+    ray_setup.restore_ray_env(saved)
     assert os.environ.get(var) == callers
-    ray_setup.restore_ray_env()  # nothing to give back
+    ray_setup.restore_ray_env(saved)  # nothing to give back
     assert os.environ.get(var) == callers
     # init_ray gives it back however it returns: here with a Ray this process already runs
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
-    ray_setup.prepare_ray_env(None)
-    assert ray_setup.init_ray(None) is False
+    saved = ray_setup.prepare_ray_env(None)
+    assert ray_setup.init_ray(None, saved) is False
+    assert os.environ.get(var) == callers
+    assert ray_setup.init_ray(None) is False  # on its own: prepared and given back
     assert os.environ.get(var) == callers
 
 
@@ -801,14 +802,17 @@ def test_only_infrastructure_failures_are_retried(ray_cluster: str, tmp_path: Pa
     from ray.tune.experiment import Trial
 
     from rsst_tune.errors import TrialDiverged
-    from rsst_tune.tune.safety.retries import RetryPolicy, failure_line
+    from rsst_tune.tune.run.context import SweepContext
+    from rsst_tune.tune.safety.retries import RetryPolicy
+
+    context = SweepContext()
 
     def trial(adopted: bool = True) -> Any:
         t = Trial("train_trial", stub=True, max_failures=2)
         t.storage = StorageContext(str(tmp_path), "e", trial_dir_name=f"trial_{t.trial_id}")
         Path(t.local_path).mkdir(parents=True)  # where Ray writes error.txt
         if adopted:
-            RetryPolicy().on_trial_start(0, [t], t)
+            RetryPolicy(context).on_trial_start(0, [t], t)
         return t
 
     def raised(exc: BaseException) -> BaseException:  # how ray.get hands a task's error over
@@ -820,7 +824,7 @@ def test_only_infrastructure_failures_are_retried(ray_cluster: str, tmp_path: Pa
     assert diverged.run_metadata.num_failures == 1
     assert not diverged.should_recover()
     line = "TrialDiverged: diverged in state 1, epoch 2 (loss nan)"
-    assert failure_line(diverged.trial_id) == line
+    assert context.failure_line(diverged.trial_id) == line
     bug = trial()
     bug.handle_error(raised(KeyError("val_acc")))
     assert not bug.should_recover()
@@ -842,32 +846,29 @@ def test_a_storage_failure_noted_while_logging_it_does_not_recurse() -> None:
     already be taken, or this recursed until RecursionError (seen in the full-disk chaos test)."""
     import errno
 
-    from rsst_tune.tune.run.storage import (
-        note_storage_failure,
-        reset_storage_failure,
-        storage_failure,
-    )
+    from rsst_tune.tune.run.context import SweepContext
 
     full = OSError(errno.ENOSPC, "No space left on device")
     seen: list[str] = []
+    context = SweepContext()
 
     class FullDiskHandler(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             seen.append(record.getMessage())
-            note_storage_failure(OSError(errno.ENOSPC, "No space left on device", "sweep.log"))
+            context.note_storage_failure(
+                OSError(errno.ENOSPC, "No space left on device", "sweep.log")
+            )
 
-    logger = logging.getLogger("rsst_tune.tune.run.storage")
+    logger = logging.getLogger("rsst_tune.tune.run.context")
     handler, level = FullDiskHandler(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    reset_storage_failure()
     try:
-        note_storage_failure(full)
+        context.note_storage_failure(full)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-    assert storage_failure() is full and len(seen) == 1, seen
-    reset_storage_failure()
+    assert context.storage_failure is full and len(seen) == 1, seen
 
 
 def test_rays_state_is_signed_as_it_is_saved_and_verifies_when_synced(

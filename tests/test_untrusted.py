@@ -198,7 +198,6 @@ def test_the_resume_key_must_be_private(tmp_path: Path, resume_key: Path) -> Non
     exp = _resumable(tmp_path)
     assert trust.sign_all(exp)
     resume_key.chmod(0o644)
-    trust._keys.clear()
     with pytest.raises(ConfigError, match="readable by you only"):
         trust.check_resume(exp)
     resume_key.chmod(0o600)

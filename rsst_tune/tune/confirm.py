@@ -32,6 +32,7 @@ from rsst_tune.experiment.reader import read_confirmation
 from rsst_tune.experiment.records import Confirmation, Objective, SeedRun
 from rsst_tune.results import StateResult
 from rsst_tune.tune.plan import SweepPlan, check_confirm
+from rsst_tune.tune.run.context import SweepContext
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +174,12 @@ def confirm_sweep(
             f"{plan.experiment_dir} has {what}: finish the sweep first "
             f"(tune_main.py --resume {plan.local_dir})"
         )
-    prepare_ray_env(address)
+    context = SweepContext()  # this stage's own (its Tuner is not the sweep's)
+    prepare_ray_env(address, context.ray_env)
     try:
-        _confirm_in_ray(plan, experiment, k, address=address, verbose=verbose, show=show)
+        _confirm_in_ray(plan, experiment, k, context, address=address, verbose=verbose, show=show)
     finally:  # also when the lock is held (init_ray gives it back otherwise)
-        restore_ray_env()
+        restore_ray_env(context.ray_env)
     return load_experiment(plan.experiment_dir)
 
 
@@ -185,6 +187,7 @@ def _confirm_in_ray(
     plan: SweepPlan,
     experiment: Experiment,
     k: int,
+    context: SweepContext,
     *,
     address: str | None,
     verbose: bool,
@@ -195,8 +198,8 @@ def _confirm_in_ray(
     from rsst_tune.tune.run.ray_setup import init_ray
     from rsst_tune.tune.run.storage import sweep_lock
 
-    with sweep_lock(plan), sweep_logging(Path(plan.local_dir), verbose=verbose):
-        started = init_ray(address)
+    with sweep_lock(plan), sweep_logging(Path(plan.local_dir), verbose=verbose, context=context):
+        started = init_ray(address, context.ray_env)
         try:
             run_confirmation(plan, experiment, k, show=show)
         except KeyboardInterrupt:

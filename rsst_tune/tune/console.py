@@ -11,6 +11,8 @@ that saved (`rsst_tune.experiment.stops`; the report shows the same line).
 
 `StorageGuard` is a Ray stopper that ends the sweep at the first storage error (disk full,
 permission) that a trial or the searcher met, instead of letting every trial fail in turn.
+Both are given the sweep's `SweepContext` (`rsst_tune.tune.run.context`), where that error is
+noted, and never pickle it.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ from rsst_tune.experiment.reader import error_summary
 from rsst_tune.experiment.records import Objective
 from rsst_tune.experiment.stops import stop_summary
 from rsst_tune.results import StateResult
+from rsst_tune.tune.run.context import ContextHolder, SweepContext, running_context
 from rsst_tune.tune.run.ray_state import backup_ray_state
-from rsst_tune.tune.run.storage import note_storage_failure, storage_error, storage_failure
+from rsst_tune.tune.run.storage import storage_error
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +51,9 @@ BACKUP_EVERY_S = 2.0
 _SHOWN_KEYS = ("state", "val_acc", "test_acc", "macs_frac", "params_frac", "sparsity")
 
 
-class SweepConsole(Callback):
-    """Live one-line-per-event view of a sweep (picklable: Ray stores it with the Tuner)."""
+class SweepConsole(ContextHolder, Callback):
+    """Live one-line-per-event view of a sweep (picklable: Ray stores it with the Tuner, without
+    its context)."""
 
     def __init__(
         self,
@@ -57,9 +61,11 @@ class SweepConsole(Callback):
         objectives: Sequence[Objective],
         base_config: Mapping[str, Any],
         *,
+        context: SweepContext,
         experiment_dir: str = "",
         show: bool = True,
     ) -> None:
+        self.bind(context)
         self.events_path = events_path
         self.experiment_dir = experiment_dir
         self.objectives = tuple(objectives)
@@ -89,11 +95,12 @@ class SweepConsole(Callback):
         now = time.monotonic()
         if now - getattr(self, "_last_backup", -BACKUP_EVERY_S) < BACKUP_EVERY_S:
             return
-        if self.experiment_dir and "://" not in self.experiment_dir and not storage_failure():
+        storage_failed = self.context.storage_failure is not None
+        if self.experiment_dir and "://" not in self.experiment_dir and not storage_failed:
             try:
                 if backup_ray_state(Path(self.experiment_dir)):
                     self._last_backup = now
-            except OSError as exc:
+            except (OSError, ConfigError) as exc:  # ConfigError: the resume key (trust)
                 log.debug("no backup of Ray's experiment state: %s", exc)
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -171,7 +178,7 @@ class SweepConsole(Callback):
         text = _error_text(trial)
         exc = _storage_error_in(text, self.experiment_dir)
         if exc is not None:
-            note_storage_failure(exc)
+            self.context.note_storage_failure(exc)
         return error_summary(text) if text else "failed"
 
     # ------------------------------------------------------------------ output
@@ -278,14 +285,22 @@ def _storage_error_in(text: str, root: str) -> OSError | None:
     return None
 
 
-class StorageGuard(Stopper):
-    """Ends the whole sweep once a storage error was noted (`tune.storage`)."""
+class StorageGuard(ContextHolder, Stopper):
+    """Ends the whole sweep once a storage error was noted in its `SweepContext`.
+
+    Ray saves the stopper in its experiment state and, on `--resume`, replaces the one it is
+    given with that copy, which holds no context: it reads the context of the sweep running in
+    this thread (`context.running_context`)."""
+
+    def __init__(self, context: SweepContext) -> None:
+        self.bind(context)
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         return False
 
     def stop_all(self) -> bool:
-        return storage_failure() is not None
+        context = self._sweep_context or running_context()
+        return context is not None and context.storage_failure is not None
 
 
 # ---------------------------------------------------------------------- quiet logging
@@ -307,11 +322,15 @@ class _SweepLogHandler(logging.FileHandler):
     """`sweep.log`; a write the storage refuses (disk full) stops the sweep instead of printing
     a logging traceback on the console for every record."""
 
+    def __init__(self, path: Path, context: SweepContext) -> None:
+        super().__init__(path)
+        self.context = context
+
     def emit(self, record: logging.LogRecord) -> None:
         if record.exc_info and record.exc_info[1] is not None:
             failure = storage_error(record.exc_info[1])  # e.g. Ray's state sync: disk full
             if failure is not None:
-                note_storage_failure(failure)
+                self.context.note_storage_failure(failure)
         super().emit(record)
 
     def handleError(self, record: logging.LogRecord) -> None:
@@ -320,17 +339,18 @@ class _SweepLogHandler(logging.FileHandler):
         if failure is None:
             super().handleError(record)
         else:
-            note_storage_failure(failure)
+            self.context.note_storage_failure(failure)
 
 
 @contextlib.contextmanager
-def sweep_logging(log_dir: Path, *, verbose: bool = False) -> Iterator[Path]:
-    """Full logs to `log_dir/sweep.log`; the console keeps only our own warnings and errors."""
+def sweep_logging(log_dir: Path, *, context: SweepContext, verbose: bool = False) -> Iterator[Path]:
+    """Full logs to `log_dir/sweep.log`; the console keeps only our own warnings and errors. A
+    record the storage refuses is noted in `context` (the sweep then stops)."""
     import optuna
 
     log_dir.mkdir(parents=True, exist_ok=True)
     path = log_dir / SWEEP_LOG
-    handler = _SweepLogHandler(path)
+    handler = _SweepLogHandler(path, context)
     handler.setLevel(logging.DEBUG if verbose else logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

@@ -1,7 +1,7 @@
 """Ray for a sweep: a quiet local cluster on 127.0.0.1, or a check that `--address` answers.
 
-prepare_ray_env(address)    # before `import ray`: the environment a quiet Ray needs
-started = init_ray(address) # True when this call started (or joined) Ray: shut it down
+saved = prepare_ray_env(address)    # before `import ray`: the environment a quiet Ray needs
+started = init_ray(address, saved)  # True when this call started (or joined) Ray: shut it down
 reaper = start_reaper()     # a local cluster's helper processes die with the driver
 reaper.close()              # after ray.shutdown(): a clean exit, nothing to reap
 
@@ -16,11 +16,14 @@ kills the processes of this cluster's raylet that remain (found by their `RAY_RA
 
 A local cluster is kept on 127.0.0.1 by `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, which
 `prepare_ray_env(None)` forces in this process's environment (Ray reads it when it is imported
-and when it starts its processes). The caller's own value comes back once the cluster has
-started (`init_ray`, or `restore_ray_env()` for a caller that calls `ray.init` itself): left
-in the environment, it reaches every process the caller starts later, and `ray start
---address` (a worker node) refuses to run under it ("Multi-node Ray clusters are not
-supported on Windows and OSX"). Ray in this process keeps what it read at import.
+and when it starts its processes). It returns the caller's own value (a `SavedRayEnv`, held by
+the caller: the sweep's `SweepContext.ray_env`), which comes back once the cluster has started
+(`init_ray(address, saved)`, or `restore_ray_env(saved)` for a caller that calls `ray.init`
+itself): left in the environment, it reaches every process the caller starts later, and `ray
+start --address` (a worker node) refuses to run under it ("Multi-node Ray clusters are not
+supported on Windows and OSX"). Ray in this process keeps what it read at import. Nested
+calls hand the same `SavedRayEnv` on (`prepare_ray_env(None, saved)`): it keeps the first
+caller's value, and the first `restore_ray_env(saved)` gives that back.
 """
 
 from __future__ import annotations
@@ -30,18 +33,30 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from typing import IO, Any
 
 from rsst_tune.errors import ConfigError
 
 SNAPSHOT_PERIOD_S = "1"
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-# The caller's value of LOCAL_ONLY_ENV (None: unset) while prepare_ray_env(None) overrides it
-_callers_local_only: list[str | None] = []
 
 
-def prepare_ray_env(address: str | None) -> None:
-    """Environment for a quiet local Ray; must run before `import ray` to take full effect."""
+@dataclass
+class SavedRayEnv:
+    """The caller's value of LOCAL_ONLY_ENV while `prepare_ray_env(None)` overrides it."""
+
+    value: str | None = None  # None: unset
+    held: bool = False  # overridden and not given back yet
+
+
+def prepare_ray_env(address: str | None, saved: SavedRayEnv | None = None) -> SavedRayEnv:
+    """Environment for a quiet local Ray; must run before `import ray` to take full effect.
+
+    Returns `saved` (a new `SavedRayEnv` when None), which holds the caller's value of
+    LOCAL_ONLY_ENV while a local cluster (`address` None) overrides it: hand it to
+    `init_ray` or `restore_ray_env`. A `saved` that holds a value already keeps it."""
+    saved = SavedRayEnv() if saved is None else saved
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # the console prints one line
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
@@ -51,32 +66,34 @@ def prepare_ray_env(address: str | None) -> None:
         # A local cluster on the loopback address: Ray uses 127.0.0.1 as the node IP. Forced
         # (not setdefault): an inherited "1" would bind an unauthenticated cluster to the LAN.
         # Until restore_ray_env(): a worker node started later from this process needs "1".
-        if not _callers_local_only:
-            _callers_local_only.append(os.environ.get(LOCAL_ONLY_ENV))
+        if not saved.held:
+            saved.value, saved.held = os.environ.get(LOCAL_ONLY_ENV), True
         os.environ[LOCAL_ONLY_ENV] = "0"
+    return saved
 
 
-def restore_ray_env() -> None:
+def restore_ray_env(saved: SavedRayEnv) -> None:
     """Give back the caller's `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER` that `prepare_ray_env(None)`
-    overrode (a no-op otherwise); call it once the local cluster has started, so that the
-    processes this process starts later (`ray start --address`, a driver joining a cluster)
-    do not inherit the override."""
-    if not _callers_local_only:
+    overrode (a no-op otherwise, and once given back); call it once the local cluster has
+    started, so that the processes this process starts later (`ray start --address`, a driver
+    joining a cluster) do not inherit the override."""
+    if not saved.held:
         return
-    value = _callers_local_only.pop()
-    if value is None:
+    saved.held = False
+    if saved.value is None:
         os.environ.pop(LOCAL_ONLY_ENV, None)
     else:
-        os.environ[LOCAL_ONLY_ENV] = value
+        os.environ[LOCAL_ONLY_ENV] = saved.value
 
 
-def init_ray(address: str | None) -> bool:
+def init_ray(address: str | None, saved: SavedRayEnv | None = None) -> bool:
     """Connect to `address` or start a local cluster; True when this call started Ray.
 
     A Ray already initialised in this process (`ray.init` called by the caller, e.g. tests
-    sharing one cluster) is used as it is, and False is returned.
+    sharing one cluster) is used as it is, and False is returned. `saved`: the caller's
+    `prepare_ray_env` result, whose value is given back however this returns.
     """
-    prepare_ray_env(address)
+    saved = prepare_ray_env(address, saved)
     try:
         import ray
 
@@ -91,7 +108,7 @@ def init_ray(address: str | None) -> bool:
             ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
             return True
     finally:
-        restore_ray_env()  # the cluster's processes have what they need (module docstring)
+        restore_ray_env(saved)  # the cluster's processes have what they need (module docstring)
     check_address(address)
     try:
         ray.init(address=address, **kwargs)

@@ -31,6 +31,7 @@ from rsst_tune.errors import ConfigError, ReportFailed, SweepInterrupted
 from rsst_tune.experiment.experiment import Experiment
 from rsst_tune.experiment.layout import PLAN_FILE
 from rsst_tune.tune.plan import SweepPlan
+from rsst_tune.tune.run.context import SweepContext, running
 from rsst_tune.tune.run.legacy import alias_moved_modules
 from rsst_tune.tune.run.ray_setup import (
     Reaper,
@@ -39,13 +40,7 @@ from rsst_tune.tune.run.ray_setup import (
     restore_ray_env,
     start_reaper,
 )
-from rsst_tune.tune.run.storage import (
-    describe_storage_error,
-    note_storage_failure,
-    reset_storage_failure,
-    storage_error,
-    storage_failure,
-)
+from rsst_tune.tune.run.storage import describe_storage_error, storage_error
 from rsst_tune.tune.run.trainable import ray_trial_dirname, ray_trial_name, trainable_for
 
 log = logging.getLogger(__name__)
@@ -58,24 +53,31 @@ def execute(
     plan: SweepPlan, *, resume: bool, address: str | None, verbose: bool, show: bool
 ) -> Experiment | None:
     """Run the plan in its experiment directory; see `rsst_tune.tune.sweep.run_sweep`."""
-    prepare_ray_env(address)
+    context = SweepContext()  # this sweep's: its callbacks, searcher and stopper share it
+    prepare_ray_env(address, context.ray_env)
     try:
-        return _execute(plan, resume=resume, address=address, verbose=verbose, show=show)
+        return _execute(plan, context, resume=resume, address=address, verbose=verbose, show=show)
     finally:  # also when it fails before Ray starts (init_ray gives it back otherwise)
-        restore_ray_env()
+        restore_ray_env(context.ray_env)
 
 
 def _execute(
-    plan: SweepPlan, *, resume: bool, address: str | None, verbose: bool, show: bool
+    plan: SweepPlan,
+    context: SweepContext,
+    *,
+    resume: bool,
+    address: str | None,
+    verbose: bool,
+    show: bool,
 ) -> Experiment | None:
     from rsst_tune.tune.console import sweep_logging
 
     local = Path(plan.local_dir)
     local.mkdir(parents=True, exist_ok=True)
-    reset_storage_failure()
     reaper: Reaper | None = None
-    with sweep_logging(local, verbose=verbose), _wandb_env(plan.wandb, address):
-        started = init_ray(address)  # a cluster that cannot be joined leaves no sweep behind
+    with sweep_logging(local, verbose=verbose, context=context), _wandb_env(plan.wandb, address):
+        # a cluster that cannot be joined leaves no sweep behind
+        started = init_ray(address, context.ray_env)
         try:
             if started and address is None:
                 reaper = start_reaper()
@@ -84,17 +86,17 @@ def _execute(
                     if not resume:
                         fileio.write_text(local / PLAN_FILE, plan.to_json() + "\n")
                     log.info("sweep %s: %s", "resumed" if resume else "started", plan.to_json())
-                    return _fit(plan, resume=resume, show=show)
+                    return _fit(plan, context, resume=resume, show=show)
                 except KeyboardInterrupt:
                     log.info("sweep interrupted (KeyboardInterrupt)")
                     raise SweepInterrupted(plan.local_dir) from None
                 except SweepInterrupted:
                     raise
                 except Exception as exc:
-                    failure = storage_error(exc) or storage_failure()
+                    failure = storage_error(exc) or context.storage_failure
                     if failure is None:
                         raise
-                    note_storage_failure(failure)
+                    context.note_storage_failure(failure)
                     log.info("the sweep stopped on a storage error", exc_info=True)
                     raise SweepInterrupted(plan.local_dir, _storage_reason(plan, failure)) from None
         finally:
@@ -147,7 +149,7 @@ def _release_dense_locks(plan: SweepPlan, *, wait_s: float) -> None:
         log.warning("could not release the dense-cache locks in %s: %s", root, exc)
 
 
-def _fit(plan: SweepPlan, *, resume: bool, show: bool) -> Experiment | None:
+def _fit(plan: SweepPlan, context: SweepContext, *, resume: bool, show: bool) -> Experiment | None:
     from ray import tune
 
     from rsst_tune.experiment.layout import JOURNAL_FILE
@@ -166,11 +168,11 @@ def _fit(plan: SweepPlan, *, resume: bool, show: bool) -> Experiment | None:
             resume_errored=False,
             restart_errored=False,
         )
-        _with_retry_policy(tuner)
+        _bind_restored(tuner, context)
         if plan.wandb != "off":
             _keyless_wandb(tuner)
     else:
-        tuner = _new_tuner(plan, trainable, show=show)
+        tuner = _new_tuner(plan, trainable, context, show=show)
     _say(
         show,
         f"sweep {plan.name}: space {plan.space}, {plan.num_samples} trials x "
@@ -187,9 +189,10 @@ def _fit(plan: SweepPlan, *, resume: bool, show: bool) -> Experiment | None:
     _warn_idle_gpus(plan, show)
     _sign(plan)  # tuner.pkl, written by Ray as the Tuner was made
     t0 = time.monotonic()
-    tuner.fit()  # Ctrl+C (or SIGTERM): Ray stops the trials, saves its state and returns
+    with running(context):  # Ray's own stopper on --resume reads it (context.running)
+        tuner.fit()  # Ctrl+C (or SIGTERM): Ray stops the trials, saves its state and returns
     elapsed = time.monotonic() - t0
-    return _finish(plan, elapsed, show=show)
+    return _finish(plan, context, elapsed, show=show)
 
 
 def _recover(plan: SweepPlan) -> None:
@@ -274,7 +277,7 @@ def _warn_idle_gpus(plan: SweepPlan, show: bool) -> None:
         )
 
 
-def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
+def _new_tuner(plan: SweepPlan, trainable: Any, context: SweepContext, *, show: bool) -> Any:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
@@ -314,6 +317,7 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
             {k: v for k, v in p.items() if k not in plan.fixed}
             for p in space.starting_points[: plan.num_samples]
         ],
+        context=context,
     )
     search_alg: Any = searcher
     if plan.max_concurrent:
@@ -335,12 +339,13 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
         )
     )
     callbacks: list[Any] = [
-        RetryPolicy(),  # only infrastructure failures are retried
+        RetryPolicy(context),  # only infrastructure failures are retried
         StateSigner(),  # Ray's state signed as it is saved: `--resume` loads it
         SweepConsole(
             str(local / EVENTS_FILE),
             plan.objectives,
             plan.base_config,
+            context=context,
             experiment_dir=plan.experiment_dir,
             show=show,
         ),
@@ -365,7 +370,7 @@ def _new_tuner(plan: SweepPlan, trainable: Any, *, show: bool) -> Any:
             callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
-            stop=StorageGuard(),
+            stop=StorageGuard(context),
         ),
     )
 
@@ -387,20 +392,33 @@ def _wandb_callbacks(plan: SweepPlan) -> list[Any]:
     ]
 
 
-def _with_retry_policy(tuner: Any) -> None:
-    """A sweep started by an older rsst-tune has no `RetryPolicy` (nor `StateSigner`) in
-    `tuner.pkl`: add them."""
+def _bind_restored(tuner: Any, context: SweepContext) -> None:
+    """The pieces of a restored Tuner come from `tuner.pkl`, without a context: bind this
+    sweep's `context` to its callbacks, stopper and searcher (Ray's own copy of the stopper,
+    which replaces this one inside `fit`, reads `context.running`). A sweep started by an older
+    rsst-tune has no `RetryPolicy` (nor `StateSigner`) in `tuner.pkl`: add them."""
+    from rsst_tune.tune.run.context import ContextHolder
     from rsst_tune.tune.safety.retries import RetryPolicy
     from rsst_tune.tune.safety.trust import StateSigner
 
-    run_config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
+    local = getattr(tuner, "_local_tuner", None)
+    run_config = getattr(local, "_run_config", None)
     if run_config is None:
         return
     callbacks = list(getattr(run_config, "callbacks", None) or ())
-    for kind in (StateSigner, RetryPolicy):
-        if not any(isinstance(c, kind) for c in callbacks):
-            callbacks.insert(0, kind())
+    if not any(isinstance(c, StateSigner) for c in callbacks):
+        callbacks.insert(0, StateSigner())
+    if not any(isinstance(c, RetryPolicy) for c in callbacks):
+        callbacks.insert(0, RetryPolicy(context))
     run_config.callbacks = callbacks
+    pieces = [*callbacks, getattr(run_config, "stop", None)]
+    search_alg = getattr(getattr(local, "_tune_config", None), "search_alg", None)
+    while search_alg is not None:  # EpochBudget, ConcurrencyLimiter, the searcher
+        pieces.append(search_alg)
+        search_alg = getattr(search_alg, "searcher", None)
+    for piece in pieces:
+        if isinstance(piece, ContextHolder):
+            piece.bind(context)
 
 
 WANDB_KEY = "WANDB_API_KEY"
@@ -454,7 +472,9 @@ def _wandb_env(mode: str, address: str | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _finish(plan: SweepPlan, elapsed: float, *, show: bool) -> Experiment | None:
+def _finish(
+    plan: SweepPlan, context: SweepContext, elapsed: float, *, show: bool
+) -> Experiment | None:
     """Classify how the sweep ended, settle the study, write the report, and (when every
     trial finished) export and time each budget's best ticket once (into best_exports/;
     tickets already recorded are skipped).
@@ -466,7 +486,7 @@ def _finish(plan: SweepPlan, elapsed: float, *, show: bool) -> Experiment | None
 
     from rsst_tune.tune.console import print_stop_summary
 
-    failure = storage_failure()
+    failure = context.storage_failure
     if failure is not None:  # Ray's files may be cut off: read nothing, write nothing
         log.info("sweep %s", _storage_reason(plan, failure))
         raise SweepInterrupted(plan.local_dir, _storage_reason(plan, failure))

@@ -182,23 +182,3 @@ def storage_error(exc: BaseException) -> OSError | None:
 def describe_storage_error(exc: OSError) -> str:
     where = f": {exc.filename}" if exc.filename else ""
     return f"storage error ({exc.strerror or exc}{where})"
-
-
-# The first storage error of the running sweep (one sweep runs in a process at a time): the
-# searcher (journal writes) and the console (trial errors) note it, `StorageGuard` (a Ray
-# stopper, in console.py) then ends the sweep, and the runner reports it in one line.
-_FAILURE: list[OSError] = []
-
-
-def note_storage_failure(exc: OSError) -> None:
-    if not _FAILURE:
-        _FAILURE.append(exc)  # first: the log line below may itself fail on the full disk
-        log.info("%s; stopping the sweep", describe_storage_error(exc))
-
-
-def storage_failure() -> OSError | None:
-    return _FAILURE[0] if _FAILURE else None
-
-
-def reset_storage_failure() -> None:
-    _FAILURE.clear()

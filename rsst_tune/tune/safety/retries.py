@@ -10,10 +10,14 @@ was raised by the trial's code and is one of `NOT_RETRIED`. Everything else (the
 died, out of memory, an OSError, a RuntimeError such as a CUDA error) is retried as before.
 
 A trial not retried ends exactly as one whose retries ran out: Ray `ERROR`, Optuna `FAIL` with
-`fail_reason` (the error as one line, `failure_line`), an `error` event and a report row.
+`fail_reason` (the error as one line, `SweepContext.failure_line`), an `error` event and a
+report row.
 
-The subclass holds no state of its own (the failures are kept in this module, in the driver),
-so Ray's experiment state is the same as with its own `Trial`; a trial restored by `--resume`
+Each failure is noted in the sweep's `SweepContext` (`rsst_tune.tune.run.context`), which
+`RetryPolicy` is given and hands to every trial it adopts: Ray calls the trial's `handle_error`
+and `should_recover`, and then the searcher's `on_trial_complete`, before any callback hears of
+the failure. The trial's context is left out of its state (`__getstate__`), so Ray's
+experiment state is byte for byte the one of its own `Trial`; a trial restored by `--resume`
 is adopted again when it starts.
 """
 
@@ -25,6 +29,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from rsst_tune.errors import ConfigError, TrialDiverged, describe_exception
+from rsst_tune.tune.run.context import CONTEXT_ATTR, ContextHolder, SweepContext
 
 # Raised by the trial's code, these fail again on a retry: the trial ends at the first one.
 NOT_RETRIED: tuple[type[BaseException], ...] = (
@@ -40,8 +45,6 @@ NOT_RETRIED: tuple[type[BaseException], ...] = (
     ZeroDivisionError,
 )
 
-_latest: dict[str, tuple[bool, str]] = {}  # Ray trial id -> (not retried, one line) (driver)
-
 
 def deterministic_cause(exc: BaseException | None) -> BaseException | None:
     """The exception of `NOT_RETRIED` behind `exc` (Ray wraps the trial's exception in a
@@ -56,13 +59,6 @@ def deterministic_cause(exc: BaseException | None) -> BaseException | None:
     return None
 
 
-def failure_line(trial_id: str) -> str | None:
-    """The latest failure of the trial as one line (`TrialDiverged: diverged in state 1,
-    epoch 2 (loss nan)`), None when it has not failed in this driver."""
-    latest = _latest.get(trial_id)
-    return latest[1] if latest else None
-
-
 def _one_line(exc: BaseException | None) -> str:
     from rsst_tune.experiment.reader import error_summary
 
@@ -73,31 +69,50 @@ def _one_line(exc: BaseException | None) -> str:
 
 
 class _RetryAwareTrial(Trial):
-    """Ray's `Trial`, but a failure in `NOT_RETRIED` raised by the trial's code is final."""
+    """Ray's `Trial`, but a failure in `NOT_RETRIED` raised by the trial's code is final.
+
+    Its sweep's context (set by `adopt`) is an instance attribute that its state leaves out."""
+
+    _sweep_context: SweepContext | None = None  # a copy Ray made of an adopted trial: none
 
     def handle_error(self, exc: Any = None) -> None:
         super().handle_error(exc)
-        _latest[str(self.trial_id)] = (deterministic_cause(exc) is not None, _one_line(exc))
+        if self._sweep_context is not None:
+            self._sweep_context.note_trial_failure(
+                str(self.trial_id), final=deterministic_cause(exc) is not None, line=_one_line(exc)
+            )
 
     def should_recover(self) -> bool:
-        latest = _latest.get(str(self.trial_id))
-        if latest is not None and latest[0]:
+        context = self._sweep_context
+        if context is not None and context.failed_for_good(str(self.trial_id)):
             return False
         return bool(super().should_recover())  # type: ignore[no-untyped-call]
 
+    def __getstate__(self) -> dict[str, Any]:
+        state: dict[str, Any] = super().__getstate__()  # type: ignore[no-untyped-call]
+        state.pop(CONTEXT_ATTR, None)  # Ray's experiment state is the one of its own Trial
+        return state
 
-def adopt(trial: Any) -> None:
-    """Make `trial` (Ray's `Trial`) a `_RetryAwareTrial` (no state of its own is added)."""
+
+def adopt(trial: Any, context: SweepContext) -> None:
+    """Make `trial` (Ray's `Trial`) a `_RetryAwareTrial` that notes its failures in `context`
+    (an instance attribute, left out of the trial's state)."""
     if type(trial) is Trial:
         trial.__class__ = _RetryAwareTrial
+    if isinstance(trial, _RetryAwareTrial) and trial._sweep_context is not context:
+        trial._sweep_context = context
 
 
-class RetryPolicy(Callback):
-    """The sweep's callback that makes every trial a `_RetryAwareTrial` before it can fail."""
+class RetryPolicy(ContextHolder, Callback):
+    """The sweep's callback that makes every trial a `_RetryAwareTrial` of its sweep's context
+    before it can fail (the context is not pickled with the callback: see `ContextHolder`)."""
+
+    def __init__(self, context: SweepContext) -> None:
+        self.bind(context)
 
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
         for trial in trials:
-            adopt(trial)
+            adopt(trial, self.context)
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        adopt(trial)
+        adopt(trial, self.context)

@@ -70,8 +70,6 @@ RAY_STATE_PATTERNS = (
 )
 TUNER_FILE = "tuner.pkl"
 
-_keys: dict[Path, bytes] = {}
-
 
 def key_path() -> Path:
     """Where this user's resume key lives (see the module doc)."""
@@ -84,11 +82,11 @@ def key_path() -> Path:
 
 def load_key(*, create: bool) -> bytes | None:
     """This user's key (created, mode 0600, when `create` and missing); None when there is
-    none. Raises ConfigError when the key file is readable by others or not this user's."""
+    none. Raises ConfigError when the key file is readable by others or not this user's.
+
+    Read (and its owner and mode checked) on every call: a few dozen microseconds, next to
+    the files each signature reads and the signatures file it rewrites."""
     path = key_path()
-    cached = _keys.get(path)
-    if cached is not None and path.is_file():
-        return cached
     if not path.is_file():
         if not create:
             return None
@@ -112,7 +110,6 @@ def load_key(*, create: bool) -> bytes | None:
     key = path.read_bytes()
     if len(key) < _KEY_BYTES:
         raise ConfigError(f"the resume key {path} is too short; delete it to get a new one")
-    _keys[path] = key
     return key
 
 

@@ -36,6 +36,7 @@ before the interruption.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -290,25 +291,28 @@ def make_scheduler(
     default_last_state: int | None = None,
 ) -> Any:
     """A Ray Tune scheduler running MO-ASHA on the results' `state` (imports Ray)."""
-    return __getattr__("MoashaScheduler")(
+    return scheduler_class()(
         MoashaRungs(metrics, modes, grace=grace, reduction_factor=reduction_factor),
         default_last_state=default_last_state,
     )
 
 
-_RAY_CLASS: dict[str, type] = {}
+@functools.cache
+def scheduler_class() -> type:
+    """`MoashaScheduler`, the Ray class (a `FIFOScheduler`), built on first use and the same
+    class ever after (imports Ray)."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    return _scheduler_class(FIFOScheduler)
 
 
 def __getattr__(name: str) -> Any:
-    """`MoashaScheduler`, the Ray class, built on first use: importing this module does not
-    import Ray, and unpickling a scheduler (`Tuner.restore`) finds the class by name."""
+    """`MoashaScheduler` (`scheduler_class()`): importing this module does not import Ray
+    (`plan.py` reads `rung_states` for `--dry-run`), and unpickling a scheduler (`tuner.pkl`
+    on `--resume`) finds the class by this name."""
     if name != "MoashaScheduler":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if name not in _RAY_CLASS:
-        from ray.tune.schedulers import FIFOScheduler
-
-        _RAY_CLASS[name] = _scheduler_class(FIFOScheduler)
-    return _RAY_CLASS[name]
+    return scheduler_class()
 
 
 def _scheduler_class(base: type) -> type:

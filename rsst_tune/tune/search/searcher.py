@@ -13,7 +13,8 @@
   Optuna refuses `report` in a multi-objective study); a PRUNED trial keeps its last state's
   objectives in user attr `pruned_values` (Optuna stores no values for PRUNED trials); the
   study carries the objective names (`study.metric_names`) for optuna-dashboard;
-* a trial that fails for good is told FAIL with user attr `fail_reason`. A trial Ray retries
+* a trial that fails for good is told FAIL with user attr `fail_reason` (its error as one line,
+  read from the sweep's `SweepContext`, where the trial noted it). A trial Ray retries
   (`--max-failures`) is not told anything until it ends, so one that finishes after a retry
   is COMPLETE;
 * with a `constraint` (`--macs-budget`: `rsst_tune.pruning.budget.MacsBudget`), every proposal
@@ -38,6 +39,7 @@ import contextlib
 import logging
 import math
 import os
+import pickle
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -57,8 +59,8 @@ from rsst_tune.experiment.layout import (
     STOPPED_ATTR,
     is_complete,
 )
-from rsst_tune.tune.run.storage import note_storage_failure, storage_error
-from rsst_tune.tune.safety.retries import failure_line
+from rsst_tune.tune.run.context import ContextHolder, SweepContext
+from rsst_tune.tune.run.storage import storage_error
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +95,11 @@ def journal_storage(path: str | Path) -> optuna.storages.JournalStorage:
     return optuna.storages.JournalStorage(SafeJournalFileBackend(str(path)))
 
 
-class PruningAwareOptunaSearch(OptunaSearch):
-    """Ray's OptunaSearch for define-by-run spaces that return TrialConfig fields."""
+class PruningAwareOptunaSearch(ContextHolder, OptunaSearch):
+    """Ray's OptunaSearch for define-by-run spaces that return TrialConfig fields.
+
+    `context`: the sweep's `SweepContext` (its trials' failures; where a storage error is
+    noted), never pickled with the searcher (`save`); one of its own when not given."""
 
     def __init__(
         self,
@@ -108,7 +113,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
         points_to_evaluate: Sequence[Mapping[str, Any]] = (),
         constraint: Callable[[Mapping[str, Any]], float] | None = None,
         max_proposals: int = MAX_PROPOSALS,
+        context: SweepContext | None = None,
     ) -> None:
+        self.bind(SweepContext() if context is None else context)
         self._constraint = constraint  # a proposal's constraint value (> 0: infeasible)
         self._max_proposals = max_proposals
         super().__init__(
@@ -153,7 +160,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         except OSError as exc:  # the journal cannot be written: the sweep stops (StorageGuard)
             if storage_error(exc) is None:
                 raise
-            note_storage_failure(exc)
+            self.context.note_storage_failure(exc)
             self._ot_trials.pop(trial_id, None)
             return None
         return config
@@ -198,7 +205,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         except OSError as exc:
             if storage_error(exc) is None:
                 raise
-            note_storage_failure(exc)
+            self.context.note_storage_failure(exc)
 
     def _record_state(self, ot_trial: optuna.Trial, result: Mapping[str, Any]) -> dict[str, Any]:
         state = int(result["state"])
@@ -220,7 +227,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
             return
         try:
             if error:
-                reason = failure_line(trial_id) or "the trial raised"
+                reason = self.context.failure_line(trial_id) or "the trial raised"
                 ot_trial.set_user_attr(
                     FAIL_REASON_ATTR, f"{reason} (see trial_{trial_id}/error.txt)"
                 )
@@ -243,8 +250,15 @@ class PruningAwareOptunaSearch(OptunaSearch):
         except OSError as exc:  # left RUNNING; settled from Ray's record on resume
             if storage_error(exc) is None:
                 raise
-            note_storage_failure(exc)
+            self.context.note_storage_failure(exc)
         self._completed_trials.add(trial_id)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Ray's `OptunaSearch.save` (the searcher's `__dict__`, pickled) without the sweep's
+        context: `searcher-state-*.pkl` is what it was, and `restore`, which updates
+        `__dict__` from it, keeps the context this searcher was given."""
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump(self.__getstate__(), fh)
 
 
 def _finite(value: Any) -> float | None:
