@@ -283,11 +283,10 @@ def _new_tuner(plan: SweepPlan, trainable: Any, context: SweepContext, *, show: 
 
     from rsst_tune.experiment.layout import JOURNAL_FILE
     from rsst_tune.tune.console import EVENTS_FILE, StorageGuard, SweepConsole
-    from rsst_tune.tune.plan import halving_settings
     from rsst_tune.tune.safety.retries import RetryPolicy
     from rsst_tune.tune.safety.trust import StateSigner
     from rsst_tune.tune.search.samplers import make_sampler
-    from rsst_tune.tune.search.schedulers import SCHEDULERS, SchedulerSpec
+    from rsst_tune.tune.search.schedulers import SCHEDULERS
     from rsst_tune.tune.search.searcher import PruningAwareOptunaSearch, journal_storage
     from search_spaces import get_space
 
@@ -328,16 +327,7 @@ def _new_tuner(plan: SweepPlan, trainable: Any, context: SweepContext, *, show: 
         search_alg = EpochBudget(
             search_alg, plan.epoch_budget, plan.base_config, plan.experiment_dir
         )
-    grace, factor = halving_settings(plan)
-    scheduler = SCHEDULERS.get(plan.scheduler)(
-        SchedulerSpec(
-            metrics=tuple(keys),
-            modes=tuple(modes),
-            states=plan.states,
-            grace=grace,
-            reduction_factor=factor,
-        )
-    )
+    scheduler = SCHEDULERS.get(plan.scheduler)(plan.scheduler_spec())
     callbacks: list[Any] = [
         RetryPolicy(context),  # only infrastructure failures are retried
         StateSigner(),  # Ray's state signed as it is saved: `--resume` loads it

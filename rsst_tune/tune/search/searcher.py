@@ -1,6 +1,7 @@
-"""The Optuna side of a sweep: samplers, the persisted study, and a searcher that tells PRUNED.
+"""The Optuna side of a sweep: the persisted study, and a searcher that tells PRUNED (the
+samplers are `rsst_tune.tune.search.samplers`).
 
-`PruningAwareOptunaSearch` is Ray's `OptunaSearch` with three changes:
+`PruningAwareOptunaSearch` is Ray's `OptunaSearch` with these changes:
 
 * the define-by-run function returns the trial's searched TrialConfig fields, and only those
   become the Ray config (helper parameters such as `rate_mode` stay in Optuna);
