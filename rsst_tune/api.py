@@ -22,6 +22,7 @@ from typing import Any
 
 from rsst_tune.experiment.experiment import Experiment
 from rsst_tune.experiment.reader import load_experiment as _load_experiment
+from rsst_tune.report import write_report as render
 from rsst_tune.tune.plan import SweepOptions, load_plan, resolve_plan
 from rsst_tune.tune.sweep import run_sweep
 
@@ -105,7 +106,6 @@ def write_report(experiment: Experiment, out_dir: str | Path | None = None) -> P
         >>> rsst_tune.write_report(experiment, "/tmp/report")
         PosixPath('/tmp/report/report.md')
     """
-    from rsst_tune.report import write_report as render
 
     return Path(render(experiment, experiment.path if out_dir is None else out_dir))
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rsst_tune.command import OneLineParser, one_line, run_guarded
-from rsst_tune.config import TrialConfig
+from rsst_tune.config import BOOL_WORDS, TrialConfig, registry_for
 from rsst_tune.limits import MAX_REPEATS
 
 # Spellings of the research code (seeds/) that map onto config fields.
@@ -38,7 +38,6 @@ NO_FLAG = {"extra"}
 
 
 def _bool(text: str) -> bool:
-    from rsst_tune.config import BOOL_WORDS
 
     value = BOOL_WORDS.get(text.strip().lower())
     if value is None:
@@ -74,7 +73,6 @@ def _repeats(text: str) -> int:
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrialConfig field (`--head_ratio` and `--head-ratio`), its help, default
     and choices generated from the field's metadata and the registries."""
-    from rsst_tune.config import registry_for
 
     group = parser.add_argument_group("trial config (defaults: TrialConfig)")
     defaults = TrialConfig()

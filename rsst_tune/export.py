@@ -30,7 +30,10 @@ from torch import nn
 
 from rsst_tune import checkpoint as ckpt
 from rsst_tune import fileio
-from rsst_tune.errors import ConfigError
+from rsst_tune.config import DEVICES, TrialConfig
+from rsst_tune.data import DataSpec
+from rsst_tune.device import resolve_device
+from rsst_tune.errors import ConfigError, describe_exception, unknown_choice
 from rsst_tune.export_record import REPORT_FORMAT as REPORT_FORMAT
 from rsst_tune.export_record import REPORT_VERSION as REPORT_VERSION
 from rsst_tune.export_record import ExportReport as ExportReport
@@ -38,9 +41,18 @@ from rsst_tune.export_record import Latency
 from rsst_tune.export_record import fmt_ms as fmt_ms
 from rsst_tune.export_record import read_report as read_report
 from rsst_tune.latency import compare_latency
-from rsst_tune.onnx_export import ONNX_FILE, OnnxError, OnnxMismatch
+from rsst_tune.onnx_export import (
+    ONNX_FILE,
+    OnnxError,
+    OnnxMismatch,
+    export_onnx,
+    onnx_latency,
+    write_onnx,
+)
+from rsst_tune.pruning.cost import CostModel, count_params
 from rsst_tune.pruning.exported import save_exported
 from rsst_tune.pruning.slicing import ATOL, export_model
+from rsst_tune.pruning.structure import find_structure
 
 if TYPE_CHECKING:
     from rsst_tune.config import TrialConfig
@@ -87,9 +99,6 @@ def export_checkpoint(
     dense ONNX only in a temporary directory). An ONNX failure does not raise: the report's
     `onnx_error` says why, no model.onnx is kept, and the rest of the export stands.
     """
-    from rsst_tune.device import resolve_device
-    from rsst_tune.pruning.cost import CostModel, count_params
-    from rsst_tune.pruning.structure import find_structure
 
     out = Path(out_dir)
     check_out_dir(out, overwrite=overwrite)
@@ -190,8 +199,6 @@ def _onnx_export(
 ) -> dict[str, Any]:
     """ExportReport's ONNX fields: write and check `path`; time dense vs pruned ONNX at
     `batch_sizes` (none: not timed). Failures become `onnx_error`; nothing raises."""
-    from rsst_tune.errors import describe_exception
-    from rsst_tune.onnx_export import onnx_latency, write_onnx
 
     threads = torch.get_num_threads()
     fields: dict[str, Any] = {"onnx_threads": threads}
@@ -205,7 +212,6 @@ def _onnx_export(
         return {**fields, "onnx_error": describe_exception(exc)}
     if not batch_sizes:
         return fields
-    from rsst_tune.onnx_export import export_onnx
 
     try:
         with tempfile.TemporaryDirectory(prefix="rsst-tune-onnx-") as tmp:
@@ -244,17 +250,12 @@ def check_out_dir(out: Path, *, overwrite: bool = False) -> None:
 def _check_device_name(device: str) -> None:
     import re
 
-    from rsst_tune.config import DEVICES
-    from rsst_tune.errors import unknown_choice
-
     if device not in DEVICES and not re.fullmatch(r"cuda:\d{1,3}", device):
         raise unknown_choice("device", device, (*DEVICES, "cuda:N"))
 
 
 def _load_ticket(checkpoint: str | Path) -> tuple[TrialConfig, DataSpec, nn.Module]:
     """(TrialConfig, DataSpec, the masked model in eval mode on CPU) of a state checkpoint."""
-    from rsst_tune.config import TrialConfig
-    from rsst_tune.data import DataSpec
     from rsst_tune.models import create_model
 
     saved = ckpt.TrialCheckpoint.load(checkpoint)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from rsst_tune.config import TrialConfig
 from rsst_tune.errors import ConfigError
-from rsst_tune.pruning.structure import Structure
+from rsst_tune.pruning.structure import Structure, find_structure
 from rsst_tune.unit_budget import planned_alive
 from rsst_tune.units import FILTER
 
@@ -128,7 +128,6 @@ def _default_structure(model: str, img_size: int | None, prune_stem: bool) -> St
     from torch import nn
 
     from rsst_tune.models import create_model
-    from rsst_tune.pruning.structure import find_structure
 
     with torch.random.fork_rng(devices=[]):
         built = create_model(model, img_size=img_size)

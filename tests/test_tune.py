@@ -399,7 +399,7 @@ def test_how_a_sweep_ended_is_the_exit_status(
             return None
         return Experiment("e", "/x/e", "vit_head_mlp", (), tuple(outcome))
 
-    monkeypatch.setattr("rsst_tune.tune.sweep.run_sweep", fake_run_sweep)
+    monkeypatch.setattr("rsst_tune.tune.cli.run_sweep", fake_run_sweep)
     argv = ["--space", "vit_head_mlp", "--preset", "smoke", "--storage", str(tmp_path)]
     assert tune_main(argv) == status
     err = capsys.readouterr().err.strip()

@@ -449,7 +449,7 @@ def no_sweeps(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     def never(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a sweep started")
 
-    monkeypatch.setattr("rsst_tune.tune.sweep.run_sweep", never)
+    monkeypatch.setattr("rsst_tune.tune.cli.run_sweep", never)
     yield
 
 

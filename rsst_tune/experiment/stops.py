@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from rsst_tune.config import TrialConfig
 from rsst_tune.errors import ConfigError
 from rsst_tune.experiment.experiment import Experiment
 from rsst_tune.experiment.records import STOPPED_BY_SCHEDULER, TrialRecord
@@ -120,7 +121,6 @@ def stop_summary(experiment: Experiment) -> StopSummary | None:
 def _state_epochs(trial: TrialRecord) -> list[int] | None:
     """The epochs of each of the trial's states (`TrialConfig.state_epochs`), None when its
     config does not say (missing or unreadable: no default stands in for it)."""
-    from rsst_tune.config import TrialConfig
 
     config: Any = trial.config
     if not isinstance(config, dict) or not ({"pruning_times", "states"} & config.keys()):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rsst_tune.command import OneLineParser, run_guarded
-from rsst_tune.config import PLACEMENTS
+from rsst_tune.config import PLACEMENTS, available_cores
 from rsst_tune.errors import (
     CommandFailed,
     ConfigError,
@@ -26,6 +26,8 @@ from rsst_tune.errors import (
     SweepInterrupted,
     describe_exception,
 )
+from rsst_tune.experiment.layout import PLAN_FILE
+from rsst_tune.experiment.reader import load_experiment
 from rsst_tune.limits import (
     MAX_CONFIRM,
     MAX_FAILURES,
@@ -35,9 +37,11 @@ from rsst_tune.limits import (
     MAX_SEED,
     MAX_WORKERS,
 )
-from rsst_tune.tune.plan import SETTABLE
+from rsst_tune.tune.plan import SETTABLE, SweepOptions, describe_plan, load_plan, resolve_plan
+from rsst_tune.tune.run.runner import write_report_if_available
 from rsst_tune.tune.search.samplers import sampler_names
 from rsst_tune.tune.search.schedulers import scheduler_names
+from rsst_tune.tune.sweep import run_sweep
 
 if TYPE_CHECKING:
     from rsst_tune.experiment.experiment import Experiment
@@ -382,9 +386,6 @@ def add_tune_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: i
 def tune_command(args: argparse.Namespace) -> int:
     """Start, resume or dry-run a sweep; exit status 0 done, 1 when no trial completed or was
     pruned (e.g. every trial failed), 130 interrupted (the resume command goes to stderr)."""
-    from rsst_tune.experiment.layout import PLAN_FILE
-    from rsst_tune.tune.plan import SweepOptions, describe_plan, load_plan, resolve_plan
-    from rsst_tune.tune.sweep import run_sweep
 
     prog = getattr(args, "prog", "rsst-tune")
     verbose = bool(getattr(args, "verbose", False) or getattr(args, "tune_verbose", False))
@@ -497,7 +498,6 @@ def check_local_resources(plan: Any, address: str | None) -> None:
     CUDA device, more GPUs or CPUs per trial than it has (Ray would wait for them forever)."""
     if address is not None:
         return
-    from rsst_tune.config import available_cores
 
     device = str(plan.base_config.get("device", "auto"))
     cores = available_cores()
@@ -561,8 +561,6 @@ def _run(prog: str, sweep: Callable[[], Experiment | None], log_path: Path | Non
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from rsst_tune.experiment.reader import load_experiment
-    from rsst_tune.tune.run.runner import write_report_if_available
 
     export = "all" if getattr(args, "measure", False) else "recorded"
     if getattr(args, "confirm", 0):

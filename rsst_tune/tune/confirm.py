@@ -28,11 +28,21 @@ from rsst_tune import fileio
 from rsst_tune.errors import ConfigError, SweepInterrupted
 from rsst_tune.experiment.experiment import Experiment
 from rsst_tune.experiment.layout import CONFIRM_DIR, CONFIRM_FILE
-from rsst_tune.experiment.reader import read_confirmation
+from rsst_tune.experiment.reader import error_summary, load_experiment, read_confirmation
 from rsst_tune.experiment.records import Confirmation, Objective, SeedRun
+from rsst_tune.experiment.seeds import EXTRA_SEEDS, confirm_candidates
+from rsst_tune.experiment.select import jsonable, reproduce_config
 from rsst_tune.results import StateResult
-from rsst_tune.tune.plan import SweepPlan, check_confirm
+from rsst_tune.tune.plan import SweepPlan, check_confirm, load_plan
 from rsst_tune.tune.run.context import SweepContext
+from rsst_tune.tune.run.ray_setup import init_ray, prepare_ray_env, restore_ray_env
+from rsst_tune.tune.run.storage import sweep_lock
+from rsst_tune.tune.run.trainable import (
+    ray_trial_dirname,
+    ray_trial_name,
+    train_trial,
+    trainable_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +66,6 @@ class RunSpec:
 
 def plan_runs(experiment: Experiment, k: int, extra: int | None = None) -> list[RunSpec]:
     """The seed runs that confirm the top `k` tickets of each budget."""
-    from rsst_tune.experiment.seeds import EXTRA_SEEDS, confirm_candidates
-    from rsst_tune.experiment.select import reproduce_config
 
     extra = EXTRA_SEEDS if extra is None else extra
     specs: list[RunSpec] = []
@@ -71,7 +79,6 @@ def plan_runs(experiment: Experiment, k: int, extra: int | None = None) -> list[
 
 # ---------------------------------------------------------------------- the record
 def write_confirmation(exp_dir: str | Path, confirmation: Confirmation) -> None:
-    from rsst_tune.experiment.select import jsonable
 
     data = {
         "version": CONFIRM_VERSION,
@@ -104,7 +111,6 @@ def run_confirmation(
     `SweepInterrupted` when Ctrl+C (or SIGTERM) stopped the stage before its runs finished
     (the finished ones are recorded).
     """
-    from rsst_tune.experiment.seeds import EXTRA_SEEDS
 
     k = check_confirm(k)
     local = Path(plan.local_dir)
@@ -161,10 +167,6 @@ def confirm_sweep(
     tickets confirmed are the ones the finished sweep offers."""
     import dataclasses
 
-    from rsst_tune.experiment.reader import load_experiment
-    from rsst_tune.tune.plan import load_plan
-    from rsst_tune.tune.run.ray_setup import prepare_ray_env, restore_ray_env
-
     plan = dataclasses.replace(load_plan(path), confirm=check_confirm(k))
     experiment = load_experiment(plan.experiment_dir)
     running = [t.trial_id for t in experiment.trials if t.status == "running"]
@@ -195,8 +197,6 @@ def _confirm_in_ray(
 ) -> None:
     """Hold the sweep lock, start or join Ray, and run the confirmation."""
     from rsst_tune.tune.console import sweep_logging
-    from rsst_tune.tune.run.ray_setup import init_ray
-    from rsst_tune.tune.run.storage import sweep_lock
 
     with sweep_lock(plan), sweep_logging(Path(plan.local_dir), verbose=verbose, context=context):
         started = init_ray(address, context.ray_env)
@@ -221,8 +221,6 @@ def _confirm_tuner(
     plan: SweepPlan, configs: list[dict[str, Any]], recorder: _Recorder, name: str
 ) -> Any:
     from ray import tune
-
-    from rsst_tune.tune.run.trainable import ray_trial_dirname, ray_trial_name, trainable_for
 
     return tune.Tuner(
         trainable_for(plan, confirm_run),
@@ -251,7 +249,6 @@ def confirm_run(
 ) -> None:
     """Ray Tune entry point of one seed run: the sweep's trainable on `config[RUN_KEY]` (the
     runs are a grid over whole configs, whose lists may differ in length)."""
-    from rsst_tune.tune.run.trainable import train_trial
 
     train_trial(config[RUN_KEY], objectives=objectives, dense_cache_dir=dense_cache_dir)
 
@@ -283,7 +280,6 @@ class _Recorder:
         self._add(trial.config, "complete", state, None)
 
     def failed(self, trial: Any) -> None:
-        from rsst_tune.experiment.reader import error_summary
 
         text = ""
         path = Path(str(getattr(trial, "local_path", "") or "")) / "error.txt"

@@ -34,6 +34,7 @@ from rsst_tune.limits import (
     MAX_SAMPLES,
     MAX_SEED,
 )
+from rsst_tune.tune.search.moasha import rung_states
 from rsst_tune.tune.search.samplers import SAMPLERS, sampler_names
 from rsst_tune.tune.search.schedulers import SCHEDULERS, SchedulerSpec, scheduler_names
 from rsst_tune.tune.space import SMOKE_SWEEP, SearchSpace, summarize, varying_sparsity_fields
@@ -440,7 +441,6 @@ def halving_settings(plan: SweepPlan) -> tuple[int, int]:
 
 def moasha_rungs(plan: SweepPlan) -> list[int]:
     """The rung states MO-ASHA would use for the plan's trials (may be empty)."""
-    from rsst_tune.tune.search.moasha import rung_states
 
     grace, factor = halving_settings(plan)
     return rung_states(max(1, grace), factor, plan.states - 1)

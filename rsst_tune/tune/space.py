@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rsst_tune.config import TrialConfig
-from rsst_tune.errors import ConfigError
+from rsst_tune.errors import ConfigError, unknown_choice
 from rsst_tune.experiment.records import Objective
 
 # (optuna.Trial) or (optuna.Trial, base config) -> searched TrialConfig fields
@@ -228,7 +228,6 @@ def _fit_to_epochs(data: dict[str, Any], epochs: int) -> None:
 
 def _check_names(data: Mapping[str, Any]) -> None:
     from rsst_tune.data import list_datasets
-    from rsst_tune.errors import unknown_choice
     from rsst_tune.models import is_registered, list_models
 
     if "model" in data and not is_registered(str(data["model"])):

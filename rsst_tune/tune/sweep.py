@@ -22,6 +22,7 @@ from rsst_tune.errors import ConfigError
 from rsst_tune.experiment.experiment import Experiment
 from rsst_tune.tune.plan import SweepPlan
 from rsst_tune.tune.run.ray_setup import check_address
+from rsst_tune.tune.run.runner import execute
 from rsst_tune.tune.run.storage import check_storage, sweep_lock
 
 
@@ -57,7 +58,6 @@ def run_sweep(
     this user's rsst-tune (`rsst_tune.tune.safety.trust.check_resume`; ConfigError otherwise);
     `trust_pickles` (`--trust-pickles`) skips that check.
     """
-    from rsst_tune.tune.run.runner import execute
 
     check_storage(plan, resume=resume)
     if plan.wandb == "online" and not os.environ.get("WANDB_API_KEY"):

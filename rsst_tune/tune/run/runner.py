@@ -27,11 +27,20 @@ from types import FrameType
 from typing import Any
 
 from rsst_tune import fileio
+from rsst_tune.best_exports import EXPORT_MODES, export_best
 from rsst_tune.errors import ConfigError, ReportFailed, SweepInterrupted
 from rsst_tune.experiment.experiment import Experiment
-from rsst_tune.experiment.layout import PLAN_FILE
+from rsst_tune.experiment.layout import JOURNAL_FILE, PLAN_FILE
+from rsst_tune.experiment.reader import (
+    last_row,
+    load_experiment,
+    open_study,
+    snapshot_trials,
+    trial_error,
+)
+from rsst_tune.tune.confirm import run_confirmation
 from rsst_tune.tune.plan import SweepPlan
-from rsst_tune.tune.run.context import SweepContext, running
+from rsst_tune.tune.run.context import ContextHolder, SweepContext, running
 from rsst_tune.tune.run.legacy import alias_moved_modules
 from rsst_tune.tune.run.ray_setup import (
     Reaper,
@@ -42,6 +51,8 @@ from rsst_tune.tune.run.ray_setup import (
 )
 from rsst_tune.tune.run.storage import describe_storage_error, storage_error
 from rsst_tune.tune.run.trainable import ray_trial_dirname, ray_trial_name, trainable_for
+from rsst_tune.tune.search.samplers import make_sampler
+from rsst_tune.tune.search.schedulers import SCHEDULERS
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +163,6 @@ def _release_dense_locks(plan: SweepPlan, *, wait_s: float) -> None:
 def _fit(plan: SweepPlan, context: SweepContext, *, resume: bool, show: bool) -> Experiment | None:
     from ray import tune
 
-    from rsst_tune.experiment.layout import JOURNAL_FILE
-
     local = Path(plan.local_dir)
     trainable = trainable_for(plan)
     if resume:
@@ -209,7 +218,6 @@ def _recover(plan: SweepPlan) -> None:
     """
     if plan.is_uri:
         return
-    from rsst_tune.experiment.reader import open_study, snapshot_trials
     from rsst_tune.tune.run.ray_state import repair_ray_state
     from rsst_tune.tune.search.searcher import fail_lost, recount_search_state
 
@@ -281,12 +289,9 @@ def _new_tuner(plan: SweepPlan, trainable: Any, context: SweepContext, *, show: 
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from rsst_tune.experiment.layout import JOURNAL_FILE
     from rsst_tune.tune.console import EVENTS_FILE, StorageGuard, SweepConsole
     from rsst_tune.tune.safety.retries import RetryPolicy
     from rsst_tune.tune.safety.trust import StateSigner
-    from rsst_tune.tune.search.samplers import make_sampler
-    from rsst_tune.tune.search.schedulers import SCHEDULERS
     from rsst_tune.tune.search.searcher import PruningAwareOptunaSearch, journal_storage
     from search_spaces import get_space
 
@@ -387,7 +392,6 @@ def _bind_restored(tuner: Any, context: SweepContext) -> None:
     sweep's `context` to its callbacks, stopper and searcher (Ray's own copy of the stopper,
     which replaces this one inside `fit`, reads `context.running`). A sweep started by an older
     rsst-tune has no `RetryPolicy` (nor `StateSigner`) in `tuner.pkl`: add them."""
-    from rsst_tune.tune.run.context import ContextHolder
     from rsst_tune.tune.safety.retries import RetryPolicy
     from rsst_tune.tune.safety.trust import StateSigner
 
@@ -542,8 +546,6 @@ def _confirm(plan: SweepPlan, experiment: Experiment, *, show: bool) -> Experime
     """The seed-confirmation stage (`--confirm K`), then the experiment with its record. An
     interrupted stage still leaves a report of the sweep (its finished runs are recorded and
     `--resume` runs only the rest)."""
-    from rsst_tune.experiment.reader import load_experiment
-    from rsst_tune.tune.confirm import run_confirmation
 
     try:
         run_confirmation(plan, experiment, plan.confirm, show=show)
@@ -567,7 +569,6 @@ def _settle_study(plan: SweepPlan, statuses: dict[str, str], stopped_reason: str
     the time budget ended; tells a killed driver or a full disk prevented)."""
     if plan.is_uri:
         return
-    from rsst_tune.experiment.reader import last_row, open_study, trial_error
     from rsst_tune.tune.search.searcher import settle_finished
 
     study = open_study(Path(plan.local_dir), plan.study_name or plan.name)
@@ -602,7 +603,6 @@ def write_report_if_available(
     exports and measures nothing); "missing" first exports and times those not recorded yet;
     "all" does it for every one; `onnx`: the exports also write and time model.onnx.
     """
-    from rsst_tune.best_exports import EXPORT_MODES, export_best
 
     try:
         from rsst_tune.report import write_report

@@ -29,6 +29,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from rsst_tune.errors import ConfigError, TrialDiverged, describe_exception
+from rsst_tune.experiment.reader import error_summary
 from rsst_tune.tune.run.context import CONTEXT_ATTR, ContextHolder, SweepContext
 
 # Raised by the trial's code, these fail again on a retry: the trial ends at the first one.
@@ -60,7 +61,6 @@ def deterministic_cause(exc: BaseException | None) -> BaseException | None:
 
 
 def _one_line(exc: BaseException | None) -> str:
-    from rsst_tune.experiment.reader import error_summary
 
     cause = deterministic_cause(exc)
     if cause is not None:

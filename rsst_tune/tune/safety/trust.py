@@ -52,6 +52,7 @@ from ray.tune import Callback
 from rsst_tune import fileio
 from rsst_tune.errors import ConfigError
 from rsst_tune.experiment.layout import RAY_STATE_BACKUP, SIGNATURES_FILE
+from rsst_tune.experiment.reader import file_intact
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,6 @@ def sign_staged(exp_dir: str | Path, staging: str | Path, seen: dict[str, tuple[
     """Sign the versions of Ray's state files (and trials' `error.pkl`) in Ray's staging
     directory `staging` that `seen` (path -> (mtime_ns, size), updated) has not seen, under
     the names they get in `exp_dir`. Returns how many were signed."""
-    from rsst_tune.experiment.reader import file_intact
 
     root, stage = Path(exp_dir), Path(staging)
     found = [p for pattern in RAY_STATE_PATTERNS for p in stage.glob(pattern)]

@@ -33,6 +33,7 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from rsst_tune.config import TrialConfig
+from rsst_tune.experiment.reader import load_experiment
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,6 @@ class EpochBudget(Searcher):
         self._recount = False
         if self._experiment_dir is None or not Path(self._experiment_dir).is_dir():
             return
-        from rsst_tune.experiment.reader import load_experiment
 
         self._spent.clear()
         self._left.clear()

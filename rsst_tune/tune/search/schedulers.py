@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rsst_tune.registry import Registry
+from rsst_tune.tune.search.moasha import make_scheduler
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,6 @@ def scheduler_names() -> tuple[str, ...]:
 
 @register_scheduler("moasha")
 def moasha(spec: SchedulerSpec) -> Any:
-    from rsst_tune.tune.search.moasha import make_scheduler
 
     return make_scheduler(
         list(spec.metrics),

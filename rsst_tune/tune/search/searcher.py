@@ -60,6 +60,7 @@ from rsst_tune.experiment.layout import (
     STOPPED_ATTR,
     is_complete,
 )
+from rsst_tune.experiment.reader import ray_state_files
 from rsst_tune.tune.run.context import ContextHolder, SweepContext
 from rsst_tune.tune.run.storage import storage_error
 
@@ -372,8 +373,6 @@ def recount_search_state(exp_dir: str | Path, recorded: Mapping[str, str]) -> st
     (`rsst_tune.tune.safety.trust`): it is unpickled here. Returns what changed, None when nothing.
     """
     import ray.cloudpickle as cloudpickle
-
-    from rsst_tune.experiment.reader import ray_state_files
 
     files = [p for p in ray_state_files(exp_dir) if p.name.startswith(SEARCH_GEN_STATE)]
     if not files:
