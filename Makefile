@@ -1,6 +1,7 @@
 # Everything a fresh machine needs, from the project's own files.
 #   make smoke   the main job: an offline sweep on the digits data, ending in a report
-#   make test    ruff (lint + format check), mypy --strict and the whole test suite
+#   make test    ruff (lint + format check), mypy --strict and the whole test suite (the tests
+#                without Ray on 2 workers, then the Ray sweeps one at a time)
 #   make test-fast  the inner loop: lint and the tests without Ray sweeps or slow training
 #   make gpu-check  on a CUDA machine: the CUDA tests, throughput, a fractional-GPU sweep and
 #                   exported latency in one table (< 8 min on one H100); without CUDA it says
@@ -30,8 +31,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy rsst_tune search_spaces tune_main.py
 
+# Tests that start no Ray run on 2 workers; the Ray sweeps then run one at a time (they time
+# signals and process exits, which a second sweep on a 2-core machine delays)
 test: lint
-	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -n 2 -m "not sweep"
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -m sweep
 
 test-fast: lint
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -n 2 -m "not slow and not sweep"
