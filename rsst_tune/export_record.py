@@ -38,8 +38,8 @@ REPORT_VERSION = 1
 
 
 def load_call(path: str | Path) -> str:
-    """The Python call that loads the exported model at `path` (the same text as
-    `rsst_tune.pruning.exported.load_call`)."""
+    """The Python call that loads the exported model at `path` (also importable from
+    `rsst_tune.pruning.exported`, which defines `load_exported`)."""
     return f"rsst_tune.pruning.exported.load_exported({str(path)!r})"
 
 

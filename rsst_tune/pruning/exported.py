@@ -21,17 +21,13 @@ from torch import Tensor, nn
 from rsst_tune import checkpoint as ckpt
 from rsst_tune import fileio
 from rsst_tune.errors import ConfigError
+from rsst_tune.export_record import load_call
 from rsst_tune.pruning.slicing import ExportResult, resize_to
 
 __all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "load_call", "load_exported", "save_exported"]
 
 EXPORT_FORMAT = "rsst-tune-export"
 EXPORT_VERSION = 1
-
-
-def load_call(path: str | Path) -> str:
-    """The Python call that loads the exported model at `path`."""
-    return f"rsst_tune.pruning.exported.load_exported({str(path)!r})"
 
 
 def save_exported(
