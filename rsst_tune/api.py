@@ -17,6 +17,7 @@ These are the `rsst-tune tune` command's steps (`rsst_tune.tune.plan.resolve_pla
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from rsst_tune.experiment.experiment import Experiment
 from rsst_tune.experiment.reader import load_experiment as _load_experiment
 from rsst_tune.report import write_report as render
 from rsst_tune.tune.plan import SweepOptions, load_plan, resolve_plan
+from rsst_tune.tune.preflight import check_data
 from rsst_tune.tune.sweep import run_sweep
 
 __all__ = ["load_experiment", "resume_sweep", "sweep", "write_report"]
@@ -64,6 +66,9 @@ def sweep(
     """
     options.setdefault("command", _call_text(space, options))
     plan = resolve_plan(SweepOptions.from_keywords(space, options))
+    data_line = check_data(plan, address=address)  # a missing dataset: ConfigError here
+    if show and data_line.startswith("warning:"):
+        print(data_line, file=sys.stderr)
     return run_sweep(plan, address=address, verbose=verbose, show=show)
 
 

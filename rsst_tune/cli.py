@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rsst_tune.command import OneLineParser, one_line, run_guarded
-from rsst_tune.config import BOOL_WORDS, TrialConfig, registry_for
+from rsst_tune.config import BOOL_WORDS, FLOAT, INT, TrialConfig, accepts, registry_for
 from rsst_tune.limits import MAX_REPEATS
 
 # Spellings of the research code (seeds/) that map onto config fields.
@@ -49,6 +49,10 @@ def _bool(text: str) -> bool:
 
 def _optional_float(text: str) -> float | None:
     return None if text.lower() in ("none", "null", "") else float(text)
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() in ("none", "null", "") else int(text)
 
 
 def _ratio_list(text: str) -> tuple[float, ...] | None:
@@ -99,6 +103,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs.update(type=float, metavar="FLOAT")
         elif isinstance(default, int):
             kwargs.update(type=int, metavar="N")
+        elif accepts(f.name).type == FLOAT:  # optional (default None), e.g. train_subset
+            kwargs.update(type=_optional_float, metavar="FLOAT")
+        elif accepts(f.name).type == INT:
+            kwargs.update(type=_optional_int, metavar="N")
         else:
             kwargs.update(type=str, metavar=f.name.upper())
         choices = f.metadata.get("choices")

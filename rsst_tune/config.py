@@ -536,11 +536,15 @@ class TrialConfig:
     @classmethod
     def from_json_file(cls, path: str | Path) -> TrialConfig:
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            size = Path(path).stat().st_size
+            if size > limits.MAX_CONFIG_BYTES:
+                raise ConfigError(
+                    f"config file {path} is {size:,} bytes; a config file holds at most "
+                    f"{limits.MAX_CONFIG_BYTES:,}"
+                )
+            data = parse_json(Path(path).read_text(encoding="utf-8"), f"config file {path}")
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise ConfigError(f"config file {path} cannot be read: {reason}") from None
@@ -550,6 +554,33 @@ class TrialConfig:
         if "config" in data and isinstance(data["config"], dict):
             data = data["config"]
         return cls.from_dict(data)
+
+
+def parse_json(text: str, what: str) -> Any:
+    """User-given JSON (`what` names it in messages): invalid or too deeply nested JSON is a
+    ConfigError, never a RecursionError."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:  # bracket depth outside strings, before the parser recurses
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    if deepest > limits.MAX_JSON_DEPTH:
+        raise ConfigError(
+            f"{what} nests brackets {deepest} deep; at most {limits.MAX_JSON_DEPTH} are allowed"
+        )
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:  # pragma: no cover - the depth check above comes first
+        raise ConfigError(f"{what} nests too deeply") from None
 
 
 # ---------------------------------------------------------------------- what fields accept

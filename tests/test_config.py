@@ -423,3 +423,17 @@ def test_console_script_error_has_no_traceback(tmp_path) -> None:
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "imp, refill, rsst" in errors[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_run_flags_of_optional_numeric_fields_are_read_as_numbers() -> None:
+    """`rsst-tune run --train_subset 0.5 --data_workers 2`: fields whose default is None still
+    parse their flag as a number (they reached the config as text and were refused)."""
+    from rsst_tune.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(
+        ["run", "--train_subset", "0.5", "--data-workers", "2", "--val_size", "10"]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.train_subset, cfg.data_workers, cfg.val_size) == (0.5, 2, 10)
+    args = build_parser().parse_args(["run", "--train_subset", "none"])
+    assert config_from_args(args).train_subset is None

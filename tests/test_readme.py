@@ -11,10 +11,11 @@ To keep them tiny and offline, the test changes the commands by this table only:
     rsst-tune run (not --resume,     + --epochs 1 --pruning_times 3           seconds per state; 3
       not --config)                                                           states: state_02.pt
     rsst-tune run                    + --quiet                                no progress bar
-    rsst-tune run --dataset cifar10  + --val_size 10                          fake CIFAR: 50 images
+    rsst-tune run --dataset cifar10  + --val_size 10 --train_subset 0.01      10 val, 50 train
     a sweep (--space, no --dry-run)  + --num-samples 1 --epochs 1 --states 2  1 trial, 2 states
-    a sweep whose space allows them  + --dataset digits --model vit_digits    offline and small
-      (its --dry-run accepts them)
+    a sweep whose space allows it    + --model vit_digits --img-size 8        a small ViT at 8 px,
+      (its --dry-run accepts it)                                              on the sweep's own
+                                                                              dataset
     --gpus-per-trial X, no CUDA      --gpus-per-trial 0                       Ray would wait for one
     a sweep without --name           + --name readme-N                        for experiments/<name>
     experiments/<name> (placeholder) the last sweep's directory
@@ -23,7 +24,15 @@ To keep them tiny and offline, the test changes the commands by this table only:
                                                                               shared cores); so
                                                                               --config is exact
     ./data/cifar-10-batches-py/      fake CIFAR-10 in CIFAR's file format     --download finds it,
-                                     (tests/test_data.py::write_cifar10)      fetches nothing
+                                     (tests/test_data.py::write_cifar10;      fetches nothing; the
+                                     5,050 train images: the default 5,000    sweeps read it from
+                                     are carved for validation)               the launch folder
+    ./my_images/{train,val}/CLASS/   a tiny image folder of PNGs              the README's image-
+                                                                              folder sweep
+
+A sweep's dataset is never replaced: the CIFAR sweeps read ./data as a user's would (a relative
+path is the folder the sweep was launched from, not Ray's trial directory), and the check
+asserts that every trial's `data_dir` is that folder.
 
 Nothing is interrupted: `rsst-tune run --resume` follows a finished run (it prints the saved
 table, trains nothing and exits 0) and `tune_main.py --resume` a finished sweep (it rewrites
@@ -53,8 +62,9 @@ README = REPO / "README.md"
 TIMEOUT_S = 300  # per command
 TINY_RUN = ["--epochs", "1", "--pruning_times", "3"]
 TINY_SWEEP = ["--num-samples", "1", "--epochs", "1", "--states", "2"]
-SMALL_DATA = ["--dataset", "digits", "--model", "vit_digits"]
-FAKE_CIFAR_VAL = ["--val_size", "10"]
+SMALL_MODEL = ["--model", "vit_digits", "--img-size", "8"]
+FAKE_CIFAR_PER_BATCH = 1010  # 5 x 1010 train images: CIFAR's default 5,000 validation + 50
+FAKE_CIFAR_VAL = ["--val_size", "10", "--train_subset", "0.01"]  # 10 val, 50 train images
 TIMING_KEYS = {"wall_time_s"}
 
 
@@ -158,9 +168,9 @@ class Tour:
         if option(args, "--name") is None:
             args += ["--name", f"readme-{len(self.sweeps)}"]
         args += TINY_SWEEP
-        dry = self.run([*prog, *args, *SMALL_DATA, "--dry-run"], check=False)
+        dry = self.run([*prog, *args, *SMALL_MODEL, "--dry-run"], check=False)
         if dry.returncode == 0:
-            args += SMALL_DATA
+            args += SMALL_MODEL
         name = option(args, "--name")
         assert name is not None
         self.sweeps.append(name)
@@ -249,6 +259,10 @@ class Tour:
         assert [t.status for t in experiment.trials] == ["complete"], experiment.trials
         assert [s.state for s in experiment.trials[0].states] == [0, 1]
         assert experiment.pareto(), "a finished sweep has a Pareto front"
+        config = experiment.trials[0].config
+        if config["dataset"] not in ("digits", "synthetic"):  # read from the launch folder
+            asked = option(argv, "--data-dir") or option(argv, "--data_dir") or "data"
+            assert config["data_dir"] == str((self.cwd / asked).resolve()), config["data_dir"]
 
     def check_sweep_resume(self, argv: list[str], res: subprocess.CompletedProcess[str]) -> None:
         exp_dir = self.cwd / argv[argv.index("--resume") + 1]
@@ -276,6 +290,21 @@ class Tour:
         return (self.cwd / storage / (option(argv, "--name") or "")).resolve()
 
 
+def write_image_folder(root: Path, per_class: int = 12) -> None:
+    """A tiny ImageNet-layout folder: train/ and val/ with two classes of 16x16 PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("val", per_class // 3)):
+        for label, name in enumerate(("cat", "dog")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 128, (16, 16, 3)) + 127 * label
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+
+
 def _drop_timing(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
@@ -293,7 +322,8 @@ def test_make_targets_exist() -> None:
 def test_every_readme_command_runs(tmp_path: Path) -> None:
     commands = [w for w in bash_commands(README.read_text()) if w[0] not in ("make", "source")]
     assert len(commands) >= 10, commands
-    write_cifar10(tmp_path / "data")
+    write_cifar10(tmp_path / "data", per_batch=FAKE_CIFAR_PER_BATCH)
+    write_image_folder(tmp_path / "my_images")
     tour = Tour(tmp_path)
     for words in commands:
         argv, kind = tour.substitute(words)

@@ -7,6 +7,8 @@ One Ray cluster (bound to 127.0.0.1) serves the whole module; the SIGINT test dr
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import logging
 import os
@@ -454,7 +456,10 @@ def test_the_loopback_setting_of_a_local_sweep_does_not_outlive_its_start(
         (["--space", "resnet_rsst", "--model", "vit_tiny"], "does not allow --model vit_tiny"),
         (["--space", "vit_head_mlp", "--model", "vit_nope"], "unknown model"),
         (["--space", "vit_head_mlp", "--objective", "test_acc"], "never optimised"),
-        (["--space", "vit_head_mlp", "--storage", "/proc/forbidden"], "cannot write"),
+        (
+            ["--space", "vit_head_mlp", "--preset", "smoke", "--storage", "/proc/forbidden"],
+            "cannot write",
+        ),
         (["--resume", "EMPTY"], "holds no sweep"),
         (
             ["--space", "vit_head_mlp", "--preset", "smoke", "--address", "127.0.0.1:9"],
@@ -869,6 +874,38 @@ def test_a_storage_failure_noted_while_logging_it_does_not_recurse() -> None:
         logger.removeHandler(handler)
         logger.setLevel(level)
     assert context.storage_failure is full and len(seen) == 1, seen
+
+
+def test_a_full_disk_named_only_in_a_rays_message_stops_the_sweep_and_stays_off_the_console(
+    tmp_path: Path,
+) -> None:
+    """Ray sometimes reports a failed write as text ("... [Errno 28] No space left on device"),
+    with no exception attached: the sweep notes it as its storage failure (and stops with its
+    one line), and the console does not print Ray's message as a second line."""
+    from rsst_tune.tune.console import sweep_logging
+    from rsst_tune.tune.run.context import SweepContext
+
+    context = SweepContext()
+    console = logging.StreamHandler(io.StringIO())
+    root = logging.getLogger()
+    root.addHandler(console)
+    try:
+        with sweep_logging(tmp_path, context=context):
+            logging.getLogger("ray.tune.execution").error(
+                "Saving experiment state to %s failed: [Errno 28] %s",
+                tmp_path,
+                "No space left on device",
+            )
+            logging.getLogger("rsst_tune.tune").error("an ordinary error")
+    finally:
+        root.removeHandler(console)
+    assert isinstance(context.storage_failure, OSError)
+    assert context.storage_failure.errno == errno.ENOSPC
+    stream = console.stream
+    assert isinstance(stream, io.StringIO)
+    assert "No space left" not in stream.getvalue()
+    assert "an ordinary error" in stream.getvalue()
+    assert "No space left" in (tmp_path / "sweep.log").read_text()
 
 
 def test_rays_state_is_signed_as_it_is_saved_and_verifies_when_synced(

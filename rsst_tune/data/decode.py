@@ -57,7 +57,8 @@ def decode_image(path: Path, side: int, img_size: int) -> Tensor:
     from PIL import Image
 
     with Image.open(path) as raw:
-        new_w, new_h = resized_shape(*raw.size, side)
+        width, height = raw.size
+        new_w, new_h = resized_shape(width, height, side)
         raw.draft("RGB", (new_w, new_h))  # JPEG: decode at 1/2, 1/4, 1/8 scale if still >= size
         image = as_rgb(raw)
     if image.size != (new_w, new_h):

@@ -38,6 +38,7 @@ from rsst_tune.limits import (
     MAX_WORKERS,
 )
 from rsst_tune.tune.plan import SETTABLE, SweepOptions, describe_plan, load_plan, resolve_plan
+from rsst_tune.tune.preflight import check_data, idle_gpu_warning
 from rsst_tune.tune.run.runner import write_report_if_available
 from rsst_tune.tune.search.samplers import sampler_names
 from rsst_tune.tune.search.schedulers import scheduler_names
@@ -219,6 +220,11 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument(
         "--pretrained-file", "--pretrained_file", dest="pretrained_file", default=None,
         help="start every trial from these weights (a local state dict or .safetensors)",
+    )  # fmt: skip
+    inputs.add_argument(
+        "--pretrained", action="store_true", default=None,
+        help="timm:NAME models: every trial starts from timm's pretrained weights (read from "
+        "the Hugging Face cache: on an offline cluster, fill it first or use --pretrained-file)",
     )  # fmt: skip
     budget = parser.add_argument_group("budget and resources")
     budget.add_argument(
@@ -459,12 +465,20 @@ def tune_command(args: argparse.Namespace) -> int:
         train_subset=args.train_subset,
         data_workers=args.data_workers,
         pretrained_file=args.pretrained_file,
+        pretrained=args.pretrained,
         command=command,
     )
     plan = resolve_plan(opts)
+    data_line = check_data(plan, address=args.address)  # a missing dataset: exit 2 here
     if args.dry_run:
         print(describe_plan(plan))
+        print(data_line)
+        warning = idle_gpu_warning(plan)
+        if warning:
+            print(warning)
         return 0
+    if data_line.startswith("warning:"):
+        print(data_line, file=sys.stderr)
     check_local_resources(plan, args.address)
     return _run(
         prog,
@@ -645,4 +659,6 @@ def _fixed_param(text: str) -> tuple[str, Any]:
         value: Any = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
+    except RecursionError:
+        raise argparse.ArgumentTypeError(f"{name.strip()}: the value nests too deeply") from None
     return name.strip(), value

@@ -18,6 +18,7 @@ noted, and never pickle it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -285,6 +286,24 @@ def _storage_error_in(text: str, root: str) -> OSError | None:
     return None
 
 
+# How a full or read-only disk reads in a message that carries no exception
+_FULL_STORAGE_TEXT = {os.strerror(code): code for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)}
+
+
+def _names_full_storage(record: logging.LogRecord) -> OSError | None:
+    """The storage error a WARNING or worse record names in its text, if any."""
+    if record.levelno < logging.WARNING:
+        return None
+    try:
+        text = record.getMessage()
+    except (TypeError, ValueError):  # a record whose arguments do not fit its message
+        return None
+    for words, code in _FULL_STORAGE_TEXT.items():
+        if words in text:
+            return OSError(code, words)
+    return None
+
+
 class StorageGuard(ContextHolder, Stopper):
     """Ends the whole sweep once a storage error was noted in its `SweepContext`.
 
@@ -312,6 +331,8 @@ class _QuietFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and storage_error(record.exc_info[1] or Exception()) is not None:
             return False  # a storage error: in sweep.log; the sweep stops with one line
+        if _names_full_storage(record) is not None:
+            return False  # the same, reported by Ray as text (e.g. its state sync failed)
         if record.levelno >= logging.ERROR:
             # Ray's summary of failed trials repeats what the console already said per trial.
             return not str(record.msg).startswith("Trials did not complete")
@@ -331,6 +352,9 @@ class _SweepLogHandler(logging.FileHandler):
             failure = storage_error(record.exc_info[1])  # e.g. Ray's state sync: disk full
             if failure is not None:
                 self.context.note_storage_failure(failure)
+        named = _names_full_storage(record)  # the same, as text only
+        if named is not None and self.context.storage_failure is None:
+            self.context.note_storage_failure(named)
         super().emit(record)
 
     def handleError(self, record: logging.LogRecord) -> None:

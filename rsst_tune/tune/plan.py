@@ -11,6 +11,7 @@ Resolving never imports torch or Ray and writes nothing: every bad input is a on
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import math
@@ -92,6 +93,7 @@ class SweepOptions:
     train_subset: float | None = None
     data_workers: int | None = None
     pretrained_file: str | None = None  # made absolute
+    pretrained: bool | None = None  # timm:NAME models start from timm's weights (--pretrained)
 
     @classmethod
     def from_keywords(cls, space: str, options: Mapping[str, Any]) -> SweepOptions:
@@ -225,6 +227,9 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
             **_check_settings(opts.settings),
         },
     )
+    # Ray runs each trial in a working directory of its own: a relative data folder (the
+    # default `data` too) means the folder the sweep was launched from.
+    base["data_dir"] = str(Path(base["data_dir"]).expanduser().resolve())
     fixed = {**(SMOKE_FIXED if opts.preset == "smoke" else {}), **dict(opts.fixed)}
     _check_fixed(space, base, fixed)
     objectives = objs.parse_objectives(opts.objective) if opts.objective else space.objectives
@@ -238,6 +243,11 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
     halving = _check_halving(scheduler, opts.grace, opts.reduction_factor)
     if opts.wandb not in WANDB_MODES:
         raise unknown_choice("--wandb mode", opts.wandb, WANDB_MODES)
+    if opts.wandb != "off" and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(
+            f"--wandb {opts.wandb} needs the wandb package, which is not installed here: "
+            "pip install 'rsst-tune[wandb]'"
+        )
     preset = SMOKE_SWEEP if opts.preset == "smoke" else {}
     num_samples = opts.num_samples or int(preset.get("num_samples", space.num_samples))
     max_concurrent = opts.max_concurrent or preset.get("max_concurrent")
@@ -313,6 +323,8 @@ OWN_FLAG = {
     "device": "--device",
     "data_placement": "--data-placement",
     "data_dir": "--data-dir",
+    "pretrained": "--pretrained",
+    "pretrained_file": "--pretrained-file",
     "data_workers": "--data-workers",
     "threads": "--cpus-per-trial (one torch thread per CPU a trial holds)",
     "seed": "--seed",
@@ -358,6 +370,7 @@ def _inputs(opts: SweepOptions) -> dict[str, Any]:
         "data_placement": opts.data_placement,
         "train_subset": opts.train_subset,
         "data_workers": opts.data_workers,
+        "pretrained": opts.pretrained,
     }
     for name, want_dir in (("data_dir", True), ("pretrained_file", False)):
         value = getattr(opts, name)
