@@ -255,6 +255,13 @@ class TrialConfig:
         valid=_float(0.0, 1.0),
     )
     min_units: int = _field(1, PRUNE, "units every layer keeps at least", valid=_int(1, MAX_COUNT))
+    round_to: int = _field(
+        1,
+        PRUNE,
+        "neurons and filters a layer keeps are a multiple of this (heads stay whole): 8, 16 "
+        "or 64 suit GPU kernels; 1: any count (docs/methods.md §3.2)",
+        valid=_int(1, MAX_COUNT),
+    )
     sorting: str = _field(
         "layer",
         PRUNE,
@@ -439,6 +446,11 @@ class TrialConfig:
             )
         if self.lr_schedule == "multistep" and not self.decreasing_lr:
             raise ConfigError("lr_schedule 'multistep' needs decreasing_lr, e.g. [20, 30]")
+        if self.round_to > 1 and self.sorting == "global":
+            raise ConfigError(
+                f"round_to {self.round_to} needs sorting 'layer': global sorting decides each "
+                "layer's count by rank across layers, so it cannot keep multiples per layer"
+            )
         for kind in UNIT_KINDS:
             if getattr(self, kind.ratios) is not None and getattr(self, kind.ratio) is not None:
                 raise ConfigError(

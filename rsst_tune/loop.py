@@ -39,6 +39,7 @@ from rsst_tune.pruning.select import (
     density_matched_keep,
     explicit_keep,
     magnitude_prune,
+    round_to_for,
     select_units,
 )
 from rsst_tune.pruning.structure import Structure, UnitGroup
@@ -401,7 +402,8 @@ class PruneLoop:
             assert U is not None, "density-matched budgets need U"
             kept = sum(int(U[m.param].sum()) for m in g.weight_members)
             k = density_matched_keep(kept, g.weights_per_unit(), alive, self.cfg.fillback_rate)
-        return Budget(clamp_keep(k, alive, self.cfg.min_units), alive, ratio)
+        snap = round_to_for(g.kind, self.cfg.round_to)
+        return Budget(clamp_keep(k, alive, self.cfg.min_units, snap), alive, ratio)
 
     def _warn_if_no_removal(self, groups: Sequence[UnitGroup], budgets: Sequence[Budget]) -> None:
         """Say once per run and kind when a non-zero ratio's budget removes nothing (§3.2):
@@ -419,8 +421,9 @@ class PruneLoop:
                 continue
             self._warned.add(kind)
             g, b = idle[0]
+            snap = round_to_for(kind, self.cfg.round_to)
             log.warning(
-                "%s=%.3g removes no %s of %s this state (round(%d·(1-%.3g)^p) keeps all %d "
+                "%s=%.3g removes no %s of %s this state (round(%d·(1-%.3g)^p)%s keeps all %d "
                 "alive, min_units=%d): effective ratio 0.00",
                 unit_kind(kind).ratio,
                 b.asked_ratio,
@@ -428,6 +431,7 @@ class PruneLoop:
                 g.name if self.cfg.sorting == "layer" else f"any {kind} layer",
                 g.num_units,
                 b.asked_ratio,
+                f" snapped to a multiple of round_to={snap}" if snap > 1 else "",
                 b.alive,
                 self.cfg.min_units,
             )

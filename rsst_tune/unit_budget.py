@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from rsst_tune.config import TrialConfig
 from rsst_tune.errors import ConfigError
-from rsst_tune.pruning.select import planned_keep
+from rsst_tune.pruning.select import planned_keep, round_to_for
 from rsst_tune.pruning.structure import Structure
 from rsst_tune.units import UNIT_KINDS, unit_kind
 
@@ -70,5 +70,6 @@ def planned_alive(
         ratio = ratios[g.name]
         if ratio is None:
             return None
-        alive[g.name] = planned_keep(g.num_units, ratio, prunes, cfg.min_units)
+        snap = round_to_for(g.kind, cfg.round_to)
+        alive[g.name] = planned_keep(g.num_units, ratio, prunes, cfg.min_units, snap)
     return alive

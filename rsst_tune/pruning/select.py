@@ -73,18 +73,34 @@ def density_matched_keep(kept_weights: int, weights_per_unit: int, alive: int, f
     return round_half_up(base + (alive - base) * fill)
 
 
-def clamp_keep(k: int, alive: int, min_units: int) -> int:
-    return max(min(min_units, alive), min(k, alive))
+def clamp_keep(k: int, alive: int, min_units: int, round_to: int = 1) -> int:
+    """k clamped to [min_units, alive] (§3.2). With `round_to` r > 1 (neurons and filters:
+    the caller passes 1 for heads) k first becomes the multiple of r nearest to it (half up),
+    and the floor is max(min_units, r) when at least r units are alive."""
+    low = min_units
+    if round_to > 1:
+        k = round_to * round_half_up(k / round_to)
+        if alive >= round_to:
+            low = max(min_units, round_to)
+    return max(min(low, alive), min(k, alive))
 
 
-def planned_keep(num_units: int, ratio: float, prunes: int, min_units: int) -> int:
+def planned_keep(
+    num_units: int, ratio: float, prunes: int, min_units: int, round_to: int = 1
+) -> int:
     """Units a layer of `num_units` with an explicit `ratio` keeps after `prunes` prunes:
-    `explicit_keep` of each prune, clamped to [min_units, alive] state by state, as the loop
-    does (§3.2); known before training, since it does not depend on the weights."""
+    `explicit_keep` of each prune, snapped and clamped (`clamp_keep`) state by state, as the
+    loop does (§3.2); known before training, since it does not depend on the weights."""
     alive = num_units
     for p in range(1, prunes + 1):
-        alive = clamp_keep(explicit_keep(num_units, ratio, p), alive, min_units)
+        alive = clamp_keep(explicit_keep(num_units, ratio, p), alive, min_units, round_to)
     return alive
+
+
+def round_to_for(kind: str, round_to: int) -> int:
+    """The multiple a unit kind's counts snap to: `round_to` for neurons and filters, 1 for
+    heads (a head is never split)."""
+    return 1 if kind == "head" else round_to
 
 
 def select_units(
