@@ -21,7 +21,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rsst_tune.command import OneLineParser, one_line, run_guarded
+from rsst_tune import __version__
+from rsst_tune.command import (
+    OneLineParser,
+    add_both_spellings,
+    add_verbose,
+    one_line,
+    run_guarded,
+)
 from rsst_tune.config import BOOL_WORDS, FLOAT, INT, TrialConfig, accepts, registry_for
 from rsst_tune.limits import MAX_REPEATS
 
@@ -140,20 +147,35 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
     return TrialConfig.from_dict(data)
 
 
+RUN_EXAMPLES = """examples:
+  rsst-tune run --model vit_digits --dataset digits --method rsst --head_ratio 0.25 \\
+      --mlp_ratio 0.5 --pruning_times 3 --out runs/demo
+  rsst-tune run --out runs/demo --resume              # continue an interrupted run
+  rsst-tune run --config best_config.json --out runs/best   # re-run a sweep's best config
+"""
+EXPORT_EXAMPLES = """examples:
+  rsst-tune export runs/demo/state_02.pt --out runs/demo/export --onnx
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="rsst-tune",
         description="Structured pruning (IMP, Refill, RSST) of vision models, and sweeps of its "
         "hyperparameters: run one trial, sweep with Ray Tune + Optuna, report, export.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbose(parser, top=True)
+    parser.add_argument("--version", action="version", version=f"rsst-tune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     run = sub.add_parser(
         "run",
         help="run one trial of the prune loop",
         description="Run the iterative prune loop once and report every state.",
+        epilog=RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_verbose(run)
     run.add_argument("--config", help="a TrialConfig JSON (flags override it)")
     run.add_argument(
         "--out",
@@ -187,7 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write DIR/model.pt (the physically pruned ticket) and DIR/export.json "
         "(params, MACs, the equivalence check, dense vs pruned latency); with --onnx also "
         "DIR/model.onnx, checked and timed in onnxruntime.",
+        epilog=EXPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_verbose(export)
     export.add_argument("checkpoint", help="a state_XX.pt written by `rsst-tune run`")
     export.add_argument("--out", required=True, help="directory for the exported model")
     export.add_argument(
@@ -209,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         "against PyTorch's (max abs diff <= 1e-4) and time it in onnxruntime on CPU; exit "
         "status 1 when no usable ONNX file could be written",
     )
+    add_both_spellings(parser)
     return parser
 
 

@@ -9,16 +9,56 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from rsst_tune.errors import CommandFailed, ConfigError, TrialDiverged, describe_exception
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line and exit status 2 (`--help` still shows usage)."""
+    """argparse whose errors are one line and exit status 2 (`--help` still shows usage).
+    Flags are never abbreviated: `--pretrained` is that flag, not a prefix of another."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_verbose(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """`-v/--verbose` (debug logging): on a command's top parser (default False) and again on
+    each subcommand (default left to the top parser), so `-v` works in any position."""
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="debug logging, and tracebacks of unexpected errors",
+    )
+
+
+def add_both_spellings(parser: argparse.ArgumentParser) -> None:
+    """Every long option of `parser` and its subcommands also answers to its other spelling:
+    `--num-samples` and `--num_samples`, `--data_dir` and `--data-dir`. A spelling that
+    another option already owns is left to it."""
+    for action in list(parser._actions):
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in {id(p): p for p in action.choices.values()}.values():
+                add_both_spellings(sub)
+            continue
+        for option in list(action.option_strings):
+            if not option.startswith("--"):
+                continue
+            body = option[2:]
+            for other in (f"--{body.replace('-', '_')}", f"--{body.replace('_', '-')}"):
+                # parsed, not listed: help and error messages keep the spellings declared
+                parser._option_string_actions.setdefault(other, action)
+    if parser.epilog and SPELLING_NOTE not in parser.epilog:
+        parser.epilog = f"{parser.epilog.rstrip()}\n\n{SPELLING_NOTE}\n"
+
+
+SPELLING_NOTE = "Every --long-flag also takes the other spelling: --num-samples or --num_samples."
 
 
 def run_guarded(prog: str, verbose: bool, command: Callable[[], int], resume_hint: str) -> int:

@@ -254,6 +254,18 @@ def _check_device_name(device: str) -> None:
         raise unknown_choice("device", device, (*DEVICES, "cuda:N"))
 
 
+def load_pruned_model(checkpoint: str | Path, *, device: str = "cpu") -> nn.Module:
+    """The physically smaller model of a state checkpoint (removed heads, neurons and filters
+    sliced out, docs/methods.md §7), checked against the masked model, in eval mode on
+    `device`; nothing is written."""
+    _check_device_name(device)
+    _cfg, spec, model = _load_ticket(checkpoint)
+    sample = (spec.in_chans, spec.img_size, spec.img_size)
+    batch = torch.randn(CHECK_BATCH, *sample, generator=torch.Generator().manual_seed(0))
+    structure = find_structure(model, target="both", prune_stem=True, example_input=batch[:2])
+    return export_model(model, structure, resolve_device(device), example=batch).model.eval()
+
+
 def _load_ticket(checkpoint: str | Path) -> tuple[TrialConfig, DataSpec, nn.Module]:
     """(TrialConfig, DataSpec, the masked model in eval mode on CPU) of a state checkpoint."""
     from rsst_tune.models import create_model

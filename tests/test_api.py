@@ -113,6 +113,7 @@ def test_sweep_then_read_back_tickets_front_best_and_report(tmp_path: Path) -> N
         loaded.pareto(cost="val_acc")
 
     best = loaded.best(macs=None)
+    assert loaded.best() is best  # no budget: the best overall
     top = max(t.val_acc for t in tickets)
     choice = choose_at_budget(tickets, None)
     assert best is not None and choice is not None and best is choice.chosen
@@ -122,14 +123,29 @@ def test_sweep_then_read_back_tickets_front_best_and_report(tmp_path: Path) -> N
     cheapest = min(t.macs_frac for t in tickets)
     at_budget = loaded.best(macs=cheapest)
     assert at_budget is not None and at_budget.macs_frac <= cheapest
-    # the default budget, MACs <= 50 %: None exactly when no selectable ticket is that cheap
-    default = loaded.best()
+    # the report's budget, MACs <= 50 %: None exactly when no selectable ticket is that cheap
+    half = loaded.best(macs=0.5)
     if any(t.selectable and t.macs_frac <= 0.5 + 1e-9 for t in tickets):
         at_half = choose_at_budget(tickets, 0.5)
-        assert default is not None and at_half is not None and default is at_half.chosen
-        assert default.macs_frac <= 0.5 + 1e-9
+        assert half is not None and at_half is not None and half is at_half.chosen
+        assert half.macs_frac <= 0.5 + 1e-9
     else:
-        assert default is None, default
+        assert half is None, half
+
+    # notebook results: one row per trial state, the front as HTML, the ticket's model
+    frame = loaded.to_dataframe()
+    assert list(frame[["trial_id", "state"]].itertuples(index=False, name=None)) == [
+        (t.trial_id, t.state) for t in tickets
+    ]
+    assert list(frame["val_acc"]) == [t.val_acc for t in tickets]
+    assert {"macs_frac", "heads", "neurons"} <= set(frame.columns)
+    assert any(c.startswith("param_") for c in frame.columns)
+    html = loaded._repr_html_()
+    assert html.count("<tr>") == len(loaded.pareto()) + 1 and loaded.pareto()[0].label in html
+    model = best.load_model()
+    exported = best.export(tmp_path / "best_export", measure=False)
+    assert sum(p.numel() for p in model.parameters()) == exported.params_pruned
+    assert (tmp_path / "best_export" / "model.pt").is_file()
 
     (exp_dir / "report.md").unlink()  # written by the sweep; the default is the same place
     report = rsst_tune.write_report(loaded)

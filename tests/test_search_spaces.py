@@ -105,37 +105,46 @@ def test_fixed_parameter_is_pinned_and_not_searched() -> None:
         study.tell(trial, 0.0)
 
 
-def test_set_gives_every_trial_how_it_executes() -> None:
-    """`--set` (SweepOptions.settings) reaches the base config of every trial; a field that
-    changes what a trial computes, or has a flag of its own, is refused with where it goes."""
+def test_set_gives_every_trial_any_field_the_space_does_not_search() -> None:
+    """`--set` (SweepOptions.settings) reaches the base config of every trial: how it executes
+    and any other field the space does not search (batch_size); a searched field, or one with
+    a flag of its own, is refused with where it goes (--fix, the flag); `--fix` of a field
+    the space does not search points to --set, so the two never send a user in a circle."""
     from rsst_tune.tune.plan import SweepOptions, resolve_plan
 
     plan = resolve_plan(
         SweepOptions.from_keywords(
             "vit_head_mlp",
             {"preset": "smoke", "settings": {"amp": False, "compile": True,
-                                             "compile_mode": "reduce-overhead"}},
+                                             "compile_mode": "reduce-overhead",
+                                             "batch_size": 64, "round_to": 8}},
         )
     )  # fmt: skip
     base = plan.base_config
     assert (base["amp"], base["compile"], base["compile_mode"]) == (False, True, "reduce-overhead")
+    assert (base["batch_size"], base["round_to"]) == (64, 8)
     default = resolve_plan(SweepOptions(space="vit_head_mlp", preset="smoke")).base_config
-    assert (default["amp"], default["compile"]) == (True, False)
+    assert (default["amp"], default["compile"], default["round_to"]) == (True, False, 1)
     for pair, message in (
-        (("lr", 0.1), "--set lr: it changes what a trial computes: pin a searched parameter"),
+        (("lr", 0.1), "--set lr: space vit_head_mlp searches lr; pin it with --fix lr=VALUE"),
         (("threads", 2), "--set threads: use --cpus-per-trial"),
         (("device", "cpu"), "--set device: use --device"),
-        (("nope", 1), "--set nope: no such field; --set takes: amp, compile, compile_mode"),
+        (("model", "vit_tiny"), "--set model: use --model"),
+        (("pruning_times", 2), "--set pruning_times: use --states"),
+        (("nope", 1), "unknown --set field 'nope'; choose one of: RST_schedule, amp"),
         (("compile_mode", "x"), "unknown compile_mode 'x'; choose one of: default"),
+        (("batch_size", 0), "batch_size"),
     ):
         with pytest.raises(ConfigError, match=re.escape(message)):
             resolve_plan(SweepOptions(space="vit_head_mlp", preset="smoke", settings=(pair,)))
+    with pytest.raises(ConfigError, match="set a field it does not search with --set"):
+        resolve_plan(SweepOptions(space="vit_head_mlp", fixed=(("batch_size", 64),)))
     from rsst_tune.tune.cli import build_parser
     from rsst_tune.tune.plan import SETTABLE
 
     assert set(SETTABLE) == {"amp", "compile", "compile_mode", "eval_batch_size", "download"}
     usage = " ".join(build_parser().format_help().split())
-    assert f"how every trial executes (repeatable): {', '.join(SETTABLE)}," in usage
+    assert f"how trials execute: {', '.join(SETTABLE)}" in usage
 
 
 def test_fix_names_must_be_searched_parameters() -> None:

@@ -63,16 +63,56 @@ class Experiment:
             raise ConfigError(f"unknown cost {cost!r}; choose one of: {', '.join(PARETO_COSTS)}")
         return ticket_front(self.tickets(), cost)
 
-    def best(self, macs: float | None = 0.5) -> Ticket | None:
+    def best(self, macs: float | None = None) -> Ticket | None:
         """The ticket the report chooses at a MACs budget (`macs`: a fraction of the dense
-        model's; None: unconstrained), or None when no ticket is within the budget. Tickets
+        model's; None, the default: the best overall), or None when no ticket is within the
+        budget. Tickets
         whose 95 % val_acc interval overlaps the top one's are tied with it, and the tie goes
         to fewer MACs (`rsst_tune.experiment.select.TIE_RULE`); after seed confirmation
         (`--confirm K`) the choice among the confirmed tickets by their mean over seeds, as in
-        the report (`rsst_tune.experiment.seeds.best_choices`). The default, 0.5, is the
-        budget the report's `best_config.json` answers for.
+        the report (`rsst_tune.experiment.seeds.best_choices`). The report's
+        `best_config.json` answers for `macs=0.5`.
 
         >>> ticket = experiment.best(macs=0.25)
         >>> ticket.config if ticket else "no ticket at <= 25 % MACs"
         """
         return best_choices(self.tickets(), self.confirmation, (macs,)).bests[macs]
+
+    def to_dataframe(self) -> Any:
+        """One row per (trial, state): trial_id, status, state, the state's reported metrics
+        (`StateResult` keys; per-layer lists as lists) and the trial's searched parameters
+        prefixed `param_` (as Optuna's `trials_dataframe` does), as a pandas DataFrame."""
+        import pandas as pd  # a Ray Tune dependency; imported only when a frame is asked for
+
+        rows = []
+        for t in self.tickets():
+            if t.result is None:
+                continue
+            row: dict[str, Any] = {"trial_id": t.trial_id, "status": t.status}
+            row.update(t.metrics)
+            row.update({f"param_{k}": v for k, v in sorted(t.params.items())})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the sweep's size and its Pareto front (val_acc against MACs)."""
+        from html import escape
+
+        done = sum(t.status == "complete" for t in self.trials)
+        head = (
+            f"<p><b>{escape(self.name)}</b> ({escape(self.space)}): {len(self.trials)} trials, "
+            f"{done} complete; Pareto front of val_acc against MACs:</p>"
+        )
+        cells = "".join(
+            f"<tr><td>{escape(t.label)}</td><td>{_pct(t.val_acc)}</td>"
+            f"<td>{_pct(t.test_acc)}</td><td>{_pct(t.macs_frac)}</td></tr>"
+            for t in self.pareto()
+        )
+        return (
+            f"{head}<table><tr><th>ticket</th><th>val_acc</th><th>test_acc</th>"
+            f"<th>MACs</th></tr>{cells}</table>"
+        )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"

@@ -6,8 +6,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
+from rsst_tune.errors import ConfigError
 from rsst_tune.experiment.objectives import finite_state
 from rsst_tune.experiment.records import TrialRecord
 from rsst_tune.results import StateResult
@@ -75,6 +77,47 @@ class Ticket:
     @property
     def label(self) -> str:
         return f"{self.trial_id}/s{self.state}"
+
+    def state_file(self) -> Path:
+        """The state checkpoint (`state_XX.pt`) of this ticket in its trial's saved checkpoint;
+        a ConfigError when the sweep did not keep it."""
+        from rsst_tune.checkpoint import state_file
+
+        if self.checkpoint is None:
+            raise ConfigError(f"ticket {self.label}: the sweep kept no checkpoint of this state")
+        path = Path(self.checkpoint) / state_file(self.state)
+        if not path.is_file():
+            raise ConfigError(f"ticket {self.label}: {path} is missing")
+        return path
+
+    def load_model(self, *, device: str = "cpu") -> Any:
+        """The ticket as a physically smaller `torch.nn.Module` (pruned units sliced out), in
+        eval mode on `device`."""
+        from rsst_tune.export import load_pruned_model  # torch: only when a model is asked for
+
+        return load_pruned_model(self.state_file(), device=device)
+
+    def export(
+        self,
+        out_dir: str | Path,
+        *,
+        onnx: bool = False,
+        measure: bool = True,
+        device: str = "auto",
+        overwrite: bool = False,
+    ) -> Any:
+        """`rsst-tune export` of this ticket: `out_dir`/model.pt (and model.onnx with `onnx`)
+        and export.json; returns the `ExportReport`."""
+        from rsst_tune.export import export_checkpoint
+
+        return export_checkpoint(
+            self.state_file(),
+            out_dir,
+            onnx=onnx,
+            measure=measure,
+            device=device,
+            overwrite=overwrite,
+        )
 
     def split_size(self, metric: str = SELECT_METRIC) -> int | None:
         """The number of images `metric` (val_acc or test_acc) was measured on, when recorded."""

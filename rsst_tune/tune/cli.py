@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rsst_tune.command import OneLineParser, run_guarded
+from rsst_tune import __version__
+from rsst_tune.command import OneLineParser, add_both_spellings, add_verbose, run_guarded
 from rsst_tune.config import PLACEMENTS, available_cores
 from rsst_tune.errors import (
     CommandFailed,
@@ -173,8 +174,9 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         type=_fixed_param,
         action="append",
         metavar="NAME=VALUE",
-        help=f"how every trial executes (repeatable): {', '.join(SETTABLE)}, "
-        "e.g. --set compile=true --set compile_mode=reduce-overhead",
+        help="set a trial config field for every trial (repeatable), any field the space does "
+        "not search (a searched one: --fix), e.g. --set batch_size=256 --set compile=true; "
+        f"how trials execute: {', '.join(SETTABLE)}",
     )
     what.add_argument(
         "--preset",
@@ -187,9 +189,11 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     over.add_argument("--model", "--arch", dest="model", default=None)
     over.add_argument(
         "--states",
+        "--pruning-times",
+        dest="states",
         type=_positive_int,
         default=None,
-        help="pruning states per trial (pruning_times)",
+        help="pruning states per trial (the trial config's pruning_times)",
     )
     over.add_argument("--epochs", type=_positive_int, default=None, help="epochs per state")
     over.add_argument("--device", default=None, choices=("auto", "cpu", "cuda", "mps"))
@@ -357,10 +361,24 @@ def _confirm(text: str) -> int:
 
 def add_tune_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `tune` and `report` on the `rsst-tune` command."""
-    tune = subparsers.add_parser("tune", help=TUNE_HELP, description=TUNE_HELP)
+    tune = subparsers.add_parser(
+        "tune",
+        help=TUNE_HELP,
+        description=TUNE_HELP,
+        epilog=TUNE_EXAMPLES.replace("python tune_main.py", "rsst-tune tune"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_verbose(tune)
     add_tune_arguments(tune)
     tune.set_defaults(handler=tune_command)
-    report = subparsers.add_parser("report", help=REPORT_HELP, description=REPORT_HELP)
+    report = subparsers.add_parser(
+        "report",
+        help=REPORT_HELP,
+        description=REPORT_HELP,
+        epilog=REPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_verbose(report)
     report.add_argument("experiment", help="an experiment directory (STORAGE/NAME)")
     report.add_argument(
         "--measure",
@@ -626,13 +644,31 @@ def spaces_sentence() -> str:
 
 
 # ---------------------------------------------------------------------- tune_main.py
+TUNE_EXAMPLES = """examples:
+  python tune_main.py --space vit_head_mlp --preset smoke      # offline, minutes on a CPU
+  python tune_main.py --space vit_head_mlp --dry-run           # the plan, nothing run
+  python tune_main.py --space vit_head_mlp --num-samples 64 --gpus-per-trial 0.25 --name head_mlp
+  python tune_main.py --space vit_head_mlp --dataset imagefolder --data-dir /data/imagenet \\
+      --img-size 224 --gpus-per-trial 1 --name inet
+  python tune_main.py --resume experiments/head_mlp            # continue an interrupted sweep
+"""
+REPORT_EXAMPLES = """examples:
+  rsst-tune report experiments/head_mlp                # rewrite the report
+  rsst-tune report experiments/head_mlp --confirm 2    # 2 more seeds for the top 2 per budget
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(  # errors are one line and exit status 2
         prog="tune_main.py",
         description="Start (or resume) a hyperparameter sweep of the prune loop: " + TUNE_HELP,
+        epilog=TUNE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbose(parser, top=True)
+    parser.add_argument("--version", action="version", version=f"rsst-tune {__version__}")
     add_tune_arguments(parser)
+    add_both_spellings(parser)
     return parser
 
 

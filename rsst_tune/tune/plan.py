@@ -38,7 +38,13 @@ from rsst_tune.limits import (
 from rsst_tune.tune.search.moasha import rung_states
 from rsst_tune.tune.search.samplers import SAMPLERS, sampler_names
 from rsst_tune.tune.search.schedulers import SCHEDULERS, SchedulerSpec, scheduler_names
-from rsst_tune.tune.space import SMOKE_SWEEP, SearchSpace, summarize, varying_sparsity_fields
+from rsst_tune.tune.space import (
+    FIELD_FLAGS,
+    SMOKE_SWEEP,
+    SearchSpace,
+    summarize,
+    varying_sparsity_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +85,7 @@ class SweepOptions:
     command: str = ""
     share_dense: bool = True
     fixed: tuple[tuple[str, Any], ...] = ()  # searched parameters pinned with --fix NAME=VALUE
-    # how every trial executes (--set NAME=VALUE): amp, compile, compile_mode, eval_batch_size,
-    # download (SETTABLE)
+    # trial config fields for every trial (--set NAME=VALUE): any the space does not search
     settings: tuple[tuple[str, Any], ...] = ()
     max_failures: int = 2  # restarts of a trial whose worker or node died (--max-failures)
     confirm: int | None = None  # --confirm K: top K tickets per budget re-run with 2 more seeds
@@ -230,6 +235,7 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
     # Ray runs each trial in a working directory of its own: a relative data folder (the
     # default `data` too) means the folder the sweep was launched from.
     base["data_dir"] = str(Path(base["data_dir"]).expanduser().resolve())
+    _check_set_not_searched(space, base, dict(opts.settings or ()))
     fixed = {**(SMOKE_FIXED if opts.preset == "smoke" else {}), **dict(opts.fixed)}
     _check_fixed(space, base, fixed)
     objectives = objs.parse_objectives(opts.objective) if opts.objective else space.objectives
@@ -340,26 +346,40 @@ SETTABLE = tuple(
 
 
 def _check_settings(settings: Any) -> dict[str, Any]:
-    """`--set` pairs as a dict; a name outside SETTABLE is a ConfigError that says where it is
-    set instead (its own flag, `--fix` for a searched parameter, or the space). The values
-    are checked with the whole base config (`TrialConfig`)."""
+    """`--set` pairs as a dict: any TrialConfig field, for every trial. A field with a flag of
+    its own is a ConfigError naming that flag (and an unknown name one listing the fields);
+    one the space searches is refused later (`_check_set_not_searched`). The values are
+    checked with the whole base config (`TrialConfig`)."""
     out: dict[str, Any] = {}
+    fields = TrialConfig.field_names()
     for pair in settings or ():
         if not (isinstance(pair, tuple | list) and len(pair) == 2 and isinstance(pair[0], str)):
             raise ConfigError(f"settings must be NAME=VALUE pairs, got {pair!r}")
         name, value = pair
         if name in OWN_FLAG:
             raise ConfigError(f"--set {name}: use {OWN_FLAG[name]}")
-        if name not in SETTABLE:
-            what = (
-                "it changes what a trial computes: pin a searched parameter with --fix, or "
-                "set it in a space of your own (docs/tuning.md, Adding a space)"
-                if name in {f.name for f in dataclasses.fields(TrialConfig)}
-                else "no such field"
+        if name in FIELD_FLAGS:
+            raise ConfigError(f"--set {name}: use --{FIELD_FLAGS[name]}")
+        if name not in fields:
+            raise unknown_choice(
+                "--set field", name, sorted(set(fields) - {*OWN_FLAG, *FIELD_FLAGS})
             )
-            raise ConfigError(f"--set {name}: {what}; --set takes: {', '.join(SETTABLE)}")
         out[name] = value
     return out
+
+
+def _check_set_not_searched(space: SearchSpace, base: Mapping[str, Any], names: Any) -> None:
+    """A `--set` field the space searches would be replaced in every trial: pin it with --fix."""
+    computed = [n for n in names if n not in SETTABLE]
+    if not computed:
+        return
+    params, _ = summarize(space, base, samples=32)
+    searched = sorted({p.name for p in params} & set(computed))
+    if searched:
+        name = searched[0]
+        raise ConfigError(
+            f"--set {name}: space {space.name} searches {name}; pin it with --fix {name}=VALUE"
+        )
 
 
 def _inputs(opts: SweepOptions) -> dict[str, Any]:
@@ -470,7 +490,7 @@ def _check_fixed(space: Any, base: Mapping[str, Any], fixed: Mapping[str, Any]) 
     if unknown:
         raise ConfigError(
             f"space {space.name} does not search {', '.join(unknown)} (--fix); it searches: "
-            f"{', '.join(sorted(searched))}; set other fields with the override flags or --set"
+            f"{', '.join(sorted(searched))}; set a field it does not search with --set NAME=VALUE"
         )
     pinned = " ".join(f"{k}={v!r}" for k, v in fixed.items())
     for name, value in fixed.items():

@@ -34,6 +34,9 @@ def check_data(plan: SweepPlan, *, address: str | None = None) -> str:
     if name in BUILTIN_DATASETS:
         return f"data        {name} (built in: no data folder is read)"
     folder = str(base["data_dir"])
+    data_log = logging.getLogger("rsst_tune.data")  # its split sizes: in the line returned
+    level = data_log.level
+    data_log.setLevel(max(level, logging.WARNING))
     try:
         bundle = load_dataset(
             name,
@@ -50,6 +53,8 @@ def check_data(plan: SweepPlan, *, address: str | None = None) -> str:
             f"warning: data {name} from {folder} is not readable from this driver ({exc}); "
             "every node that runs trials must see it at this path"
         )
+    finally:
+        data_log.setLevel(level)
     sizes = f"{len(bundle.train):,} train / {len(bundle.val):,} val / {len(bundle.test):,} test"
     return f"data        {name} from {folder} ({sizes} images; every trial reads this folder)"
 
