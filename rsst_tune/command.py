@@ -42,12 +42,12 @@ def add_both_spellings(parser: argparse.ArgumentParser) -> None:
     """Every long option of `parser` and its subcommands also answers to its other spelling:
     `--num-samples` and `--num_samples`, `--data_dir` and `--data-dir`. A spelling that
     another option already owns is left to it."""
-    for action in list(parser._actions):
+    for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in {id(p): p for p in action.choices.values()}.values():
                 add_both_spellings(sub)
             continue
-        for option in list(action.option_strings):
+        for option in action.option_strings:
             if not option.startswith("--"):
                 continue
             body = option[2:]

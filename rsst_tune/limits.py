@@ -22,7 +22,7 @@ MAX_TEMPERATURE = 1e3  # distill_T: T² scales the soft loss
 MAX_COEFF = 1e6  # lr, weight decay, λ's ceiling, k: larger overflow float32 arithmetic
 MAX_LAYERS = 100_000  # entries of a per-layer ratio list (head_ratios, mlp_ratios, ...)
 MAX_CONFIG_BYTES = 16 * 2**20  # a config file (rsst-tune run --config): 16 MiB
-MAX_JSON_DEPTH = 64  # brackets nested in a config file or a --fix/--set value
+MAX_JSON_DEPTH = 64  # brackets nested in a config file (rsst-tune run --config)
 
 # ---------------------------------------------------------------------- checkpoints
 MAX_STATE = MAX_STATES - 1  # the last state a checkpoint file name can hold (two digits)

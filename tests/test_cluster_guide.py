@@ -47,12 +47,12 @@ def test_the_cluster_guide_runs_a_sweep_on_two_nodes_and_a_second_driver_resumes
                       tmp_path)  # fmt: skip
         on_worker = worker
 
-        def saved_twice() -> bool:  # both trials running, one state saved
+        def started_and_saved() -> bool:  # trials under way and one state saved
             worker_pids.update(on_worker.pids())
             saved = {e["trial_id"] for e in _events(exp_dir) if e["event"] == "saved"}
             return len(saved) >= 1 and len(_events(exp_dir)) > 4
 
-        sweep.wait_for("a saved state", saved_twice)
+        sweep.wait_for("a saved state", started_and_saved)
         sweep.proc.send_signal(signal.SIGINT)  # the driver goes away (Ctrl+C)
         assert sweep.finish(timeout=120) == 130, sweep.err
         assert "--resume" in sweep.err, sweep.err
