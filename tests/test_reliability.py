@@ -476,6 +476,13 @@ def _live_processes_with(env_entry: str) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:200].decode()
+    except OSError:
+        return "(gone)"
+
+
 def test_sigkill_of_the_driver_leaves_no_process_and_resume_settles_every_trial(
     tmp_path: Path, ray_tmp: Path
 ) -> None:
@@ -504,7 +511,8 @@ def test_sigkill_of_the_driver_leaves_no_process_and_resume_settles_every_trial(
     deadline = time.monotonic() + 30
     while _live_processes_with(mark) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _live_processes_with(mark), "Ray processes outlived the killed driver"
+    left = {pid: _cmdline(pid) for pid in _live_processes_with(mark)}
+    assert not left, f"Ray processes outlived the killed driver: {left}"
 
     res = subprocess.run(
         _tune("--resume", str(exp_dir), "--quiet"),

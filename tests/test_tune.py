@@ -6,6 +6,7 @@ One Ray cluster (bound to 127.0.0.1) serves the whole module; the SIGINT test dr
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import io
@@ -951,3 +952,61 @@ def test_rays_state_is_signed_as_it_is_saved_and_verifies_when_synced(
         check_resume(exp)
     assert pickle.loads(pickle.dumps(signer)).__dict__ == {"_seen": {}}  # tuner.pkl: no state
     shutil.rmtree(staging)
+
+
+_FORKER = """
+import os, time
+while True:  # a process that keeps forking, as a worker starting its data loaders
+    if os.fork() == 0:
+        time.sleep(600)
+        os._exit(0)
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_reaper_kills_the_clusters_processes_and_what_they_fork_while_dying() -> None:
+    from rsst_tune.tune.run.ray_setup import _REAPER, _with_start_times
+
+    raylet = "987654321"  # a pid no process has: the mark of this test's "cluster"
+    mark = f"RAY_RAYLET_PID={raylet}".encode()
+
+    def marked() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and mark in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        return found
+
+    forker = subprocess.Popen(
+        [sys.executable, "-c", _FORKER],
+        env={**os.environ, "RAY_RAYLET_PID": raylet},
+        start_new_session=True,
+    )
+    own = subprocess.Popen(["sleep", "600"])  # as the GCS: started by the driver, no mark
+    bystander = subprocess.Popen(["sleep", "600"])
+    try:
+        reaper = subprocess.Popen(
+            [sys.executable, "-c", _REAPER, raylet, *_with_start_times([own.pid])],
+            stdin=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while len(marked()) < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(marked()) >= 5, "the forker did not start"
+        assert reaper.stdin is not None
+        reaper.stdin.close()  # what the driver's death does
+        assert reaper.wait(timeout=60) == 0
+        assert marked() == [], "a process of the cluster outlived the reaper"
+        assert own.wait(timeout=10) == -9  # known by pid and start time
+        assert bystander.poll() is None, "the reaper killed a process not of the cluster"
+    finally:
+        for p in (own, bystander):
+            p.kill()
+            p.wait()
+        with contextlib.suppress(OSError):
+            os.killpg(forker.pid, 9)
+        forker.wait()

@@ -12,7 +12,9 @@ that a driver killed with SIGKILL loses at most the state in flight of each tria
 When the driver of a local cluster is killed (SIGKILL), the kernel ends Ray's GCS and raylet
 with it (Ray's fate sharing) but not the raylet's agents, which wait about a minute for the
 dead GCS. `start_reaper` starts a small process that waits for the driver's end and then
-kills the processes of this cluster's raylet that remain (found by their `RAY_RAYLET_PID`).
+kills the cluster's processes that remain: those the driver started (GCS, raylet, dashboard,
+monitors; known by pid and start time) and those of its raylet (found by their `RAY_RAYLET_PID`),
+looking again until two looks in a row find none (a process may fork while it is killed).
 
 A local cluster is kept on 127.0.0.1 by `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, which
 `prepare_ray_env(None)` forces in this process's environment (Ray reads it when it is imported
@@ -140,25 +142,52 @@ _REAPER = r"""
 import os, signal, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 mark = ("RAY_RAYLET_PID=" + sys.argv[1]).encode()
+started = dict(a.split(":") for a in sys.argv[2:])  # the cluster's own: pid -> start time
 if sys.stdin.buffer.read().strip() == b"bye":
     sys.exit(0)
-time.sleep(0.5)
 me, uid = os.getpid(), os.getuid()
-for name in os.listdir("/proc"):
-    if not name.isdigit() or int(name) == me:
-        continue
-    try:
-        if os.stat("/proc/" + name).st_uid != uid:
-            continue
-        with open("/proc/" + name + "/environ", "rb") as fh:
-            env = fh.read().split(b"\0")
-    except OSError:
-        continue
-    if mark in env:
+
+
+def start_time(name):  # None for a zombie: it is dead already
+    with open("/proc/" + name + "/stat") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def marked():
+    for name, t in started.items():  # GCS, raylet, dashboard, monitors: most die with the driver
         try:
-            os.kill(int(name), signal.SIGKILL)
+            if start_time(name) == t:
+                yield int(name)
+        except (OSError, IndexError):
+            continue
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            if os.stat("/proc/" + name).st_uid != uid:
+                continue
+            with open("/proc/" + name + "/environ", "rb") as fh:
+                if mark in fh.read().split(b"\0"):
+                    yield int(name)
+        except OSError:
+            continue
+
+
+# A process can fork (a data loader's workers, a worker being started) between one look at
+# /proc and the kill of its parent: look again until two looks in a row find nothing.
+time.sleep(0.5)
+quiet, deadline = 0, time.monotonic() + 20
+while quiet < 2 and time.monotonic() < deadline:
+    found = 0
+    for pid in marked():
+        found += 1
+        try:
+            os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+    quiet = 0 if found else quiet + 1
+    time.sleep(0.2)
 """
 
 
@@ -182,6 +211,18 @@ class Reaper:
         self.proc = None
 
 
+def _with_start_times(pids: list[int]) -> list[str]:
+    """"pid:start" for each live pid (start in clock ticks since boot): a reused pid differs."""
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                out.append(f"{pid}:{fh.read().rpartition(')')[2].split()[19]}")
+        except (OSError, IndexError):
+            continue
+    return out
+
+
 def start_reaper() -> Reaper:
     """Reap the local cluster's helpers if this process dies (Linux; a no-op elsewhere)."""
     if not sys.platform.startswith("linux"):
@@ -191,11 +232,12 @@ def start_reaper() -> Reaper:
 
         node: Any = ray._private.worker._global_node
         raylet_pid = int(node.all_processes["raylet"][0].process.pid)
+        own = [int(info.process.pid) for infos in node.all_processes.values() for info in infos]
     except (AttributeError, KeyError, IndexError, TypeError):
         logging.getLogger(__name__).debug("no raylet pid: no reaper", exc_info=True)
         return Reaper(None)
     proc = subprocess.Popen(
-        [sys.executable, "-c", _REAPER, str(raylet_pid)],
+        [sys.executable, "-c", _REAPER, str(raylet_pid), *_with_start_times(own)],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
