@@ -212,7 +212,7 @@ class Reaper:
 
 
 def _with_start_times(pids: list[int]) -> list[str]:
-    """"pid:start" for each live pid (start in clock ticks since boot): a reused pid differs."""
+    """ "pid:start" for each live pid (start in clock ticks since boot): a reused pid differs."""
     out = []
     for pid in pids:
         try:
