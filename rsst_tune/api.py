@@ -18,9 +18,11 @@ These are the `rsst-tune tune` command's steps (`rsst_tune.tune.plan.resolve_pla
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rsst_tune.errors import ConfigError
 from rsst_tune.experiment.experiment import Experiment
 from rsst_tune.experiment.reader import load_experiment as _load_experiment
 from rsst_tune.report import write_report as render
@@ -34,22 +36,59 @@ __all__ = ["load_experiment", "resume_sweep", "sweep", "write_report"]
 def sweep(
     space: str,
     *,
+    preset: str | None = None,
+    num_samples: int | None = None,
+    max_concurrent: int | None = None,
+    epochs: int | None = None,
+    states: int | None = None,
+    dataset: str | None = None,
+    model: str | None = None,
+    objective: str | None = None,
+    sampler: str | None = None,
+    scheduler: str | None = None,
+    grace: int | None = None,
+    reduction_factor: int | None = None,
+    seed: int | None = None,
+    fix: Mapping[str, Any] | None = None,
+    set: Mapping[str, Any] | None = None,
+    imports: Sequence[str] | None = None,
+    macs_budget: float | None = None,
+    cpus_per_trial: float | None = None,
+    gpus_per_trial: float | None = None,
+    time_budget: float | None = None,
+    epoch_budget: int | None = None,
+    max_failures: int | None = None,
+    confirm: int | None = None,
+    onnx: bool | None = None,
+    storage: str | None = None,
+    name: str | None = None,
+    device: str | None = None,
+    img_size: int | None = None,
+    data_dir: str | None = None,
+    data_placement: str | None = None,
+    train_subset: float | None = None,
+    data_workers: int | None = None,
+    pretrained_file: str | None = None,
+    pretrained: bool | None = None,
+    share_dense: bool | None = None,
+    keep_checkpoints: str | None = None,
+    wandb: str | None = None,
+    wandb_project: str | None = None,
+    wandb_entity: str | None = None,
+    wandb_tags: Sequence[str] | None = None,
     address: str | None = None,
     show: bool = True,
     verbose: bool = False,
-    **options: Any,
+    fixed: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> Experiment | None:
     """Run a Ray Tune + Optuna sweep of `space` and return it, finished, as an `Experiment`.
 
-    `options` are the fields of `rsst_tune.tune.plan.SweepOptions`, named as the `rsst-tune
-    tune` flags are: `preset="smoke"`, `num_samples`, `max_concurrent`, `epochs` and `states`
-    (per trial), `dataset`, `model`, `objective`, `sampler`, `scheduler`, `seed`,
-    `cpus_per_trial`, `gpus_per_trial`, `time_budget` (seconds), `epoch_budget`
-    (trial-epochs: no trial starts once they are spent or committed), `storage` (default
-    "experiments"), `name` (default SPACE[-PRESET]-TIMESTAMP), `wandb`, `share_dense`,
-    `device`, `fixed={"lr": 3e-3}` to pin searched parameters, and `settings={"amp": False}`
-    for how every trial executes (`--set`: amp, compile, compile_mode, eval_batch_size,
-    download).
+    The keyword arguments are the `rsst-tune tune` flags with underscores (`num_samples` is
+    `--num-samples`; `fix={"lr": 3e-3}` is `--fix lr=3e-3`, `set={"batch_size": 256}` is
+    `--set batch_size=256`, `imports=["my_criteria"]` is `--import my_criteria`); None (the
+    default) means the flag's default. `share_dense=False` is `--no-share-dense`,
+    `onnx=False` is `--no-onnx`. `fixed` and `settings` are older names of `fix` and `set`.
 
     `address` joins a running Ray cluster (default: a local one, started and shut down here,
     unless `ray.init` was already called); `show` prints the live view, `verbose` puts debug
@@ -64,7 +103,22 @@ def sweep(
         ...                              epochs=2, states=2, storage="/tmp/sweeps", name="try")
         >>> [(t.trial_id, t.status) for t in experiment.trials]
     """
-    options.setdefault("command", _call_text(space, options))
+    given = {k: v for k, v in locals().items() if k not in _NOT_OPTIONS and v is not None}
+    given["command"] = _call_text(space, given)  # as the caller wrote it
+    for new, old in (("fix", "fixed"), ("set", "settings")):
+        if new in given and old in given:
+            raise ConfigError(f"give {new}= or {old}= (an older name of it), not both")
+        if new in given:
+            given[old] = given.pop(new)
+    return _sweep(space, given, address=address, show=show, verbose=verbose)
+
+
+_NOT_OPTIONS = frozenset({"space", "address", "show", "verbose"})
+
+
+def _sweep(
+    space: str, options: dict[str, Any], *, address: str | None, show: bool, verbose: bool
+) -> Experiment | None:
     plan = resolve_plan(SweepOptions.from_keywords(space, options))
     data_line = check_data(plan, address=address)  # a missing dataset: ConfigError here
     if show and data_line.startswith("warning:"):

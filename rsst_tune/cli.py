@@ -25,12 +25,28 @@ from rsst_tune import __version__
 from rsst_tune.command import (
     OneLineParser,
     add_both_spellings,
+    add_import,
     add_verbose,
     one_line,
     run_guarded,
 )
-from rsst_tune.config import BOOL_WORDS, FLOAT, INT, TrialConfig, accepts, registry_for
+from rsst_tune.config import (
+    BOOL_WORDS,
+    DENSE,
+    EXECUTION,
+    FLOAT,
+    GROUPS,
+    INT,
+    NUMERICS,
+    PRUNE,
+    TrialConfig,
+    accepts,
+    registry_for,
+)
+from rsst_tune.errors import ConfigError
 from rsst_tune.limits import MAX_REPEATS
+from rsst_tune.tracking import WandbOptions, parse_tags
+from rsst_tune.tune.plan import WANDB_MODES
 
 # Spellings of the research code (seeds/) that map onto config fields.
 FLAG_ALIASES: dict[str, list[str]] = {
@@ -42,6 +58,33 @@ FLAG_ALIASES: dict[str, list[str]] = {
     "pruning_times": ["--states"],
 }
 NO_FLAG = {"extra"}
+
+# `rsst-tune run --help`: one argument group per TrialConfig field group (each field's
+# `metadata["group"]`, `rsst_tune.config.GROUPS`), as (title, one-line description), after
+# the command's own options (RUN_GROUP, TRACKING_GROUP).
+CONFIG_GROUPS: dict[str, tuple[str, str]] = {
+    DENSE: (
+        "dense training",
+        "what state 0 trains, and every later state retrains with: model, data, recipe",
+    ),
+    PRUNE: (
+        "pruning",
+        "how states >= 1 prune and retrain: method, ratios, criterion, RSST, rewinding",
+    ),
+    NUMERICS: (
+        "numerics",
+        "how the device computes: results depend on it, but --resume may change it",
+    ),
+    EXECUTION: (
+        "execution",
+        "where the data come from and how evaluation is batched: no effect on results",
+    ),
+}
+RUN_GROUP = ("run", "this command's input and output: config file, run directory, console")
+TRACKING_GROUP = (
+    "tracking",
+    "Weights & Biases: one row per state (needs pip install 'rsst-tune[wandb]')",
+)
 
 
 def _bool(text: str) -> bool:
@@ -83,13 +126,19 @@ def _repeats(text: str) -> int:
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrialConfig field (`--head_ratio` and `--head-ratio`), its help, default
-    and choices generated from the field's metadata and the registries."""
+    and choices generated from the field's metadata and the registries; in one argument
+    group per field group (CONFIG_GROUPS)."""
 
-    group = parser.add_argument_group("trial config (defaults: TrialConfig)")
+    assert set(CONFIG_GROUPS) == set(GROUPS), "every field group needs a title"
+    groups = {
+        name: parser.add_argument_group(title, description)
+        for name, (title, description) in CONFIG_GROUPS.items()
+    }
     defaults = TrialConfig()
     for f in dataclasses.fields(TrialConfig):
         if f.name in NO_FLAG:
             continue
+        group = groups[f.metadata["group"]]
         names = [f"--{f.name}"]
         if "_" in f.name:
             names.append(f"--{f.name.replace('_', '-')}")
@@ -128,12 +177,62 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         kwargs["help"] = text + ")"
         group.add_argument(*names, **kwargs)
     # accepted for compatibility with the research code; structure comes from --method/--target
-    group.add_argument(
+    groups[PRUNE].add_argument(
         "--vit_structured", "--vit-structured", action="store_true", help=argparse.SUPPRESS
     )
-    group.add_argument(
+    groups[NUMERICS].add_argument(
         "--gpu", type=int, default=argparse.SUPPRESS, help="shorthand for --device cuda:N"
     )
+
+
+def add_tracking_flags(parser: argparse.ArgumentParser) -> None:
+    """`--wandb off|offline|online` and the W&B run's project, entity and tags."""
+    group = parser.add_argument_group(*TRACKING_GROUP)
+    group.add_argument(
+        "--wandb",
+        choices=WANDB_MODES,
+        default="off",
+        help="log every state to Weights & Biases; online needs WANDB_API_KEY in the "
+        "environment; offline writes OUT/wandb/ (upload later: wandb sync) (default: off)",
+    )
+    group.add_argument(
+        "--wandb-project",
+        default=None,
+        metavar="NAME",
+        help="W&B project (default: $WANDB_PROJECT, else rsst-tune)",
+    )
+    group.add_argument(
+        "--wandb-entity",
+        default=None,
+        metavar="NAME",
+        help="W&B entity, a team or user (default: $WANDB_ENTITY, else your key's default)",
+    )
+    group.add_argument(
+        "--wandb-tags",
+        type=parse_tags,
+        default=(),
+        metavar="A,B",
+        help="W&B tags of the run, comma-separated",
+    )
+
+
+def wandb_options(args: argparse.Namespace) -> WandbOptions:
+    """The tracking flags as `WandbOptions`; a project, entity or tags without --wandb is
+    an error (nothing would be logged)."""
+    options = WandbOptions(args.wandb, args.wandb_project, args.wandb_entity, args.wandb_tags)
+    if not options.enabled:
+        given = [
+            flag
+            for flag, value in (
+                ("--wandb-project", options.project),
+                ("--wandb-entity", options.entity),
+                ("--wandb-tags", options.tags),
+            )
+            if value
+        ]
+        if given:
+            raise ConfigError(f"{given[0]} needs --wandb offline or --wandb online (default: off)")
+    return options
 
 
 def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> TrialConfig:
@@ -176,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_verbose(run)
-    run.add_argument("--config", help="a TrialConfig JSON (flags override it)")
-    run.add_argument(
+    own = run.add_argument_group(*RUN_GROUP)
+    own.add_argument("--config", help="a TrialConfig JSON (flags override it)")
+    own.add_argument(
         "--out",
         "--save_dir",
         "--save-dir",
@@ -185,15 +285,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="output directory (default: runs/<model>_<method>_<dataset>_s<seed>)",
     )
-    run.add_argument(
+    own.add_argument(
         "--resume",
         action="store_true",
         help="continue the interrupted run in --out from its last state",
     )
-    run.add_argument(
+    own.add_argument(
         "--overwrite", action="store_true", help="replace the results of an earlier run in --out"
     )
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    own.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_import(own)
+    add_tracking_flags(run)
     add_config_flags(run)
 
     try:
@@ -214,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_verbose(export)
     export.add_argument("checkpoint", help="a state_XX.pt written by `rsst-tune run`")
+    add_import(export)
     export.add_argument("--out", required=True, help="directory for the exported model")
     export.add_argument(
         "--overwrite", action="store_true", help="replace an earlier export in --out"
@@ -239,9 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    from rsst_tune.plugins import resolve_imports
+
+    resolve_imports(getattr(args, "imports", None) or ())  # before any name is looked up
     if args.command == "run":
         from rsst_tune.run import run_command
 
+        tracking = wandb_options(args)  # checked by run_command before anything runs
         base: dict[str, Any] = {}
         if args.config:
             base = TrialConfig.from_json_file(args.config).to_dict()
@@ -252,7 +359,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.config or any(hasattr(args, name) for name in flags):
             cfg = config_from_args(args, base)
         run_command(
-            cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet
+            cfg,
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            wandb=tracking,
         )
         return 0
     if args.command == "export":
@@ -277,7 +389,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from rsst_tune.tune.cli import expand_tune_argv  # `tune --config SWEEP.yaml`
+
+    args = build_parser().parse_args(expand_tune_argv(list(sys.argv[1:] if argv is None else argv)))
     return run_guarded("rsst-tune", args.verbose, lambda: _dispatch(args), "resume with --resume")
 
 

@@ -38,6 +38,19 @@ def add_verbose(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
     )
 
 
+def add_import(parser: Any) -> None:
+    """`--import MODULE` (repeatable): the user's registrations (`rsst_tune.plugins`)."""
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="import your module first (a name on the Python path, or a .py file): its "
+        "criteria, models, datasets, methods and schedules register as in the package "
+        "(repeatable)",
+    )
+
+
 def add_both_spellings(parser: argparse.ArgumentParser) -> None:
     """Every long option of `parser` and its subcommands also answers to its other spelling:
     `--num-samples` and `--num_samples`, `--data_dir` and `--data-dir`. A spelling that

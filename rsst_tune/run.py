@@ -22,18 +22,27 @@ from typing import Any
 
 from rsst_tune import checkpoint as ckpt
 from rsst_tune import fileio
-from rsst_tune.config import TrialConfig
+from rsst_tune.config import ALIASES, TrialConfig
 from rsst_tune.data import DataBundle
 from rsst_tune.device import describe_device
-from rsst_tune.errors import CommandFailed, ConfigError, TrialDiverged, describe_exception
+from rsst_tune.errors import (
+    CommandFailed,
+    ConfigError,
+    TrialDiverged,
+    describe_exception,
+    unknown_choice,
+)
 from rsst_tune.logfile import log_to_file
 from rsst_tune.loop import EpochCallback, PruneLoop
 from rsst_tune.results import UNIT_FIELDS, StateResult
+from rsst_tune.tracking import WandbOptions, WandbTracker
 
 log = logging.getLogger(__name__)
 
 LOG_FILE = "run.log"
 RESULT_FILES = ("results.json", "results.csv", "config.json", ckpt.THETA0_FILE, LOG_FILE)
+FIELD_NAMES = tuple(TrialConfig.field_names())  # each a keyword argument of `run_trial`
+RUN_OPTIONS = ("config", "out_dir", "resume", "overwrite", "data", "on_state", "on_epoch")
 
 
 def default_out(cfg: TrialConfig) -> Path:
@@ -50,28 +59,117 @@ def run_trial(
     data: DataBundle | None = None,
     on_state: Callable[[StateResult], None] | None = None,
     on_epoch: EpochCallback | None = None,
-    **overrides: Any,
+    # TrialConfig's fields, each None: not overridden (`test_run_cli` keeps them in step)
+    model: str | None = None,
+    pretrained: bool | None = None,
+    pretrained_file: str | None = None,
+    dataset: str | None = None,
+    img_size: int | None = None,
+    data_dir: str | None = None,
+    download: bool | None = None,
+    method: str | None = None,
+    pruning_times: int | None = None,
+    epochs: int | None = None,
+    finetune_epochs: int | None = None,
+    rate: float | None = None,
+    target: str | None = None,
+    head_ratio: float | None = None,
+    mlp_ratio: float | None = None,
+    filter_ratio: float | None = None,
+    head_ratios: tuple[float, ...] | None = None,
+    mlp_ratios: tuple[float, ...] | None = None,
+    filter_ratios: tuple[float, ...] | None = None,
+    fillback_rate: float | None = None,
+    min_units: int | None = None,
+    round_to: int | None = None,
+    sorting: str | None = None,
+    criteria: str | None = None,
+    score_batches: int | None = None,
+    prune_stem: bool | None = None,
+    RST_schedule: str | None = None,
+    reg_granularity_prune: float | None = None,
+    exponents: float | None = None,
+    distill_alpha: float | None = None,
+    distill_T: float | None = None,
+    prune_type: str | None = None,
+    rewind_epoch: int | None = None,
+    optimizer: str | None = None,
+    lr: float | None = None,
+    momentum: float | None = None,
+    weight_decay: float | None = None,
+    warmup_epochs: float | None = None,
+    lr_schedule: str | None = None,
+    decreasing_lr: tuple[int, ...] | None = None,
+    batch_size: int | None = None,
+    eval_batch_size: int | None = None,
+    label_smoothing: float | None = None,
+    augment: bool | None = None,
+    val_size: int | None = None,
+    train_subset: float | None = None,
+    data_placement: str | None = None,
+    data_workers: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+    amp: bool | None = None,
+    compile: bool | None = None,
+    compile_mode: str | None = None,
+    extra: dict[str, Any] | None = None,
+    **aliases: Any,
 ) -> list[StateResult]:
     """Run one trial of the prune loop and return every state's result (the Python API).
 
     `config` is a `TrialConfig`, a dict of its fields (research-code aliases accepted) or None
-    (the defaults); keyword arguments override fields. With `out_dir`, the run writes
-    `config.json`, `results.json`, `results.csv` and one checkpoint per state there, and
-    `resume=True` continues an interrupted run from its last state (with `config` None, the
-    saved config). Without `out_dir`, nothing is written. `on_state` is called after each
-    state; `data` replaces loading the dataset (e.g. a subset in a notebook).
+    (the defaults). Every `TrialConfig` field is also a keyword argument (`method`, `epochs`,
+    `pruning_times`, `head_ratio`, ...; see `rsst-tune run --help` for what each means) that
+    overrides the field when it is not None; to reset a field to None, pass a `config` that
+    says so (`cfg.replace(rate=None)`). The research code's names `arch`, `struct` and
+    `states` (for `model`, `method`, `pruning_times`) are accepted too; any other name is a
+    `ConfigError` that lists the valid ones.
+
+    With `out_dir`, the run writes `config.json`, `results.json`, `results.csv` and one
+    checkpoint per state there, and `resume=True` continues an interrupted run from its last
+    state (with `config` None, the saved config). Without `out_dir`, nothing is written.
+    `on_state` is called after each state; `data` replaces loading the dataset (e.g. a subset
+    in a notebook).
 
         >>> results = rsst_tune.run_trial({"method": "refill", "epochs": 5}, pruning_times=3)
         >>> [round(r.val_acc, 3) for r in results]
 
+    W&B tracking (what `rsst-tune run --wandb` does) is `rsst_tune.tracking.WandbTracker`:
+
+        >>> from rsst_tune.tracking import WandbTracker
+        >>> with WandbTracker(cfg, "runs/demo", mode="offline", tags=["demo"]) as tracker:
+        ...     rsst_tune.run_trial(cfg, "runs/demo", on_state=tracker.log_state)
+
     Raises `ConfigError` for bad input (before anything is written) and `TrialDiverged` when
     the training loss becomes NaN or infinite (the states before it stay in `out_dir`).
     """
+    given = dict(locals())  # first: the arguments only
+    overrides = {name: given[name] for name in FIELD_NAMES if given[name] is not None}
+    overrides.update(_aliases(aliases, overrides))
     loop = open_run(
         _config(config, overrides), out_dir, resume=resume, overwrite=overwrite, data=data,
         on_epoch=on_epoch,
     )  # fmt: skip
     return _run_states(loop, out_dir, on_state)
+
+
+def _aliases(aliases: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`run_trial`'s research-code names (`states=3`) as field overrides; any other name is
+    a ConfigError naming the valid ones, and an alias given with its field one too."""
+    out: dict[str, Any] = {}
+    for name, value in aliases.items():
+        if name not in ALIASES:
+            valid = (*FIELD_NAMES, *ALIASES, *RUN_OPTIONS)
+            raise unknown_choice("run_trial keyword argument", name, valid)
+        if value is None:
+            continue
+        field_name = ALIASES[name]
+        if field_name in overrides or field_name in out:
+            raise ConfigError(f"give {field_name} or its alias {name}, not both")
+        out[field_name] = value
+    return out
 
 
 def open_run(
@@ -146,8 +244,13 @@ def run_command(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    wandb: WandbOptions | None = None,
 ) -> None:
-    """`rsst-tune run`: `run_trial` with a progress bar and the per-state table."""
+    """`rsst-tune run`: `run_trial` with a progress bar and the per-state table, and with
+    `wandb` (mode offline or online) one W&B run that logs every state (`rsst_tune.tracking`;
+    a resumed run starts a new W&B run, which logs the states done before first)."""
+    tracking = wandb or WandbOptions()
+    tracking.check()  # before anything: the package, WANDB_API_KEY for online
     if out is None:
         if resume:
             raise ConfigError("--resume needs --out DIR (the directory of the run to continue)")
@@ -161,11 +264,18 @@ def run_command(
         for row in loop.results:
             table.print_row(row)
 
-    def on_state(result: StateResult) -> None:
-        bar.close()
-        table.print_row(result)
+    with (
+        run_log(out_dir / LOG_FILE),
+        WandbTracker.from_options(tracking, loop.cfg, out_dir) as tracker,
+    ):
+        for row in loop.results:  # resumed: the states done before
+            tracker.log_state(row)
 
-    with run_log(out_dir / LOG_FILE):
+        def on_state(result: StateResult) -> None:
+            bar.close()
+            table.print_row(result)
+            tracker.log_state(result)
+
         try:
             _run_states(loop, out_dir, on_state)
         finally:

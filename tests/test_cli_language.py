@@ -95,3 +95,19 @@ def test_flags_are_never_abbreviated() -> None:
     with pytest.raises(SystemExit) as stop:
         tune_main_parser().parse_args(["--space", "vit_head_mlp", "--num", "2"])
     assert stop.value.code == 2
+
+
+def test_both_commands_name_weights_and_biases_the_same() -> None:
+    """`rsst-tune run` and a sweep take the same W&B flags, modes and tag lists."""
+    from rsst_tune.tune.plan import WANDB_MODES
+
+    tags = ["--wandb-tags", "a,b", "--wandb_project", "p", "--wandb-entity", "e"]
+    run = rsst_tune_parser().parse_args(["run", "--wandb", "offline", *tags])
+    sweep = tune_main_parser().parse_args(["--space", "vit_head_mlp", "--wandb", "offline", *tags])
+    for args in (run, sweep):
+        assert (args.wandb, args.wandb_project, args.wandb_entity) == ("offline", "p", "e")
+        assert list(args.wandb_tags) == ["a", "b"]
+    commands = _commands()
+    for name in ("rsst-tune run", "tune_main.py"):
+        (action,) = [a for a in commands[name]._actions if "--wandb" in a.option_strings]
+        assert set(action.choices) == set(WANDB_MODES), name

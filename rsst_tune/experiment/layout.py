@@ -4,6 +4,7 @@ writes them), the record reader and the report cannot drift apart.
 
     <storage>/<name>/                  the experiment directory
         sweep.json                     the resolved plan (PLAN_FILE)
+        sweep.yaml                     the options as a sweep file, for --config (SWEEP_FILE)
         optuna.journal                 the Optuna study (JOURNAL_FILE)
         experiment_state-*.json        Ray's record of the trials (RAY_STATE_GLOB)
         .ray_state_backup/             the last intact copy of Ray's state (RAY_STATE_BACKUP)
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 PLAN_FILE = "sweep.json"
+SWEEP_FILE = "sweep.yaml"
 JOURNAL_FILE = "optuna.journal"
 RAY_STATE_PREFIX = "experiment_state-"
 RAY_STATE_GLOB = f"{RAY_STATE_PREFIX}*.json"

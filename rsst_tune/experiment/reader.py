@@ -37,6 +37,7 @@ from rsst_tune.experiment.layout import (
     RESULT_FILE,
     STOPPED_ATTR,
     STOPPED_BY_ATTR,
+    SWEEP_FILE,
     is_complete,
     trial_dirname,
 )
@@ -76,7 +77,15 @@ def load_experiment(path: str | Path) -> Experiment:
         study=study,
         confirmation=read_confirmation(exp_dir),
         scheduler=plan.scheduler,
+        sweep_file=_read_text(exp_dir / SWEEP_FILE),
     )
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 @dataclass(frozen=True)

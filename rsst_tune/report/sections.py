@@ -273,6 +273,14 @@ def summary_blocks(
         if experiment.command
         else [Para("The command that started the sweep was not recorded.")]
     )
+    if experiment.sweep_file:
+        blocks += [
+            Para(
+                "Its options as a sweep file (`sweep.yaml`: the flags and any `--config` file "
+                "merged; `tune_main.py --config sweep.yaml` runs the same sweep again):"
+            ),
+            Code(experiment.sweep_file.rstrip("\n")),
+        ]
     budget, choice = headline
     if choice is None:
         blocks.append(Para("No trial reported a state with a validation accuracy yet."))

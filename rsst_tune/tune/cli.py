@@ -15,10 +15,16 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rsst_tune import __version__
-from rsst_tune.command import OneLineParser, add_both_spellings, add_verbose, run_guarded
+from rsst_tune.command import (
+    OneLineParser,
+    add_both_spellings,
+    add_import,
+    add_verbose,
+    run_guarded,
+)
 from rsst_tune.config import PLACEMENTS, available_cores
 from rsst_tune.errors import (
     CommandFailed,
@@ -38,8 +44,15 @@ from rsst_tune.limits import (
     MAX_SEED,
     MAX_WORKERS,
 )
-from rsst_tune.tune.plan import SETTABLE, SweepOptions, describe_plan, load_plan, resolve_plan
-from rsst_tune.tune.preflight import check_data, idle_gpu_warning
+from rsst_tune.tune.plan import (
+    KEEP_CHECKPOINTS,
+    SETTABLE,
+    SweepOptions,
+    describe_plan,
+    load_plan,
+    resolve_plan,
+)
+from rsst_tune.tune.preflight import check_data, disk_estimate, idle_gpu_warning
 from rsst_tune.tune.run.runner import write_report_if_available
 from rsst_tune.tune.search.samplers import sampler_names
 from rsst_tune.tune.search.schedulers import scheduler_names
@@ -109,7 +122,26 @@ def _seconds(text: str) -> float:
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to search")
-    what.add_argument("--space", help="search space name (see --list-spaces)")
+    what.add_argument(
+        "--config",
+        metavar="SWEEP.yaml",
+        help="read the options from a sweep file (keys named as these flags; fix: and set: as "
+        "maps; import: a list); flags given beside it win",
+    )
+    what.add_argument(
+        "--space",
+        help="search space: a name (see --list-spaces), a file (my_space.py, its SPACE; "
+        "my_space.py:NAME) or package.module:NAME",
+    )
+    what.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="import your module (a name on the Python path, or a .py file) in the driver and "
+        "in every Ray worker first: its criteria, models, datasets, methods and schedules "
+        "register as in the package (repeatable)",
+    )
     what.add_argument("--list-spaces", action="store_true", help="list the spaces and exit")
     what.add_argument(
         "--objective",
@@ -322,7 +354,25 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         "--wandb",
         choices=("off", "offline", "online"),
         default="off",
-        help="Weights & Biases logging (key from WANDB_API_KEY only)",
+        help="Weights & Biases logging, one run per trial grouped by the sweep's name (key "
+        "from WANDB_API_KEY only)",
+    )
+    where.add_argument(
+        "--wandb-project",
+        default=None,
+        help="W&B project (default: $WANDB_PROJECT, else rsst-tune)",
+    )
+    where.add_argument("--wandb-entity", default=None, help="W&B entity (default: $WANDB_ENTITY)")
+    where.add_argument(
+        "--wandb-tags", type=_tags, default=None, metavar="A,B", help="W&B tags of every run"
+    )
+    where.add_argument(
+        "--keep-checkpoints",
+        choices=KEEP_CHECKPOINTS,
+        default="best",
+        help="state checkpoints kept per trial: best (default: the last, for resume, and "
+        "each state no other state of the trial beats on every objective, for the report's "
+        "exports), last, or all; --dry-run estimates the disk",
     )
     where.add_argument(
         "--no-share-dense",
@@ -337,6 +387,10 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--tune-verbose", dest="tune_verbose", action="store_true", help="debug logs in sweep.log"
     )
+
+
+def _tags(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def _macs_budget(text: str) -> float:
@@ -380,6 +434,7 @@ def add_tune_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: i
     )
     add_verbose(report)
     report.add_argument("experiment", help="an experiment directory (STORAGE/NAME)")
+    add_import(report)
     report.add_argument(
         "--measure",
         action="store_true",
@@ -484,12 +539,19 @@ def tune_command(args: argparse.Namespace) -> int:
         data_workers=args.data_workers,
         pretrained_file=args.pretrained_file,
         pretrained=args.pretrained,
+        imports=tuple(args.imports or ()),
+        keep_checkpoints=args.keep_checkpoints,
+        wandb_project=args.wandb_project,
+        wandb_entity=args.wandb_entity,
+        wandb_tags=tuple(args.wandb_tags or ()),
         command=command,
     )
     plan = resolve_plan(opts)
     data_line = check_data(plan, address=args.address)  # a missing dataset: exit 2 here
     if args.dry_run:
+        print(f"sweep file (--config reads it; flags beside it win):\n{plan.sweep_file}")
         print(describe_plan(plan))
+        print(disk_estimate(plan))
         print(data_line)
         warning = idle_gpu_warning(plan)
         if warning:
@@ -658,9 +720,9 @@ REPORT_EXAMPLES = """examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "tune_main.py") -> argparse.ArgumentParser:
     parser = OneLineParser(  # errors are one line and exit status 2
-        prog="tune_main.py",
+        prog=prog,
         description="Start (or resume) a hyperparameter sweep of the prune loop: " + TUNE_HELP,
         epilog=TUNE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -675,7 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """`python tune_main.py ...`: the same options as `rsst-tune tune`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(expand_sweep_file(argv))
     args.command_line = shlex.join(["python", "tune_main.py", *argv])
     args.prog = "tune_main.py"
     return run_guarded(
@@ -684,6 +746,112 @@ def main(argv: Sequence[str] | None = None) -> int:
         lambda: tune_command(args),
         "resume with --resume EXPERIMENT_DIR",
     )
+
+
+# ---------------------------------------------------------------------- sweep file
+# Keys a sweep file may not hold: they are about this command, not the sweep.
+NOT_IN_SWEEP_FILE = ("config", "resume", "trust-pickles", "list-spaces", "help", "version")
+
+
+def expand_sweep_file(argv: list[str]) -> list[str]:
+    """`argv` (the options of a sweep) with those of its `--config SWEEP.yaml` put first: the
+    flags given beside the file win (the last value of an option wins; the `--fix`, `--set`
+    and `--import` of the flags come after the file's). A bad file exits 2 with one line."""
+    path = _config_path(argv)
+    return argv if path is None else sweep_file_args(Path(path)) + argv
+
+
+def expand_tune_argv(argv: list[str]) -> list[str]:
+    """`rsst-tune [-v] tune ...`: the sweep file of the `tune` subcommand expanded."""
+    first = next((i for i, token in enumerate(argv) if not token.startswith("-")), None)
+    if first is None or argv[first] != "tune":
+        return argv
+    return argv[: first + 1] + expand_sweep_file(argv[first + 1 :])
+
+
+def _config_path(argv: list[str]) -> str | None:
+    path = None
+    for i, token in enumerate(argv):
+        if token == "--":
+            break
+        if token == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif token.startswith("--config="):
+            path = token.partition("=")[2]
+    return path
+
+
+def sweep_file_args(path: Path) -> list[str]:
+    """The flags a sweep file stands for (YAML: keys named as the long flags, with dashes or
+    underscores; `fix:` and `set:` maps; `import:` and `wandb-tags:` lists); checked here,
+    so a bad key or value names the file."""
+    import yaml
+
+    from rsst_tune.limits import MAX_CONFIG_BYTES
+
+    def refuse(message: str) -> NoReturn:
+        print(f"{path}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            refuse(f"larger than {MAX_CONFIG_BYTES // 2**20} MiB: not a sweep file")
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        refuse(f"cannot be read ({exc.strerror or exc})")
+    except UnicodeDecodeError:
+        refuse("not a text file")
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        refuse(f"not valid YAML{where}: {getattr(exc, 'problem', None) or exc}")
+    except RecursionError:
+        refuse("nests too deeply")
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        refuse("must be a map of options (NAME: VALUE per line)")
+    parser = build_parser(prog=str(path))
+    options = parser._option_string_actions
+    longs = (
+        next((o[2:] for o in a.option_strings if o.startswith("--")), "") for a in parser._actions
+    )
+    valid = sorted(k for k in longs if k and k not in NOT_IN_SWEEP_FILE)
+    tokens: list[str] = []
+    for raw_key, value in data.items():
+        key = str(raw_key).strip().replace("_", "-")
+        flag = f"--{key}"
+        if key in NOT_IN_SWEEP_FILE or flag not in options:
+            refuse(f"unknown key {raw_key!r}; a sweep file takes: {', '.join(valid)}")
+        action = options[flag]
+        if value is None:
+            refuse(f"{raw_key}: has no value")
+        if key in ("fix", "set"):
+            if not isinstance(value, dict):
+                refuse(f"{raw_key}: must be a map (NAME: VALUE per line)")
+            for name, v in value.items():
+                tokens += [flag, f"{name}={json.dumps(v)}"]
+        elif isinstance(action, argparse._AppendAction):
+            for item in value if isinstance(value, list) else [value]:
+                tokens += [flag, _scalar(item, raw_key, refuse)]
+        elif key == "wandb-tags" and isinstance(value, list):
+            tokens += [flag, ",".join(_scalar(v, raw_key, refuse) for v in value)]
+        elif action.nargs == 0:  # a switch: true turns it on
+            if not isinstance(value, bool):
+                refuse(f"{raw_key}: must be true or false, got {value!r}")
+            tokens += [flag] if value else []
+        else:
+            tokens += [flag, _scalar(value, raw_key, refuse)]
+    parser.parse_args(tokens)  # a bad value: one line naming the file, exit 2
+    return tokens
+
+
+def _scalar(value: Any, key: Any, refuse: Callable[[str], NoReturn]) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    refuse(f"{key}: must be a single value, got {value!r}")
 
 
 def _fixed_param(text: str) -> tuple[str, Any]:

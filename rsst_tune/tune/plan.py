@@ -35,6 +35,7 @@ from rsst_tune.limits import (
     MAX_SAMPLES,
     MAX_SEED,
 )
+from rsst_tune.plugins import is_object_spec, load_imports, resolve_imports
 from rsst_tune.tune.search.moasha import rung_states
 from rsst_tune.tune.search.samplers import SAMPLERS, sampler_names
 from rsst_tune.tune.search.schedulers import SCHEDULERS, SchedulerSpec, scheduler_names
@@ -54,6 +55,8 @@ DEFAULT_GRACE = {"moasha": 1, "asha": 0}
 DEFAULT_REDUCTION_FACTOR = 2
 WANDB_MODES = ("off", "offline", "online")
 DEFAULT_STORAGE = "experiments"
+# --keep-checkpoints: which state checkpoints of a trial stay on disk (`tune.run.retention`)
+KEEP_CHECKPOINTS = ("best", "last", "all")
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,12 @@ class SweepOptions:
     data_workers: int | None = None
     pretrained_file: str | None = None  # made absolute
     pretrained: bool | None = None  # timm:NAME models start from timm's weights (--pretrained)
+    # the user's modules (criteria, models, ...) imported in the driver and every Ray worker
+    imports: tuple[str, ...] = ()
+    keep_checkpoints: str = "best"  # --keep-checkpoints best|last|all
+    wandb_project: str | None = None  # default: $WANDB_PROJECT, else "rsst-tune"
+    wandb_entity: str | None = None  # default: $WANDB_ENTITY, else the key's default entity
+    wandb_tags: tuple[str, ...] = ()
 
     @classmethod
     def from_keywords(cls, space: str, options: Mapping[str, Any]) -> SweepOptions:
@@ -112,6 +121,11 @@ class SweepOptions:
                 f"{', '.join(sorted(names))}"
             )
         data = dict(options)
+        for key in ("imports", "wandb_tags"):
+            if isinstance(data.get(key), str):
+                data[key] = (data[key],)
+            elif data.get(key) is not None:
+                data[key] = tuple(data[key])
         for key in ("fixed", "settings"):
             pairs = data.get(key)
             if isinstance(pairs, Mapping):
@@ -159,6 +173,19 @@ class SweepPlan:
     # --epoch-budget: no trial starts once this many trial-epochs are spent or committed
     # (`rsst_tune.tune.search.epoch_budget`)
     epoch_budget: int | None = None
+    # --import: the user's modules as every process imports them (`rsst_tune.plugins`)
+    imports: tuple[str, ...] = ()
+    keep_checkpoints: str = "all"  # plans written before --keep-checkpoints kept every state
+    wandb_project: str | None = None
+    wandb_entity: str | None = None
+    wandb_tags: tuple[str, ...] = ()
+    sweep_file: str = ""  # the options as a sweep file (YAML; `--config` runs it again)
+
+    @property
+    def worker_imports(self) -> tuple[str, ...]:
+        """What each Ray worker imports before its trial: `--import`s and a space's module."""
+        space = (self.space.rpartition(":")[0] or self.space) if is_object_spec(self.space) else ""
+        return tuple(self.imports) + ((space,) if space and space not in self.imports else ())
 
     @property
     def dense_cache_dir(self) -> str | None:
@@ -200,6 +227,9 @@ class SweepPlan:
         data.pop("version", None)
         data["objectives"] = objs.objectives_from_json(data["objectives"])
         names = {f.name for f in dataclasses.fields(cls)}
+        for key in ("imports", "wandb_tags"):  # JSON lists: the plan stays hashable-free frozen
+            if key in data:
+                data[key] = tuple(data[key])
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
@@ -215,7 +245,8 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
     from search_spaces import get_space
 
     _check_option_types(opts)
-    space = get_space(opts.space)
+    imports = resolve_imports(opts.imports)  # registrations first: the base config names them
+    space = get_space(opts.space)  # FILE.py / module:NAME: registered by its full path
     overrides = {
         "dataset": opts.dataset,
         "model": opts.model,
@@ -254,6 +285,9 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
             f"--wandb {opts.wandb} needs the wandb package, which is not installed here: "
             "pip install 'rsst-tune[wandb]'"
         )
+    if opts.keep_checkpoints not in KEEP_CHECKPOINTS:
+        raise unknown_choice("--keep-checkpoints", opts.keep_checkpoints, KEEP_CHECKPOINTS)
+    wandb_tags = _check_tags(opts.wandb_tags)
     preset = SMOKE_SWEEP if opts.preset == "smoke" else {}
     num_samples = opts.num_samples or int(preset.get("num_samples", space.num_samples))
     max_concurrent = opts.max_concurrent or preset.get("max_concurrent")
@@ -306,7 +340,12 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
         time_budget_s=opts.time_budget,
         epoch_budget=epoch_budget,
         wandb=opts.wandb,
+        wandb_project=opts.wandb_project,
+        wandb_entity=opts.wandb_entity,
+        wandb_tags=wandb_tags,
         share_dense=opts.share_dense,
+        imports=imports,
+        keep_checkpoints=opts.keep_checkpoints,
         preset=opts.preset,
         fixed=fixed,
         max_failures=_check_max_failures(opts.max_failures),
@@ -321,7 +360,47 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
         overrides={k: v for k, v in overrides.items() if v is not None},
         command=opts.command,
         study_name=name,
+        sweep_file=sweep_file_text(opts),
     )
+
+
+# ---------------------------------------------------------------------- sweep file
+# SweepOptions fields whose flag has another name (`--fix` fills `fixed`); `onnx` and
+# `share_dense` are written as the flags that turn them off.
+OPTION_FLAGS = {"fixed": "fix", "settings": "set", "imports": "import"}
+NOT_IN_FILE = ("command", "space")
+
+
+def sweep_file_text(opts: SweepOptions) -> str:
+    """`opts` as a sweep file: YAML keyed by the long flags, `fix:`/`set:` as maps, only what
+    differs from the defaults; `tune_main.py --config FILE` runs the same sweep."""
+    import yaml
+
+    data: dict[str, Any] = {"space": opts.space}
+    for f in dataclasses.fields(SweepOptions):
+        value = getattr(opts, f.name)
+        if f.name in NOT_IN_FILE or value == f.default or value == ():
+            continue
+        if f.name == "onnx":
+            data["no-onnx"] = True
+        elif f.name == "share_dense":
+            data["no-share-dense"] = True
+        elif f.name in ("fixed", "settings"):
+            data[OPTION_FLAGS[f.name]] = {k: _plain(v) for k, v in value}
+        elif f.name in ("imports", "wandb_tags"):
+            data[OPTION_FLAGS.get(f.name, f.name.replace("_", "-"))] = list(value)
+        else:
+            data[f.name.replace("_", "-")] = _plain(value)
+    return str(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+
+
+def _plain(value: Any) -> Any:
+    """A value YAML writes as data (tuples as lists)."""
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
 
 
 # Sweep options that set a TrialConfig field: `--set` names them for that field.
@@ -542,7 +621,10 @@ def _check_option_types(opts: SweepOptions) -> None:
     for name in ("space", "sampler", "storage", "wandb", "command"):
         if not isinstance(getattr(opts, name), str):
             raise ConfigError(f"{name} must be a string, got {getattr(opts, name)!r}")
-    for name in ("objective", "scheduler", "name", "dataset", "model", "preset", "device"):
+    for name in (
+        "objective", "scheduler", "name", "dataset", "model", "preset", "device",
+        "wandb_project", "wandb_entity",
+    ):  # fmt: skip
         value = getattr(opts, name)
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"{name} must be a string, got {value!r}")
@@ -576,6 +658,10 @@ def _check_at_most(high: float, **values: float) -> None:
 
 
 def _default_name(space: str, preset: str | None) -> str:
+    if is_object_spec(space):  # /path/my_space.py[:NAME] or package.module:NAME
+        where, _, attr = space.partition(":") if not space.endswith(".py") else (space, "", "")
+        stem = Path(where).stem if where.endswith(".py") else where.rpartition(".")[2]
+        space = stem if attr in ("", "SPACE") else f"{stem}-{attr}"
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return f"{space}-{preset}-{stamp}" if preset else f"{space}-{stamp}"
 
@@ -595,6 +681,7 @@ def load_plan(experiment_dir: str | Path) -> SweepPlan:
         plan = SweepPlan.from_json(plan_file.read_text())
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{plan_file} is not a readable sweep plan: {exc}") from None
+    load_imports(plan.imports)  # the user's registrations, before the space or configs
     if not plan.is_uri:  # a moved or copied directory resumes in place, never at the original
         here = str(path.resolve())
         if here != plan.experiment_dir:
@@ -688,6 +775,16 @@ def describe_plan(plan: SweepPlan) -> str:
         f"{plan.base_config['dataset']})"
     )
     return "\n".join(lines)
+
+
+def _check_tags(tags: Any) -> tuple[str, ...]:
+    """`--wandb-tags a,b`: non-empty names of at most 64 characters (W&B's limit)."""
+    out = []
+    for tag in tags or ():
+        if not isinstance(tag, str) or not tag.strip() or len(tag.strip()) > 64:
+            raise ConfigError(f"--wandb-tags: each tag is 1 to 64 characters, got {tag!r}")
+        out.append(tag.strip())
+    return tuple(out)
 
 
 def _check_bool(name: str, value: Any) -> bool:

@@ -30,7 +30,7 @@ from rsst_tune import fileio
 from rsst_tune.best_exports import EXPORT_MODES, export_best
 from rsst_tune.errors import ConfigError, ReportFailed, SweepInterrupted
 from rsst_tune.experiment.experiment import Experiment
-from rsst_tune.experiment.layout import JOURNAL_FILE, PLAN_FILE
+from rsst_tune.experiment.layout import JOURNAL_FILE, PLAN_FILE, SWEEP_FILE
 from rsst_tune.experiment.reader import (
     last_row,
     load_experiment,
@@ -96,6 +96,8 @@ def _execute(
                 try:
                     if not resume:
                         fileio.write_text(local / PLAN_FILE, plan.to_json() + "\n")
+                        if plan.sweep_file:
+                            fileio.write_text(local / SWEEP_FILE, plan.sweep_file)
                     log.info("sweep %s: %s", "resumed" if resume else "started", plan.to_json())
                     return _fit(plan, context, resume=resume, show=show)
                 except KeyboardInterrupt:
@@ -290,6 +292,7 @@ def _new_tuner(plan: SweepPlan, trainable: Any, context: SweepContext, *, show: 
     from ray.tune.search import ConcurrencyLimiter
 
     from rsst_tune.tune.console import EVENTS_FILE, StorageGuard, SweepConsole
+    from rsst_tune.tune.run.retention import CheckpointRetention, ray_num_to_keep
     from rsst_tune.tune.safety.retries import RetryPolicy
     from rsst_tune.tune.safety.trust import StateSigner
     from rsst_tune.tune.search.searcher import PruningAwareOptunaSearch, journal_storage
@@ -345,6 +348,12 @@ def _new_tuner(plan: SweepPlan, trainable: Any, context: SweepContext, *, show: 
             show=show,
         ),
     ]
+    if plan.keep_checkpoints == "best":
+        callbacks.append(
+            CheckpointRetention(
+                plan.keep_checkpoints, plan.confirm, None if plan.is_uri else str(local)
+            )
+        )
     callbacks += _wandb_callbacks(plan)
     return tune.Tuner(
         trainable,
@@ -363,7 +372,9 @@ def _new_tuner(plan: SweepPlan, trainable: Any, context: SweepContext, *, show: 
             storage_path=plan.storage,
             verbose=0,
             callbacks=callbacks,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=ray_num_to_keep(plan.keep_checkpoints)
+            ),
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
             stop=StorageGuard(context),
         ),
@@ -377,7 +388,9 @@ def _wandb_callbacks(plan: SweepPlan) -> list[Any]:
 
     return [
         KeylessWandbCallback(
-            project=os.environ.get("WANDB_PROJECT", "rsst-tune"),
+            project=plan.wandb_project or os.environ.get("WANDB_PROJECT", "rsst-tune"),
+            entity=plan.wandb_entity or os.environ.get("WANDB_ENTITY") or None,
+            tags=list(plan.wandb_tags) or None,
             group=plan.name,
             mode=plan.wandb,
             dir=plan.local_dir,  # offline runs stay in the experiment directory (wandb/)

@@ -17,6 +17,7 @@ error with that message, the sweep goes on, and no report ever sees the diverged
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -189,10 +190,26 @@ def trainable_for(plan: SweepPlan, entry: Any = None) -> Any:
     dense cache and per-trial resources (the seed-confirmation stage passes its own entry)."""
     from ray import tune
 
+    fn = entry or train_trial
+    if plan.worker_imports:
+        fn = _importing(fn, plan.worker_imports)
     resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
     return tune.with_resources(
-        tune.with_parameters(
-            entry or train_trial, objectives=plan.objectives, dense_cache_dir=plan.dense_cache_dir
-        ),
+        tune.with_parameters(fn, objectives=plan.objectives, dense_cache_dir=plan.dense_cache_dir),
         resources,
     )
+
+
+def _importing(entry: Any, imports: tuple[str, ...]) -> Any:
+    """`entry`, after importing the user's modules (`--import`, a space's file) in this Ray
+    worker: their criteria, models and datasets are registered before the trial's config is
+    read. A worker imports each once; later trials find them in `sys.modules`."""
+
+    @functools.wraps(entry)
+    def run(config: dict[str, Any], **kwargs: Any) -> Any:
+        from rsst_tune.plugins import load_imports
+
+        load_imports(imports)
+        return entry(config, **kwargs)
+
+    return run
