@@ -68,6 +68,7 @@ def test_sweep_runs_end_to_end_and_run_reproduces_a_trial(
             storage=str(tmp_path),
             name="e2e",
             seed=3,
+            keep_checkpoints="all",  # every state's checkpoint, checked below
             **TINY,
         )
     )
