@@ -30,6 +30,10 @@ still run; the exit status is 1 when any part failed):
    of its kernels' device time over the epoch's wall time, torch.profiler), and timm's
    DeiT-tiny trained at its 224 px (2,048 images, batch 128) in fp32, bf16 and bf16 with CUDA
    graphs.
+7. **Latency model**: DeiT-tiny at 224 px, batch 1 and 256: the latency table
+   (`rsst_tune.latency_model`) against 12 random tickets exported and timed whole on the GPU
+   (Spearman, median error), and the measured speed-up per MAC ratio with round_to 1 and 64
+   (`benchmarks/bench_latency.py`'s `measure`; goal at batch 256 with round_to 64: >= 0.85).
 """
 
 from __future__ import annotations
@@ -260,6 +264,37 @@ def fractional_sweep(table: Table) -> None:
         )
 
 
+# ----------------------------------------------------------------------------- 7. latency
+def latency_model(table: Table) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_latency
+
+    if DRY_RUN:
+        cases, tickets, points, repeats, round_to = [("vit_tiny", 32, 1)], 3, 4, 2, 8
+    else:
+        deit = "timm:deit_tiny_patch16_224"
+        cases = [(deit, 224, 1), (deit, 224, 256)]
+        tickets, points, repeats, round_to = 12, 12, 5, 64
+    for name, size, batch in cases:
+        row = bench_latency.measure(
+            name, batch, tickets, 0, points, repeats, device=DEVICE, img_size=size,
+            round_to=round_to,
+        )  # fmt: skip
+        label = f"{name.removeprefix('timm:')} {size}px b{batch}"
+        table.add(
+            "latency",
+            f"{label}: table vs {tickets} tickets timed whole",
+            f"spearman {row.spearman:.2f}, median error {100 * row.rel_err:.1f} % "
+            f"(table built in {row.build_s:.0f} s)",
+        )
+        table.add(
+            "latency",
+            f"{label}: speed-up per MAC ratio, round_to 1 / {round_to}",
+            f"{row.per_mac_r1:.2f} / {row.per_mac_r8:.2f} (MAC ratio {row.mac_ratio_r1:.2f}x / "
+            f"{row.mac_ratio_r8:.2f}x)",
+        )
+
+
 # ----------------------------------------------------------------------------- 4. export
 def export_latency(table: Table) -> None:
     import torch
@@ -380,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         "--skip",
         action="append",
         default=[],
-        choices=("tests", "throughput", "sweep", "export", "streaming", "headroom"),
+        choices=("tests", "throughput", "sweep", "export", "streaming", "headroom", "latency"),
         help="leave a part out (repeatable)",
     )
     parser.add_argument(
@@ -419,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         ("export", export_latency),
         ("streaming", streaming),
         ("headroom", headroom),
+        ("latency", latency_model),
     ]
     for part, fn in parts:
         if part not in args.skip:

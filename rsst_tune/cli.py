@@ -257,6 +257,13 @@ EXPORT_EXAMPLES = """examples:
 """
 
 
+LATENCY_EXAMPLES = """examples:
+  rsst-tune latency-table --model vit_tiny --img-size 32 --out vit_tiny_cpu_b1.json
+  rsst-tune latency-table --model timm:deit_tiny_patch16_224 --device cuda --batch 256 \\
+      --out deit_tiny_h100_b256.json     # then: tune_main.py ... --latency-table that file
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="rsst-tune",
@@ -337,8 +344,52 @@ def build_parser() -> argparse.ArgumentParser:
         "against PyTorch's (max abs diff <= 1e-4) and time it in onnxruntime on CPU; exit "
         "status 1 when no usable ONNX file could be written",
     )
+    latency = sub.add_parser(
+        "latency-table",
+        help="time a model's prunable blocks at each kept width on a device",
+        description="Time each prunable block of MODEL (its heads, MLP neurons or filters at "
+        "each kept width) and the dense model on one device, and write the latency table a "
+        "sweep predicts `latency_ms` from (`--latency-table FILE`).",
+        epilog=LATENCY_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_verbose(latency)
+    add_import(latency)
+    latency.add_argument("--model", required=True, help="a registered model or timm:NAME")
+    latency.add_argument("--out", required=True, help="the table file to write (JSON)")
+    latency.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    latency.add_argument("--batch", type=_positive, default=1, help="batch size (default 1)")
+    latency.add_argument("--img-size", type=_positive, default=None, help="input side")
+    latency.add_argument("--num-classes", type=_positive, default=None)
+    latency.add_argument("--in-chans", type=_positive, default=None)
+    latency.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    latency.add_argument(
+        "--step", type=_positive, default=1, help="widths in steps of this (a sweep's round_to)"
+    )
+    latency.add_argument(
+        "--max-points", type=_positive, default=16, help="at most this many widths per block"
+    )
+    latency.add_argument("--repeats", type=_repeats, default=7, metavar="N")
+    latency.add_argument(
+        "--calibrate",
+        type=int,
+        default=12,
+        metavar="N",
+        help="random tickets timed whole to fit one factor per unit kind (default 12; 0: none)",
+    )
+    latency.add_argument("--threads", type=_positive, default=None, help="torch threads")
     add_both_spellings(parser)
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 2**20:
+        raise argparse.ArgumentTypeError(f"must be an integer in [1, {2**20}], got {text!r}")
+    return value
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -384,8 +435,42 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"rsst-tune: error: {one_line(report.onnx_error)}", file=sys.stderr)
             return 1
         return 0
+    if args.command == "latency-table":
+        return _latency_table(args)
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)
+
+
+def _latency_table(args: argparse.Namespace) -> int:
+    import torch
+
+    from rsst_tune.latency_model import build_latency_table
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory; give the table's file name")
+    if args.max_points < 2:
+        raise ConfigError("--max-points must be at least 2")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    table = build_latency_table(
+        args.model, device=args.device, batch=args.batch, img_size=args.img_size,
+        num_classes=args.num_classes, in_chans=args.in_chans, dtype=args.dtype,
+        step=args.step, max_points=args.max_points, repeats=args.repeats,
+        calibrate=max(0, args.calibrate),
+    )  # fmt: skip
+    table.save(out)
+    print(f"{table.describe()}; {len(table.groups)} groups, {len(table.blocks)} distinct blocks")
+    if table.calibration:
+        c = table.calibration
+        print(
+            f"calibrated on {c['tickets']} tickets timed whole: factors "
+            + ", ".join(f"{k} {v:.2f}" for k, v in table.scale.items())
+            + f"; median error {100 * c['median_error_raw']:.1f} % -> "
+            f"{100 * c['median_error']:.1f} %"
+        )
+    print(out)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -119,6 +119,50 @@ class MacsBudget:
         return self.macs_frac(params) - self.budget
 
 
+class LatencyBudget:
+    """An Optuna constraint like `MacsBudget`: (predicted ms − budget) / budget at the last
+    state, from a latency table (`rsst_tune.latency_model`), for a proposal's searched fields
+    on top of `base`; with `macs_budget`, the larger of the two (both must hold)."""
+
+    def __init__(
+        self,
+        base: Mapping[str, Any],
+        budget_ms: float,
+        table_path: str,
+        macs_budget: float | None = None,
+    ) -> None:
+        self.base = dict(base)
+        self.budget_ms = float(budget_ms)
+        self.table_path = table_path
+        self.macs = None if macs_budget is None else MacsBudget(base, macs_budget)
+        self._table: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_table": None}
+
+    def latency_ms(self, params: Mapping[str, Any]) -> float:
+        from rsst_tune.latency_model import LatencyTable
+
+        if self._table is None:
+            self._table = LatencyTable.load(self.table_path)
+        cfg = TrialConfig.from_dict({**self.base, **params})
+        alive = None
+        if cfg.method_info.structured:
+            every, pruned, _ = analytic_model(cfg)
+            alive = planned_alive(cfg, every, pruned, cfg.pruning_times - 1)
+        if alive is None:
+            raise ConfigError(
+                "--latency-budget needs every pruned kind to have explicit ratios (head_ratio(s), "
+                "mlp_ratio(s), filter_ratio(s)) and a structured method; the space proposed "
+                f"{dict(params)}"
+            )
+        return float(self._table.predict_ms(alive))
+
+    def __call__(self, params: Mapping[str, Any]) -> float:
+        value = (self.latency_ms(params) - self.budget_ms) / self.budget_ms
+        return value if self.macs is None else max(value, self.macs(params))
+
+
 # ---------------------------------------------------------------------- layers, without data
 @functools.lru_cache(maxsize=64)
 def _default_structure(model: str, img_size: int | None, prune_stem: bool) -> Structure:

@@ -84,6 +84,9 @@ class StateResult:
     # says which trials ran where; None in results recorded before they were recorded
     device: str | None = None
     numerics: str | None = None
+    # the ticket's forward time predicted by the sweep's latency table (ms, at the table's
+    # batch, device and dtype; `rsst_tune.latency_model`); None without a table
+    latency_ms: float | None = None
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ METRIC_MODES: dict[str, str] = {
     "density_total": "min",
     "sparsity": "max",
     "train_loss": "min",
+    "latency_ms": "min",  # predicted by the sweep's latency table (--latency-batch)
 }
 REPORT_ONLY = {"test_acc": "val_acc", "acc_before_structure": "val_acc"}
 # `macs` in `val_acc@macs<=0.5` is short for the per-state key `macs_frac`.

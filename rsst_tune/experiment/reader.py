@@ -78,6 +78,7 @@ def load_experiment(path: str | Path) -> Experiment:
         confirmation=read_confirmation(exp_dir),
         scheduler=plan.scheduler,
         sweep_file=_read_text(exp_dir / SWEEP_FILE),
+        latency_batch=plan.latency_batch,
     )
 
 
@@ -98,6 +99,7 @@ class _PlanFacts:
     command: str
     study_name: str
     scheduler: str
+    latency_batch: int | None = None
 
 
 def _read_plan(plan_file: Path) -> _PlanFacts:
@@ -110,6 +112,7 @@ def _read_plan(plan_file: Path) -> _PlanFacts:
             command=str(data.get("command", "")),
             study_name=str(data.get("study_name", "")),
             scheduler=str(data.get("scheduler", "")),
+            latency_batch=(data.get("latency") or {}).get("batch"),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{plan_file} is not a readable sweep plan: {exc}") from None

@@ -11,7 +11,7 @@ from rsst_tune.results import StateResult
 
 STATUSES = ("complete", "pruned", "error", "running")
 # StateResult fields a ticket's accuracy can be traded against (lower is cheaper)
-PARETO_COSTS = ("macs_frac", "params_frac", "macs", "params", "density_total")
+PARETO_COSTS = ("macs_frac", "params_frac", "macs", "params", "density_total", "latency_ms")
 # TrialRecord.stopped_by of a trial an early-stopping scheduler (MO-ASHA, ASHA) stopped
 STOPPED_BY_SCHEDULER = "scheduler"
 

@@ -122,3 +122,79 @@ def export_blocks(bests: Mapping[float | None, Ticket | None], out_dir: Path) ->
         ),
         Table(EXPORT_HEADERS, tuple(rows)),
     ]
+
+
+# ---------------------------------------------------------------------- predicted latency
+LATENCY_HEADERS = ("ticket", "best at", "val acc %", "MACs %", "predicted ms", "measured ms",
+                   "error")  # fmt: skip
+
+
+def measured_ms(record: ExportReport | str, batch: int) -> float | None:
+    """The export's measured pruned latency at `batch` (its first device), or None."""
+    if isinstance(record, str):
+        return None
+    return next((lat.pruned_ms for lat in record.latency if lat.batch == batch), None)
+
+
+def latency_blocks(
+    tickets: Sequence[Ticket], bests: Mapping[float | None, Ticket | None], out_dir: Path,
+    batch: int | None,
+) -> list[Block]:  # fmt: skip
+    """The front by predicted latency beside the front by MACs, and each best ticket's
+    predicted latency against the export's measured one (when the sweep had a latency table:
+    `StateResult.latency_ms`)."""
+    from rsst_tune.experiment.select import ticket_front
+
+    if not any(t.metric("latency_ms") is not None for t in tickets):
+        return []
+    front = ticket_front([t for t in tickets if t.metric("latency_ms") is not None], "latency_ms")
+    by_macs = {t.label for t in ticket_front(tickets, "macs_frac")}
+    rows = tuple(
+        (
+            t.label,
+            f"{100 * (t.val_acc or 0):.2f}",
+            f"{100 * (t.macs_frac or 0):.1f}",
+            f"{t.metric('latency_ms'):.3f}",
+            "yes" if t.label in by_macs else "no",
+        )
+        for t in front
+    )
+    blocks: list[Block] = [
+        Heading("Latency"),
+        Para(
+            "Predicted latency is the sweep's latency table's sum over blocks (each block timed "
+            "alone at each kept width on the trials' device"
+            + (f", batch {batch}" if batch else "")
+            + "): the front of validation accuracy against it, and whether each ticket is also "
+            "on the front by MACs."
+        ),
+        Table(("ticket", "val acc %", "MACs %", "predicted ms", "on the MACs front"), rows),
+    ]
+    compared = []
+    for ticket, budgets in distinct_bests(bests):
+        predicted = ticket.metric("latency_ms")
+        if predicted is None:
+            continue
+        measured = measured_ms(read_export(ticket, out_dir), batch or 1)
+        error = DASH if measured is None else f"{100 * (predicted - measured) / measured:+.1f} %"
+        compared.append(
+            (
+                ticket.label,
+                "; ".join(budget_label(b) for b in budgets),
+                f"{100 * (ticket.val_acc or 0):.2f}",
+                f"{100 * (ticket.macs_frac or 0):.1f}",
+                f"{predicted:.3f}",
+                DASH if measured is None else f"{measured:.3f}",
+                error,
+            )
+        )
+    if compared:
+        blocks += [
+            Para(
+                "Each best ticket's predicted latency against the latency its export measured "
+                "at the same batch size (the physically smaller model, timed whole; a dash: "
+                "not measured at that batch). The error is (predicted - measured) / measured."
+            ),
+            Table(LATENCY_HEADERS, tuple(compared)),
+        ]
+    return blocks

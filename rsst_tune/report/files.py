@@ -14,6 +14,7 @@ from typing import Any
 
 from rsst_tune import fileio
 from rsst_tune.experiment.experiment import Experiment
+from rsst_tune.experiment.exports import read_export
 from rsst_tune.experiment.layout import BEST_CONFIGS_DIR, SWEEP_LOG
 from rsst_tune.experiment.seeds import CONFIRM_RULE, EXTRA_SEEDS, SeedStats, best_choices
 from rsst_tune.experiment.select import (
@@ -30,6 +31,7 @@ from rsst_tune.experiment.select import (
 )
 from rsst_tune.experiment.tickets import SELECT_METRIC, Ticket, collect_tickets
 from rsst_tune.report.document import Block, Plot, to_html, to_markdown
+from rsst_tune.report.exports import latency_blocks, measured_ms
 from rsst_tune.report.interactive import interactive_blocks, plotly_js, search_blocks
 from rsst_tune.report.sections import (
     budget_blocks,
@@ -191,6 +193,7 @@ def build_blocks(experiment: Experiment, out_dir: Path) -> tuple[list[Block], di
         *budget_blocks(tickets, choices, files, out_dir),
         *confirmation_blocks(confirmed, answer.k),
         *export_blocks(bests, out_dir),
+        *latency_blocks(tickets, bests, out_dir, experiment.latency_batch),
         *states_blocks(tickets, out_dir),
         *search_blocks(experiment, tickets),
         *importance_blocks(importances, out_dir),
@@ -198,6 +201,14 @@ def build_blocks(experiment: Experiment, out_dir: Path) -> tuple[list[Block], di
     ]
     blocks = interactive_blocks(blocks, tickets, importances)
     best = best_config_record(experiment, tickets, headline, files)
+    if headline[1] is not None and headline[1].chosen.metric("latency_ms") is not None:
+        ticket = headline[1].chosen
+        batch = experiment.latency_batch or 1
+        best["latency"] = {
+            "batch": batch,
+            "predicted_ms": ticket.metric("latency_ms"),
+            "measured_ms": measured_ms(read_export(ticket, out_dir), batch),
+        }
     chosen = confirmed.get(headline[0])
     if chosen is not None and headline[1] is not None:
         best["seeds"] = _seeds_record(chosen.chosen)

@@ -146,8 +146,8 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument(
         "--objective",
         help="objective(s) instead of the space's: val_acc, "
-        "macs_frac, val_acc@macs<=0.5 (best val_acc at a MACs budget); "
-        "comma-separated for several",
+        "macs_frac, latency_ms (predicted, see --latency-batch), val_acc@macs<=0.5 (best "
+        "val_acc at a MACs budget); comma-separated for several",
     )
     what.add_argument(
         "--macs-budget",
@@ -157,6 +157,29 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         help="spaces with analytic MACs (vit_layerwise, resnet_layerwise): only "
         "configurations whose last state keeps at most B of the dense MACs run, 0 < B <= 1; "
         "Optuna learns the others as infeasible before any training",
+    )
+    what.add_argument(
+        "--latency-budget",
+        type=_positive_float,
+        default=None,
+        metavar="MS",
+        help="like --macs-budget, in predicted milliseconds per batch of --latency-batch on the "
+        "trials' device (a latency table timed before the trials): proposals over it never run",
+    )
+    what.add_argument(
+        "--latency-batch",
+        type=_positive_int,
+        default=1,
+        metavar="B",
+        help="batch size the latency (objective latency_ms, --latency-budget) is predicted at "
+        "(default 1)",
+    )
+    what.add_argument(
+        "--latency-table",
+        default=None,
+        metavar="FILE",
+        help="a table from `rsst-tune latency-table` instead of timing one at the start (e.g. "
+        "timed on a GPU node for a sweep driven from a CPU one)",
     )
     what.add_argument(
         "--sampler",
@@ -544,6 +567,9 @@ def tune_command(args: argparse.Namespace) -> int:
         wandb_project=args.wandb_project,
         wandb_entity=args.wandb_entity,
         wandb_tags=tuple(args.wandb_tags or ()),
+        latency_budget=args.latency_budget,
+        latency_batch=args.latency_batch,
+        latency_table=args.latency_table,
         command=command,
     )
     plan = resolve_plan(opts)

@@ -246,11 +246,17 @@ def confirm_run(
     config: dict[str, Any],
     objectives: Sequence[Objective] = (),
     dense_cache_dir: str | None = None,
+    latency_table: str | None = None,
 ) -> None:
     """Ray Tune entry point of one seed run: the sweep's trainable on `config[RUN_KEY]` (the
     runs are a grid over whole configs, whose lists may differ in length)."""
 
-    train_trial(config[RUN_KEY], objectives=objectives, dense_cache_dir=dense_cache_dir)
+    train_trial(
+        config[RUN_KEY],
+        objectives=objectives,
+        dense_cache_dir=dense_cache_dir,
+        latency_table=latency_table,
+    )
 
 
 def _runs_for(config: dict[str, Any], todo: Iterable[RunSpec]) -> list[RunSpec]:

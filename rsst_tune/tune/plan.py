@@ -57,6 +57,7 @@ WANDB_MODES = ("off", "offline", "online")
 DEFAULT_STORAGE = "experiments"
 # --keep-checkpoints: which state checkpoints of a trial stay on disk (`tune.run.retention`)
 KEEP_CHECKPOINTS = ("best", "last", "all")
+LATENCY_TABLE_FILE = "latency_table.json"  # in the experiment directory, unless given
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,11 @@ class SweepOptions:
     wandb_project: str | None = None  # default: $WANDB_PROJECT, else "rsst-tune"
     wandb_entity: str | None = None  # default: $WANDB_ENTITY, else the key's default entity
     wandb_tags: tuple[str, ...] = ()
+    # predicted latency (`rsst_tune.latency_model`): objective `latency_ms`, a budget in ms,
+    # the batch it is predicted at, and a table built beforehand (default: built at the start)
+    latency_budget: float | None = None
+    latency_batch: int = 1
+    latency_table: str | None = None
 
     @classmethod
     def from_keywords(cls, space: str, options: Mapping[str, Any]) -> SweepOptions:
@@ -180,6 +186,17 @@ class SweepPlan:
     wandb_entity: str | None = None
     wandb_tags: tuple[str, ...] = ()
     sweep_file: str = ""  # the options as a sweep file (YAML; `--config` runs it again)
+    # predicted latency: {"batch": B, "budget_ms": x | None, "table": a given file | None};
+    # empty when the sweep neither optimises, budgets nor reports it
+    latency: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def latency_table_path(self) -> str | None:
+        """The table trials predict `latency_ms` from: the given one, or the one the sweep
+        times at its start in its own directory (a moved directory takes it along)."""
+        if not self.latency:
+            return None
+        return self.latency.get("table") or str(Path(self.local_dir) / LATENCY_TABLE_FILE)
 
     @property
     def worker_imports(self) -> tuple[str, ...]:
@@ -217,6 +234,7 @@ class SweepPlan:
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
+        del data["sweep_file"]  # written once as sweep.yaml; not part of what resumes
         data["objectives"] = objs.objectives_to_json(self.objectives)
         data["version"] = PLAN_VERSION
         return json.dumps(data, indent=2, sort_keys=True)
@@ -361,6 +379,7 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
         command=opts.command,
         study_name=name,
         sweep_file=sweep_file_text(opts),
+        latency=_check_latency(opts, space, objectives),
     )
 
 
@@ -504,6 +523,41 @@ def _check_macs_budget(space: SearchSpace, budget: Any) -> float | None:
             f"training); spaces that do: {', '.join(able) or 'none'}"
         )
     return float(budget)
+
+
+def _check_latency(opts: SweepOptions, space: SearchSpace, objectives: Any) -> dict[str, Any]:
+    """`--latency-budget MS`, `--latency-batch B`, `--latency-table FILE` and the objective
+    `latency_ms`: what the sweep needs of a latency table (empty: nothing)."""
+    wanted = any(o.metric == "latency_ms" for o in objectives)
+    budget = opts.latency_budget
+    if budget is not None:
+        ok = isinstance(budget, int | float) and not isinstance(budget, bool)
+        if not ok or not math.isfinite(budget) or budget <= 0:
+            raise ConfigError(f"--latency-budget must be a number of ms > 0, got {budget!r}")
+        if not space.macs_budget:
+            from search_spaces import SPACES
+
+            able = [n for n in SPACES.names() if SPACES.get(n).macs_budget]
+            raise ConfigError(
+                f"space {space.name} does not take --latency-budget (the units it keeps are "
+                f"known only after training); spaces that do: {', '.join(able) or 'none'}"
+            )
+    batch = opts.latency_batch
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 65536:
+        raise ConfigError(f"--latency-batch must be an integer in [1, 65536], got {batch!r}")
+    if not (wanted or budget is not None or opts.latency_table):
+        return {}
+    table = opts.latency_table
+    if table is not None:
+        path = Path(table).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"--latency-table {table}: no such file")
+        table = str(path)
+    return {
+        "batch": int(batch),
+        "table": table,
+        "budget_ms": None if budget is None else float(budget),
+    }
 
 
 def _check_asha(space: SearchSpace, base: Mapping[str, Any]) -> None:
@@ -748,6 +802,18 @@ def describe_plan(plan: SweepPlan) -> str:
             f"{plan.states - 1}): each proposal's MACs are computed before training, and one "
             "over the budget is told to Optuna as infeasible (user attr constraint) and "
             "proposed again, costing no trial"
+        )
+    if plan.latency:
+        where = "given" if plan.latency.get("table") else "timed on the trials' device first"
+        lines.append(
+            f"latency     predicted at batch {plan.latency['batch']} from a table "
+            f"({where}: {plan.latency_table_path})"
+            + (
+                f"; budget {plan.latency['budget_ms']:g} ms at the last state (proposals over "
+                "it never run)"
+                if plan.latency.get("budget_ms") is not None
+                else ""
+            )
         )
     if plan.confirm:
         lines.append(

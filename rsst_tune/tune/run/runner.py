@@ -166,6 +166,7 @@ def _fit(plan: SweepPlan, context: SweepContext, *, resume: bool, show: bool) ->
     from ray import tune
 
     local = Path(plan.local_dir)
+    ensure_latency_table(plan, show)
     trainable = trainable_for(plan)
     if resume:
         if not tune.Tuner.can_restore(plan.experiment_dir):
@@ -287,6 +288,34 @@ def _warn_idle_gpus(plan: SweepPlan, show: bool) -> None:
         )
 
 
+def ensure_latency_table(plan: SweepPlan, show: bool) -> None:
+    """Build the sweep's latency table (`rsst_tune.latency_model`) in this process before any
+    trial, on the device its trials use, unless it exists (given, or built before a resume)."""
+    path = plan.latency_table_path
+    if path is None or Path(path).is_file():
+        return
+    import torch
+
+    from rsst_tune.config import TrialConfig
+    from rsst_tune.latency_model import table_for_config
+
+    cfg = TrialConfig.from_dict(plan.base_config)
+    wants = str(plan.base_config.get("device", "auto"))
+    on_gpu = wants.startswith("cuda") or (wants == "auto" and plan.gpus_per_trial > 0)
+    if on_gpu and not torch.cuda.is_available():
+        raise ConfigError(
+            "the latency table must be timed on the trials' GPU, and this machine has no CUDA "
+            "device: on a GPU node run `rsst-tune latency-table --model "
+            f"{cfg.model} --device cuda --batch {plan.latency['batch']} --out FILE` and pass "
+            "--latency-table FILE"
+        )
+    device = "cuda" if on_gpu else ("mps" if wants == "mps" else "cpu")
+    _say(show, f"latency table: timing {cfg.model} at batch {plan.latency['batch']} on {device}")
+    table = table_for_config(cfg, batch=int(plan.latency["batch"]), device=device)
+    table.save(path)
+    _say(show, f"latency table: {table.describe()} ({table.built_s:.0f}s)")
+
+
 def _new_tuner(plan: SweepPlan, trainable: Any, context: SweepContext, *, show: bool) -> Any:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
@@ -302,11 +331,18 @@ def _new_tuner(plan: SweepPlan, trainable: Any, context: SweepContext, *, show: 
     local = Path(plan.local_dir)
     keys = [o.key for o in plan.objectives]
     modes = [o.mode for o in plan.objectives]
-    budget = None
+    budget: Any = None
     if plan.macs_budget is not None:  # proposals over it never reach Ray (searcher._feasible)
         from rsst_tune.pruning.budget import MacsBudget
 
         budget = MacsBudget(plan.base_config, plan.macs_budget)
+    if plan.latency.get("budget_ms") is not None:  # both budgets: the larger excess decides
+        from rsst_tune.macs_plan import LatencyBudget
+
+        budget = LatencyBudget(
+            plan.base_config, plan.latency["budget_ms"], str(plan.latency_table_path),
+            plan.macs_budget,
+        )  # fmt: skip
     planned = plan.num_samples  # TPE's random start-up is a fifth of the trials planned
     if plan.epoch_budget is not None:  # ... or of the full-length trials the budget buys
         from rsst_tune.tune.search.epoch_budget import full_trials

@@ -49,13 +49,20 @@ def train_trial(
     config: dict[str, Any],
     objectives: Sequence[Objective] = (),
     dense_cache_dir: str | None = None,
+    latency_table: str | None = None,
 ) -> None:
-    """Ray Tune entry point (wrapped with `tune.with_parameters(..., objectives=...)`)."""
+    """Ray Tune entry point (wrapped with `tune.with_parameters(..., objectives=...)`); with
+    `latency_table`, every state's `latency_ms` is predicted from it."""
+    import dataclasses
+
     from ray import tune
+
+    from rsst_tune.latency_model import LatencyTable
 
     t_start = time.perf_counter()
     cfg = TrialConfig.from_dict(config)  # the boundary: nothing below sees the dict
     context = tune.get_context()
+    table = LatencyTable.load(latency_table) if latency_table else None
     with _scratch_dir() as scratch, _trial_log(scratch / TRIAL_LOG):
         loop = _start_loop(cfg, scratch, tune.get_checkpoint(), dense_cache_dir)
         resumed_from = loop.next_state
@@ -70,12 +77,16 @@ def train_trial(
             resumed_from,
             cfg.pruning_times - 1,
         )
+        states: list[StateResult] = []
         for result in loop.states():
+            if table is not None:
+                result = dataclasses.replace(result, latency_ms=table.predict_result_ms(result))
+            states = [*(r for r in states if r.state < result.state), result]
             extras = dict(zip(EXTRA_KEYS, (cfg.pruning_times, resumed_from, setup_s), strict=True))
             metrics = {
                 **result.to_dict(),
                 **extras,
-                **objective_metrics(objectives, loop.results),
+                **objective_metrics(objectives, _with_latency(loop.results, states)),
             }
             log.info(
                 "trial %s: state %d val_acc %.4f macs_frac %.3f (%.1fs)",
@@ -194,10 +205,21 @@ def trainable_for(plan: SweepPlan, entry: Any = None) -> Any:
     if plan.worker_imports:
         fn = _importing(fn, plan.worker_imports)
     resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
+    extra = {"latency_table": plan.latency_table_path} if plan.latency_table_path else {}
     return tune.with_resources(
-        tune.with_parameters(fn, objectives=plan.objectives, dense_cache_dir=plan.dense_cache_dir),
+        tune.with_parameters(
+            fn, objectives=plan.objectives, dense_cache_dir=plan.dense_cache_dir, **extra
+        ),
         resources,
     )
+
+
+def _with_latency(
+    results: Sequence[StateResult], predicted: Sequence[StateResult]
+) -> list[StateResult]:
+    """The loop's results, with this run's predicted latency where it was predicted."""
+    by_state = {r.state: r for r in predicted}
+    return [by_state.get(r.state, r) for r in results]
 
 
 def _importing(entry: Any, imports: tuple[str, ...]) -> Any:

@@ -1,0 +1,244 @@
+"""The measured latency model (`rsst_tune.latency_model`), `rsst-tune latency-table`, and
+predicted latency in a sweep: the objective `latency_ms`, `--latency-budget` and the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from rsst_tune.errors import ConfigError
+from rsst_tune.latency_model import BlockTimes, LatencyTable, build_latency_table
+from rsst_tune.tune.plan import SweepOptions, load_plan, resolve_plan
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def vit_table() -> LatencyTable:
+    return build_latency_table("vit_digits", img_size=8, max_points=4, repeats=2)
+
+
+def test_block_times_interpolate_between_widths_and_clamp_at_the_ends() -> None:
+    times = BlockTimes((1, 4, 8), (1.0, 4.0, 6.0))
+    assert times.at(1) == 1.0 and times.at(8) == 6.0 and times.full == 6.0
+    assert times.at(2) == pytest.approx(2.0)
+    assert times.at(6) == pytest.approx(5.0)
+    assert times.at(0) == 1.0 and times.at(99) == 6.0
+
+
+def test_a_table_times_each_distinct_block_once_and_predicts_by_sums(
+    vit_table: LatencyTable,
+) -> None:
+    t = vit_table
+    # vit_digits: 4 blocks, each with heads and an MLP; identical blocks share their timings
+    assert t.order["filter"] == []
+    assert len(t.order["head"]) == len(t.order["neuron"]) == 4
+    assert len(t.groups) == 8 and len(t.blocks) == 2
+    assert t.predict_s({}) == t.dense_s  # every unit: the dense time
+    assert t.predict_s(t.num_units) == pytest.approx(t.dense_s)
+    heads = t.blocks[t.groups["blocks.0.attn"]]
+    assert heads.widths == (1, 2, 3, 4)  # every head count
+    mlp = t.blocks[t.groups["blocks.0.mlp"]]
+    assert mlp.widths[0] == 1 and mlp.widths[-1] == t.num_units["blocks.0.mlp"]
+    alive = {"blocks.0.attn": 2, "blocks.2.mlp": mlp.widths[1]}
+    a, b = t.scale["head"], t.scale["neuron"]  # fitted to tickets timed whole
+    expected = t.dense_s + a * (heads.at(2) - heads.full) + b * (mlp.seconds[1] - mlp.full)
+    assert t.predict_s(alive) == pytest.approx(max(expected, 0.0))
+    assert 0.0 <= a <= 3.0 and 0.0 <= b <= 3.0 and t.calibration["tickets"] == 12
+    assert t.predict_ms(alive) == pytest.approx(1000 * t.predict_s(alive))
+    again = LatencyTable.from_json(t.to_json())
+    assert again == t
+
+
+def test_calibration_fits_one_factor_per_kind_to_tickets_timed_whole(
+    vit_table: LatencyTable,
+) -> None:
+    import dataclasses
+
+    from rsst_tune.latency_model import _calibrated
+
+    raw = dataclasses.replace(vit_table, scale={}, calibration={})
+    groups = [SimpleNamespace(name=n, kind=k, num_units=raw.num_units[n])
+              for k, names in raw.order.items() for n in names]  # fmt: skip
+
+    def delta(alive: dict[str, int], kind: str) -> float:
+        return sum(
+            raw.blocks[raw.groups[g.name]].at(alive[g.name]) - raw.blocks[raw.groups[g.name]].full
+            for g in groups
+            if g.kind == kind
+        )
+
+    # a machine on which a cut head saves twice what its block alone showed, a neuron half
+    fitted = _calibrated(
+        raw, groups, lambda alive: 2.0 * delta(alive, "head") + 0.5 * delta(alive, "neuron"), 10
+    )
+    assert fitted.scale["head"] == pytest.approx(2.0, rel=1e-6)
+    assert fitted.scale["neuron"] == pytest.approx(0.5, rel=1e-6)
+    assert fitted.calibration["median_error"] == pytest.approx(0.0, abs=1e-9)
+    assert fitted.calibration["median_error_raw"] > 0
+
+
+def test_a_state_result_maps_to_groups_by_kind_and_layer(vit_table: LatencyTable) -> None:
+    t = vit_table
+    result = SimpleNamespace(
+        heads_per_layer=(4, 3, 2, 1), neurons_per_layer=(128, 64, 32, 16), filters_per_layer=None
+    )
+    alive = t.alive_from_result(result)
+    assert alive["blocks.0.attn"] == 4 and alive["blocks.3.attn"] == 1
+    assert alive["blocks.1.mlp"] == 64
+    assert t.predict_result_ms(result) == pytest.approx(t.predict_ms(alive))
+    with pytest.raises(ConfigError, match="4 head groups, the result has 2"):
+        t.alive_from_result(SimpleNamespace(heads_per_layer=(1, 2)))
+
+
+def test_removing_filters_is_predicted_faster_on_a_cnn() -> None:
+    t = build_latency_table("resnet20", img_size=32, max_points=3, repeats=3)
+    assert set(t.order["filter"]) == set(t.groups)  # only removable convs are timed
+    thin = {name: 1 for name in t.groups}
+    # one filter left in the first conv of every residual block: far fewer MACs
+    assert t.predict_s(thin) < 0.95 * t.dense_s, (t.predict_s(thin), t.dense_s)
+
+
+def test_a_table_file_that_is_not_one_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "x.json").write_text('{"version": 99}')
+    with pytest.raises(ConfigError, match="not a readable latency table"):
+        LatencyTable.load(tmp_path / "x.json")
+    with pytest.raises(ConfigError, match="not a readable latency table"):
+        LatencyTable.load(tmp_path / "missing.json")
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rsst_tune.cli", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+
+
+def test_rsst_tune_latency_table_writes_a_table_and_refuses_bad_input(tmp_path: Path) -> None:
+    res = _cli("latency-table", "--model", "vit_digits", "--img-size", "8", "--out", "t.json",
+               "--max-points", "3", "--repeats", "2", "--threads", "1", cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    table = LatencyTable.load(tmp_path / "t.json")
+    assert table.model == "vit_digits" and table.batch == 1 and table.threads == 1
+    assert "8 groups, 2 distinct blocks" in res.stdout
+    bad = _cli("latency-table", "--model", "vit_digits", "--out", str(tmp_path), cwd=tmp_path)
+    assert bad.returncode == 2 and "is a directory" in bad.stderr, bad.stderr
+    bad = _cli("latency-table", "--model", "nope_net", "--out", "u.json", cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown model 'nope_net'" in bad.stderr, bad.stderr
+    assert bad.stderr.count("\n") == 1
+
+
+# ---------------------------------------------------------------------- the sweep's plan
+def test_the_latency_objective_plans_a_table_in_the_experiment_directory(tmp_path: Path) -> None:
+    opts = SweepOptions(
+        space="vit_layerwise", preset="smoke", objective="val_acc,latency_ms",
+        latency_batch=4, storage=str(tmp_path), name="lat",
+    )  # fmt: skip
+    plan = resolve_plan(opts)
+    assert [o.key for o in plan.objectives] == ["val_acc", "latency_ms"]
+    assert plan.latency == {"batch": 4, "table": None, "budget_ms": None}
+    assert plan.latency_table_path == str(tmp_path / "lat" / "latency_table.json")
+    Path(plan.local_dir).mkdir(parents=True)
+    (Path(plan.local_dir) / "sweep.json").write_text(plan.to_json())
+    moved = tmp_path / "moved"
+    Path(plan.local_dir).rename(moved)
+    assert load_plan(moved).latency_table_path == str(moved / "latency_table.json")
+    assert resolve_plan(SweepOptions(space="vit_layerwise", preset="smoke")).latency == {}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"space": "vit_head_mlp", "latency_budget": 2.0}, "does not take --latency-budget"),
+        ({"space": "vit_layerwise", "latency_budget": -1.0}, "must be a number of ms > 0"),
+        ({"space": "vit_layerwise", "latency_table": "/nope.json"}, "no such file"),
+        ({"space": "vit_layerwise", "latency_batch": 0}, "--latency-batch must be an integer"),
+    ],
+)
+def test_bad_latency_options_are_refused(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve_plan(SweepOptions(preset="smoke", **options))  # type: ignore[arg-type]
+
+
+def test_the_latency_budget_judges_a_proposal_by_its_planned_units(tmp_path: Path) -> None:
+    from rsst_tune.config import TrialConfig
+    from rsst_tune.latency_model import table_for_config
+    from rsst_tune.macs_plan import LatencyBudget, analytic_model
+    from rsst_tune.unit_budget import planned_alive
+    from search_spaces import get_space
+
+    base = get_space("vit_layerwise").resolve_base(preset="smoke")
+    base = TrialConfig.from_dict({**base, "threads": 1}).to_dict()
+    table = table_for_config(TrialConfig.from_dict(base), batch=1, device="cpu")
+    path = table.save(tmp_path / "t.json")
+    proposal = {"head_ratios": [0.5] * 4, "mlp_ratios": [0.5] * 4}
+    cfg = TrialConfig.from_dict({**base, **proposal})
+    every, pruned, _ = analytic_model(cfg)
+    alive = planned_alive(cfg, every, pruned, cfg.pruning_times - 1)
+    assert alive is not None
+    predicted = table.predict_ms(alive)
+    for budget in (predicted * 0.9, predicted * 1.1):
+        constraint = LatencyBudget(base, budget, str(path))
+        value = constraint(proposal)
+        assert value == pytest.approx((predicted - budget) / budget)
+        assert (value <= 0) == (predicted <= budget)
+    # pickled with the searcher: the table is read again, not carried
+    restored = pickle.loads(pickle.dumps(constraint))
+    assert restored._table is None and restored(proposal) == pytest.approx(value)
+    # with a MACs budget too, both must hold: the larger excess decides
+    both = LatencyBudget(base, predicted * 10, str(path), macs_budget=0.01)
+    assert both(proposal) > 0
+
+
+# ---------------------------------------------------------------------- a real sweep
+@pytest.mark.sweep
+@pytest.mark.slow
+def test_a_sweep_under_a_latency_budget_runs_only_tickets_within_it(tmp_path: Path) -> None:
+    from rsst_tune.config import TrialConfig
+    from rsst_tune.latency_model import table_for_config
+    from rsst_tune.tune import load_experiment
+    from search_spaces import get_space
+
+    base = get_space("vit_layerwise").resolve_base(preset="smoke")
+    table = table_for_config(TrialConfig.from_dict({**base, "threads": 1}), batch=1, device="cpu")
+    path = table.save(tmp_path / "table.json")
+    budget = 0.97 * 1000 * table.dense_s  # some proposals fit, the dense model does not
+    ray_dir = tempfile.mkdtemp(prefix="rl", dir="/tmp")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled",
+           "RAY_TMPDIR": ray_dir}  # fmt: skip
+    env.pop("WANDB_API_KEY", None)
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "tune_main.py"), "--space", "vit_layerwise",
+             "--preset", "smoke", "--num-samples", "3", "--epochs", "1", "--states", "2",
+             "--scheduler", "fifo", "--confirm", "0", "--objective", "val_acc,latency_ms",
+             "--latency-budget", f"{budget:.6f}", "--latency-table", str(path),
+             "--storage", str(tmp_path), "--name", "lat", "--quiet"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exp = load_experiment(tmp_path / "lat")
+    done = [t for t in exp.trials if t.status == "complete"]
+    assert done, [(t.status, t.error) for t in exp.trials]
+    for t in done:
+        assert all(s.latency_ms is not None for s in t.states)
+        # the trial's own prediction at its last state is within the budget it was admitted by
+        assert t.states[-1].latency_ms <= budget + 1e-9, (t.trial_id, t.states[-1].latency_ms)
+        assert t.states[-1].latency_ms == pytest.approx(table.predict_result_ms(t.states[-1]))
+    report = (tmp_path / "lat" / "report.md").read_text()
+    assert "## Latency" in report and "predicted ms" in report
+    best = json.loads((tmp_path / "lat" / "best_config.json").read_text())
+    assert best["latency"]["predicted_ms"] <= budget + 1e-9
+    assert best["latency"]["measured_ms"] is None or best["latency"]["measured_ms"] > 0
