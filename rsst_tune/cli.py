@@ -378,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="random tickets timed whole to fit one factor per unit kind (default 12; 0: none)",
     )
     latency.add_argument("--threads", type=_positive, default=None, help="torch threads")
+    latency.add_argument(
+        "--prune-stem", action="store_true", help="for sweeps that prune the stem conv too"
+    )
     add_both_spellings(parser)
     return parser
 
@@ -457,7 +460,7 @@ def _latency_table(args: argparse.Namespace) -> int:
         args.model, device=args.device, batch=args.batch, img_size=args.img_size,
         num_classes=args.num_classes, in_chans=args.in_chans, dtype=args.dtype,
         step=args.step, max_points=args.max_points, repeats=args.repeats,
-        calibrate=max(0, args.calibrate),
+        calibrate=max(0, args.calibrate), prune_stem=args.prune_stem,
     )  # fmt: skip
     table.save(out)
     print(f"{table.describe()}; {len(table.groups)} groups, {len(table.blocks)} distinct blocks")

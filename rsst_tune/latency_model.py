@@ -337,7 +337,9 @@ def _build(
         blocks=blocks,
         groups=sig_of,
         num_units={g.name: g.num_units for g in groups},
-        order={k.name: [g.name for g in groups if g.kind == k.name] for k in UNIT_KINDS},
+        # every group of a kind, timed or not: a state's per-layer counts list them all (a
+        # unit a coupling keeps is never removed, so its group is not timed)
+        order={k.name: [g.name for g in structure.groups if g.kind == k.name] for k in UNIT_KINDS},
     )
     if calibrate <= 0 or not groups:
         return table
@@ -367,7 +369,7 @@ def _calibrated(table: LatencyTable, groups: list[Any], whole: Any, n: int) -> L
     import numpy as np
 
     rng = random.Random(0)
-    kinds = [k for k in table.order if table.order[k]]
+    kinds = sorted({g.kind for g in groups})
     rows, targets, raw = [], [], []
     for _ in range(n):
         alive = {g.name: rng.randint(1, g.num_units) for g in groups}

@@ -131,20 +131,16 @@ class LatencyBudget:
         table_path: str,
         macs_budget: float | None = None,
     ) -> None:
+        from rsst_tune.latency_model import LatencyTable
+
         self.base = dict(base)
         self.budget_ms = float(budget_ms)
         self.table_path = table_path
         self.macs = None if macs_budget is None else MacsBudget(base, macs_budget)
-        self._table: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_table": None}
+        # read now and pickled with the searcher: a resumed (or moved) sweep needs no file
+        self._table = LatencyTable.load(table_path)
 
     def latency_ms(self, params: Mapping[str, Any]) -> float:
-        from rsst_tune.latency_model import LatencyTable
-
-        if self._table is None:
-            self._table = LatencyTable.load(self.table_path)
         cfg = TrialConfig.from_dict({**self.base, **params})
         alive = None
         if cfg.method_info.structured:

@@ -88,6 +88,8 @@ def resolved_object_spec(spec: str) -> str:
 
 # ---------------------------------------------------------------------- internals
 def _resolve_one(spec: str, cwd: Path) -> str:
+    if MODULE_AT in spec and not spec.endswith(".py"):  # MODULE@DIR: resolved already
+        return spec
     if spec.endswith(".py") or "/" in spec or "\\" in spec:
         path = (cwd / Path(spec).expanduser()).resolve()
         if not path.is_file():
@@ -95,8 +97,6 @@ def _resolve_one(spec: str, cwd: Path) -> str:
         if path.suffix != ".py":
             raise ConfigError(f"--import {spec}: a file to import must end in .py")
         return str(path)
-    if MODULE_AT in spec:  # already resolved
-        return spec
     if not all(part.isidentifier() for part in spec.split(".")):
         raise ConfigError(
             f"--import {spec}: not a module name (a.b.c) nor a .py file; e.g. --import "
@@ -106,6 +106,8 @@ def _resolve_one(spec: str, cwd: Path) -> str:
         found = importlib.util.find_spec(spec)
     except (ImportError, ValueError):
         found = None
+    except Exception as exc:  # a parent package that fails to import
+        raise ConfigError(f"--import {spec} failed: {_where(exc)}") from None
     if found is not None:
         return spec
     top = spec.split(".")[0]

@@ -102,7 +102,10 @@ def test_a_state_result_maps_to_groups_by_kind_and_layer(vit_table: LatencyTable
 
 def test_removing_filters_is_predicted_faster_on_a_cnn() -> None:
     t = build_latency_table("resnet20", img_size=32, max_points=3, repeats=3)
-    assert set(t.order["filter"]) == set(t.groups)  # only removable convs are timed
+    # only removable convs are timed; a state's counts list every conv
+    assert set(t.groups) < set(t.order["filter"]) and len(t.order["filter"]) == 18
+    counts = SimpleNamespace(filters_per_layer=(1,) * 18)
+    assert t.predict_result_ms(counts) == pytest.approx(t.predict_ms({n: 1 for n in t.groups}))
     thin = {name: 1 for name in t.groups}
     # one filter left in the first conv of every residual block: far fewer MACs
     assert t.predict_s(thin) < 0.95 * t.dense_s, (t.predict_s(thin), t.dense_s)
@@ -163,9 +166,15 @@ def test_the_latency_objective_plans_a_table_in_the_experiment_directory(tmp_pat
         ({"space": "vit_layerwise", "latency_budget": -1.0}, "must be a number of ms > 0"),
         ({"space": "vit_layerwise", "latency_table": "/nope.json"}, "no such file"),
         ({"space": "vit_layerwise", "latency_batch": 0}, "--latency-batch must be an integer"),
+        ({"space": "vit_layerwise", "latency_table": "T", "latency_batch": 8}, "batch 1 .--laten"),
+        ({"space": "resnet_layerwise", "latency_table": "T"}, "model vit_digits .the sweep's"),
     ],
 )
-def test_bad_latency_options_are_refused(options: dict[str, object], message: str) -> None:
+def test_bad_latency_options_are_refused(
+    options: dict[str, object], message: str, vit_table: LatencyTable, tmp_path: Path
+) -> None:
+    if options.get("latency_table") == "T":  # a table timed for vit_digits at batch 1
+        options = {**options, "latency_table": str(vit_table.save(tmp_path / "t.json"))}
     with pytest.raises(ConfigError, match=message):
         resolve_plan(SweepOptions(preset="smoke", **options))  # type: ignore[arg-type]
 
@@ -192,9 +201,11 @@ def test_the_latency_budget_judges_a_proposal_by_its_planned_units(tmp_path: Pat
         value = constraint(proposal)
         assert value == pytest.approx((predicted - budget) / budget)
         assert (value <= 0) == (predicted <= budget)
-    # pickled with the searcher: the table is read again, not carried
-    restored = pickle.loads(pickle.dumps(constraint))
-    assert restored._table is None and restored(proposal) == pytest.approx(value)
+    # pickled with the searcher, table included: a moved or resumed sweep needs no file
+    data = pickle.dumps(constraint)
+    path.unlink()
+    assert pickle.loads(data)(proposal) == pytest.approx(value)
+    path = table.save(tmp_path / "t.json")
     # with a MACs budget too, both must hold: the larger excess decides
     both = LatencyBudget(base, predicted * 10, str(path), macs_budget=0.01)
     assert both(proposal) > 0

@@ -353,3 +353,101 @@ def test_a_sweep_file_with_an_outside_space_and_criterion_runs_them_in_the_ray_w
     for t in experiment.trials:
         for st in t.states:
             assert (st.state not in t.state_checkpoints) == ((t.trial_id, st.state) in unneeded)
+
+
+def test_a_module_found_in_the_working_directory_resolves_again_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pkg.mod@DIR` (what a plan stores) imports again from any directory, also as a space
+    `pkg.mod@DIR:SPACE`, whose sweep gets a plain default name."""
+    from rsst_tune.tune.plan import _default_name
+    from search_spaces import SPACES, get_space
+
+    pkg = tmp_path / "plugpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "spaces.py").write_text(SPACE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    try:
+        (spec,) = resolve_imports(["plugpkg.spaces"])
+        assert spec == f"plugpkg.spaces@{tmp_path}"
+        monkeypatch.chdir(REPO)
+        assert resolve_imports([spec]) == (spec,)  # from elsewhere: unchanged, importable
+        space = get_space(f"{spec}:SPACE")
+        assert space.description == "vit_head_mlp, from a file"
+        assert _default_name(space.name, "smoke").startswith("spaces-smoke-")
+    finally:
+        for name in list(SPACES.names()):
+            if "plugpkg" in name:
+                SPACES.unregister(name)
+        for m in ("plugpkg.spaces", "plugpkg"):
+            sys.modules.pop(m, None)
+
+
+def test_resume_imports_the_space_module_before_ray_unpickles_the_searcher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rsst_tune.tune.plan import load_plan
+    from search_spaces import SPACES
+
+    (tmp_path / "resume_space.py").write_text(SPACE)
+    monkeypatch.chdir(tmp_path)
+    try:
+        plan = resolve_plan(
+            SweepOptions(space="resume_space.py", preset="smoke", storage=str(tmp_path), name="r")
+        )
+        Path(plan.local_dir).mkdir()
+        (Path(plan.local_dir) / "sweep.json").write_text(plan.to_json())
+        sys.modules.pop("resume_space")  # a fresh driver process
+        load_plan(plan.local_dir)
+        assert "resume_space" in sys.modules
+    finally:
+        for name in list(SPACES.names()):
+            if name.startswith(str(tmp_path)):
+                SPACES.unregister(name)
+        sys.modules.pop("resume_space", None)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("fix: {lr: 1e-3}", ("fixed", {"lr": 0.001})),  # YAML leaves 1e-3 a string
+        ("set: {batch_size: 64, amp: false}", ("settings", {"batch_size": 64, "amp": False})),
+        ("wandb: off", ("wandb", "off")),  # YAML reads off as false
+    ],
+)
+def test_sweep_file_values_mean_what_the_same_flags_mean(
+    line: str, expected: tuple[str, object], tmp_path: Path
+) -> None:
+    from rsst_tune.tune.cli import build_parser, sweep_file_args
+
+    (tmp_path / "s.yaml").write_text(f"space: vit_head_mlp\n{line}\n")
+    args = build_parser().parse_args(sweep_file_args(tmp_path / "s.yaml"))
+    field, value = expected
+    got = getattr(args, "fix" if field == "fixed" else field)
+    if field == "settings":
+        got = args.settings
+    assert (dict(got) if isinstance(value, dict) else got) == value
+
+
+def test_a_sweep_file_boolean_for_a_text_option_asks_for_quotes(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text("space: vit_head_mlp\nname: yes\n")
+    res = subprocess.run(
+        [sys.executable, str(REPO / "tune_main.py"), "--config", "s.yaml"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert res.returncode == 2 and "name: YAML read True; write the value in quotes" in res.stderr
+
+
+def test_after_a_resume_rows_read_back_only_rank_the_others() -> None:
+    ledger = Ledger()
+    # result.json may be ahead of Ray's snapshot: its rows are never dropped nor "latest"
+    assert ledger.add(_row(0, 0.80, 1.0), "a", live=False) == []
+    assert ledger.add(_row(1, 0.90, 0.9), "a", live=False) == []
+    assert ledger.latest == {}
+    # the trial reports again: its state 1 (re-run) is now live and latest; state 0 stays
+    assert ledger.add(_row(1, 0.90, 0.9), "a") == []
+    dropped = ledger.add(_row(2, 0.95, 0.8), "a")
+    assert [(s.trial_id, s.state) for s in dropped] == [("a", 1)]

@@ -393,9 +393,9 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         "--keep-checkpoints",
         choices=KEEP_CHECKPOINTS,
         default="best",
-        help="state checkpoints kept per trial: best (default: the last, for resume, and "
-        "each state no other state of the trial beats on every objective, for the report's "
-        "exports), last, or all; --dry-run estimates the disk",
+        help="state checkpoints kept: best (default: each trial's latest, for resume, and "
+        "every state that at most --confirm states of the sweep beat on val_acc, MACs and "
+        "params: what the report can choose), last, or all; --dry-run estimates the disk",
     )
     where.add_argument(
         "--no-share-dense",
@@ -856,7 +856,10 @@ def sweep_file_args(path: Path) -> list[str]:
             if not isinstance(value, dict):
                 refuse(f"{raw_key}: must be a map (NAME: VALUE per line)")
             for name, v in value.items():
-                tokens += [flag, f"{name}={json.dumps(v)}"]
+                # as on the command line: the text is read as JSON, else kept as a string
+                # (YAML leaves 1e-3 a string; json.dumps would quote it into one)
+                text = v if isinstance(v, str) else json.dumps(v)
+                tokens += [flag, f"{name}={text}"]
         elif isinstance(action, argparse._AppendAction):
             for item in value if isinstance(value, list) else [value]:
                 tokens += [flag, _scalar(item, raw_key, refuse)]
@@ -866,8 +869,13 @@ def sweep_file_args(path: Path) -> list[str]:
             if not isinstance(value, bool):
                 refuse(f"{raw_key}: must be true or false, got {value!r}")
             tokens += [flag] if value else []
+        elif isinstance(value, bool):  # YAML reads off/no/yes as booleans
+            if action.choices and not value and "off" in action.choices:
+                tokens += [f"{flag}=off"]
+            else:
+                refuse(f"{raw_key}: YAML read {value!r}; write the value in quotes")
         else:
-            tokens += [flag, _scalar(value, raw_key, refuse)]
+            tokens += [f"{flag}={_scalar(value, raw_key, refuse)}"]
     parser.parse_args(tokens)  # a bad value: one line naming the file, exit 2
     return tokens
 

@@ -35,7 +35,7 @@ from rsst_tune.limits import (
     MAX_SAMPLES,
     MAX_SEED,
 )
-from rsst_tune.plugins import is_object_spec, load_imports, resolve_imports
+from rsst_tune.plugins import MODULE_AT, is_object_spec, load_imports, resolve_imports
 from rsst_tune.tune.search.moasha import rung_states
 from rsst_tune.tune.search.samplers import SAMPLERS, sampler_names
 from rsst_tune.tune.search.schedulers import SCHEDULERS, SchedulerSpec, scheduler_names
@@ -328,6 +328,7 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
     if opts.time_budget is not None:
         _check_positive(time_budget=opts.time_budget)
     epoch_budget = _check_epoch_budget(opts.epoch_budget)
+    latency = _check_latency(opts, space, objectives, base)
     name = opts.name or _default_name(space.name, opts.preset)
     if not name or "/" in name or name in (".", ".."):
         raise ConfigError(f"--name must be a plain directory name, got {name!r}")
@@ -378,8 +379,18 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
         overrides={k: v for k, v in overrides.items() if v is not None},
         command=opts.command,
         study_name=name,
-        sweep_file=sweep_file_text(opts),
-        latency=_check_latency(opts, space, objectives),
+        sweep_file=sweep_file_text(
+            dataclasses.replace(
+                opts,  # every path absolute: the stored file runs from any directory
+                space=space.name,
+                imports=imports,
+                storage=storage,
+                data_dir=None if opts.data_dir is None else base["data_dir"],
+                pretrained_file=base.get("pretrained_file") if opts.pretrained_file else None,
+                latency_table=latency.get("table"),
+            )
+        ),
+        latency=latency,
     )
 
 
@@ -525,7 +536,9 @@ def _check_macs_budget(space: SearchSpace, budget: Any) -> float | None:
     return float(budget)
 
 
-def _check_latency(opts: SweepOptions, space: SearchSpace, objectives: Any) -> dict[str, Any]:
+def _check_latency(
+    opts: SweepOptions, space: SearchSpace, objectives: Any, base: Mapping[str, Any]
+) -> dict[str, Any]:
     """`--latency-budget MS`, `--latency-batch B`, `--latency-table FILE` and the objective
     `latency_ms`: what the sweep needs of a latency table (empty: nothing)."""
     wanted = any(o.metric == "latency_ms" for o in objectives)
@@ -552,12 +565,37 @@ def _check_latency(opts: SweepOptions, space: SearchSpace, objectives: Any) -> d
         path = Path(table).expanduser().resolve()
         if not path.is_file():
             raise ConfigError(f"--latency-table {table}: no such file")
+        _check_table_fits(path, base, batch)
         table = str(path)
     return {
         "batch": int(batch),
         "table": table,
         "budget_ms": None if budget is None else float(budget),
     }
+
+
+def _check_table_fits(path: Path, base: Mapping[str, Any], batch: int) -> None:
+    """A given latency table must be of the sweep's model, batch and (when the sweep names
+    one) image size: predictions from another would be silently wrong."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        facts = {k: data[k] for k in ("model", "batch", "img_size", "device")}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"--latency-table {path} is not a readable latency table: {exc}"
+        ) from None
+    wrong = []
+    if facts["model"] != base.get("model"):
+        wrong.append(f"model {facts['model']} (the sweep's: {base.get('model')})")
+    if int(facts["batch"]) != batch:
+        wrong.append(f"batch {facts['batch']} (--latency-batch {batch})")
+    size = base.get("img_size")
+    if size is not None and int(facts["img_size"]) != int(size):
+        wrong.append(f"image size {facts['img_size']} (the sweep's: {size})")
+    if wrong:
+        raise ConfigError(
+            f"--latency-table {path} was timed for another setting: {'; '.join(wrong)}"
+        )
 
 
 def _check_asha(space: SearchSpace, base: Mapping[str, Any]) -> None:
@@ -714,6 +752,7 @@ def _check_at_most(high: float, **values: float) -> None:
 def _default_name(space: str, preset: str | None) -> str:
     if is_object_spec(space):  # /path/my_space.py[:NAME] or package.module:NAME
         where, _, attr = space.partition(":") if not space.endswith(".py") else (space, "", "")
+        where = where.partition(MODULE_AT)[0]
         stem = Path(where).stem if where.endswith(".py") else where.rpartition(".")[2]
         space = stem if attr in ("", "SPACE") else f"{stem}-{attr}"
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -735,7 +774,8 @@ def load_plan(experiment_dir: str | Path) -> SweepPlan:
         plan = SweepPlan.from_json(plan_file.read_text())
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{plan_file} is not a readable sweep plan: {exc}") from None
-    load_imports(plan.imports)  # the user's registrations, before the space or configs
+    # the user's registrations and the space's module, before Ray unpickles the searcher
+    load_imports(plan.worker_imports)
     if not plan.is_uri:  # a moved or copied directory resumes in place, never at the original
         here = str(path.resolve())
         if here != plan.experiment_dir:

@@ -14,16 +14,23 @@ tickets of each budget; a state beaten K+1 times is below K others at every budg
 never among them. States only ever gain beaters, so a checkpoint dropped stays unneeded.
 
 `CheckpointRetention` is a Ray Tune callback in the driver: when a state's result arrives, the
-checkpoints that became unneeded are deleted (through the trial's storage filesystem, so URI
-storage works too). A sweep's disk is then about (trials + the sweep's front) x one
-checkpoint, not (trials x states) x one checkpoint. After `--resume` it first reads the states
-recorded so far (`result.json` of each trial).
+checkpoints that became unneeded are queued, and deleted once `DELAY_S` have passed (through
+the trial's storage filesystem, so URI storage works too): by then Ray's experiment snapshot
+(every second) names the trial's newer checkpoint, so a driver killed at any moment never
+resumes from a deleted one. A sweep's disk is then about (trials + the sweep's front) x one
+checkpoint, not (trials x states) x one checkpoint.
+
+Only checkpoints of states this driver saw reported are ever deleted, and never a trial's
+latest. After `--resume` the states recorded before (`result.json` of each trial) only rank the
+others: `result.json` can be ahead of Ray's snapshot, so its last row may not be the state Ray
+resumes from, and those older checkpoints are left alone.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +41,8 @@ from ray.tune import Callback
 from rsst_tune.experiment.layout import RESULT_FILE, trial_dirname
 
 log = logging.getLogger(__name__)
+
+DELAY_S = 10.0  # > Ray's experiment snapshot period (TUNE_GLOBAL_CHECKPOINT_S = 1 in a sweep)
 
 
 def ray_num_to_keep(keep: str) -> int | None:
@@ -52,6 +61,7 @@ class _State:
     params_frac: float
     checkpoint: str | None  # the checkpoint directory's name inside the trial's directory
     beaten_by: int = 0
+    live: bool = True  # reported to this driver (False: read from result.json after a resume)
 
 
 def beats(a: _State, b: _State) -> bool:
@@ -74,8 +84,9 @@ class Ledger:
     latest: dict[str, int] = field(default_factory=dict)
     dropped: set[tuple[str, int]] = field(default_factory=set)
 
-    def add(self, row: Mapping[str, Any], trial_id: str) -> list[_State]:
-        """Record one result row; return the states whose checkpoints are no longer needed."""
+    def add(self, row: Mapping[str, Any], trial_id: str, *, live: bool = True) -> list[_State]:
+        """Record one result row (`live`: reported now; else read back after a resume, which
+        only ranks the others); return the states whose checkpoints are no longer needed."""
         try:
             new = _State(
                 trial_id,
@@ -84,6 +95,7 @@ class Ledger:
                 float(row["macs_frac"]),
                 float(row["params_frac"]),
                 row.get("checkpoint_dir_name") or None,
+                live=live,
             )
         except (KeyError, TypeError, ValueError):
             return []  # not a state result (Ray's own rows): nothing to rank
@@ -96,15 +108,17 @@ class Ledger:
             s.beaten_by += beats(new, s)
             new.beaten_by += beats(s, new)
         self.states[key] = new
-        self.latest[trial_id] = max(self.latest.get(trial_id, new.state), new.state)
+        if live:  # the state Ray now resumes the trial from
+            self.latest[trial_id] = new.state
         return self.unneeded()
 
     def unneeded(self) -> list[_State]:
         out = []
         for key, s in self.states.items():
-            if key in self.dropped or s.checkpoint is None:
+            if key in self.dropped or s.checkpoint is None or not s.live:
                 continue
-            if s.state != self.latest[s.trial_id] and s.beaten_by > self.confirm:
+            latest = self.latest.get(s.trial_id)
+            if latest is not None and s.state < latest and s.beaten_by > self.confirm:
                 out.append(s)
         return out
 
@@ -117,6 +131,7 @@ class CheckpointRetention(Callback):
         self.ledger = Ledger(confirm=confirm)
         self.local_dir = local_dir  # where earlier result rows are read after --resume
         self.read_earlier = False
+        self.pending: dict[tuple[str, int], tuple[float, _State]] = {}  # queued deletions
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
@@ -126,9 +141,24 @@ class CheckpointRetention(Callback):
         if not self.read_earlier:
             self.read_earlier = True
             for trial_id, row in self._earlier_rows():
-                self.ledger.add(row, trial_id)
+                self.ledger.add(row, trial_id, live=False)
+        now = time.monotonic()
         for s in self.ledger.add(result, str(trial.trial_id)):
-            self._drop(trial if str(trial.trial_id) == s.trial_id else None, s, trials)
+            self.pending.setdefault((s.trial_id, s.state), (now, s))
+        self._drop_due(trials, now - DELAY_S)
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        # every trial over (not an interrupted sweep, which resumes): nothing to wait for
+        if self.keep == "best" and all(t.status in ("TERMINATED", "ERROR") for t in trials):
+            self._drop_due(trials, float("inf"))
+
+    def _drop_due(self, trials: list[Any], before: float) -> None:
+        for key, (queued, s) in list(self.pending.items()):
+            if queued > before:
+                continue
+            del self.pending[key]
+            if s.state < self.ledger.latest.get(s.trial_id, -1) and key not in self.ledger.dropped:
+                self._drop(None, s, trials)
 
     def _earlier_rows(self) -> list[tuple[str, dict[str, Any]]]:
         rows: list[tuple[str, dict[str, Any]]] = []
@@ -153,6 +183,9 @@ class CheckpointRetention(Callback):
             return
         storage = owner.storage
         path = Path(storage.trial_fs_path, s.checkpoint).as_posix()
+        restores_from = getattr(getattr(owner, "checkpoint", None), "path", None)
+        if restores_from is not None and Path(restores_from).name == s.checkpoint:
+            return  # Ray's own latest checkpoint of the trial: never
         try:
             storage.storage_filesystem.delete_dir(path)
         except FileNotFoundError:

@@ -294,6 +294,8 @@ def ensure_latency_table(plan: SweepPlan, show: bool) -> None:
     path = plan.latency_table_path
     if path is None or Path(path).is_file():
         return
+    if plan.latency.get("table"):
+        raise ConfigError(f"--latency-table {path}: the file is gone (it was there at the start)")
     import torch
 
     from rsst_tune.config import TrialConfig
