@@ -165,13 +165,20 @@ class WandbTracker:
     def log_state(self, result: StateResult) -> None:
         """One row: the state's numeric results, at step = the state's index."""
         if self.run is not None:
-            self.run.log(state_row(result), step=result.state)
+            self.run.log(state_row(result), step=result.state, commit=True)  # not left pending
 
     def finish(self, exit_code: int = 0) -> None:
         """End the run (again: nothing); a non-zero `exit_code` marks it failed."""
         run, self.run = self.run, None
         if run is not None:
             run.finish(exit_code=exit_code)
+            # wait for W&B's writer process to flush the run's file (as the sweep's callback
+            # does): a loaded machine otherwise returns before the last rows are on disk
+            import wandb
+
+            teardown = getattr(wandb, "teardown", None)
+            if callable(teardown):
+                teardown()
 
     def __enter__(self) -> WandbTracker:
         return self
