@@ -325,13 +325,14 @@ def test_a_sweep_file_with_an_outside_space_and_criterion_runs_them_in_the_ray_w
     assert proc.returncode == 0, proc.stderr[-3000:]
     exp_dir = tmp_path / "runs" / "outside"
     stored = yaml.safe_load((exp_dir / "sweep.yaml").read_text())
-    assert stored["import"] == ["plugins/outside_crit.py"]
+    assert stored["import"] == [str(plugins / "outside_crit.py")]  # absolute: runs anywhere
+    assert stored["space"] == str(plugins / "outside_space.py")
     assert stored["fix"] == {"criteria": "by_position"}
     plan = json.loads((exp_dir / "sweep.json").read_text())
     assert plan["space"] == str(plugins / "outside_space.py")
     assert plan["imports"] == [str(plugins / "outside_crit.py")]
     report = (exp_dir / "report.md").read_text()
-    assert "import:\n- plugins/outside_crit.py" in report
+    assert f"import:\n- {plugins / 'outside_crit.py'}" in report
 
     experiment = rsst_tune.load_experiment(exp_dir)
     assert [t.status for t in experiment.trials] == ["complete", "complete"]
