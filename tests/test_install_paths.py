@@ -65,6 +65,7 @@ def test_the_oldest_constraints_sit_at_the_floor_of_every_range() -> None:
 USED_INDIRECTLY = {
     "onnxscript": "torch.onnx.export's exporter needs it (rsst-tune export --onnx)",
     "scikit-learn": "imported as sklearn (the digits dataset)",
+    "pyyaml": "imported as yaml (sweep files, tune_main.py --config)",
 }
 
 
@@ -82,7 +83,7 @@ def test_every_base_dependency_is_imported_by_the_package() -> None:
         if name.replace("-", "_") not in imported and name not in USED_INDIRECTLY
     ]
     assert not unused, f"base dependencies the package never imports: {unused}"
-    assert "sklearn" in imported
+    assert "sklearn" in imported and "yaml" in imported
 
 
 def test_wandb_and_the_dashboard_are_extras_not_base_dependencies() -> None:
