@@ -43,7 +43,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from rsst_tune.latency_model import LatencyTable, build_latency_table  # noqa: E402
+from rsst_tune.latency_model import LatencyTable, build_latency_table, median_time  # noqa: E402
 from rsst_tune.models import create_model  # noqa: E402
 from rsst_tune.pruning.cost import CostModel  # noqa: E402
 from rsst_tune.pruning.slicing import export_model  # noqa: E402
@@ -121,37 +121,10 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 # ---------------------------------------------------------------------- timing
-def median_time(
-    run: Callable[[], object], repeats: int, min_run_s: float = MIN_RUN_S, device: str = "cpu"
-) -> float:
-    """Seconds per call: `latency_model._median_time`'s procedure (2 warm-up calls, forwards
-    per timed run doubled until a run lasts `min_run_s`, median of `repeats` runs; on CUDA the
-    device is synchronised before and after each timed run)."""
-
-    def sync() -> None:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    def one(inner: int) -> float:
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            run()
-        sync()
-        return (time.perf_counter() - t0) / inner
-
-    for _ in range(2):
-        run()
-    inner = 1
-    while one(inner) * inner < min_run_s and inner < 2**16:
-        inner *= 2
-    return statistics.median(one(inner) for _ in range(repeats))
-
-
 def forward_ms(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
     model.eval()
     with torch.inference_mode():
-        return 1000.0 * median_time(lambda: model(x), repeats, device=str(x.device))
+        return 1000.0 * median_time(lambda: model(x), x.device, repeats, MIN_RUN_S)
 
 
 # ---------------------------------------------------------------------- tickets

@@ -28,7 +28,15 @@ from rsst_tune.export_record import Latency as Latency
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Forward", "Latency", "compare_forwards", "compare_latency", "iqr", "time_forward"]
+__all__ = [
+    "Forward",
+    "Latency",
+    "compare_forwards",
+    "compare_latency",
+    "iqr",
+    "sync_device",
+    "time_forward",
+]
 
 Forward = Callable[[Tensor], object]  # a model, or anything else that runs a batch
 
@@ -41,7 +49,8 @@ def iqr(values: Sequence[float]) -> float:
     return q3 - q1
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for `device`'s queued work (CUDA, MPS); nothing on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
@@ -51,11 +60,11 @@ def _sync(device: torch.device) -> None:
 def time_forward(model: Forward, x: Tensor, inner: int) -> float:
     """Seconds per forward of `model(x)`, averaged over `inner` forwards (one timed run)."""
     device = x.device
-    _sync(device)
+    sync_device(device)
     t0 = time.perf_counter()
     for _ in range(inner):
         model(x)
-    _sync(device)
+    sync_device(device)
     return (time.perf_counter() - t0) / inner
 
 

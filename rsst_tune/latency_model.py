@@ -29,6 +29,7 @@ batch, dtype and torch threads it was measured with, and is valid only for those
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -239,15 +240,9 @@ def build_latency_table(
         model, model_name, dev, torch.zeros(batch, chans, size, size), size, dtype, step,
         max_points, repeats, min_run_s, prune_stem, calibrate,
     )  # fmt: skip
-    table = _replace_built(table, time.perf_counter() - t0)
+    table = dataclasses.replace(table, built_s=round(time.perf_counter() - t0, 3))
     log.info("latency table: %s (built in %.1fs)", table.describe(), table.built_s)
     return table
-
-
-def _replace_built(table: LatencyTable, seconds: float) -> LatencyTable:
-    import dataclasses
-
-    return dataclasses.replace(table, built_s=round(seconds, 3))
 
 
 def _in_chans(model: Any) -> int:
@@ -320,12 +315,12 @@ def _build(
             t_full, t_cut = _paired_times(full, cut, device, repeats, min_run_s)
             fulls += t_full
             deltas[w] = statistics.median(c - f for f, c in zip(t_full, t_cut, strict=True))
-        base = statistics.median(fulls) if fulls else _median_time(full, device, repeats, min_run_s)
+        base = statistics.median(fulls) if fulls else median_time(full, device, repeats, min_run_s)
         seconds = [max(base + deltas[w], 0.0) for w in widths[:-1]] + [base]
         blocks[sig] = BlockTimes(tuple(widths), tuple(seconds))
         log.debug("latency %s %s: %s", g.name, g.kind, blocks[sig])
     dense_run = runner(copy.deepcopy(model), (example,))
-    dense_s = _median_time(dense_run, device, repeats, min_run_s)
+    dense_s = median_time(dense_run, device, repeats, min_run_s)
     table = LatencyTable(
         model=model_name,
         img_size=int(img_size),
@@ -492,20 +487,14 @@ def _zeroed(model: Any, group: Any, width: int) -> Any:
 def _timer(run: Any, device: Any, min_run_s: float) -> Any:
     """`one()`: seconds per call of `run()` over a timed run of at least `min_run_s` (after a
     warm-up: kernels chosen, caches filled)."""
-    import torch
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        elif device.type == "mps":
-            torch.mps.synchronize()
+    from rsst_tune.latency import sync_device
 
     def timed(inner: int) -> float:
-        sync()
+        sync_device(device)
         t0 = time.perf_counter()
         for _ in range(inner):
             run()
-        sync()
+        sync_device(device)
         return (time.perf_counter() - t0) / inner
 
     for _ in range(2):
@@ -516,8 +505,9 @@ def _timer(run: Any, device: Any, min_run_s: float) -> Any:
     return lambda: timed(inner)
 
 
-def _median_time(run: Any, device: Any, repeats: int, min_run_s: float) -> float:
-    """Median seconds per call of `run()` over `repeats` timed runs."""
+def median_time(run: Any, device: Any, repeats: int, min_run_s: float) -> float:
+    """Median seconds per call of `run()` on `device` (a `torch.device`) over `repeats` timed
+    runs, each at least `min_run_s` long, after a warm-up."""
     one = _timer(run, device, min_run_s)
     return float(statistics.median(one() for _ in range(repeats)))
 

@@ -158,7 +158,7 @@ class CheckpointRetention(Callback):
                 continue
             del self.pending[key]
             if s.state < self.ledger.latest.get(s.trial_id, -1) and key not in self.ledger.dropped:
-                self._drop(None, s, trials)
+                self._drop(s, trials)
 
     def _earlier_rows(self) -> list[tuple[str, dict[str, Any]]]:
         rows: list[tuple[str, dict[str, Any]]] = []
@@ -177,8 +177,8 @@ class CheckpointRetention(Callback):
                     continue  # a row cut short by a killed driver
         return rows
 
-    def _drop(self, trial: Any, s: _State, trials: list[Any]) -> None:
-        owner = trial or next((t for t in trials if str(t.trial_id) == s.trial_id), None)
+    def _drop(self, s: _State, trials: list[Any]) -> None:
+        owner = next((t for t in trials if str(t.trial_id) == s.trial_id), None)
         if owner is None or s.checkpoint is None:
             return
         storage = owner.storage
