@@ -6,8 +6,8 @@ seeded random tickets are drawn: every removable unit group (a block's heads, it
 neurons, a residual block's inner conv filters) keeps a random width in [1, num_units], the
 units beyond it are zeroed in a copy of the dense model (the first `width` units are kept, as
 the table's own cuts do) and the copy is exported physically (`pruning.slicing.export_model`).
-Each exported ticket's forward is timed with the table's procedure (median of timed runs of
-at least 10 ms each, after a warm-up, eval mode, `torch.inference_mode()`, zero input) and
+Each exported ticket's forward is timed with the table's procedure (the fastest of timed runs
+of at least 10 ms each, after a warm-up, eval mode, `torch.inference_mode()`, zero input) and
 compared with `LatencyTable.predict_ms` of its alive units: the Spearman rank correlation of
 predicted vs measured and the median of |pred - meas| / meas.
 
@@ -16,9 +16,9 @@ up, at least 8, at most the layer's units; head counts unchanged) are exported a
 alternating with the unsnapped ones, and the mean over tickets of the measured speed-up per MAC
 ratio, (dense ms / ticket ms) / (dense MACs / ticket MACs) (MACs from `CostModel`), is printed
 for round_to 1 and round_to 8. The dense model is timed before the tickets and after every
-quarter of them (the median is the dense time; the spread shows how steady the machine was).
+quarter of them (the fastest is the dense time; the spread shows how steady the machine was).
 Besides the table, a line per row gives the median pred/meas and the median error with the
-table's own dense time replaced by that median: one noisy dense timing in the table shifts
+table's own dense time replaced by that fastest one: one noisy dense timing in the table shifts
 every prediction alike (Spearman unchanged, error not), and this separates that from the
 error of the per-block deltas.
 
@@ -54,7 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from rsst_tune.latency_model import LatencyTable, build_latency_table, median_time  # noqa: E402
+from rsst_tune.latency_model import LatencyTable, build_latency_table, fastest_time  # noqa: E402
 from rsst_tune.models import create_model  # noqa: E402
 from rsst_tune.pruning.cost import CostModel  # noqa: E402
 from rsst_tune.pruning.slicing import export_model  # noqa: E402
@@ -124,7 +124,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 def forward_ms(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
     model.eval()
     with torch.inference_mode():
-        return 1000.0 * median_time(lambda: model(x), x.device, repeats, MIN_RUN_S)
+        return 1000.0 * fastest_time(lambda: model(x), x.device, repeats, MIN_RUN_S)
 
 
 # ---------------------------------------------------------------------- tickets
@@ -219,7 +219,7 @@ def measure(
             macs[r].append(cost.fractions(ticket)[2])
         if i % every == 0 or i == n_tickets:
             dense_runs.append(forward_ms(dense, x, repeats))
-    dense_ms = statistics.median(dense_runs)
+    dense_ms = min(dense_runs)
     shift = dense_ms - 1000.0 * table.dense_s
 
     def per_mac(r: int) -> float:
@@ -276,9 +276,9 @@ def main() -> None:
             runs = " ".join(f"{d:.2f}" for d in row.dense_ms)
             print(
                 f"  {name} batch {batch}: dense ms {runs} (before the tickets and after every "
-                f"few; median used), table's dense {row.table_dense_ms:.2f} ms; median "
+                f"few; the fastest used), table's dense {row.table_dense_ms:.2f} ms; median "
                 f"pred/meas {row.bias:.2f}; median error with the table's dense time replaced "
-                f"by the median measured here {100 * row.rel_err_shifted:.1f} %; spearman over "
+                f"by the fastest measured here {100 * row.rel_err_shifted:.1f} %; spearman over "
                 f"r=1 and r={ROUND_TO} tickets {row.spearman_all:.2f}; mean MAC ratio r=1 "
                 f"{row.mac_ratio_r1:.2f}x, r={ROUND_TO} {row.mac_ratio_r8:.2f}x"
             )

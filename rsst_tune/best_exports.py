@@ -9,15 +9,19 @@ reads those records back (`rsst_tune.experiment.exports.read_export`).
 
 The best tickets are the report's own (`rsst_tune.experiment.seeds.best_tickets`: the
 seed-confirmed choice where there is one), so what is exported is what the report shows.
-Each export writes model.pt, export.json and, unless `onnx=False` (`tune_main.py
---no-onnx`), model.onnx checked and timed in onnxruntime: about 5 s more per ticket on one
-CPU thread for the digits models (two torch.onnx.export calls, dense and pruned).
+A sweep with a latency table (`rsst_tune.latency_model`) has its tickets timed as the table
+was: at the table's batch size too and with its torch threads, so that the report compares the
+prediction with a measurement of the same setting. Each export writes model.pt, export.json
+and, unless `onnx=False` (`tune_main.py --no-onnx`), model.onnx checked and timed in
+onnxruntime: about 5 s more per ticket on one CPU thread for the digits models (two
+torch.onnx.export calls, dense and pruned).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -66,6 +70,7 @@ def export_best(
     from rsst_tune.export import export_checkpoint
 
     bests = best_tickets(source) if isinstance(source, Experiment) else source
+    batch_sizes, threads = _timing(source)
     for ticket, _ in distinct_bests(bests):
         if ticket.checkpoint is None:
             continue
@@ -74,9 +79,11 @@ def export_best(
         if not replace and ((dest / EXPORT_RECORD_FILE).is_file() or error.is_file()):
             continue
         try:
-            export_checkpoint(
-                Path(ticket.checkpoint) / state_file(ticket.state), dest, overwrite=True, onnx=onnx
-            )
+            with _torch_threads(threads):
+                export_checkpoint(
+                    Path(ticket.checkpoint) / state_file(ticket.state), dest, overwrite=True,
+                    onnx=onnx, batch_sizes=batch_sizes,
+                )  # fmt: skip
         except Exception as exc:  # one ticket's export must not cost the others or the report
             reason = f"{type(exc).__name__}: {first_line(str(exc))}"
             log.warning("could not export %s: %s", ticket.label, reason)
@@ -86,3 +93,37 @@ def export_best(
             fileio.write_text(error, reason + "\n")
         else:
             error.unlink(missing_ok=True)
+
+
+DEFAULT_BATCHES = (1, 64)  # `export_checkpoint`'s
+
+
+def _timing(source: object) -> tuple[tuple[int, ...], int | None]:
+    """The batch sizes and torch threads the exports are timed with: the defaults, plus the
+    latency table's batch and its threads when the sweep has a readable table."""
+    from rsst_tune.errors import ConfigError
+    from rsst_tune.latency_model import LatencyTable
+
+    path = source.latency_table if isinstance(source, Experiment) else None
+    if not path or not Path(path).is_file():
+        return DEFAULT_BATCHES, None
+    try:
+        table = LatencyTable.load(path)
+    except ConfigError as exc:
+        log.warning("exports timed without the latency table's settings: %s", exc)
+        return DEFAULT_BATCHES, None
+    return tuple(sorted({*DEFAULT_BATCHES, table.batch})), table.threads
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` for the block (None: unchanged)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

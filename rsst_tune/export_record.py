@@ -78,7 +78,9 @@ class LayerReport:
 @dataclass(frozen=True)
 class Latency:
     """Milliseconds per forward of the dense and the pruned model on one setting: the median
-    of `repeats` timed runs and their interquartile range (0 with fewer than 2 runs)."""
+    of `repeats` timed runs and their interquartile range (0 with fewer than 2 runs), and the
+    fastest run (what a latency table predicts, `rsst_tune.latency_model`; None in records made
+    before it was recorded)."""
 
     device: str
     batch: int
@@ -88,6 +90,8 @@ class Latency:
     pruned_iqr_ms: float
     repeats: int  # timed runs of each model
     inner: int  # forwards per timed run
+    dense_min_ms: float | None = None  # the fastest run
+    pruned_min_ms: float | None = None
 
     @property
     def speedup(self) -> float:
@@ -112,6 +116,8 @@ class Latency:
                 pruned_iqr_ms=float(data["pruned_iqr_ms"]),
                 repeats=int(data["repeats"]),
                 inner=int(data["inner"]),
+                dense_min_ms=_optional_float(data.get("dense_min_ms")),
+                pruned_min_ms=_optional_float(data.get("pruned_min_ms")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             names = ", ".join(f.name for f in fields(cls))
@@ -442,3 +448,7 @@ def read_report(path: str | Path) -> ExportReport:
         return ExportReport.from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)

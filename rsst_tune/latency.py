@@ -2,11 +2,11 @@
 
 `compare_latency(dense, pruned, sample_shape, device, batch_sizes)` times both models on the
 same random input, alternating runs (dense, pruned, dense, ...) so that drift in the machine's
-load hits both alike, and reports the median time per forward of each and the spread of the
-timed runs (their interquartile range). Every run is under `torch.inference_mode()` in eval
-mode, after a warm-up; on CUDA the device is synchronised before and after each timed run (and
-nowhere else). A run repeats the forward enough times to last at least `min_run_s`, so batch-1
-timings are not dominated by timer noise.
+load hits both alike, and reports the median time per forward of each, the spread of the
+timed runs (their interquartile range) and the fastest run of each. Every run is under
+`torch.inference_mode()` in eval mode, after a warm-up; on CUDA the device is synchronised
+before and after each timed run (and nowhere else). A run repeats the forward enough times to
+last at least `min_run_s`, so batch-1 timings are not dominated by timer noise.
 
 `compare_forwards` is the same measurement for any two callables that take a batch tensor,
 e.g. onnxruntime sessions (`rsst_tune.onnx_export.onnx_latency`). `Latency`, the record of one
@@ -144,6 +144,8 @@ def compare_forwards(
             pruned_iqr_ms=1e3 * iqr(p_times),
             repeats=repeats,
             inner=inner,
+            dense_min_ms=1e3 * min(d_times),
+            pruned_min_ms=1e3 * min(p_times),
         )
         log.debug("latency %s", lat)
         out.append(lat)

@@ -21,9 +21,16 @@ model that is never pruned (patch embedding, norms, the head) is in the dense ti
 changes. The report shows the export's measured time beside the prediction, and
 `benchmarks/bench_latency.py` measures the error on other random tickets.
 
-Timings are medians over `repeats` timed runs, each at least `min_run_s` long, after a warm-up,
-in eval mode under `torch.inference_mode()` in the table's dtype; the table records the device,
-batch, dtype and torch threads it was measured with, and is valid only for those.
+Every timing is the fastest of `repeats` timed runs, each at least `min_run_s` long, after a
+warm-up, in eval mode under `torch.inference_mode()` in the table's dtype. The fastest, not the
+median: other work on the machine (another process, another core's memory traffic) only ever
+adds time to a run, so the fastest run is the closest to the model's own cost and the least
+moved by load (on this project's 2-core CI machine under load, medians gave tables whose
+predictions ranked tickets no better than chance, benchmarks/bench_latency.py). A change at a
+width is the fastest cut run minus the fastest whole run, the two timed alternately. The table
+records the device, batch, dtype and torch threads it was measured with, and is valid only for
+those; the export step times a sweep's best tickets with the table's threads and batch, and the
+report compares the prediction with the export's fastest run.
 """
 
 from __future__ import annotations
@@ -310,17 +317,17 @@ def _build(
         for w in widths[:-1]:
             pruned = export_model(_zeroed(model, g, w), Structure((g,)), "cpu").model
             cut = runner(pruned.get_submodule(path) if path else pruned, inputs[path])
-            # alternating runs, and the median of their differences: a burst of load on the
-            # machine hits the cut module and the whole one alike
+            # alternating runs: a spell of load on the machine reaches the cut module and the
+            # whole one alike
             t_full, t_cut = _paired_times(full, cut, device, repeats, min_run_s)
             fulls += t_full
-            deltas[w] = statistics.median(c - f for f, c in zip(t_full, t_cut, strict=True))
-        base = statistics.median(fulls) if fulls else median_time(full, device, repeats, min_run_s)
+            deltas[w] = min(t_cut) - min(t_full)
+        base = min(fulls) if fulls else fastest_time(full, device, repeats, min_run_s)
         seconds = [max(base + deltas[w], 0.0) for w in widths[:-1]] + [base]
         blocks[sig] = BlockTimes(tuple(widths), tuple(seconds))
         log.debug("latency %s %s: %s", g.name, g.kind, blocks[sig])
     dense_run = runner(copy.deepcopy(model), (example,))
-    dense_s = median_time(dense_run, device, repeats, min_run_s)
+    dense_s = fastest_time(dense_run, device, repeats, min_run_s)
     table = LatencyTable(
         model=model_name,
         img_size=int(img_size),
@@ -349,7 +356,7 @@ def _build(
         t_dense, t_cut = _paired_times(
             dense_run, runner(pruned, (example,)), device, repeats, min_run_s
         )
-        return statistics.median(c - d for d, c in zip(t_dense, t_cut, strict=True))
+        return min(t_cut) - min(t_dense)
 
     return _calibrated(table, groups, whole, calibrate)
 
@@ -505,11 +512,11 @@ def _timer(run: Any, device: Any, min_run_s: float) -> Any:
     return lambda: timed(inner)
 
 
-def median_time(run: Any, device: Any, repeats: int, min_run_s: float) -> float:
-    """Median seconds per call of `run()` on `device` (a `torch.device`) over `repeats` timed
-    runs, each at least `min_run_s` long, after a warm-up."""
+def fastest_time(run: Any, device: Any, repeats: int, min_run_s: float) -> float:
+    """Seconds per call of `run()` on `device` (a `torch.device`) in the fastest of `repeats`
+    timed runs, each at least `min_run_s` long, after a warm-up."""
     one = _timer(run, device, min_run_s)
-    return float(statistics.median(one() for _ in range(repeats)))
+    return float(min(one() for _ in range(repeats)))
 
 
 def _paired_times(

@@ -111,6 +111,42 @@ def test_removing_filters_is_predicted_faster_on_a_cnn() -> None:
     assert t.predict_s(thin) < 0.95 * t.dense_s, (t.predict_s(thin), t.dense_s)
 
 
+def test_timings_are_the_fastest_run_and_exports_are_timed_as_the_table_was(
+    tmp_path: Path, vit_table: LatencyTable
+) -> None:
+    import dataclasses
+    import time
+
+    import torch
+
+    from rsst_tune.best_exports import _timing, _torch_threads
+    from rsst_tune.experiment.experiment import Experiment
+    from rsst_tune.latency_model import fastest_time
+
+    # a run slowed by other work (here: a sleep in every third call) does not move the result
+    calls = iter(range(10**6))
+
+    def run() -> None:
+        if next(calls) % 3 == 0:
+            time.sleep(0.004)
+
+    assert fastest_time(run, torch.device("cpu"), repeats=9, min_run_s=0.0) < 0.002
+
+    # the export step times a sweep's tickets at the table's batch too, with its threads
+    table = dataclasses.replace(vit_table, batch=256, threads=1)
+    path = table.save(tmp_path / "t.json")
+    exp = Experiment(name="e", path=str(tmp_path), space="s", objectives=(), trials=())
+    assert _timing(exp) == ((1, 64), None)
+    with_table = dataclasses.replace(exp, latency_batch=256, latency_table=str(path))
+    assert _timing(with_table) == ((1, 64, 256), 1)
+    gone = dataclasses.replace(with_table, latency_table=str(tmp_path / "gone.json"))
+    assert _timing(gone) == ((1, 64), None)
+    before = torch.get_num_threads()
+    with _torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
 def test_a_table_file_that_is_not_one_is_refused(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text('{"version": 99}')
     with pytest.raises(ConfigError, match="not a readable latency table"):
@@ -253,3 +289,9 @@ def test_a_sweep_under_a_latency_budget_runs_only_tickets_within_it(tmp_path: Pa
     best = json.loads((tmp_path / "lat" / "best_config.json").read_text())
     assert best["latency"]["predicted_ms"] <= budget + 1e-9
     assert best["latency"]["measured_ms"] is None or best["latency"]["measured_ms"] > 0
+    # each export is timed as the table was: its threads, and its fastest run recorded
+    for record in (tmp_path / "lat" / "best_exports").glob("*/export.json"):
+        data = json.loads(record.read_text())
+        assert data["onnx_threads"] == table.threads, data["onnx_threads"]
+        at_batch = [lat for lat in data["latency"] if lat["batch"] == table.batch]
+        assert at_batch and at_batch[0]["pruned_min_ms"] <= at_batch[0]["pruned_ms"]

@@ -38,6 +38,7 @@ ERROR_FILE = "error.txt"
 CONFIRM_FILE = "confirm.json"
 CONFIRM_DIR = "confirm"  # Ray's files of the confirmation runs, one round per stage
 DENSE_CACHE_DIR = "dense_cache"
+LATENCY_TABLE_FILE = "latency_table.json"  # the sweep's latency table, unless one was given
 SWEEP_LOG = "sweep.log"
 SWEEP_LOCK = "sweep.lock"
 SIGNATURES_FILE = "signatures.json"

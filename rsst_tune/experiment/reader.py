@@ -28,6 +28,7 @@ from rsst_tune.experiment.layout import (
     CONFIRM_FILE,
     ERROR_FILE,
     JOURNAL_FILE,
+    LATENCY_TABLE_FILE,
     PLAN_FILE,
     RAY_STATE_BACKUP,
     RAY_STATE_FILES,
@@ -79,6 +80,8 @@ def load_experiment(path: str | Path) -> Experiment:
         scheduler=plan.scheduler,
         sweep_file=_read_text(exp_dir / SWEEP_FILE),
         latency_batch=plan.latency_batch,
+        latency_table=plan.latency_table
+        or (str(exp_dir / LATENCY_TABLE_FILE) if plan.latency_batch is not None else None),
     )
 
 
@@ -100,6 +103,7 @@ class _PlanFacts:
     study_name: str
     scheduler: str
     latency_batch: int | None = None
+    latency_table: str | None = None  # a table the sweep was given (else its own, if any)
 
 
 def _read_plan(plan_file: Path) -> _PlanFacts:
@@ -113,6 +117,7 @@ def _read_plan(plan_file: Path) -> _PlanFacts:
             study_name=str(data.get("study_name", "")),
             scheduler=str(data.get("scheduler", "")),
             latency_batch=(data.get("latency") or {}).get("batch"),
+            latency_table=(data.get("latency") or {}).get("table"),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{plan_file} is not a readable sweep plan: {exc}") from None

@@ -130,10 +130,15 @@ LATENCY_HEADERS = ("ticket", "best at", "val acc %", "MACs %", "predicted ms", "
 
 
 def measured_ms(record: ExportReport | str, batch: int) -> float | None:
-    """The export's measured pruned latency at `batch` (its first device), or None."""
+    """The export's measured pruned latency at `batch` (its first device): the fastest timed
+    run, as a latency table's timings are (the median in records made before it was kept),
+    or None."""
     if isinstance(record, str):
         return None
-    return next((lat.pruned_ms for lat in record.latency if lat.batch == batch), None)
+    lat = next((lat for lat in record.latency if lat.batch == batch), None)
+    if lat is None:
+        return None
+    return lat.pruned_min_ms if lat.pruned_min_ms is not None else lat.pruned_ms
 
 
 def latency_blocks(
@@ -192,8 +197,9 @@ def latency_blocks(
         blocks += [
             Para(
                 "Each best ticket's predicted latency against the latency its export measured "
-                "at the same batch size (the physically smaller model, timed whole; a dash: "
-                "not measured at that batch). The error is (predicted - measured) / measured."
+                "at the same batch size and torch threads (the physically smaller model, timed "
+                "whole: its fastest run, as the table's timings are; a dash: not measured at "
+                "that batch). The error is (predicted - measured) / measured."
             ),
             Table(LATENCY_HEADERS, tuple(compared)),
         ]
