@@ -92,6 +92,7 @@ class Latency:
     inner: int  # forwards per timed run
     dense_min_ms: float | None = None  # the fastest run
     pruned_min_ms: float | None = None
+    threads: int | None = None  # torch intra-op threads while timing (None: not recorded)
 
     @property
     def speedup(self) -> float:
@@ -118,6 +119,7 @@ class Latency:
                 inner=int(data["inner"]),
                 dense_min_ms=_optional_float(data.get("dense_min_ms")),
                 pruned_min_ms=_optional_float(data.get("pruned_min_ms")),
+                threads=None if data.get("threads") is None else int(data["threads"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             names = ", ".join(f.name for f in fields(cls))

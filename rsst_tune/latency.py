@@ -146,6 +146,7 @@ def compare_forwards(
             inner=inner,
             dense_min_ms=1e3 * min(d_times),
             pruned_min_ms=1e3 * min(p_times),
+            threads=torch.get_num_threads(),
         )
         log.debug("latency %s", lat)
         out.append(lat)
