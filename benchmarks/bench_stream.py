@@ -14,8 +14,17 @@ Workers persist between epochs in both. It prints images/s of the best of ``--re
 epochs each (the first includes the workers' start-up) and the ratio. Goal on CPU: >= 1.5x;
 on a GPU (nvjpeg decode): >= 5x.
 
-    python benchmarks/bench_stream.py            # 2,000 images
-    python benchmarks/bench_stream.py --tiny     # 200 images, for CI
+Then (or alone, with ``--mode crops``) the step after the device decode of a streamed
+batch: ``BATCH`` JPEGs of that folder decoded in one call on the device (torchvision's
+``decode_jpeg``: nvjpeg on CUDA), and their random-resized crops (``rrc_box``) and flips to
+224 timed both ways on the same decoded images and boxes, side by side: ``crop_resize`` (a
+few batched calls: what ``StreamData`` runs) and ``crop_resize_each`` (crop +
+``F.interpolate`` + flip per image, what it ran before), with their mean difference in grey
+levels.
+
+    python benchmarks/bench_stream.py                # 2,000 images, both parts
+    python benchmarks/bench_stream.py --tiny         # 200 images, for CI
+    python benchmarks/bench_stream.py --mode crops   # the crop comparison only
 """
 
 from __future__ import annotations
@@ -23,12 +32,14 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rsst_tune.data import load_dataset, make_generator
+from rsst_tune.data import RRC_DRAWS, load_dataset, make_generator, rrc_box
+from rsst_tune.data.gpu_crops import crop_resize, crop_resize_each
 from rsst_tune.data.streaming import StreamData, default_workers
 from rsst_tune.device import resolve_device
 
@@ -97,6 +108,53 @@ def ours_epoch(data: StreamData, device: torch.device) -> float:
     return seen / (time.perf_counter() - start)
 
 
+def decoded_batch(root: Path, device: torch.device) -> list[torch.Tensor]:
+    """The first ``BATCH`` training JPEGs of ``root`` decoded in one call on ``device``, as
+    ``StreamData`` decodes a batch (nvjpeg on CUDA)."""
+    import warnings
+
+    with warnings.catch_warnings():  # torchvision 0.29 points to torchcodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+    paths = sorted((root / "train").rglob("*.jpg"))[:BATCH]
+    data = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in paths]
+    return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+
+
+def time_crops(images: list[torch.Tensor], repeats: int) -> tuple[float, float, float]:
+    """Images/s of ``crop_resize`` (batched) and ``crop_resize_each`` (per image), best of
+    ``repeats`` after one warm-up call each, on the same images, boxes and flips (seeded), and
+    their mean absolute difference in grey levels."""
+    device = images[0].device
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.rand(len(images), RRC_DRAWS, generator=gen).tolist()
+    boxes = [
+        rrc_box(int(im.shape[-1]), int(im.shape[-2]), u)
+        for im, u in zip(images, draws, strict=True)
+    ]
+    flips = [u[22] < 0.5 for u in draws]
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def best(fn: Callable[..., torch.Tensor]) -> tuple[float, torch.Tensor]:
+        out = fn(images, boxes, IMG_SIZE, flips)
+        sync()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            out = fn(images, boxes, IMG_SIZE, flips)
+            sync()
+            times.append(time.perf_counter() - start)
+        return len(images) / min(times), out
+
+    batched, a = best(crop_resize)
+    each, b = best(crop_resize_each)
+    return batched, each, float((a.float() - b.float()).abs().mean())
+
+
 def main() -> None:
     """Write the folder, time both pipelines, print the ratio."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -105,8 +163,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="default: one per core but one")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--mode",
+        choices=("all", "loaders", "crops"),
+        default="all",
+        help="loaders: the two pipelines; crops: batched vs per-image crops of one decoded "
+        "batch; all: both (default)",
+    )
     args = parser.parse_args()
     n, repeats = (200, 1) if args.tiny else (args.images, args.repeats)
+    if args.mode == "crops":
+        n = min(n, BATCH)  # one batch is all it reads
     workers = default_workers() if args.workers is None else args.workers
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,19 +181,37 @@ def main() -> None:
         t0 = time.perf_counter()
         write_folder(root, n)
         print(f"{n} JPEGs of about 400x350 written in {time.perf_counter() - t0:.1f} s")
-        bundle = load_dataset(
-            "imagefolder", data_dir=root, img_size=IMG_SIZE, val_size=CLASSES, lazy=True
-        )
-        spec = bundle.spec
-        data = StreamData(bundle.train, spec, device, workers=workers)  # type: ignore[arg-type]
-        train_images = len(bundle.train)
-        print(
-            f"device {device}, {workers} DataLoader workers each, batch {BATCH}, "
-            f"{train_images} training images, {torch.get_num_threads()} torch threads"
-        )
-        loader = torchvision_loader(root, workers, spec.mean, spec.std)
-        theirs = max(torchvision_epoch(loader) for _ in range(repeats))
-        ours = max(ours_epoch(data, device) for _ in range(repeats))
+        if args.mode != "crops":
+            loaders(root, device, workers, repeats)
+        if args.mode != "loaders":
+            images = decoded_batch(root, device)
+            crop_repeats = 3 if args.tiny else 10
+            batched, each, gap = time_crops(images, crop_repeats)
+            print(
+                f"crops after the device decode: {len(images)} JPEGs of about 400x350 to "
+                f"{IMG_SIZE}x{IMG_SIZE}, on {device}, best of {crop_repeats}:"
+            )
+            print(f"  batched crop_resize:        {batched:9,.0f} images/s")
+            print(f"  per-image crop_resize_each: {each:9,.0f} images/s")
+            print(f"  ratio batched / per-image: {batched / each:.2f}x "
+                  f"(mean difference {gap:.2f} grey levels)")  # fmt: skip
+
+
+def loaders(root: Path, device: torch.device, workers: int, repeats: int) -> None:
+    """Time torchvision's loader and StreamData on the folder ``root``; print the ratio."""
+    bundle = load_dataset(
+        "imagefolder", data_dir=root, img_size=IMG_SIZE, val_size=CLASSES, lazy=True
+    )
+    spec = bundle.spec
+    data = StreamData(bundle.train, spec, device, workers=workers)  # type: ignore[arg-type]
+    train_images = len(bundle.train)
+    print(
+        f"device {device}, {workers} DataLoader workers each, batch {BATCH}, "
+        f"{train_images} training images, {torch.get_num_threads()} torch threads"
+    )
+    loader = torchvision_loader(root, workers, spec.mean, spec.std)
+    theirs = max(torchvision_epoch(loader) for _ in range(repeats))
+    ours = max(ours_epoch(data, device) for _ in range(repeats))
     print(f"torchvision ImageFolder + DataLoader (PIL transforms): {theirs:9,.0f} images/s")
     print(f"rsst-tune StreamData.train_batches:                   {ours:9,.0f} images/s")
     goal = 5.0 if device.type == "cuda" else 1.5

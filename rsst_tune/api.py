@@ -57,7 +57,7 @@ def sweep(
     latency_batch: int | None = None,
     latency_table: str | None = None,
     cpus_per_trial: float | None = None,
-    gpus_per_trial: float | None = None,
+    gpus_per_trial: float | str | None = None,
     time_budget: float | None = None,
     epoch_budget: int | None = None,
     max_failures: int | None = None,

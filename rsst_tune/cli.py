@@ -31,6 +31,8 @@ from rsst_tune.command import (
     run_guarded,
 )
 from rsst_tune.config import (
+    AUTO_WORDS,
+    BOOL,
     BOOL_WORDS,
     DENSE,
     EXECUTION,
@@ -97,6 +99,17 @@ def _bool(text: str) -> bool:
     return value
 
 
+def _bool_or_auto(text: str) -> bool | None:
+    """amp, compile: a bool, or `auto` (None: rsst_tune.numerics decides)."""
+    if text.strip().lower() in AUTO_WORDS:
+        return None
+    if text.strip().lower() not in BOOL_WORDS:
+        raise argparse.ArgumentTypeError(
+            f"expected true/false (also 1/0, yes/no, on/off) or auto, got {text!r}"
+        )
+    return _bool(text)
+
+
 def _optional_float(text: str) -> float | None:
     return None if text.lower() in ("none", "null", "") else float(text)
 
@@ -147,8 +160,14 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         if f.name == "decreasing_lr":
             kwargs.update(type=int, nargs="+", metavar="EPOCH")
-        elif isinstance(default, bool) or f.name == "augment":
-            kwargs.update(type=_bool, nargs="?", const=True, metavar="BOOL")
+        elif accepts(f.name).type == BOOL:  # augment, amp and compile too (default None)
+            auto = accepts(f.name).auto
+            kwargs.update(
+                type=_bool_or_auto if auto else _bool,
+                nargs="?",
+                const=True,
+                metavar="BOOL|auto" if auto else "BOOL",
+            )
         elif f.name in ("rate", "head_ratio", "mlp_ratio", "filter_ratio"):
             kwargs.update(type=_optional_float, metavar="FLOAT")
         elif f.name in ("head_ratios", "mlp_ratios", "filter_ratios"):
@@ -171,6 +190,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             choices = (*registry.names(), *(["timm:NAME"] if f.name == "model" else []))
         text = str(f.metadata["help"]).replace("%", "%%")
         shown = "none" if default is None else ("[]" if default == () else str(default))
+        shown = "auto" if default is None and accepts(f.name).auto else shown
         text += f" (default: {shown.replace('%', '%%')}"
         if choices:
             text += "; choices: " + ", ".join(choices).replace("%", "%%")
@@ -301,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace the results of an earlier run in --out"
     )
     own.add_argument("--quiet", action="store_true", help="no progress bar")
+    own.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=1,
+        help="data-parallel workers (Ray Train + DDP; gloo on CPU, nccl on CUDA): batch_size "
+        "is the global batch, divisible by N (default 1: this process, no Ray)",
+    )
     add_import(own)
     add_tracking_flags(run)
     add_config_flags(run)
@@ -395,6 +422,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _worker_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from rsst_tune.plugins import resolve_imports
 
@@ -419,6 +456,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.quiet,
             wandb=tracking,
+            workers=args.workers,
         )
         return 0
     if args.command == "export":

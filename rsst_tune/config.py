@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -20,6 +19,7 @@ from typing import Any
 
 from rsst_tune import limits
 from rsst_tune.errors import ConfigError, unknown_choice
+from rsst_tune.machine import available_cores as available_cores
 from rsst_tune.units import TARGETS, UNIT_KINDS, unit_kind
 
 # Choices of the fields that are not registries (models, datasets, methods, criteria and λ
@@ -63,6 +63,7 @@ MAX_COEFF = limits.MAX_COEFF
 MAX_LAYERS = limits.MAX_LAYERS
 BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True}
 BOOL_WORDS.update({"0": False, "false": False, "no": False, "off": False})
+AUTO_WORDS = ("auto",)  # amp=auto, compile=auto: None, decided per device (rsst_tune.numerics)
 
 # What a field holds (`Accepts.type`):
 INT = "int"  # an integer in [low, high]
@@ -89,6 +90,7 @@ class Accepts:
     optional: bool = False  # None is valid too (the field's default decides then)
     hint: str = ""  # appended to the range in the error message
     max_items: int = 0  # RATIOS: the longest list
+    auto: bool = False  # optional BOOL: None is also spelled `auto` (amp, compile)
 
     def interval(self) -> str:
         """The valid values, as `[1, 100]` (INT, EPOCHS) or `[0, 1)` (FLOAT, RATIOS)."""
@@ -120,8 +122,8 @@ def _float(
     return Accepts(FLOAT, low, high, low_open, high_open, optional, hint)
 
 
-def _bool(*, optional: bool = False) -> Accepts:
-    return Accepts(BOOL, optional=optional)
+def _bool(*, optional: bool = False, auto: bool = False) -> Accepts:
+    return Accepts(BOOL, optional=optional, auto=auto)
 
 
 def _str(*, optional: bool = False) -> Accepts:
@@ -395,10 +397,24 @@ class TrialConfig:
         "torch CPU threads (0: torch's default)",
         valid=_int(0, MAX_THREADS, hint=" (0: torch's default)"),
     )
-    amp: bool = _field(
-        True, NUMERICS, "bf16 autocast where the device supports it (CUDA)", valid=_bool()
+    # None (`auto`, the default): `rsst_tune.numerics` decides both (on CUDA a short probe of
+    # fp32, bf16 and bf16 with CUDA graphs per model, image size, batch and GPU; elsewhere
+    # fp32 eager); either one given fixes both (the other then takes amp true / compile false)
+    amp: bool | None = _field(
+        None,
+        NUMERICS,
+        "bf16 autocast where the device supports it (CUDA); auto: on CUDA a short probe picks "
+        "the fastest of fp32, bf16, and bf16 with CUDA graphs (docs/engine.md#numerics), "
+        "elsewhere fp32; giving amp or compile turns the probe off (the other: amp true, "
+        "compile false)",
+        valid=_bool(optional=True, auto=True),
     )
-    compile: bool = _field(False, NUMERICS, "torch.compile the model (CUDA only)", valid=_bool())
+    compile: bool | None = _field(
+        None,
+        NUMERICS,
+        "torch.compile the model (CUDA only); auto: as amp's",
+        valid=_bool(optional=True, auto=True),
+    )
     compile_mode: str = _field(
         "default",
         NUMERICS,
@@ -458,6 +474,16 @@ class TrialConfig:
                 )
 
     # ------------------------------------------------------------------ derived values
+    @property
+    def numerics_auto(self) -> bool:
+        """Whether `rsst_tune.numerics` picks amp and compile (neither was given)."""
+        return self.amp is None and self.compile is None
+
+    def fixed_numerics(self) -> tuple[bool, bool]:
+        """(amp, compile) as given, an unset one at its fixed default (amp on, compile off):
+        what a trial runs with when it does not probe."""
+        return (True if self.amp is None else self.amp, bool(self.compile))
+
     def state_epochs(self, state: int) -> int:
         """Training epochs of state `state`: `epochs` for state 0, `finetune_epochs` (default
         `epochs`) for every later state."""
@@ -656,7 +682,7 @@ def _check_type_and_range(f: dataclasses.Field[Any], value: Any) -> None:
         if not isinstance(value, bool):
             raise ConfigError(
                 f"{name} must be true or false (also 1/0, yes/no)"
-                + (" or null" if valid.optional else "")
+                + (" or auto" if valid.auto else " or null" if valid.optional else "")
                 + f", got {value!r}"
             )
     elif valid.type == STR:
@@ -710,14 +736,6 @@ def _normalised(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # pragma: no cover - macOS, Windows
-        return os.cpu_count() or 1
-
-
 def check_host(cfg: TrialConfig) -> None:
     """What only the machine that runs the trial can check: `threads` within its cores, and
     a `cuda:N` device that exists (`rsst_tune.device.resolve_device` checks the rest)."""
@@ -761,7 +779,10 @@ def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
         return float(value) if _is_int(value) else value
     if kind == BOOL:
         if isinstance(value, str):
-            return BOOL_WORDS.get(value.strip().lower(), value)
+            word = value.strip().lower()
+            if word in AUTO_WORDS and accepts(f.name).auto:
+                return None
+            return BOOL_WORDS.get(word, value)
         if _is_int(value) and value in (0, 1):
             return bool(value)
         return value

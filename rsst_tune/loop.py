@@ -29,6 +29,7 @@ from rsst_tune.dense_cache import DenseCache, dense_key
 from rsst_tune.device import describe_device
 from rsst_tune.errors import ConfigError, TrialDiverged
 from rsst_tune.limits import MAX_BATCH
+from rsst_tune.numerics import NumericsCache
 from rsst_tune.pruning import masks as mk
 from rsst_tune.pruning.cost import nonzero_params
 from rsst_tune.pruning.criteria import ScoreInputs
@@ -48,6 +49,14 @@ from rsst_tune.resume import check_fits, resume_point
 from rsst_tune.train import Distillation, TrainStats, evaluate, train_state
 from rsst_tune.trial_setup import TrialSetup, build_setup
 from rsst_tune.units import UNIT_KINDS, unit_kind
+from rsst_tune.utilisation import (
+    fmt_utilisation,
+    mfu,
+    peak_flops,
+    tf32_enabled,
+    train_flops_per_image,
+)
+from rsst_tune.workers import Shard
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +79,15 @@ class _Trained:
     pull: TargetPull | None
 
 
+@dataclasses.dataclass(frozen=True)
+class _Used:
+    """A state's utilisation fields (StateResult.images_per_s, gpu_busy, mfu)."""
+
+    images_per_s: float | None
+    gpu_busy: float | None
+    mfu: float | None
+
+
 class PruneLoop:
     """One trial: the whole iterative prune loop of one configuration."""
 
@@ -81,11 +99,29 @@ class PruneLoop:
         data: DataBundle | None = None,
         on_epoch: EpochCallback | None = None,
         dense_cache: DenseCache | None = None,
+        numerics_cache: NumericsCache | None = None,
+        shard: Shard | None = None,
     ) -> None:
+        """`numerics_cache`: where amp/compile auto keeps its probe's choice (default: beside
+        the dense cache, `dense_cache.root`; without one, this process's memory).
+
+        `shard`: this process's place among several data-parallel workers (`rsst_tune.workers`,
+        docs/engine.md "Several workers"): the loop trains under DDP on its shard of each
+        global batch, reduces evaluation over the workers, takes every prune decision from
+        rank 0 and, on ranks other than 0, writes nothing. None: one process, as always."""
         check_host(cfg)  # before the data loads: threads this machine cannot run
-        self.setup: TrialSetup = build_setup(cfg, data)
+        if numerics_cache is None and dense_cache is not None:
+            numerics_cache = NumericsCache(dense_cache.root)
+        self.shard = shard if shard is not None and shard.world > 1 else None
+        self.setup: TrialSetup
+        if self.shard is None:
+            self.setup = build_setup(cfg, data, numerics_cache=numerics_cache)
+        else:
+            self.shard.check(cfg, dense_cache)
+            self.setup = self.shard.build(cfg, data, numerics_cache)
         _check_batches(self.setup)
         self.cfg = cfg
+        self.writes = self.shard is None or self.shard.rank == 0  # checkpoints, theta0
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.on_epoch = on_epoch
         self.dense_cache = dense_cache
@@ -110,6 +146,7 @@ class PruneLoop:
         self.teacher: nn.Module | None = None
         # a finished run resumed with more states: its last ticket still has to be pruned
         self._pending_prune: dict[str, Tensor] | None = None
+        self._dense_stats: TrainStats | None = None  # state 0 trained here for the dense cache
 
     @property
     def device(self) -> torch.device:
@@ -127,7 +164,7 @@ class PruneLoop:
     # ------------------------------------------------------------------ the loop
     def states(self) -> Iterator[StateResult]:
         """Run the remaining states, yielding each state's result after its checkpoint."""
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.writes:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if not (self.out_dir / ckpt.THETA0_FILE).exists():
                 ckpt.save_theta0(mk.to_cpu(self.theta0), self.out_dir)
@@ -144,6 +181,8 @@ class PruneLoop:
     def _run_state(self, s: int) -> StateResult:
         t0 = time.perf_counter()
         trained = self._train(s)  # 1. train
+        if self.shard is not None:  # BatchNorm statistics: rank 0's, as DDP uses them
+            self.shard.sync_model(self.model)
         if s == 0 and self.cfg.distill_alpha > 0:
             self._set_teacher(mk.to_cpu(_state_dict(self.model)))
         before = self._impose_structure(trained)  # 2. RSST: M ← R
@@ -153,6 +192,8 @@ class PruneLoop:
         if s < self.cfg.pruning_times - 1:
             self.prune_stats = self._prune(s)  # 4. score and prune
             self._rewind()  # 5. rewind
+        self._agree(s)
+        used = self._utilisation(trained.stats, s)
         result = StateResult(
             state=s,
             method=self.cfg.method,
@@ -166,13 +207,58 @@ class PruneLoop:
             wall_time_s=time.perf_counter() - t0,
             val_size=len(self.setup.val_data),
             test_size=len(self.setup.test_data),
-            device=describe_device(self.setup.device),
+            device=self._device_text(),
             numerics=self.setup.numerics,
+            images_per_s=used.images_per_s,
+            gpu_busy=used.gpu_busy,
+            mfu=used.mfu,
+            world_size=1 if self.shard is None else self.shard.world,
         )
+        text = fmt_utilisation(result.images_per_s, result.gpu_busy, result.mfu)
+        if text:
+            log.info("state %d trained: %s", s, text)
         self.results.append(result)
         self.next_state = s + 1
         self._save(ticket)
         return result
+
+    def _device_text(self) -> str:
+        """`cpu`, `cuda (NAME)`; with several workers `cpu x2 (gloo)`."""
+        text = describe_device(self.setup.device)
+        return text if self.shard is None else self.shard.describe(text)
+
+    def _agree(self, s: int) -> None:
+        """Several workers: rank 0's masks, T, alive units and prune statistics everywhere
+        (and the rewound weights); the digests each worker held are recorded by rank 0."""
+        if self.shard is None:
+            return
+        decided = self._masks_digest()
+        synced = self.shard.sync_decisions(self)
+        mk.MaskEnforcer(self.model, self.M).apply()
+        self.shard.record(s, decided, self._masks_digest() if synced else decided)
+
+    def _masks_digest(self) -> str:
+        from rsst_tune.workers import masks_digest
+
+        return masks_digest(self.M, self.U, self.R, self.T, self.alive)
+
+    def _utilisation(self, stats: TrainStats, s: int) -> _Used:
+        """images/s, GPU busy and MFU of state `s`'s training (`rsst_tune.utilisation`); all
+        None when the state was not trained here (state 0 from the dense cache)."""
+        used = stats.utilisation
+        if used is None or used.images_per_s is None:
+            return _Used(None, None, None)
+        if self.shard is not None:  # the workers train in lockstep: rank 0's images x N
+            used = dataclasses.replace(used, images=used.images * self.shard.world)
+        value = None
+        device = self.setup.device
+        if device.type == "cuda":
+            dense_macs = self.setup.cost.dense.macs  # masked training runs the dense shapes
+            teacher = dense_macs if s >= 1 and self.cfg.distill_alpha > 0 else 0
+            peak = peak_flops(torch.cuda.get_device_name(device), self.setup.amp, tf32_enabled())
+            flops = train_flops_per_image(dense_macs, teacher_macs=teacher)
+            value = mfu(flops, used.images, used.seconds, peak)
+        return _Used(used.images_per_s, used.gpu_busy, value)
 
     def _extend(self, ticket: dict[str, Tensor]) -> None:
         """A finished run resumed with a larger `pruning_times`: steps 4 and 5 of its last
@@ -182,13 +268,15 @@ class PruneLoop:
         log.info("extending the run from %d to %d states", s + 1, self.cfg.pruning_times)
         self.prune_stats = self._prune(s)
         self._rewind()
+        self._agree(s)
         self._pending_prune = None
         self._save(ticket)
 
     # ------------------------------------------------------------------ step 1
     def _train(self, s: int) -> _Trained:
         cfg = self.cfg
-        torch.manual_seed(derive_seed(cfg.seed, s, 1))
+        # several workers: each its own dropout and drop-path noise, as one big batch has
+        torch.manual_seed(derive_seed(cfg.seed, s, 1) + (self.shard.rank if self.shard else 0))
         pull = TargetPull(self.model, self.T) if self.setup.method.regularized and self.T else None
         if s == 0 and cfg.prune_type == "rewind_lt" and cfg.rewind_epoch == 0:
             self.theta_r = _state_dict(self.model)
@@ -206,7 +294,7 @@ class PruneLoop:
     ) -> TrainStats:
         return train_state(
             self.model,
-            self.setup.forward,
+            self.setup.forward if self.shard is None else self.shard.ddp,
             self.setup.train_data,
             self.cfg,
             generator=make_generator(derive_seed(self.cfg.seed, s), self.device),
@@ -255,7 +343,7 @@ class PruneLoop:
         Returns the training stats and whether this trial trained it."""
         assert self.dense_cache is not None
         payload, trained_here = self.dense_cache.get_or_train(
-            dense_key(self.cfg), functools.partial(self._train_and_pack, train)
+            dense_key(self.setup.numerics_cfg), functools.partial(self._train_and_pack, train)
         )
         if not trained_here:
             loss = float(payload["train_loss"])
@@ -264,6 +352,8 @@ class PruneLoop:
             self.model.load_state_dict(payload["model"])
             if payload["theta_r"] is not None:
                 self.theta_r = mk.to_device(payload["theta_r"], self.device)
+        if trained_here and self._dense_stats is not None:
+            return self._dense_stats, True  # with its utilisation
         return TrainStats(int(payload["steps"]), float(payload["train_loss"]), 0.0), trained_here
 
     def _train_and_pack(
@@ -272,6 +362,7 @@ class PruneLoop:
         heartbeat: Callable[[], None],
     ) -> dict[str, Any]:
         stats = train(heartbeat)
+        self._dense_stats = stats
         return {
             "model": mk.to_cpu(_state_dict(self.model)),
             "theta_r": mk.to_cpu(self.theta_r) if self.theta_r is not None else None,
@@ -439,7 +530,9 @@ class PruneLoop:
     def _score_batches(self, s: int) -> list[tuple[Tensor, Tensor]]:
         gen = make_generator(derive_seed(self.cfg.seed, s, 3), self.device)
         out = []
-        for batch in self.setup.train_data.train_batches(self.cfg.batch_size, gen, augment=False):
+        # the whole training split (not a worker's shard): every worker scores the same batches
+        train = self.setup.train_data.unsharded()
+        for batch in train.train_batches(self.cfg.batch_size, gen, augment=False):
             out.append(batch)
             if len(out) >= self.cfg.score_batches:
                 break
@@ -457,7 +550,7 @@ class PruneLoop:
 
     # ------------------------------------------------------------------ checkpoints (§5)
     def _save(self, ticket: dict[str, Tensor] | None) -> None:
-        if self.out_dir is None:
+        if self.out_dir is None or not self.writes:
             return
         model = mk.to_cpu(_state_dict(self.model))
         last = self.next_state >= self.cfg.pruning_times
@@ -488,6 +581,8 @@ class PruneLoop:
         *,
         data: DataBundle | None = None,
         on_epoch: EpochCallback | None = None,
+        numerics_cache: NumericsCache | None = None,
+        shard: Shard | None = None,
     ) -> PruneLoop:
         """Continue the run in `out_dir` from its last state checkpoint.
 
@@ -498,7 +593,10 @@ class PruneLoop:
         """
         out_dir = Path(out_dir)
         point = resume_point(out_dir, cfg)  # the run's own checkpoint, and cfg agrees
-        loop = cls(point.cfg, out_dir, data=data, on_epoch=on_epoch)
+        loop = cls(
+            point.cfg, out_dir, data=data, on_epoch=on_epoch, numerics_cache=numerics_cache,
+            shard=shard,
+        )  # fmt: skip
         loop._restore(point.saved, ckpt.load_theta0(out_dir), point.path)
         if point.extends:
             loop._pending_prune = point.saved.ticket  # the last state did not prune: states() will
@@ -541,6 +639,11 @@ def _check_batches(setup: TrialSetup) -> None:
             f"(batch_size {cfg.batch_size}); lower val_size (got {cfg.val_size})"
         )
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in setup.model.modules())
+    if has_bn and train.world > 1 and cfg.batch_size < 2 * train.world:
+        raise ConfigError(
+            f"batch_size must be at least {2 * train.world} for {cfg.model} on {train.world} "
+            f"workers (BatchNorm cannot train on one image per worker), got {cfg.batch_size}"
+        )
     if has_bn and cfg.batch_size < 2:
         raise ConfigError(
             f"batch_size must be in [2, {MAX_BATCH}] for {cfg.model} (BatchNorm cannot train on "

@@ -20,6 +20,8 @@ from rsst_tune.units import REPORT_NAMES, UNIT_KINDS, unit_kind
 
 # The fields of the units alive per kind (heads, neurons, filters): `rsst_tune.units`.
 UNIT_FIELDS = REPORT_NAMES
+# Fields measured with a clock: they differ between two otherwise identical runs.
+TIMING_FIELDS = ("wall_time_s", "images_per_s", "gpu_busy", "mfu")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,18 @@ class StateResult:
     # the ticket's forward time predicted by the sweep's latency table (ms, at the table's
     # batch, device and dtype; `rsst_tune.latency_model`); None without a table
     latency_ms: float | None = None
+    # how well the state's training used the device (`rsst_tune.utilisation`): images trained
+    # per training second; on CUDA the share of that time the GPU spent inside training steps;
+    # model FLOPs utilisation against the GPU's peak for the dtype (a known GPU only). None
+    # where they do not apply (CPU: gpu_busy and mfu; a state 0 from the shared dense cache:
+    # all three), and in results recorded before they were recorded
+    images_per_s: float | None = None
+    gpu_busy: float | None = None
+    mfu: float | None = None
+    # data-parallel workers the state trained and evaluated on (`rsst-tune run --workers N`;
+    # docs/engine.md "Several workers"): 1 for one process; None in results recorded before
+    # it was recorded
+    world_size: int | None = None
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:

@@ -15,7 +15,9 @@ import csv
 import io
 import json
 import logging
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from rsst_tune.errors import (
 from rsst_tune.logfile import log_to_file
 from rsst_tune.loop import EpochCallback, PruneLoop
 from rsst_tune.results import UNIT_FIELDS, StateResult
+from rsst_tune.resume import resume_point
 from rsst_tune.tracking import WandbOptions, WandbTracker
 
 log = logging.getLogger(__name__)
@@ -42,7 +45,9 @@ log = logging.getLogger(__name__)
 LOG_FILE = "run.log"
 RESULT_FILES = ("results.json", "results.csv", "config.json", ckpt.THETA0_FILE, LOG_FILE)
 FIELD_NAMES = tuple(TrialConfig.field_names())  # each a keyword argument of `run_trial`
-RUN_OPTIONS = ("config", "out_dir", "resume", "overwrite", "data", "on_state", "on_epoch")
+RUN_OPTIONS = (
+    "config", "out_dir", "resume", "overwrite", "data", "on_state", "on_epoch", "workers",
+)  # fmt: skip
 
 
 def default_out(cfg: TrialConfig) -> Path:
@@ -59,6 +64,7 @@ def run_trial(
     data: DataBundle | None = None,
     on_state: Callable[[StateResult], None] | None = None,
     on_epoch: EpochCallback | None = None,
+    workers: int = 1,
     # TrialConfig's fields, each None: not overridden (`test_run_cli` keeps them in step)
     model: str | None = None,
     pretrained: bool | None = None,
@@ -142,12 +148,25 @@ def run_trial(
         >>> with WandbTracker(cfg, "runs/demo", mode="offline", tags=["demo"]) as tracker:
         ...     rsst_tune.run_trial(cfg, "runs/demo", on_state=tracker.log_state)
 
+    `workers=N` (N > 1) runs the trial on N data-parallel Ray Train workers under DDP
+    (`rsst_tune.workers`, docs/engine.md "Several workers"): `batch_size` is the global batch
+    (divisible by N), every prune decision is rank 0's, accuracies are over the whole split;
+    `on_state` is called as rank 0 finishes each state, `on_epoch` is not called. 1 (the
+    default): this process, no Ray.
+
     Raises `ConfigError` for bad input (before anything is written) and `TrialDiverged` when
     the training loss becomes NaN or infinite (the states before it stay in `out_dir`).
     """
     given = dict(locals())  # first: the arguments only
     overrides = {name: given[name] for name in FIELD_NAMES if given[name] is not None}
     overrides.update(_aliases(aliases, overrides))
+    from rsst_tune.workers import check_workers
+
+    if check_workers(workers) > 1:
+        return run_workers(
+            _config(config, overrides), out_dir, workers, resume=resume, overwrite=overwrite,
+            data=data, on_state=on_state,
+        )  # fmt: skip
     loop = open_run(
         _config(config, overrides), out_dir, resume=resume, overwrite=overwrite, data=data,
         on_epoch=on_epoch,
@@ -187,12 +206,7 @@ def open_run(
             raise ConfigError("resume needs the directory of the run to continue (out_dir)")
         loop = PruneLoop.resume(out_dir, cfg, data=data, on_epoch=on_epoch)
         log.info("resuming %s at state %d of %d", out_dir, loop.next_state, loop.cfg.pruning_times)
-        recorded = Path(out_dir) / "config.json"
-        if recorded.is_file():  # a run extended (or shortened): --resume reads the new length
-            before = TrialConfig.from_json_file(recorded)
-            if before.pruning_times != loop.cfg.pruning_times:
-                after = before.replace(pruning_times=loop.cfg.pruning_times)
-                fileio.write_text(recorded, after.to_json() + "\n")
+        record_length(Path(out_dir), loop.cfg)
         return loop
     cfg = cfg or TrialConfig()
     if out_dir is not None:
@@ -204,6 +218,17 @@ def open_run(
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         fileio.write_text(Path(out_dir) / "config.json", loop.cfg.to_json() + "\n")
     return loop
+
+
+def record_length(out_dir: Path, cfg: TrialConfig) -> None:
+    """A run extended (or shortened) on resume: its `config.json` gets the new length (so a
+    later `--resume` reads it)."""
+    recorded = out_dir / "config.json"
+    if recorded.is_file():
+        before = TrialConfig.from_json_file(recorded)
+        if before.pruning_times != cfg.pruning_times:
+            after = before.replace(pruning_times=cfg.pruning_times)
+            fileio.write_text(recorded, after.to_json() + "\n")
 
 
 def _run_states(
@@ -245,10 +270,14 @@ def run_command(
     overwrite: bool = False,
     progress: bool = True,
     wandb: WandbOptions | None = None,
+    workers: int = 1,
 ) -> None:
     """`rsst-tune run`: `run_trial` with a progress bar and the per-state table, and with
     `wandb` (mode offline or online) one W&B run that logs every state (`rsst_tune.tracking`;
-    a resumed run starts a new W&B run, which logs the states done before first)."""
+    a resumed run starts a new W&B run, which logs the states done before first).
+    `workers` > 1: on that many data-parallel workers (`rsst_tune.workers`; no epoch bar)."""
+    from rsst_tune.workers import check_workers
+
     tracking = wandb or WandbOptions()
     tracking.check()  # before anything: the package, WANDB_API_KEY for online
     if out is None:
@@ -257,6 +286,9 @@ def run_command(
         out_dir = default_out(cfg or TrialConfig())
     else:
         out_dir = Path(out)
+    if check_workers(workers) > 1:
+        _run_workers_command(cfg, out_dir, workers, resume, overwrite, tracking)
+        return
     bar = _EpochBar(enabled=progress)
     table = StateTable()
     loop = open_run(cfg, out_dir, resume=resume, overwrite=overwrite, on_epoch=bar.update)
@@ -280,6 +312,174 @@ def run_command(
             _run_states(loop, out_dir, on_state)
         finally:
             bar.close()
+    log.info("results: %s", out_dir / "results.json")
+
+
+# ---------------------------------------------------------------------- several workers
+def worker_entry(conf: dict[str, Any]) -> None:
+    """One Ray Train worker of `rsst_tune.workers.launch_workers`: the trial's loop with its
+    `Shard`; rank 0 writes the run's files and the handoff file."""
+    import ray.train
+    import torch
+    import torch.distributed as dist
+
+    from rsst_tune.workers import HANDOFF_FILE, Shard
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if conf["cuda"]:
+        import ray.train.torch
+
+        torch.cuda.set_device(ray.train.torch.get_device())
+    shard = Shard(rank, world, str(dist.get_backend()))
+    out_dir = Path(conf["out_dir"])
+    cfg = None if conf["config"] is None else TrialConfig.from_dict(conf["config"])
+    with contextlib.ExitStack() as stack:
+        if rank == 0 and conf["log"]:
+            stack.enter_context(log_to_file(Path(conf["log"])))
+        if conf["resume"]:
+            loop = PruneLoop.resume(out_dir, cfg, data=conf["data"], shard=shard)
+        else:
+            loop = PruneLoop(cfg or TrialConfig(), out_dir, data=conf["data"], shard=shard)
+            if rank == 0:
+                _clear_for_run(out_dir, loop.cfg)
+        if rank == 0:
+            log.info(
+                "workers: %d x %s, global batch %d (%d per worker)", world,
+                loop.setup.device, loop.cfg.batch_size, loop.cfg.batch_size // world,
+            )  # fmt: skip
+        handoff = {"launch": conf["launch"], "world_size": world, "backend": shard.backend}
+        states: list[dict[str, Any]] = []
+        for result in loop.states():
+            if rank != 0:
+                continue
+            write_results(out_dir, loop.results)
+            states.append({**shard.records[-1], "result": result.to_dict()})
+            fileio.write_text(out_dir / HANDOFF_FILE, json.dumps({**handoff, "states": states}))
+        if rank == 0:
+            write_results(out_dir, loop.results)
+
+
+def _clear_for_run(out_dir: Path, cfg: TrialConfig) -> None:
+    """A fresh run (validated by now): an earlier run's files go (its log stays, appended to)
+    and the config is recorded."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in ckpt.state_files(out_dir):
+        path.unlink()
+    for name in RESULT_FILES:
+        if name != LOG_FILE:
+            (out_dir / name).unlink(missing_ok=True)
+    fileio.write_text(out_dir / "config.json", cfg.to_json() + "\n")
+
+
+# ---------------------------------------------------------------------- the driver
+def resolve_config(cfg: TrialConfig | None, out_dir: Path, resume: bool) -> TrialConfig:
+    """The config the run will use: the resumed checkpoint's (checked against `cfg`), else
+    `cfg` or the defaults."""
+    if resume:
+        return resume_point(out_dir, cfg).cfg
+    return cfg or TrialConfig()
+
+
+def run_workers(
+    cfg: TrialConfig | None,
+    out_dir: str | Path | None,
+    workers: int,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    data: DataBundle | None = None,
+    on_state: Callable[[StateResult], None] | None = None,
+    log_file: bool = False,
+) -> list[StateResult]:
+    """Run the trial on `workers` Ray Train workers and return every state's result (the
+    resumed run's earlier states included). Checked first, in one line each: `workers`, the
+    batch's divisibility, `out_dir` (fresh unless `overwrite`; the run's own checkpoint when
+    `resume`). Without `out_dir` the run goes to a temporary directory, removed afterwards.
+    `on_state` is called here, in the driver, as rank 0 finishes each state; `log_file`: rank
+    0 appends its log lines to the run's `run.log`."""
+    from rsst_tune.device import resolve_device
+    from rsst_tune.workers import STORAGE_DIR, check_divisible, check_workers, launch_workers
+
+    check_workers(workers)
+    temp = None
+    if out_dir is None:
+        if resume:
+            raise ConfigError("resume needs the directory of the run to continue (out_dir)")
+        temp = Path(tempfile.mkdtemp(prefix="rsst-workers-"))
+        run_dir = temp
+    else:
+        run_dir = Path(out_dir).absolute()
+        if not resume:
+            _check_fresh(run_dir, overwrite)
+            _check_writable(run_dir)
+    try:
+        used = resolve_config(cfg, run_dir, resume)
+        check_divisible(used.batch_size, workers)
+        if resume:
+            record_length(run_dir, used)
+        existed = run_dir.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            launch_workers(
+                worker_entry,
+                None if cfg is None and resume else used,
+                run_dir,
+                workers,
+                resume=resume,
+                use_gpu=resolve_device(used.device).type == "cuda",
+                on_state=on_state,
+                log_path=run_dir / LOG_FILE if log_file else None,
+                data=data,
+            )
+        except ConfigError:  # refused by the workers before any state: leave no directory
+            if not existed and temp is None:
+                shutil.rmtree(run_dir / STORAGE_DIR, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()  # only when empty
+            raise
+        rows = json.loads((run_dir / "results.json").read_text())
+        return [StateResult.from_dict(r) for r in rows]
+    finally:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _run_workers_command(
+    cfg: TrialConfig | None,
+    out_dir: Path,
+    workers: int,
+    resume: bool,
+    overwrite: bool,
+    tracking: WandbOptions,
+) -> None:
+    """`rsst-tune run --workers N`: the per-state table and W&B in this process, the trial on
+    the workers (rank 0 keeps `run.log`)."""
+    from rsst_tune.workers import check_divisible
+
+    before: list[StateResult] = []
+    if resume:  # checked before W&B starts
+        point = resume_point(out_dir, cfg)
+        used = point.cfg
+        before = [StateResult.from_dict(r) for r in point.saved.results]
+    else:
+        used = cfg or TrialConfig()
+    check_divisible(used.batch_size, workers)
+    table = StateTable()
+    for row in before:
+        table.print_row(row)
+    with WandbTracker.from_options(tracking, used, out_dir) as tracker:
+        for row in before:
+            tracker.log_state(row)
+
+        def on_state(result: StateResult) -> None:
+            table.print_row(result)
+            tracker.log_state(result)
+
+        run_workers(
+            cfg, out_dir, workers, resume=resume, overwrite=overwrite, on_state=on_state,
+            log_file=True,
+        )  # fmt: skip
     log.info("results: %s", out_dir / "results.json")
 
 
@@ -375,7 +575,7 @@ class StateTable:
         if self.units is None:
             self.units = [k for k in UNIT_FIELDS if getattr(r, k) is not None]
             cols = ["state", "sparsity", *self.units, "val_acc", "test_acc", "MACs", "params"]
-            print(" ".join(f"{c:>9}" for c in [*cols, "time"]))
+            print(" ".join(f"{c:>9}" for c in [*cols, "time", "img/s"]))
         cells = [
             f"{r.state:>9d}",
             f"{100 * r.sparsity:>8.1f}%",
@@ -385,6 +585,7 @@ class StateTable:
             f"{100 * r.macs_frac:>8.1f}%",
             f"{100 * r.params_frac:>8.1f}%",
             f"{r.wall_time_s:>8.1f}s",
+            f"{r.images_per_s:>9,.0f}" if r.images_per_s is not None else f"{'-':>9}",
         ]
         print(" ".join(cells), flush=True)
 

@@ -33,6 +33,7 @@ from rsst_tune.device import autocast
 from rsst_tune.errors import TrialDiverged
 from rsst_tune.pruning.masks import MaskEnforcer
 from rsst_tune.pruning.regularizer import TargetPull, lam
+from rsst_tune.utilisation import BusyRecorder, Utilisation
 
 EpochHook = Callable[[int, float], None]  # (epochs done, mean train loss)
 
@@ -47,6 +48,9 @@ class TrainStats:
     steps: int
     train_loss: float
     lambda_reached: float
+    # images trained, training seconds and (CUDA) GPU busy fraction (`rsst_tune.utilisation`);
+    # None when the state was not trained here (the shared dense cache)
+    utilisation: Utilisation | None = None
 
 
 def build_optimizer(model: nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer:
@@ -151,7 +155,9 @@ def train_state(
     step = 0
     lam_value = 0.0
     mean_loss = float("nan")
+    recorder = BusyRecorder(device)
     for epoch in range(n_epochs):
+        recorder.epoch_start()
         loss_sum = torch.zeros((), device=device)
         progress = (
             None
@@ -174,6 +180,10 @@ def train_state(
             ),
             start=1,
         ):
+            scale = 1.0
+            if data.world > 1:  # DDP averages the workers' gradients: weight by share
+                mine, total_images = data.local_share(cfg.batch_size, done - 1)
+                scale = mine * data.world / total_images
             if pull is not None:
                 lam_value = lam(
                     cfg.RST_schedule,
@@ -181,6 +191,7 @@ def train_state(
                     cfg.reg_granularity_prune,
                     cfg.exponents,
                 )
+            recorder.step_start()
             loss_sum += train_step(
                 forward,
                 x,
@@ -192,19 +203,24 @@ def train_state(
                 lam_value=lam_value,
                 amp=amp,
                 distill=distill,
+                loss_scale=scale,
             )
+            recorder.step_end(int(x.shape[0]))
             sched.step()
             step += 1
             if progress is not None:
                 progress.tick(done, loss_sum)
+        if data.world > 1:  # the global batch's mean loss: the workers' scaled losses
+            loss_sum = all_reduce_sum(loss_sum) / data.world
         mean_loss = float(loss_sum) / steps_per_epoch  # one host sync per epoch
+        recorder.epoch_end()  # reads the epoch's step spans: the device is done
         if not math.isfinite(mean_loss):
             raise TrialDiverged(state, epoch + 1, mean_loss)
         if on_epoch is not None:
             on_epoch(epoch + 1, mean_loss)
     if not weights_finite(model):  # the last step can overflow after the last loss was read
         raise TrialDiverged(state, n_epochs, mean_loss, "non-finite weights")
-    return TrainStats(step, mean_loss, lam_value)
+    return TrainStats(step, mean_loss, lam_value, recorder.result())
 
 
 class EpochProgress:
@@ -288,11 +304,15 @@ def train_step(
     lam_value: float,
     amp: torch.dtype | None,
     distill: Distillation | None = None,
+    loss_scale: float = 1.0,
 ) -> Tensor:
     """One optimizer step: forward (and the teacher's, distilling), backward, RSST pull on T,
     step, re-apply M.
 
-    Returns the detached loss, still on the device (no host synchronisation).
+    `loss_scale`: the loss is multiplied by it (several workers: this worker's share of the
+    global batch times the number of workers, so that DDP's mean of the workers' gradients is
+    the gradient of the global batch's mean loss). Returns the detached (scaled) loss, still
+    on the device (no host synchronisation).
     """
     with autocast(x.device, amp):
         if distill is None:
@@ -301,6 +321,8 @@ def train_step(
             log_p_teacher = distill.soft_targets(x)
             logits = forward(x)
             loss = distill.loss(loss_fn(logits, y), logits, log_p_teacher)
+        if loss_scale != 1.0:
+            loss = loss * loss_scale
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if pull is not None:
@@ -318,7 +340,9 @@ def evaluate(
     batch_size: int,
     amp: torch.dtype | None,
 ) -> float:
-    """Top-1 accuracy, counted on the device and read once."""
+    """Top-1 accuracy, counted on the device and read once. A shard view of the data
+    (several workers) evaluates its part; the counts are summed over the workers, so every
+    worker returns the accuracy over the whole split."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -330,4 +354,18 @@ def evaluate(
         correct += (out.argmax(dim=1) == y).sum()
         n += y.numel()
     model.train(was_training)
+    if data.world > 1:
+        counts = all_reduce_sum(torch.stack([correct, torch.tensor(n, device=device)]))
+        correct, n = counts[0], int(counts[1])
+        if n != len(data):
+            raise RuntimeError(f"the workers evaluated {n} of {len(data)} images")
     return float(correct) / max(n, 1)
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """`t` summed over the workers of the default process group (a new tensor)."""
+    import torch.distributed as dist
+
+    out = t.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from rsst_tune import numerics
 from rsst_tune.config import TrialConfig
 from rsst_tune.data import (
     BatchTransforms,
@@ -26,8 +27,10 @@ from rsst_tune.data import (
     DataSpec,
     DeviceData,
     FileSplit,
+    ShardSplit,
     Split,
     load_dataset,
+    make_generator,
     seeded_subset,
 )
 from rsst_tune.data.streaming import StreamData, choose_placement
@@ -80,15 +83,35 @@ class TrialSetup:
     rate: float | None  # U's rate; None: derived each state from the unit ratios (§2.4.1)
     # each pruned group's explicit ratio (global or per layer), None: density-matched (§3.2)
     ratios: dict[str, float | None] = dataclasses.field(default_factory=dict)
+    # how amp and compile were decided (`rsst_tune.numerics`: given, or auto's probe)
+    decision: numerics.Decision | None = None
 
     @property
     def numerics(self) -> str:
-        """How the forward runs (`fp32`, `bf16 autocast, compiled (MODE)`), for the results."""
-        return describe_numerics(self.amp, self.compile_mode)
+        """How the forward runs (`fp32`, `bf16 autocast, compiled (MODE)`; auto on CUDA: `auto:
+        bf16+cudagraphs (probe fp32 N img/s, ...)`), for the results."""
+        text = describe_numerics(self.amp, self.compile_mode)
+        return text if self.decision is None else self.decision.label(text)
+
+    @property
+    def numerics_cfg(self) -> TrialConfig:
+        """The config with amp, compile and compile_mode as the trial runs them (auto
+        resolved): what decides state 0's numbers, so the dense cache's key."""
+        if self.decision is None:
+            return self.cfg
+        d = self.decision
+        return self.cfg.replace(amp=d.amp, compile=d.compile, compile_mode=d.compile_mode)
 
 
-def build_setup(cfg: TrialConfig, data: DataBundle | None = None) -> TrialSetup:
-    """Resolve the device, load the data onto it, build and inspect the model."""
+def build_setup(
+    cfg: TrialConfig,
+    data: DataBundle | None = None,
+    *,
+    numerics_cache: numerics.NumericsCache | None = None,
+) -> TrialSetup:
+    """Resolve the device, load the data onto it, build and inspect the model, and decide
+    its numerics (`rsst_tune.numerics`: amp/compile auto probes on CUDA, its choice cached in
+    `numerics_cache`, default: this process's memory)."""
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)  # per trial: one trial at a time per process
     device = resolve_device(cfg.device)
@@ -117,6 +140,8 @@ def build_setup(cfg: TrialConfig, data: DataBundle | None = None) -> TrialSetup:
     def serve(split: object) -> BatchTransforms:
         if isinstance(split, Split):
             return DeviceData(split, spec, device, channels_last=cnn_on_cuda)
+        if isinstance(split, ShardSplit):  # tar shards: read shard by shard
+            return split.streamed(spec, device, channels_last=cnn_on_cuda, workers=cfg.data_workers)
         assert isinstance(split, FileSplit)
         return StreamData(split, spec, device, channels_last=cnn_on_cuda, workers=cfg.data_workers)
 
@@ -134,14 +159,23 @@ def build_setup(cfg: TrialConfig, data: DataBundle | None = None) -> TrialSetup:
     _check_prunable(cfg, model, structure, method, rate)
     if cnn_on_cuda:
         model.to(memory_format=torch.channels_last)  # faster convs on tensor cores
+    decision = numerics.decide(
+        cfg,
+        device,
+        key=lambda: numerics.probe_key(cfg, img_size, torch.cuda.get_device_name(device)),
+        probe=lambda: numerics.probe_training(
+            model, _probe_batches(cfg, train, device), cfg, structure.maskable_names
+        ),
+        cache=numerics_cache,
+    )
     forward: Callable[[Tensor], Tensor] = model
-    compiled = cfg.compile and can_compile(device)
+    compiled = decision.compile and can_compile(device)
     if compiled:
-        forward = compile_forward(model, cfg.compile_mode)
+        forward = compile_forward(model, decision.compile_mode)
     return TrialSetup(
         cfg=cfg,
         device=device,
-        amp=amp_dtype(device, cfg.amp),
+        amp=amp_dtype(device, decision.amp),
         method=method,
         criterion=get_criterion(cfg.criteria),
         spec=spec,
@@ -151,14 +185,29 @@ def build_setup(cfg: TrialConfig, data: DataBundle | None = None) -> TrialSetup:
         placement=placement,
         model=model,
         forward=forward,
-        compile_mode=cfg.compile_mode if compiled else None,
+        compile_mode=decision.compile_mode if compiled else None,
         structure=structure,
         report_structure=report_structure,
         cost=CostModel(model, report_structure, example),
         dense_params=count_params(model),
         rate=rate,
         ratios=layer_ratios(cfg, structure),
+        decision=decision,
     )
+
+
+def _probe_batches(
+    cfg: TrialConfig, train: BatchTransforms, device: torch.device
+) -> list[tuple[Tensor, Tensor]]:
+    """A few training batches for the numerics probe (its own generator: the trial's data
+    order is untouched)."""
+    out: list[tuple[Tensor, Tensor]] = []
+    gen = make_generator(cfg.seed, device)
+    for batch in train.train_batches(cfg.batch_size, gen, augment=False):
+        out.append(batch)
+        if len(out) >= numerics.PROBE_BATCHES:
+            break
+    return out
 
 
 def build_model(cfg: TrialConfig, spec: DataSpec, img_size: int) -> tuple[nn.Module, DataSpec]:

@@ -17,7 +17,7 @@ from torch import nn
 from rsst_tune.config import TrialConfig
 from rsst_tune.data import DataBundle, load_dataset
 from rsst_tune.models import create_model
-from rsst_tune.results import StateResult
+from rsst_tune.results import TIMING_FIELDS, StateResult
 
 # One thread per test process: the CI machines have 2 shared cores, and one thread per
 # process is several times faster than two threads fighting for them.
@@ -67,7 +67,7 @@ def ray_cluster() -> Iterator[str]:
 
 
 # Keys that legitimately differ between two otherwise identical runs.
-TIMING_KEYS = {"wall_time_s"}
+TIMING_KEYS = set(TIMING_FIELDS)
 
 
 def strip_timing(results: Sequence[Any]) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from rsst_tune.errors import ConfigError
 from rsst_tune.pruning.criteria import CRITERIA
 from rsst_tune.pruning.methods import METHODS
 from rsst_tune.pruning.regularizer import SCHEDULES
+from rsst_tune.results import TIMING_FIELDS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -237,7 +238,7 @@ def test_resume_continues_an_interrupted_run(finished_run, tmp_path, capsys) -> 
     rc = main(["run", "--resume", "--out", str(copy), "--quiet"])
     assert rc == 0
     assert (copy / "state_02.pt").exists()
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rs]  # noqa: E731
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rs]  # noqa: E731
     assert strip(json.loads((copy / "results.json").read_text())) == strip(
         json.loads((out / "results.json").read_text())
     )

@@ -138,6 +138,51 @@ def folder_with_test(root: Path) -> Parts:
     return [((sub,), found[sub]) for sub in SPLITS]
 
 
+def write_shards(root: Path, sizes: dict[str, tuple[int, int]]) -> dict[str, Counter[bytes]]:
+    """WebDataset shards ``root/SUB-00k.tar`` (``KEY.png`` + ``KEY.cls``, random RGB PNGs of
+    random sizes), ``sizes[SUB]`` = (shards, samples per shard); each one's samples (the
+    member as ``SHARD.tar/KEY.png``, and the label)."""
+    import io
+    import tarfile
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    rng = np.random.default_rng(1)
+    found = {sub: Counter[bytes]() for sub in sizes}
+    key = 0
+    for sub, (shards, per_shard) in sizes.items():
+        for s in range(shards):
+            shard = root / f"{sub}-{s:03d}.tar"
+            with tarfile.open(shard, "w") as tar:
+                for _ in range(per_shard):
+                    h, w = (int(v) for v in rng.integers(16, 48, 2))
+                    buf = io.BytesIO()
+                    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+                        buf, format="PNG"
+                    )
+                    label = key % 3
+                    add(tar, f"{key:05d}.png", buf.getvalue())
+                    add(tar, f"{key:05d}.cls", str(label).encode())
+                    found[sub][example(os.fsencode(shard / f"{key:05d}.png"), label)] += 1
+                    key += 1
+    return found
+
+
+def shards_carved(root: Path) -> Parts:
+    """train and val shards: validation is carved from the training shards, val is test."""
+    found = write_shards(root, {"train": (2, 6), "val": (1, 4)})
+    return [(("train", "val"), found["train"]), (("test",), found["val"])]
+
+
+def shards_three(root: Path) -> Parts:
+    """train, val and test shards: the three splits."""
+    found = write_shards(root, {"train": (2, 5), "val": (1, 4), "test": (1, 3)})
+    return [((sub,), found[sub]) for sub in SPLITS]
+
+
 @dataclass(frozen=True)
 class Case:
     """How one dataset loads offline here, and what it promises."""
@@ -158,6 +203,11 @@ CASES: dict[str, tuple[Case, ...]] = {
         Case("imagefolder-carved", folder_carved, 3, (9, 3, 6), stored_size(IMG_SIZE)),
         # with test/, val_size is ignored (a warning): val/ is the validation split
         Case("imagefolder-test-folder", folder_with_test, 3, (9, 6, 3), stored_size(IMG_SIZE)),
+    ),
+    # WebDataset shards: data_dir is a folder of train-*.tar (and val-, test-) shards
+    "wds": (
+        Case("wds-carved", shards_carved, 3, (9, 3, 4), stored_size(IMG_SIZE)),
+        Case("wds-three-sets", shards_three, 3, (10, 4, 3), stored_size(IMG_SIZE)),
     ),
 }
 

@@ -7,6 +7,7 @@ Every test here is marked `cuda` and skipped without a CUDA device; `make gpu-ch
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,9 @@ def test_a_trial_runs_on_cuda_and_resumes(tmp_path: Path, digits_small: DataBund
     from rsst_tune.loop import PruneLoop
     from rsst_tune.run import run_trial
 
-    cfg = dict(model="vit_digits", dataset="digits", pruning_times=2, img_size=16, **FAST)
+    cfg = dict(
+        model="vit_digits", dataset="digits", pruning_times=2, img_size=16, amp=True, **FAST
+    )  # amp given: no numerics probe (test_auto_numerics_probes_once_per_key)
     results = run_trial(cfg, tmp_path / "run", data=digits_small)
     assert [r.state for r in results] == [0, 1]
     assert all(0.0 <= r.val_acc <= 1.0 and math.isfinite(r.train_loss) for r in results)
@@ -176,7 +179,7 @@ def test_a_streamed_image_folder_decodes_on_the_gpu_and_trains(tmp_path: Path) -
     assert served == len(streamed) and streamed.skipped == 0
     cfg = TrialConfig(
         model="vit_digits", dataset="imagefolder", data_dir=str(tmp_path), img_size=32,
-        pruning_times=2, data_placement="stream", data_workers=1, augment=True, **FAST,
+        pruning_times=2, data_placement="stream", data_workers=1, augment=True, amp=True, **FAST,
     )  # fmt: skip
     loop = PruneLoop(cfg, tmp_path / "run")
     assert [r.state for r in loop.states()] == [0, 1] and loop.setup.placement == "stream"
@@ -238,3 +241,69 @@ def test_a_pruned_distilled_trial_runs_with_cuda_graphs(
     state = torch.load(tmp_path / "run" / "state_02.pt", map_location="cpu", weights_only=True)
     for key, m in state["M"].items():
         assert bool((state["ticket"][key][m == 0] == 0).all()), key
+
+
+def test_every_trained_state_records_gpu_busy_and_mfu(
+    tmp_path: Path, digits_small: DataBundle
+) -> None:
+    """On CUDA each trained state records images/s, the share of its training time the GPU
+    spent inside steps (in (0, 1]) and, on a GPU of the peak table, MFU in (0, 1)."""
+    from rsst_tune.run import run_trial
+    from rsst_tune.utilisation import match_gpu
+
+    cfg = dict(
+        model="vit_digits", dataset="digits", method="refill", head_ratio=0.25,
+        pruning_times=2, img_size=16, amp=True, **{**FAST, "epochs": 2},
+    )  # fmt: skip
+    results = run_trial(cfg, tmp_path / "run", data=digits_small)
+    known = match_gpu(torch.cuda.get_device_name(0)) is not None
+    for r in results:
+        assert r.images_per_s is not None and r.images_per_s > 0
+        assert r.gpu_busy is not None and 0.0 < r.gpu_busy <= 1.0
+        if known:
+            assert r.mfu is not None and 0.0 < r.mfu < 1.0
+        else:
+            assert r.mfu is None
+
+
+def test_auto_numerics_probes_once_per_key(tmp_path: Path, rgb: DataBundle) -> None:
+    """amp/compile auto (the default) on CUDA: the probe times fp32, bf16 and bf16 with CUDA
+    graphs, trains with the fastest finite one, writes numerics.json, and a second trial
+    with the same key reads it instead of probing; the result's numerics names the choice."""
+    import json
+
+    from rsst_tune import numerics
+    from rsst_tune.trial_setup import build_setup
+
+    cfg = TrialConfig(model="vit_tiny", dataset="synthetic", **FAST)
+    assert cfg.numerics_auto
+    cache = numerics.NumericsCache(tmp_path)
+    t0 = time.perf_counter()
+    first = build_setup(cfg, rgb, numerics_cache=cache)
+    probed_s = time.perf_counter() - t0
+    decision = first.decision
+    assert decision is not None and decision.choice in numerics.CANDIDATES
+    assert set(decision.probes) == set(numerics.CANDIDATES)
+    assert decision.probes[numerics.FP32].finite and decision.probes[numerics.FP32].images_per_s > 0
+    assert decision.choice == numerics.choose(decision.probes)
+    assert first.numerics.startswith(f"auto: {decision.choice} (probe fp32 ")
+    assert (first.compile_mode is not None) == (decision.choice == numerics.BF16_GRAPHS)
+    saved = json.loads((tmp_path / numerics.CACHE_FILE).read_text())
+    assert len(saved["entries"]) == 1
+    t0 = time.perf_counter()
+    second = build_setup(cfg, rgb, numerics_cache=numerics.NumericsCache(tmp_path))
+    assert second.decision == decision and second.numerics == first.numerics
+    assert time.perf_counter() - t0 < probed_s  # read, not probed again
+    print(f"probe took {probed_s:.1f}s: {first.numerics}")
+
+
+def test_gpus_per_trial_auto_probes_the_trial_and_suggests_a_share() -> None:
+    from rsst_tune.tune.gpu_share import MAX_PACK, probe_share
+
+    probe = probe_share(
+        {"model": "vit_tiny", "dataset": "synthetic", "batch_size": 128, "epochs": 1}
+    )
+    assert 0 < probe.peak_bytes < probe.total_bytes
+    assert 0.0 < probe.busy <= 1.0 and probe.images_per_s > 0
+    assert probe.share in {1 / k for k in range(1, MAX_PACK + 1)}
+    assert torch.cuda.get_device_name(0) in probe.describe()

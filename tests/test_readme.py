@@ -65,7 +65,7 @@ TINY_SWEEP = ["--num-samples", "1", "--epochs", "1", "--states", "2"]
 SMALL_MODEL = ["--model", "vit_digits", "--img-size", "8"]
 FAKE_CIFAR_PER_BATCH = 1010  # 5 x 1010 train images: CIFAR's default 5,000 validation + 50
 FAKE_CIFAR_VAL = ["--val_size", "10", "--train_subset", "0.01"]  # 10 val, 50 train images
-TIMING_KEYS = {"wall_time_s"}
+TIMING_KEYS = {"wall_time_s", "images_per_s", "gpu_busy", "mfu"}  # results.TIMING_FIELDS
 
 
 # ---------------------------------------------------------------------- reading the README

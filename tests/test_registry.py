@@ -134,6 +134,7 @@ def _other_value(cfg: TrialConfig, name: str) -> object:
         "decreasing_lr": (5,),
         "extra": {"a": 1},
         "augment": True,
+        "amp": False,  # auto (None, the default) -> fixed fp32
         "val_size": 100,
         "img_size": 16,
         "pretrained_file": "weights.pt",

@@ -126,7 +126,8 @@ def test_set_gives_every_trial_any_field_the_space_does_not_search() -> None:
     assert (base["amp"], base["compile"], base["compile_mode"]) == (False, True, "reduce-overhead")
     assert (base["batch_size"], base["round_to"]) == (64, 8)
     default = resolve_plan(SweepOptions(space="vit_head_mlp", preset="smoke")).base_config
-    assert (default["amp"], default["compile"], default["round_to"]) == (True, False, 1)
+    # amp and compile: auto (None) unless given (rsst_tune.numerics)
+    assert (default["amp"], default["compile"], default["round_to"]) == (None, None, 1)
     for pair, message in (
         (("lr", 0.1), "--set lr: space vit_head_mlp searches lr; pin it with --fix lr=VALUE"),
         (("threads", 2), "--set threads: use --cpus-per-trial"),

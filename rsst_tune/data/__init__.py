@@ -13,6 +13,8 @@ Every public name below can be imported from ``rsst_tune.data``; each module hol
   ``load_dataset``.
 * ``builtin``: ``cifar10``, ``cifar100``, ``digits``, ``synthetic`` (``make_synthetic``).
 * ``folders``: ``imagefolder``, ImageNet-layout folders at their own resolution.
+* ``shards``: ``wds``, WebDataset tar shards (``ShardSplit``, streamed by ``ShardData``;
+  the ``webdataset`` package, the ``wds`` extra, is imported when the dataset is loaded).
 * ``batches``: ``DeviceData`` (a split resident on the device), ``BatchTransforms``
   (augmentation and normalisation, batched), ``make_generator``.
 * ``streaming``: ``StreamData`` (image folders read from disk batch by batch) and
@@ -68,6 +70,7 @@ from rsst_tune.data.registry import (
     takes_keyword,
     unregister_dataset,
 )
+from rsst_tune.data.shards import SHUFFLE_BUFFER, ShardData, ShardSplit, read_shards, wds
 from rsst_tune.data.types import (
     CROPS,
     SPLIT_SEED,
@@ -97,6 +100,7 @@ __all__ = [
     "RRC_DRAWS",
     "RRC_RATIO",
     "RRC_SCALE",
+    "SHUFFLE_BUFFER",
     "SPLIT_SEED",
     "STATS_CHUNK",
     "STATS_SAMPLE",
@@ -108,6 +112,8 @@ __all__ = [
     "DeviceData",
     "FileList",
     "FileSplit",
+    "ShardData",
+    "ShardSplit",
     "Split",
     "Subsettable",
     "as_rgb",
@@ -124,6 +130,7 @@ __all__ = [
     "make_generator",
     "make_synthetic",
     "read_files",
+    "read_shards",
     "register_dataset",
     "resized_shape",
     "rrc_box",
@@ -136,4 +143,5 @@ __all__ = [
     "takes_img_size",
     "takes_keyword",
     "unregister_dataset",
+    "wds",
 ]

@@ -13,6 +13,7 @@ the image size. ``BatchTransforms`` is what ``DeviceData`` and ``StreamData``
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 
@@ -37,7 +38,14 @@ class BatchTransforms:
     (``DeviceData``: resident; ``rsst_tune.data.streaming.StreamData``: read from disk):
     augmentation, the evaluation crop, normalisation, the resize to ``spec.img_size``.
 
-    A subclass holds the examples: it gives ``__len__`` and the two iterators."""
+    A subclass holds the examples: it gives ``__len__`` and the two iterators.
+
+    ``rank`` and ``world``: the data-parallel shard this process serves (several workers,
+    docs/engine.md "Several workers"); 0 and 1, the whole split, unless ``DeviceData.shard``
+    made a shard view. ``__len__`` is the whole split's size either way."""
+
+    rank: int = 0
+    world: int = 1
 
     def __init__(
         self, spec: DataSpec, device: torch.device | str, *, channels_last: bool = False
@@ -90,8 +98,21 @@ class BatchTransforms:
 
     def num_train_batches(self, batch_size: int) -> int:
         """Training batches per epoch: a last batch of a single image is dropped (BatchNorm
-        cannot train on one sample); every other partial batch is kept."""
-        return len(self) // batch_size + (1 if len(self) % batch_size > 1 else 0)
+        cannot train on one sample); every other partial batch is kept. Split over ``world``
+        workers (``batch_size`` the global batch), a last partial batch is kept when every
+        worker gets at least two of its images."""
+        return len(self) // batch_size + (1 if len(self) % batch_size >= 2 * self.world else 0)
+
+    def unsharded(self) -> BatchTransforms:
+        """The whole split (this object when it is not a shard view)."""
+        return self
+
+    def local_share(self, batch_size: int, step: int) -> tuple[int, int]:
+        """(images of this worker, images of all workers) in training batch ``step`` (0-based,
+        within the epoch) of the global ``batch_size``."""
+        total = min(batch_size, len(self) - step * batch_size)
+        base, extra = divmod(total, self.world)
+        return base + (1 if self.rank < extra else 0), total
 
     def num_batches(self, batch_size: int) -> int:
         """Batches per epoch, the last partial one included."""
@@ -221,23 +242,57 @@ class DeviceData(BatchTransforms):
         """(height, width) of the images as held on the device."""
         return int(self.x.shape[-2]), int(self.x.shape[-1])
 
+    def shard(self, rank: int, world: int) -> DeviceData:
+        """A view (the same device tensors) serving worker ``rank`` of ``world``: training
+        batches are its slice of each global batch, evaluation its contiguous part of the
+        split (docs/engine.md "Several workers")."""
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in [0, {world}), got {rank}")
+        view = copy.copy(self)
+        view.rank, view.world = rank, world
+        return view
+
+    def unsharded(self) -> DeviceData:
+        """The whole split (this object when it is not a shard view)."""
+        return self if self.world == 1 else self.shard(0, 1)
+
     def train_batches(
         self, batch_size: int, generator: torch.Generator, augment: bool = True
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        """One shuffled epoch of (normalised images, labels); randomness from ``generator``."""
+        """One shuffled epoch of (normalised images, labels); randomness from ``generator``.
+
+        A shard view (``world`` > 1) draws the same permutation on every worker and serves
+        its slice of each global batch of ``batch_size``; its augmentation draws from a
+        generator of its own, seeded per epoch from ``generator`` and the rank, so that
+        ``generator`` stays in step on every worker (without augmentation nothing more is
+        drawn: the batches are exactly one process's, split)."""
         if batch_size < 1:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
         self.check_generator(generator)
         perm = torch.randperm(len(self), generator=generator, device=self.device)
+        aug = generator
+        if self.world > 1 and augment:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=self.device))
+            aug = make_generator(seed + self.rank, self.device)
         for start in range(0, self.num_train_batches(batch_size) * batch_size, batch_size):
             idx = perm[start : start + batch_size]
-            yield self.serve_train(self.x[idx], generator, augment), self.y[idx]
+            if self.world > 1:
+                idx = idx.tensor_split(self.world)[self.rank]
+            yield self.serve_train(self.x[idx], aug, augment), self.y[idx]
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """The split in order, normalised, without augmentation (centre-cropped to
-        ``spec.eval_crop``)."""
+        ``spec.eval_crop``); a shard view: its contiguous part of the split."""
         if batch_size < 1:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
-        for start in range(0, len(self), batch_size):
-            stop = start + batch_size
+        lo, hi = self.eval_bounds()
+        for start in range(lo, hi, batch_size):
+            stop = min(start + batch_size, hi)
             yield self.serve_eval(self.x[start:stop]), self.y[start:stop]
+
+    def eval_bounds(self) -> tuple[int, int]:
+        """[start, stop) of the examples this worker evaluates (the whole split: 0, len)."""
+        n = len(self)
+        base, extra = divmod(n, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return start, start + base + (1 if self.rank < extra else 0)

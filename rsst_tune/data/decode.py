@@ -34,6 +34,7 @@ __all__ = [
     "describe_error",
     "resized_shape",
     "rrc_box",
+    "square_box",
     "square_offset",
     "stored_size",
 ]
@@ -139,6 +140,16 @@ def square_offset(length: int, side: int, img_size: int) -> int:
     ``img_size`` (torchvision's rounding) minus the one from ``side``."""
     wanted = round((length - img_size) / 2.0) - round((side - img_size) / 2.0)
     return min(max(wanted, 0), length - side)
+
+
+def square_box(w: int, h: int, side: int, img_size: int) -> tuple[float, float, float, float]:
+    """(left, top, width, height), in a w x h image's own pixels, of the ``side`` square that
+    ``decode_image`` keeps after resizing the short side to ``side``: resizing this box to
+    side x side samples the same points as resizing the whole image, then cropping."""
+    new_w, new_h = resized_shape(w, h, side)
+    sx, sy = w / new_w, h / new_h
+    left, top = square_offset(new_w, side, img_size), square_offset(new_h, side, img_size)
+    return left * sx, top * sy, side * sx, side * sy
 
 
 def describe_error(err: BaseException) -> str:

@@ -43,6 +43,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "STATS_CHUNK",
     "STATS_SAMPLE",
+    "chunked_channel_stats",
     "imagefolder",
     "stats_sample",
 ]
@@ -125,7 +126,7 @@ def stats_sample(n: int, *, seed: int = SPLIT_SEED + 3) -> Tensor:
     return perm[:STATS_SAMPLE].sort().values
 
 
-def _chunked_channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def chunked_channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``channel_stats`` in chunks of images, so float64 memory stays bounded."""
     total = torch.zeros(x.shape[1], dtype=torch.float64)
     squares = torch.zeros(x.shape[1], dtype=torch.float64)
@@ -183,12 +184,12 @@ def imagefolder(
     sample = stats_sample(len(train))
     if lazy:
         # whoever reads the split later reports its unreadable images
-        mean, std = _chunked_channel_stats(read_files(train.subset(sample), warn=False)[0].x)
+        mean, std = chunked_channel_stats(read_files(train.subset(sample), warn=False)[0].x)
         splits: tuple[AnySplit, ...] = (train, val, test)
     else:
         train_x, kept = read_files(train)
         rows = torch.isin(kept, sample).nonzero().flatten()
-        mean, std = _chunked_channel_stats(train_x.x[rows] if len(rows) else train_x.x)
+        mean, std = chunked_channel_stats(train_x.x[rows] if len(rows) else train_x.x)
         splits = (train_x, val.decode(), test.decode())
     spec = DataSpec(
         "imagefolder", len(classes), 3, size, mean, std, crop_padding=0, flip=True,

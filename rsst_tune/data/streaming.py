@@ -14,8 +14,15 @@ runs on the device, batched.
 - Evaluation, and training without augmentation: the stored square of ``decode_image``,
   centre-cropped on the device, bit for bit the resident batches (tested).
 - On CUDA the workers only read the bytes of JPEGs, which are decoded on the GPU in one
-  batched call (nvjpeg), then cropped and resized there; other formats, and JPEGs the GPU
-  decoder refuses (CMYK), are decoded with PIL. The GPU decoder rounds differently from PIL.
+  batched call (nvjpeg); the batch's crops (the ``rrc_box`` of each image, from the same
+  uniforms as the workers', or the stored square's ``square_box``), resizes and flips then
+  run there in a few batched calls for the whole batch (``rsst_tune.data.gpu_crops.
+  crop_resize``: the crop regions gathered into one padded tensor per size group, resized
+  by two matmuls with PIL's bilinear weights), with no kernel and no host sync per image.
+  Other formats, and JPEGs the GPU decoder refuses (CMYK), are decoded with PIL (in the
+  workers, or here for a refused JPEG). The GPU decoder rounds differently from PIL, and
+  PIL decodes large JPEGs at reduced DCT scale before cropping, so the pixels differ
+  slightly from a CPU run; the resize itself is PIL's within 1 grey level.
 
 Order and crops come from the trial's generator: the permutation is drawn from it, then one
 seed per epoch for a CPU generator that draws each batch's crops as the batch is asked for.
@@ -35,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -44,23 +50,23 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from rsst_tune.config import PLACEMENTS, available_cores
+from rsst_tune.config import PLACEMENTS
 from rsst_tune.data.batches import BatchTransforms
 from rsst_tune.data.decode import (
     RRC_DRAWS,
     decode_crop,
     decode_image,
     describe_error,
-    resized_shape,
     rrc_box,
-    square_offset,
+    square_box,
 )
+from rsst_tune.data.gpu_crops import Box, crop_resize
 from rsst_tune.data.types import DataBundle, DataSpec, FileSplit
 from rsst_tune.errors import ConfigError
+from rsst_tune.machine import default_workers, host_memory
 
 __all__ = [
     "AUTO_FRACTION",
@@ -81,25 +87,11 @@ PREFETCH = 4  # batches each worker reads ahead
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
-def default_workers() -> int:
-    """DataLoader workers when the config leaves it to us: one per core but one, at most 8
-    (0, decoding in the trial's process, on a single core)."""
-    return max(0, min(8, available_cores() - 1))
-
-
 def device_memory(device: torch.device) -> int:
     """Bytes of memory of ``device`` (the host's physical memory for cpu and mps)."""
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).total_memory)
     return host_memory()
-
-
-def host_memory() -> int:
-    """Bytes of physical memory of this machine."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
-        return 0
 
 
 def choose_placement(placement: str, bundle: DataBundle, device: torch.device) -> str:
@@ -361,22 +353,26 @@ class StreamData(BatchTransforms):
         """The batch's images on the device in batch order, and the positions they hold."""
         if not batch.encoded:
             return batch.x.to(self.device, non_blocking=True), batch.decoded
-        parts: dict[int, Tensor] = {}
+        on_device, at = self._decode_jpegs(batch)
         if batch.decoded:
-            on_device = batch.x.to(self.device, non_blocking=True)
-            parts.update({pos: on_device[k] for k, pos in enumerate(batch.decoded)})
-        for pos, image in zip(batch.encoded_at, self._decode_jpegs(batch), strict=True):
-            if image is not None:
-                parts[pos] = image
-        keep = sorted(parts)
-        if not keep:
-            return batch.x.to(self.device), keep
-        return torch.stack([parts[p] for p in keep]), keep
+            from_workers = batch.x.to(self.device, non_blocking=True)
+            on_device = from_workers if on_device is None else torch.cat([from_workers, on_device])
+            at = batch.decoded + at
+        if on_device is None:
+            return batch.x.to(self.device), []
+        keep = sorted(at)
+        if at != keep:  # PNGs from the workers among device-decoded JPEGs: back in batch order
+            rank = torch.tensor(sorted(range(len(at)), key=at.__getitem__))
+            on_device = on_device.index_select(0, rank.to(self.device, non_blocking=True))
+        return on_device, keep
 
-    def _decode_jpegs(self, batch: _Batch) -> list[Tensor | None]:
-        """Decode the batch's JPEGs on the device in one call (nvjpeg on CUDA), then crop and
-        resize each as the workers do; one the call cannot decode (a CMYK JPEG fails the
-        whole call) is decoded with PIL here, and one PIL cannot read either is skipped."""
+    def _decode_jpegs(self, batch: _Batch) -> tuple[Tensor | None, list[int]]:
+        """The batch's JPEGs as one uint8 batch on the device, and their positions in the
+        batch: decoded in one call (nvjpeg on CUDA), then every crop and resize in a few
+        batched calls (``crop_resize``: the stored square, or the random-resized crop of
+        ``rrc_box`` mirrored as ``decode_crop`` mirrors). A JPEG the call cannot decode (a
+        CMYK JPEG fails the whole call) is decoded with PIL here, and one PIL cannot read
+        either is skipped. None when no image is left."""
         with warnings.catch_warnings():  # torchvision 0.29 points to torchcodec, not installed
             warnings.simplefilter("ignore", DeprecationWarning)
             from torchvision.io import ImageReadMode, decode_jpeg
@@ -387,47 +383,43 @@ class StreamData(BatchTransforms):
             )
         except RuntimeError:
             images = [None] * len(batch.encoded)
-        out: list[Tensor | None] = []
         split = self.split
+        decoded: list[Tensor] = []
+        boxes: list[Box] = []
+        flips: list[bool] = []
+        decoded_at: list[int] = []
+        fallback: list[Tensor] = []
+        fallback_at: list[int] = []
         for pos, image in zip(batch.encoded_at, images, strict=True):
             index, draws = batch.items[pos]
-            try:
-                if image is None:
-                    path = split.files[index]
-                    pil = (
-                        decode_image(path, split.side, split.img_size)
-                        if draws is None
-                        else decode_crop(path, split.img_size, draws, self.spec.flip)
-                    )
-                    out.append(pil.to(self.device))
-                elif draws is None:
-                    out.append(self._square(image))
+            if image is not None:  # only its box here: the pixels stay on the device
+                h, w = int(image.shape[-2]), int(image.shape[-1])
+                decoded.append(image)
+                decoded_at.append(pos)
+                if draws is None:
+                    boxes.append(square_box(w, h, split.side, split.img_size))
+                    flips.append(False)
                 else:
-                    out.append(self._crop(image, draws))
+                    boxes.append(rrc_box(w, h, draws))
+                    flips.append(self.spec.flip and draws[22] < 0.5)
+                continue
+            path = split.files[index]
+            try:
+                fallback.append(
+                    decode_image(path, split.side, split.img_size)
+                    if draws is None
+                    else decode_crop(path, split.img_size, draws, self.spec.flip)
+                )
+                fallback_at.append(pos)
             except Exception as err:
                 self._skipped.setdefault(index, describe_error(err))
-                out.append(None)
-        return out
-
-    def _square(self, image: Tensor) -> Tensor:
-        """A decoded [3, H, W] uint8 image: short side resized to the stored size (bilinear,
-        antialiased), the ``decode_image`` square kept."""
-        side, img_size = self.split.side, self.split.img_size
-        h, w = int(image.shape[-2]), int(image.shape[-1])
-        new_w, new_h = resized_shape(w, h, side)
-        if (new_h, new_w) != (h, w):
-            image = _resize(image, new_h, new_w)
-        top, left = square_offset(new_h, side, img_size), square_offset(new_w, side, img_size)
-        return image[:, top : top + side, left : left + side]
-
-    def _crop(self, image: Tensor, draws: tuple[float, ...]) -> Tensor:
-        """A decoded [3, H, W] uint8 image: its random-resized crop (``rrc_box``) at img_size,
-        mirrored as ``decode_crop`` mirrors."""
-        h, w = int(image.shape[-2]), int(image.shape[-1])
-        left, top, cw, ch = rrc_box(w, h, draws)
-        size = self.split.img_size
-        out = _resize(image[:, top : top + ch, left : left + cw], size, size)
-        return out.flip(-1) if self.spec.flip and draws[22] < 0.5 else out
+        size = split.img_size if batch.items[0][1] is not None else split.side
+        parts = [crop_resize(decoded, boxes, size, flips)] if decoded else []
+        if fallback:
+            parts.append(_stack(fallback).to(self.device, non_blocking=True))
+        if not parts:
+            return None, []
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)), decoded_at + fallback_at
 
     def _report_skipped(self) -> None:
         """One warning when an epoch found images no earlier epoch had reported."""
@@ -445,12 +437,3 @@ class StreamData(BatchTransforms):
             self._skipped[first],
         )
         self._reported = n
-
-
-def _resize(image: Tensor, h: int, w: int) -> Tensor:
-    """A uint8 [3, H, W] image resized bilinearly (antialiased when shrinking) to h x w."""
-    out = F.interpolate(
-        image.unsqueeze(0).float(), size=(h, w), mode="bilinear", align_corners=False,
-        antialias=h < image.shape[-2] or w < image.shape[-1],
-    )  # fmt: skip
-    return out.squeeze(0).round_().clamp_(0, 255).to(torch.uint8)

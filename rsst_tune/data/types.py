@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,15 +207,31 @@ def read_files(split: FileSplit, *, warn: bool = True) -> tuple[Split, Tensor]:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for _ in pool.map(work, range(n)):
             pass
+    return without_unreadable(
+        x, split.y, errors, files.__getitem__, where, f"{split.root}/{split.part}", warn=warn
+    )
+
+
+def without_unreadable(
+    x: Tensor,
+    y: Tensor,
+    errors: Sequence[str | None],
+    name: Callable[[int], object],
+    where: str,
+    where_full: str,
+    *,
+    warn: bool = True,
+) -> tuple[Split, Tensor]:
+    """The decoded images whose `errors` entry is None, and their positions; the others are
+    counted in one warning (a debug message when not `warn`) naming the first (`name(i)`).
+    None readable is a one-line ConfigError naming `where_full`."""
+    n = len(errors)
     bad = [i for i in range(n) if errors[i] is not None]
     kept = torch.arange(n)
-    y = split.y
     if bad:
-        first = f"{files[bad[0]]} ({errors[bad[0]]})"
+        first = f"{name(bad[0])} ({errors[bad[0]]})"
         if len(bad) == n:
-            raise ConfigError(
-                f"no readable images in {split.root}/{split.part}: all {n} failed; first: {first}"
-            )
+            raise ConfigError(f"no readable images in {where_full}: all {n} failed; first: {first}")
         logger.log(
             logging.WARNING if warn else logging.DEBUG,
             "skipped %d unreadable image%s in %s: first: %s",

@@ -41,6 +41,7 @@ from rsst_tune.report.document import Block, Code, Heading, Image, Para, Table
 from rsst_tune.report.exports import export_blocks as export_blocks
 from rsst_tune.report.exports import fmt_latency as fmt_latency
 from rsst_tune.units import REPORT_NAMES
+from rsst_tune.utilisation import fmt_utilisation, median
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +263,7 @@ def summary_blocks(
         ),
         *_stops_blocks(experiment),
         *_ran_on_blocks(experiment),
+        *_utilisation_blocks(experiment),
         Para(
             "A ticket is one pruning state of one trial. Tickets are chosen by validation "
             "accuracy; test accuracy is shown beside it and never used to choose. "
@@ -329,6 +331,54 @@ def _ran_on_blocks(experiment: Experiment) -> list[Block]:
             "between them may come from the device or the numerics"
         )
     return [Para(f"Ran on: {parts}.")]
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """The training utilisation of the states that ran one way (`ran_on`'s "device,
+    numerics"): medians over the states trained (`StateResult.images_per_s`, `gpu_busy`,
+    `mfu`; `rsst_tune.utilisation`)."""
+
+    ran: str
+    states: int
+    images_per_s: float
+    gpu_busy: float | None
+    mfu: float | None
+
+
+def throughput(experiment: Experiment) -> list[Throughput]:
+    """One `Throughput` per way the states ran, most states first; states without
+    `images_per_s` (a state 0 from the dense cache, an older rsst-tune) are left out."""
+    groups: dict[str, list[Any]] = {}
+    for trial in experiment.trials:
+        for r in trial.states:
+            if r.metric("images_per_s") is not None:
+                groups.setdefault(f"{r.device or DASH}, {r.numerics or DASH}", []).append(r)
+    out = []
+    for ran, states in groups.items():
+        busy = [v for r in states if (v := r.metric("gpu_busy")) is not None]
+        used = [v for r in states if (v := r.metric("mfu")) is not None]
+        rate = median([v for r in states if (v := r.metric("images_per_s")) is not None])
+        assert rate is not None
+        out.append(Throughput(ran, len(states), rate, median(busy), median(used)))
+    return sorted(out, key=lambda t: (-t.states, t.ran))
+
+
+def _utilisation_blocks(experiment: Experiment) -> list[Block]:
+    rows = throughput(experiment)
+    if not rows:
+        return []
+    parts = []
+    for t in rows:
+        text = fmt_utilisation(t.images_per_s, t.gpu_busy, t.mfu)
+        parts.append(f"{t.ran}: {text} ({t.states} state{'s' if t.states != 1 else ''})")
+    return [
+        Para(
+            "Training throughput (median over the states trained; GPU busy: the share of the "
+            "training time the GPU spent inside steps; MFU: model FLOPs against the GPU's "
+            "peak for the dtype): " + "; ".join(parts) + "."
+        )
+    ]
 
 
 def _front_mark(leader: Ticket | None, t: Ticket) -> str:

@@ -44,6 +44,7 @@ from rsst_tune.limits import (
     MAX_SEED,
     MAX_WORKERS,
 )
+from rsst_tune.tune.gpu_share import AUTO as AUTO_SHARE
 from rsst_tune.tune.plan import (
     KEEP_CHECKPOINTS,
     SETTABLE,
@@ -102,6 +103,18 @@ def _seed(text: str) -> int:
 
 def _nonneg_float(text: str) -> float:
     return _float_in(text, 0.0, MAX_RESOURCES, low_open=False)
+
+
+def _gpu_share(text: str) -> float | str:
+    """--gpus-per-trial: a number of GPUs, or auto (`rsst_tune.tune.gpu_share`)."""
+    if text.strip().lower() == AUTO_SHARE:
+        return AUTO_SHARE
+    try:
+        return _nonneg_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number in [0, {MAX_RESOURCES:g}] or auto, got {text!r}"
+        ) from None
 
 
 def _positive_float(text: str) -> float:
@@ -259,8 +272,9 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     inputs.add_argument(
         "--data-dir", "--data_dir", dest="data_dir", default=None,
-        help="the dataset's folder (imagefolder: DIR/train/CLASS/*.jpg, DIR/val/...); on a "
-        "cluster, a path every node sees",
+        help="the dataset's folder (imagefolder: DIR/train/CLASS/*.jpg, DIR/val/...), or for "
+        "--dataset wds a shard pattern ('shards/train-{000..099}.tar': brace ranges, globs, "
+        "several joined by ::), stored absolute; on a cluster, a path every node sees",
     )  # fmt: skip
     inputs.add_argument(
         "--data-placement", "--data_placement", dest="data_placement", default=None,
@@ -324,9 +338,11 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--cpus-per-trial", type=_positive_float, default=None, help="default 1")
     budget.add_argument(
         "--gpus-per-trial",
-        type=_nonneg_float,
+        type=_gpu_share,
         default=0.0,
-        help="GPUs per trial; fractions pack several trials on one GPU",
+        help="GPUs per trial; fractions pack several trials on one GPU; auto: one short "
+        "probe of the trial on a GPU sizes the share from its memory and how busy it keeps "
+        "the GPU (none in the cluster: 0)",
     )
     budget.add_argument(
         "--time-budget",

@@ -44,12 +44,14 @@ from rsst_tune.results import StateResult
 from rsst_tune.tune.run.context import ContextHolder, SweepContext, running_context
 from rsst_tune.tune.run.ray_state import backup_ray_state
 from rsst_tune.tune.run.storage import storage_error
+from rsst_tune.utilisation import fmt_utilisation
 
 log = logging.getLogger(__name__)
 
 EVENTS_FILE = "events.jsonl"
 BACKUP_EVERY_S = 2.0
 _SHOWN_KEYS = ("state", "val_acc", "test_acc", "macs_frac", "params_frac", "sparsity")
+_USE_KEYS = ("images_per_s", "gpu_busy", "mfu")  # rsst_tune.utilisation
 
 
 class SweepConsole(ContextHolder, Callback):
@@ -124,14 +126,19 @@ class SweepConsole(ContextHolder, Callback):
             log.debug("trial %s: unreadable result: %s", trial.trial_id, exc)
             return
         # pid / node_ip: the worker that ran the state (Ray adds them to every result)
-        row = {k: result[k] for k in (*_SHOWN_KEYS, "wall_time_s", "pid", "node_ip") if k in result}
+        row = {
+            k: result[k]
+            for k in (*_SHOWN_KEYS, *_USE_KEYS, "wall_time_s", "pid", "node_ip")
+            if k in result
+        }
         self._event("state", trial, **row)
         last = int(result.get("pruning_times", 0)) - 1
         text = (  # states are numbered as everywhere else: 0 is the dense one
             f"state {int(result['state'])} of 0..{last if last >= 0 else '?'}  "
             f"val {_pct(result.get('val_acc'))}  "
             f"test {_pct(result.get('test_acc'))}  MACs {_pct(result.get('macs_frac'))}  "
-            f"params {_pct(result.get('params_frac'))}  ({result.get('wall_time_s', 0):.1f}s)"
+            f"params {_pct(result.get('params_frac'))}  ({result.get('wall_time_s', 0):.1f}s"
+            f"{_fmt_use(result)})"
         )
         self._line(trial, "", text)
 
@@ -247,6 +254,16 @@ def print_stop_summary(experiment: Experiment, *, show: bool = True) -> None:
     summary = stop_summary(experiment)
     if show and summary is not None:
         print(summary.line(), flush=True)
+
+
+def _fmt_use(result: Mapping[str, Any]) -> str:
+    """`; 1,234 img/s, GPU busy 87%, MFU 12.3%`: the state's training utilisation, the parts
+    it recorded (nothing for a state 0 loaded from the dense cache, or an older result)."""
+    values = [result.get(k) for k in _USE_KEYS]
+    if not all(v is None or isinstance(v, int | float) for v in values):
+        return ""
+    text = fmt_utilisation(*values)
+    return f"; {text}" if text else ""
 
 
 def _pct(value: Any) -> str:

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from typing import Any
 from rsst_tune.config import EXECUTION, NUMERICS, TrialConfig
 from rsst_tune.errors import ConfigError, unknown_choice
 from rsst_tune.experiment import objectives as objs
-from rsst_tune.experiment.layout import PLAN_FILE
+from rsst_tune.experiment.layout import LATENCY_TABLE_FILE, PLAN_FILE
 from rsst_tune.experiment.records import Objective
 from rsst_tune.limits import (
     MAX_CONFIRM,
@@ -36,6 +37,7 @@ from rsst_tune.limits import (
     MAX_SEED,
 )
 from rsst_tune.plugins import MODULE_AT, is_object_spec, load_imports, resolve_imports
+from rsst_tune.tune.gpu_share import AUTO as AUTO_SHARE
 from rsst_tune.tune.search.moasha import rung_states
 from rsst_tune.tune.search.samplers import SAMPLERS, sampler_names
 from rsst_tune.tune.search.schedulers import SCHEDULERS, SchedulerSpec, scheduler_names
@@ -57,7 +59,6 @@ WANDB_MODES = ("off", "offline", "online")
 DEFAULT_STORAGE = "experiments"
 # --keep-checkpoints: which state checkpoints of a trial stay on disk (`tune.run.retention`)
 KEEP_CHECKPOINTS = ("best", "last", "all")
-LATENCY_TABLE_FILE = "latency_table.json"  # in the experiment directory, unless given
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class SweepOptions:
     num_samples: int | None = None
     max_concurrent: int | None = None
     cpus_per_trial: float | None = None
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | str = 0.0  # or "auto": a probe sizes it (`tune.gpu_share`)
     time_budget: float | None = None  # seconds
     epoch_budget: int | None = None  # --epoch-budget B: no trial starts once B trial-epochs
     storage: str = DEFAULT_STORAGE
@@ -158,7 +159,7 @@ class SweepPlan:
     num_samples: int
     max_concurrent: int | None
     cpus_per_trial: float
-    gpus_per_trial: float
+    gpus_per_trial: float  # 0 until the start resolves `--gpus-per-trial auto`
     time_budget_s: float | None
     wandb: str
     preset: str | None = None
@@ -173,6 +174,9 @@ class SweepPlan:
     max_failures: int = 2  # restarts of a trial from its last state checkpoint (--max-failures)
     confirm: int = 0  # seed confirmation of the top K tickets per budget (0: none)
     onnx: bool = True  # the best tickets' exports also write model.onnx
+    # --gpus-per-trial auto: {"auto": True} until the sweep's start sizes it, then also the
+    # probe's numbers (`tune.gpu_share.ShareProbe.to_dict`) or why there was none; {}: given
+    gpu_share: dict[str, Any] = field(default_factory=dict)
     # --macs-budget: a proposal whose last state exceeds this fraction of the dense MACs
     # (analytic, before training) is told to Optuna as infeasible and never runs
     macs_budget: float | None = None
@@ -283,7 +287,7 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
     )
     # Ray runs each trial in a working directory of its own: a relative data folder (the
     # default `data` too) means the folder the sweep was launched from.
-    base["data_dir"] = str(Path(base["data_dir"]).expanduser().resolve())
+    base["data_dir"] = _data_dir(base, given=opts.data_dir is not None)
     _check_set_not_searched(space, base, dict(opts.settings or ()))
     fixed = {**(SMOKE_FIXED if opts.preset == "smoke" else {}), **dict(opts.fixed)}
     _check_fixed(space, base, fixed)
@@ -320,10 +324,14 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
     base = TrialConfig.from_dict({**base, "threads": max(1, int(cpus))}).to_dict()
     if max_concurrent is not None:
         _check_positive(max_concurrent=max_concurrent)
-    if not 0 <= opts.gpus_per_trial <= MAX_RESOURCES:  # NaN fails too
+    auto_gpus = opts.gpus_per_trial == AUTO_SHARE
+    if not auto_gpus and not (
+        isinstance(opts.gpus_per_trial, (int, float))
+        and 0 <= opts.gpus_per_trial <= MAX_RESOURCES  # NaN fails too
+    ):
         raise ConfigError(
-            f"--gpus-per-trial must be a finite number in [0, {MAX_RESOURCES:g}], "
-            f"got {opts.gpus_per_trial}"
+            f"--gpus-per-trial must be a finite number in [0, {MAX_RESOURCES:g}] or auto, "
+            f"got {opts.gpus_per_trial!r}"
         )
     if opts.time_budget is not None:
         _check_positive(time_budget=opts.time_budget)
@@ -355,7 +363,8 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
         num_samples=int(num_samples),
         max_concurrent=None if max_concurrent is None else int(max_concurrent),
         cpus_per_trial=float(cpus),
-        gpus_per_trial=float(opts.gpus_per_trial),
+        gpus_per_trial=0.0 if auto_gpus else float(opts.gpus_per_trial),
+        gpu_share={"auto": True} if auto_gpus else {},
         time_budget_s=opts.time_budget,
         epoch_budget=epoch_budget,
         wandb=opts.wandb,
@@ -492,8 +501,10 @@ def _check_set_not_searched(space: SearchSpace, base: Mapping[str, Any], names: 
 
 
 def _inputs(opts: SweepOptions) -> dict[str, Any]:
-    """The trial inputs given as sweep options, paths made absolute and checked to exist (a
-    missing folder or file is found here, not in every trial)."""
+    """The trial inputs given as sweep options, the weights file made absolute and checked to
+    exist (a missing file is found here, not in every trial); the data folder or shard
+    pattern, which depends on the dataset, is checked by `_data_dir` once the base config
+    names the dataset."""
     out: dict[str, Any] = {
         "img_size": opts.img_size,
         "data_placement": opts.data_placement,
@@ -501,18 +512,60 @@ def _inputs(opts: SweepOptions) -> dict[str, Any]:
         "data_workers": opts.data_workers,
         "pretrained": opts.pretrained,
     }
-    for name, want_dir in (("data_dir", True), ("pretrained_file", False)):
+    for name in ("data_dir", "pretrained_file"):
         value = getattr(opts, name)
         if value is None:
             continue
         if not isinstance(value, str | os.PathLike):
             raise ConfigError(f"{name} must be a path, got {value!r}")
-        path = Path(value).expanduser().resolve()
-        if not (path.is_dir() if want_dir else path.is_file()):
-            what = "a folder" if want_dir else "a file"
-            raise ConfigError(f"{name} {value} is not {what} (resolved: {path})")
-        out[name] = str(path)
+        out[name] = os.fspath(value)
+    if opts.pretrained_file is not None:
+        path = Path(out["pretrained_file"]).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(
+                f"pretrained_file {opts.pretrained_file} is not a file (resolved: {path})"
+            )
+        out["pretrained_file"] = str(path)
     return out
+
+
+# a data_dir with these is a shard pattern (brace ranges, globs, `::` lists): dataset wds
+_SHARD_PATTERN = re.compile(r"[{*?\[]|::")
+
+
+def _data_dir(base: Mapping[str, Any], *, given: bool) -> str:
+    """The base config's `data_dir` made absolute (the folder the sweep was launched from
+    for a relative one) and, when the user `given` it, checked before anything runs: for the
+    `wds` dataset a shard pattern (brace ranges, globs, `::`-joined patterns, or a folder of
+    shards), made absolute item by item with its braces kept and checked to match its shards
+    (`rsst_tune.data.shards`: `absolute_pattern`, `find_shards`); for any other dataset a
+    folder. Every failure is one ConfigError naming what was given."""
+    value = str(base["data_dir"])
+    if _reads_shards(str(base["dataset"])):
+        from rsst_tune.data.shards import absolute_pattern, find_shards
+
+        pattern = value
+        try:
+            pattern = absolute_pattern(value)
+            if given:
+                find_shards(pattern)
+        except ConfigError as exc:
+            named = f"data_dir {value}" if pattern != value else "data_dir"
+            raise ConfigError(f"{named}: {exc}") from None
+        return pattern
+    path = Path(value).expanduser().resolve()
+    if given and not path.is_dir():
+        hint = "; a shard pattern needs --dataset wds" if _SHARD_PATTERN.search(value) else ""
+        raise ConfigError(f"data_dir {value} is not a folder (resolved: {path}){hint}")
+    return str(path)
+
+
+def _reads_shards(dataset: str) -> bool:
+    """Whether `dataset` is the `wds` loader (WebDataset shards: data_dir is a pattern)."""
+    from rsst_tune.data.registry import DATASETS
+    from rsst_tune.data.shards import wds
+
+    return dataset in DATASETS and DATASETS.get(dataset) is wds
 
 
 def _check_macs_budget(space: SearchSpace, budget: Any) -> float | None:
@@ -702,14 +755,17 @@ def _check_option_types(opts: SweepOptions) -> None:
             )
     for name in ("cpus_per_trial", "gpus_per_trial", "time_budget"):
         value = getattr(opts, name)
-        if value is None:
+        if value is None or (name == "gpus_per_trial" and value == AUTO_SHARE):
             continue
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
             or not math.isfinite(value)
         ):
-            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}")
+            auto = " or auto" if name == "gpus_per_trial" else ""
+            raise ConfigError(
+                f"--{name.replace('_', '-')} must be a finite number{auto}, got {value!r}"
+            )
     for name in ("space", "sampler", "storage", "wandb", "command"):
         if not isinstance(getattr(opts, name), str):
             raise ConfigError(f"{name} must be a string, got {getattr(opts, name)!r}")
@@ -861,8 +917,14 @@ def describe_plan(plan: SweepPlan) -> str:
             "seeds; chosen by the mean over seeds"
         )
     concurrent = plan.max_concurrent or "as resources allow"
+    gpus = (
+        "a GPU share sized at the start (--gpus-per-trial auto: one short probe of the trial "
+        "on a GPU; none in the cluster: 0)"
+        if plan.gpu_share.get("auto") and "share" not in plan.gpu_share
+        else f"{plan.gpus_per_trial:g} GPU"
+    )
     lines.append(
-        f"resources   {plan.cpus_per_trial:g} CPU, {plan.gpus_per_trial:g} GPU per trial; "
+        f"resources   {plan.cpus_per_trial:g} CPU, {gpus} per trial; "
         f"at most {concurrent} at once"
         + (f"; time budget {plan.time_budget_s:g}s" if plan.time_budget_s else "")
         + (

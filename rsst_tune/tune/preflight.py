@@ -63,12 +63,15 @@ def idle_gpu_warning(plan: SweepPlan) -> str | None:
     """A warning when this machine has CUDA devices and the sweep gives trials none."""
     if plan.gpus_per_trial > 0 or str(plan.base_config.get("device", "auto")) == "cpu":
         return None
+    if plan.gpu_share.get("auto"):  # sized when the sweep starts
+        return None
     gpus = _cuda_devices()
     if not gpus:
         return None
     return (
         f"warning: {gpus} CUDA device(s) visible but --gpus-per-trial is 0, so every trial "
-        "trains on the CPU; pass --gpus-per-trial 1 (or 0.25 to share each GPU among 4 trials)"
+        "trains on the CPU; pass --gpus-per-trial 1 (or 0.25 to share each GPU among 4 "
+        "trials, or auto to have a probe size the share)"
     )
 
 

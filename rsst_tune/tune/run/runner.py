@@ -39,6 +39,7 @@ from rsst_tune.experiment.reader import (
     trial_error,
 )
 from rsst_tune.tune.confirm import run_confirmation
+from rsst_tune.tune.gpu_share import resolve_share
 from rsst_tune.tune.plan import SweepPlan
 from rsst_tune.tune.run.context import ContextHolder, SweepContext, running
 from rsst_tune.tune.run.legacy import alias_moved_modules
@@ -95,6 +96,10 @@ def _execute(
             with _sigterm_as_sigint():
                 try:
                     if not resume:
+                        plan, said = resolve_share(plan)  # --gpus-per-trial auto
+                        if said:
+                            _say(show, said)
+                            log.info("%s", said)
                         fileio.write_text(local / PLAN_FILE, plan.to_json() + "\n")
                         if plan.sweep_file:
                             fileio.write_text(local / SWEEP_FILE, plan.sweep_file)

@@ -107,6 +107,7 @@ def _start_loop(
     from rsst_tune.checkpoint import THETA0_FILE, latest_state_file
     from rsst_tune.dense_cache import DenseCache
     from rsst_tune.loop import PruneLoop
+    from rsst_tune.numerics import NumericsCache
 
     if checkpoint is None:
         cache = DenseCache(dense_cache_dir) if dense_cache_dir else None
@@ -121,7 +122,9 @@ def _start_loop(
         if (src_path / TRIAL_LOG).exists():  # keep one log across restarts
             with (scratch / TRIAL_LOG).open("a") as out:
                 out.write((src_path / TRIAL_LOG).read_text())
-    loop = PruneLoop.resume(scratch, cfg)
+    # amp/compile auto reads the sweep's probed choice instead of probing again
+    numerics_cache = NumericsCache(dense_cache_dir) if dense_cache_dir else None
+    loop = PruneLoop.resume(scratch, cfg, numerics_cache=numerics_cache)
     log.info("resumed from %s at state %d", state.name, loop.next_state)
     return loop
 

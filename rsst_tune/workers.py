@@ -1,0 +1,375 @@
+"""One trial on several data-parallel workers: `rsst-tune run --workers N`, `run_trial(...,
+workers=N)` (docs/engine.md "Several workers"; the contract is docs/methods.md's).
+
+`run_workers` (the driver) starts N Ray Train workers (`ray.train.torch.TorchTrainer`: gloo
+on CPU, nccl on CUDA; a local Ray on 127.0.0.1 unless one is running) and waits for them.
+Each worker runs the trial's `PruneLoop` with a `Shard`, its place among the workers:
+
+* `batch_size` is the global batch: every worker draws the same permutation of the resident
+  training split and trains on its slice of each batch under DistributedDataParallel (a
+  partial last batch is split as evenly as it goes and each worker's loss weighted by its
+  share, so the averaged gradient is the global batch's);
+* every score, prune decision, mask, T and λ is computed on every worker from identical
+  weights and the same (unsharded) scoring batches, then rank 0's are broadcast; the
+  digests of the masks each worker decided and holds are recorded per state;
+* each worker evaluates a contiguous part of val and test; the counts are summed, so the
+  accuracies (and `val_size`, `test_size`) are over the whole split;
+* rank 0 alone writes the checkpoints, `results.json`/`.csv`, `config.json`, the log lines
+  of the workers (`run.log`) and `workers.json` (this launch's states with the digests).
+
+`workers == 1` never comes here: one process, no Ray, no DDP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from rsst_tune.config import TrialConfig
+from rsst_tune.errors import ConfigError, TrialDiverged
+
+if TYPE_CHECKING:
+    from rsst_tune.data import DataBundle
+    from rsst_tune.dense_cache import DenseCache
+    from rsst_tune.loop import PruneLoop
+    from rsst_tune.numerics import NumericsCache
+    from rsst_tune.results import StateResult
+    from rsst_tune.trial_setup import TrialSetup
+
+log = logging.getLogger(__name__)
+
+HANDOFF_FILE = "workers.json"
+"""Rank 0's record of this launch: each state's result and the masks' digests per worker."""
+STORAGE_DIR = "ray_train"
+"""Ray Train's own storage, inside the run's directory."""
+POLL_S = 0.5
+
+
+def check_workers(workers: object) -> int:
+    """`workers` as an int >= 1, else a one-line ConfigError."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
+    return workers
+
+
+def check_divisible(batch_size: int, workers: int) -> None:
+    """The global batch splits evenly over the workers, else a one-line ConfigError."""
+    if batch_size % workers:
+        raise ConfigError(
+            f"batch_size {batch_size} is not divisible by workers {workers}: batch_size is the "
+            f"global batch, each worker trains on batch_size / workers images"
+        )
+
+
+def masks_digest(*parts: Mapping[str, Tensor] | None) -> str:
+    """A short digest of mask dicts (keys and values, in key order; None counts)."""
+    h = hashlib.sha256()
+    for part in parts:
+        if part is None:
+            h.update(b"\0none")
+            continue
+        for name in sorted(part):
+            t = part[name].detach().to("cpu").contiguous()
+            h.update(name.encode())
+            h.update(str(t.dtype).encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class Shard:
+    """This process's place among `world` data-parallel workers (a process group is up)."""
+
+    rank: int
+    world: int
+    backend: str
+    forward: Callable[[Tensor], Tensor] | None = None  # the DDP-wrapped model (`prepare`)
+    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def ddp(self) -> Callable[[Tensor], Tensor]:
+        """The model under DDP, what the workers train with."""
+        assert self.forward is not None, "Shard.build wraps the model"
+        return self.forward
+
+    def describe(self, device_text: str) -> str:
+        """`cpu x2 (gloo)`, `cuda (NVIDIA H100 ...) x8 (nccl)`."""
+        return f"{device_text} x{self.world} ({self.backend})"
+
+    def check(self, cfg: TrialConfig, dense_cache: DenseCache | None) -> None:
+        check_divisible(cfg.batch_size, self.world)
+        if dense_cache is not None:
+            raise ConfigError("the shared dense cache is not used with several workers")
+
+    def build(
+        self,
+        cfg: TrialConfig,
+        data: DataBundle | None,
+        numerics_cache: NumericsCache | None,
+    ) -> TrialSetup:
+        """`build_setup` on every worker, then `prepare`. amp/compile auto on CUDA is decided
+        once: rank 0 probes, the others build with its choice."""
+        from rsst_tune.device import resolve_device
+        from rsst_tune.trial_setup import build_setup
+
+        if not (cfg.numerics_auto and resolve_device(cfg.device).type == "cuda"):
+            return self.prepare(build_setup(cfg, data, numerics_cache=numerics_cache))
+        import torch.distributed as dist
+
+        choice: list[Any] = [None]
+        setup = None
+        if self.rank == 0:
+            setup = build_setup(cfg, data, numerics_cache=numerics_cache)
+            d = setup.decision
+            choice = [None if d is None else (d.amp, d.compile, d.compile_mode)]
+        dist.broadcast_object_list(choice, src=0)
+        if setup is None:
+            fixed = cfg
+            if choice[0] is not None:
+                amp, comp, mode = choice[0]
+                fixed = cfg.replace(amp=amp, compile=comp, compile_mode=mode)
+            setup = build_setup(fixed, data, numerics_cache=numerics_cache)
+        return self.prepare(setup)
+
+    def prepare(self, setup: TrialSetup) -> TrialSetup:
+        """The setup with shard views of the resident splits and the model under DDP (the
+        loop evaluates and scores with the plain model); torch.compile is not used."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        from rsst_tune.data import DeviceData
+
+        splits = (setup.train_data, setup.val_data, setup.test_data)
+        if setup.placement != "device" or not all(isinstance(s, DeviceData) for s in splits):
+            raise ConfigError(
+                f"workers {self.world} needs the data resident on the device (data_placement "
+                f"device); streamed image folders and WebDataset shards are not split across "
+                f"workers yet (data placement {setup.placement})"
+            )
+        if setup.compile_mode is not None:
+            log.warning("torch.compile is not used with several workers: eager DDP")
+        device = setup.device
+        ids = [device] if device.type == "cuda" else None
+        self.forward = DistributedDataParallel(setup.model, device_ids=ids)
+        train, val, test = (s.shard(self.rank, self.world) for s in splits)  # type: ignore[attr-defined]
+        return dataclasses.replace(
+            setup,
+            train_data=train,
+            val_data=val,
+            test_data=test,
+            forward=setup.model,
+            compile_mode=None,
+        )
+
+    # ------------------------------------------------------------------ agreement
+    @torch.no_grad()
+    def sync_model(self, model: nn.Module) -> None:
+        """Rank 0's parameters and buffers (BatchNorm statistics) on every worker."""
+        import torch.distributed as dist
+
+        for t in model.state_dict().values():
+            dist.broadcast(t, src=0)
+
+    @torch.no_grad()
+    def broadcast_masks(self, masks: Mapping[str, Tensor]) -> None:
+        import torch.distributed as dist
+
+        for name in sorted(masks):
+            t = masks[name]
+            if t.dtype == torch.bool:  # as bytes: every backend broadcasts uint8
+                b = t.to(torch.uint8)
+                dist.broadcast(b, src=0)
+                t.copy_(b.bool())
+            else:
+                dist.broadcast(t, src=0)
+
+    def sync_decisions(self, loop: PruneLoop) -> bool:
+        """Rank 0's M, U, R, T, alive units, prune statistics and (rewound) weights on every
+        worker. Returns True."""
+        import torch.distributed as dist
+
+        for masks in (loop.M, loop.U, loop.R, loop.T, loop.alive):
+            if masks is not None:
+                self.broadcast_masks(masks)
+        stats: list[Any] = [loop.prune_stats]
+        dist.broadcast_object_list(stats, src=0)
+        loop.prune_stats = stats[0]
+        self.sync_model(loop.model)
+        return True
+
+    def record(self, state: int, decided: str, held: str) -> None:
+        """Gather every worker's mask digests for `state` (what it decided itself, what it
+        holds after the broadcast); rank 0 keeps them. A worker holding other masks than
+        rank 0 is an error."""
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world
+        dist.all_gather_object(gathered, (decided, held))
+        decided_all: list[str] = [g[0] for g in gathered]
+        held_all: list[str] = [g[1] for g in gathered]
+        entry = {"state": state, "masks_decided": decided_all, "masks_held": held_all}
+        if len(set(held_all)) != 1:
+            raise RuntimeError(f"state {state}: the workers hold different masks: {entry}")
+        if len(set(decided_all)) != 1:
+            log.warning("state %d: the workers decided different masks; rank 0's are used", state)
+        self.records.append(entry)
+
+
+# ---------------------------------------------------------------------- the launch
+def launch_workers(
+    entry: Callable[[dict[str, Any]], None],
+    cfg: TrialConfig | None,
+    run_dir: Path,
+    workers: int,
+    *,
+    resume: bool,
+    use_gpu: bool,
+    on_state: Callable[[StateResult], None] | None = None,
+    log_path: Path | None = None,
+    data: DataBundle | None = None,
+    cpus_per_worker: float | None = None,
+) -> None:
+    """Run the trial in `run_dir` (a fresh one, or `resume` its last state checkpoint) on
+    `workers` Ray Train workers, each calling `entry(conf)` (`rsst_tune.run.worker_entry`),
+    one GPU each with `use_gpu` (nccl, else gloo) and `cpus_per_worker` CPUs each (default
+    Ray Train's 1); wait for them, calling `on_state` in this thread as rank 0 finishes each
+    state; rank 0 appends its log lines to `log_path`. No checks of the directory:
+    `rsst_tune.run.run_workers` makes them for a run, a sweep's trainable owns its scratch
+    directory."""
+    launch = uuid.uuid4().hex
+    conf = {
+        "config": None if cfg is None else cfg.to_dict(),
+        "out_dir": str(run_dir),
+        "resume": resume,
+        "data": data,
+        "cuda": use_gpu,
+        "log": None if log_path is None else str(log_path),
+        "launch": launch,
+    }
+    resources = None
+    if cpus_per_worker is not None:
+        resources = {"CPU": cpus_per_worker, **({"GPU": 1.0} if use_gpu else {})}
+    poller = _Poller(run_dir / HANDOFF_FILE, launch, on_state)
+    _fit(entry, conf, workers, use_gpu, resources, run_dir / STORAGE_DIR, launch, poller)
+
+
+def _fit(
+    entry: Callable[[dict[str, Any]], None],
+    conf: dict[str, Any],
+    workers: int,
+    use_gpu: bool,
+    resources: dict[str, float] | None,
+    storage: Path,
+    launch: str,
+    poller: _Poller,
+) -> None:
+    """Start the workers (Ray first, when none runs here) and wait for them; `trainer.fit()`
+    runs in a thread so that `poller` calls `on_state` in this one, as states finish."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from rsst_tune.tune.run.ray_setup import init_ray
+
+    started = init_ray(None)
+    import ray
+
+    try:
+        trainer = TorchTrainer(
+            entry,
+            train_loop_config=conf,
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            scaling_config=ScalingConfig(
+                num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
+            ),
+            run_config=RunConfig(name=f"workers-{launch[:12]}", storage_path=str(storage)),
+        )
+        failed: list[BaseException] = []
+
+        def fit() -> None:
+            try:
+                trainer.fit()
+            except BaseException as exc:  # raised below, in the caller's thread
+                failed.append(exc)
+
+        thread = threading.Thread(target=fit, name="rsst-workers-fit", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(POLL_S)
+            poller.poll()
+        poller.poll()  # the last states
+        if failed:
+            error = failed[0]
+            raise (_worker_error(error) if isinstance(error, Exception) else error) from None
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _worker_error(exc: Exception) -> Exception:
+    """A worker's ConfigError or TrialDiverged as itself (one line); anything else as a
+    RuntimeError naming the worker and the error's first line."""
+    failures: Mapping[int, BaseException] = getattr(exc, "worker_failures", None) or {}
+    found: list[tuple[int, BaseException]] = sorted(failures.items())
+    if not found:
+        found = [(-1, exc)]
+    for _, err in found:
+        original = _original(err)
+        if isinstance(original, ConfigError):
+            return ConfigError(_first_line(original))
+        if isinstance(original, TrialDiverged):
+            return original
+    rank, err = found[0]
+    where = "the workers" if rank < 0 else f"worker {rank}"
+    return RuntimeError(f"{where} failed: {_first_line(_original(err))}")
+
+
+def _original(err: BaseException) -> BaseException:
+    """The user-code exception behind Ray's wrappers."""
+    seen = 0
+    while seen < 8:
+        inner = getattr(err, "cause", None) or err.__cause__
+        if inner is None or inner is err:
+            break
+        err, seen = inner, seen + 1
+    return err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+class _Poller:
+    """Calls `on_state` for each state rank 0 has recorded in this launch's handoff file
+    since the last call (an earlier launch's file is ignored)."""
+
+    def __init__(
+        self, path: Path, launch: str, on_state: Callable[[StateResult], None] | None
+    ) -> None:
+        self.path, self.launch, self.on_state = path, launch, on_state
+        self.seen = 0
+
+    def poll(self) -> None:
+        from rsst_tune.results import StateResult
+
+        if self.on_state is None:
+            return
+        try:
+            handoff = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # not written yet (it is replaced atomically)
+            return
+        if handoff.get("launch") != self.launch:
+            return
+        states: Sequence[Mapping[str, Any]] = handoff.get("states", [])
+        for entry in states[self.seen :]:
+            self.seen += 1
+            self.on_state(StateResult.from_dict(entry["result"]))
