@@ -58,6 +58,7 @@ def sweep(
     latency_table: str | None = None,
     cpus_per_trial: float | None = None,
     gpus_per_trial: float | str | None = None,
+    workers_per_trial: int | None = None,
     time_budget: float | None = None,
     epoch_budget: int | None = None,
     max_failures: int | None = None,

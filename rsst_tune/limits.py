@@ -33,6 +33,7 @@ MAX_REPEATS = 10_000  # --repeats: timed runs per model and batch size
 # ---------------------------------------------------------------------- sweeps (rsst_tune.tune)
 MAX_SAMPLES = 1_000_000  # --num-samples and --max-concurrent: trials, concurrent trials
 MAX_RESOURCES = 4096.0  # --cpus-per-trial, --gpus-per-trial: CPUs or GPUs per trial
+MAX_TRIAL_WORKERS = 1024  # --workers-per-trial (and `rsst-tune run --workers`)
 MAX_REDUCTION_FACTOR = 100  # --reduction-factor of the ASHA/MO-ASHA schedulers (at least 2)
 MAX_FAILURES = 100  # --max-failures: restarts per trial
 MAX_CONFIRM = 20  # --confirm: extra seeds that re-run each budget's best config

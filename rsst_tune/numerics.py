@@ -72,17 +72,20 @@ PROBE_BATCHES = 4  # distinct training batches the probe cycles through
 
 @dataclass(frozen=True)
 class Probe:
-    """One candidate's probe: its training images/s and whether its loss stayed finite."""
+    """One candidate's probe: its training images/s and whether its loss stayed finite;
+    `failed` when it raised instead (a compile error, out of memory)."""
 
     images_per_s: float
     finite: bool
+    failed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"images_per_s": self.images_per_s, "finite": self.finite}
+        return {"images_per_s": self.images_per_s, "finite": self.finite, "failed": self.failed}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Probe:
-        return cls(float(data["images_per_s"]), bool(data["finite"]))
+        failed = bool(data.get("failed", False))  # absent in caches written before
+        return cls(float(data["images_per_s"]), bool(data["finite"]), failed)
 
 
 def choose(timings: Mapping[str, Probe]) -> str:
@@ -121,7 +124,11 @@ class Decision:
         parts = []
         for i, name in enumerate(n for n in CANDIDATES if n in self.probes):
             p = self.probes[name]
-            rate = f"{p.images_per_s:,.0f}" if p.finite else "non-finite loss"
+            rate = (
+                f"{p.images_per_s:,.0f}"
+                if p.finite
+                else ("failed" if p.failed else "non-finite loss")
+            )
             unit = " img/s" if i == 0 and p.finite else ""
             parts.append(f"{SHORT[name]} {rate}{unit}")
         return (
@@ -293,7 +300,7 @@ def probe_training(
         except Exception as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.warning("numerics probe: %s failed (%s); not a candidate", name, first)
-            out[name] = Probe(0.0, False)
+            out[name] = Probe(0.0, False, failed=True)
         finally:
             with contextlib.suppress(Exception):
                 torch.cuda.empty_cache()

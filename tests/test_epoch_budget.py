@@ -53,6 +53,8 @@ def _state(state: int, epochs: int) -> dict[str, Any]:
 def test_state_costs_follow_epochs_and_finetune_epochs() -> None:
     assert state_costs({**BASE, "epochs": 4}) == {0: 4, 1: 4, 2: 4}
     assert state_costs({**BASE, "epochs": 4, "finetune_epochs": 1}) == {0: 4, 1: 1, 2: 1}
+    # a trial on 2 data-parallel workers spends 2 device-epochs per epoch
+    assert state_costs({**BASE, "epochs": 4}, workers=2) == {0: 8, 1: 8, 2: 8}
 
 
 def test_budget_counts_spent_and_committed_and_gives_back_a_stopped_trials_epochs() -> None:

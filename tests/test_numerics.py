@@ -91,6 +91,13 @@ def test_the_label_names_the_choice_and_the_probe() -> None:
     )
     bad = numerics.from_choice(FP32, {FP32: Probe(10.0, True), BF16: Probe(5.0, False)})
     assert bad.label("") == "auto: fp32 (probe fp32 10 img/s, bf16 non-finite loss)"
+    # a candidate that raised (a compile error, out of memory) is labelled failed, not NaN
+    broken = {FP32: Probe(10.0, True), BF16_GRAPHS: Probe(0.0, False, failed=True)}
+    assert numerics.from_choice(FP32, broken).label("") == (
+        "auto: fp32 (probe fp32 10 img/s, bf16+graphs failed)"
+    )
+    assert Probe.from_dict(Probe(0.0, False, failed=True).to_dict()).failed
+    assert not Probe.from_dict({"images_per_s": 1.0, "finite": True}).failed  # older caches
     assert numerics.fixed(TrialConfig(amp=False)).label("fp32") == "fp32"
 
 
@@ -107,7 +114,11 @@ def test_the_cache_is_reused_and_survives_on_disk(tmp_path: Path) -> None:
     assert second == (BF16_GRAPHS, FAST_GRAPHS, False)
     saved = json.loads((tmp_path / numerics.CACHE_FILE).read_text())
     assert saved["entries"][key]["choice"] == BF16_GRAPHS
-    assert saved["entries"][key]["probes"][FP32] == {"images_per_s": 1203.0, "finite": True}
+    assert saved["entries"][key]["probes"][FP32] == {
+        "images_per_s": 1203.0,
+        "finite": True,
+        "failed": False,
+    }
     assert not (tmp_path / f"{numerics.CACHE_FILE}.lock").exists()  # released
     other = probe_key(TrialConfig(model="vit_tiny", dataset="cifar10"), 64, "NVIDIA H100", "2.14")
     NumericsCache(tmp_path).get_or_probe(other, probe)

@@ -169,6 +169,47 @@ def test_killed_worker_restarts_from_its_last_state_and_completes(
     assert f"| {trial.trial_id} | complete |" in report.replace("`", "")
 
 
+def test_a_killed_rank_of_a_trial_on_two_workers_restarts_it_from_its_last_state(
+    tmp_path: Path, ray_tmp: Path
+) -> None:
+    """`--workers-per-trial 2`: SIGKILL of one Ray Train worker during state 1 fails the
+    trial's run; Ray retries the trial, which resumes on 2 new workers from its state 0
+    checkpoint and completes, no state reported twice."""
+    import psutil
+
+    exp_dir = tmp_path / "kr"
+    cmd = _sweep(
+        tmp_path, "kr", "--states", "3", "--epochs", "3", "--num-samples", "1",
+        "--workers-per-trial", "2", "--cpus-per-trial", "0.5",
+    )  # fmt: skip
+    sweep = Sweep(cmd, _env(ray_tmp), tmp_path)
+    try:
+        sweep.wait_for(
+            "a saved state", lambda: any(e["event"] == "saved" for e in _events(exp_dir))
+        )
+        ranks = [
+            p
+            for p in psutil.Process(sweep.proc.pid).children(recursive=True)
+            if "RayTrainWorker" in " ".join(p.cmdline())
+        ]
+        assert len(ranks) == 2, [p.cmdline() for p in ranks]
+        ranks[-1].kill()  # one rank, mid state 1
+        assert sweep.finish() == 0, sweep.err
+    finally:
+        sweep.stop()
+
+    from rsst_tune.tune import load_experiment
+
+    (trial,) = load_experiment(exp_dir).trials
+    assert trial.status == "complete" and trial.error is None
+    events = [e["event"] for e in _events(exp_dir) if e["trial_id"] == trial.trial_id]
+    assert "retry" in events and events[-1] == "done" and "error" not in events, events
+    rows = _rows(exp_dir, trial.trial_id)
+    assert [r["state"] for r in rows] == [0, 1, 2]  # no state reported twice
+    assert rows[-1]["resumed_from"] >= 1, "the retry restarted from scratch"
+    assert all(r["world_size"] == 2 for r in rows)
+
+
 _DIVERGING = """
 import sys
 

@@ -275,3 +275,79 @@ def test_a_resume_with_the_same_workers_is_bit_identical(
     assert all(torch.equal(a.model[k], b.model[k]) for k in a.model)
     assert all(torch.equal(a.M[k], b.M[k]) for k in a.M)
     assert "workers: 2 x cpu" in (cut / "run.log").read_text()
+
+
+# ---------------------------------------------------------------------- sweeps
+def test_workers_per_trial_is_checked_in_one_line() -> None:
+    from rsst_tune.tune import SweepOptions
+    from rsst_tune.tune.plan import describe_plan, resolve_plan
+
+    def plan(**opts: Any) -> Any:
+        return resolve_plan(SweepOptions(space="vit_head_mlp", preset="smoke", **opts))
+
+    for bad in (0, -1, 1.5, True, 1025):
+        with pytest.raises(ConfigError, match=r"--workers-per-trial must be an integer in "):
+            plan(workers_per_trial=bad)
+    for gpus in (0.5, 2, "auto"):
+        with pytest.raises(ConfigError, match=r"takes --gpus-per-trial per worker: 1 .* or 0"):
+            plan(workers_per_trial=2, gpus_per_trial=gpus)
+    with pytest.raises(ConfigError, match=r"batch_size 64 is not divisible by workers 3"):
+        plan(workers_per_trial=3)
+    with pytest.raises(ConfigError, match=r"needs the data resident .* got data_placement stream"):
+        plan(workers_per_trial=2, data_placement="stream")
+    two = plan(workers_per_trial=2, cpus_per_trial=0.5)
+    assert two.workers_per_trial == 2 and two.cpus_per_trial == 0.5
+    assert two.dense_cache_dir is None  # each trial on workers trains its own state 0
+    assert "2 workers x (0.5 CPU, 0 GPU) + a 0.1 CPU driver per trial" in describe_plan(two)
+    assert "workers-per-trial: 2" in two.sweep_file
+    assert type(two).from_json(two.to_json()).workers_per_trial == 2  # what --resume reads
+    assert plan().workers_per_trial == 1 and plan().dense_cache_dir is not None
+
+
+def test_the_cli_takes_workers_per_trial() -> None:
+    from rsst_tune.tune.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["--space", "vit_head_mlp", "--workers-per-trial", "4"])
+    assert args.workers_per_trial == 4
+    assert parser.parse_args(["--space", "vit_head_mlp"]).workers_per_trial == 1
+
+
+@pytest.mark.sweep
+def test_a_sweep_on_two_workers_per_trial_stops_trials_and_leaves_no_worker(
+    local_ray: None, tmp_path: Path
+) -> None:
+    """A smoke sweep whose trials each run on 2 gloo workers (0.5 CPU each, so one trial at
+    a time on this 2-CPU Ray): every state reported ran on both workers, MO-ASHA stopped
+    trials between states, seed confirmation re-ran the best tickets on 2 workers, and once
+    the sweep is over no placement group and no Train worker process is left."""
+    import psutil
+    import ray
+    from ray.util import placement_group_table
+
+    from rsst_tune import sweep
+    from rsst_tune.experiment.stops import stop_summary
+
+    exp = sweep(
+        "vit_head_mlp", preset="smoke", num_samples=4, states=3, epochs=1, objective="val_acc",
+        scheduler="moasha", grace=1, reduction_factor=2, workers_per_trial=2,
+        cpus_per_trial=0.5, confirm=1, onnx=False, storage=str(tmp_path), name="w2",
+        show=False,
+    )  # fmt: skip
+    assert exp is not None and ray.is_initialized()
+    plan = json.loads((tmp_path / "w2" / "sweep.json").read_text())
+    assert plan["workers_per_trial"] == 2 and plan["max_concurrent"] == 1  # 2 CPUs / 1.1
+    states = [s for t in exp.trials for s in t.states]
+    assert states and all(s.world_size == 2 and s.device == "cpu x2 (gloo)" for s in states)
+    assert not [t.error for t in exp.trials if t.status == "error"]
+    summary = stop_summary(exp)
+    assert summary is not None and summary.stopped >= 1, summary
+    assert "cpu x2 (gloo)" in (tmp_path / "w2" / "report.md").read_text()
+    confirm = json.loads((tmp_path / "w2" / "confirm.json").read_text())
+    runs = confirm["runs"]
+    assert runs and all(r["status"] == "complete" for r in runs), runs
+    assert all(r["result"]["world_size"] == 2 for r in runs)
+    groups = placement_group_table().values()
+    assert all(g["state"] == "REMOVED" for g in groups), [g["state"] for g in groups]
+    titles = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
+    assert not [t for t in titles if "RayTrainWorker" in t or "TrainController" in t]

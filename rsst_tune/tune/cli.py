@@ -42,10 +42,12 @@ from rsst_tune.limits import (
     MAX_RESOURCES,
     MAX_SAMPLES,
     MAX_SEED,
+    MAX_TRIAL_WORKERS,
     MAX_WORKERS,
 )
 from rsst_tune.tune.gpu_share import AUTO as AUTO_SHARE
 from rsst_tune.tune.plan import (
+    DRIVER_CPUS,
     KEEP_CHECKPOINTS,
     SETTABLE,
     SweepOptions,
@@ -127,6 +129,10 @@ def _fraction(text: str) -> float:
 
 def _workers(text: str) -> int:
     return _int_in(text, 0, MAX_WORKERS)
+
+
+def _trial_workers(text: str) -> int:
+    return _int_in(text, 1, MAX_TRIAL_WORKERS)
 
 
 def _seconds(text: str) -> float:
@@ -345,6 +351,15 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         "the GPU (none in the cluster: 0)",
     )
     budget.add_argument(
+        "--workers-per-trial",
+        type=_trial_workers,
+        default=1,
+        metavar="N",
+        help="data-parallel workers per trial (Ray Train + DDP; gloo on CPU, nccl with "
+        "--gpus-per-trial 1): --cpus-per-trial and --gpus-per-trial (0 or 1) are then per "
+        "worker, batch_size is the global batch (divisible by N); default 1",
+    )
+    budget.add_argument(
         "--time-budget",
         type=_seconds,
         default=None,
@@ -556,6 +571,7 @@ def tune_command(args: argparse.Namespace) -> int:
         macs_budget=args.macs_budget,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
+        workers_per_trial=args.workers_per_trial,
         time_budget=args.time_budget,
         epoch_budget=args.epoch_budget,
         storage=args.storage,
@@ -642,6 +658,13 @@ def check_local_resources(plan: Any, address: str | None) -> None:
             f"--cpus-per-trial must be in (0, {cores}] on this machine ({cores} CPU cores, local "
             f"Ray cluster; give --address to use a cluster), got {plan.cpus_per_trial:g}"
         )
+    n = plan.workers_per_trial
+    if n > 1 and n * plan.cpus_per_trial + DRIVER_CPUS > cores:
+        raise ConfigError(
+            f"--workers-per-trial {n} x --cpus-per-trial {plan.cpus_per_trial:g} (+ "
+            f"{DRIVER_CPUS:g} for the trial's driver) is more than this machine's {cores} CPU "
+            "cores (local Ray cluster; give --address to use a cluster): lower either"
+        )
     if not device.startswith("cuda") and plan.gpus_per_trial <= 0:
         return
     import torch
@@ -651,6 +674,11 @@ def check_local_resources(plan: Any, address: str | None) -> None:
         raise ConfigError(
             f"--device {device}: CUDA is not available on this machine (local Ray cluster); "
             "use --device cpu or auto, or --address to join a cluster with GPUs"
+        )
+    if n > 1 and n * plan.gpus_per_trial > gpus:
+        raise ConfigError(
+            f"--workers-per-trial {n} with one GPU each needs {n} GPUs; this machine has "
+            f"{gpus} (local Ray cluster; give --address to use a cluster)"
         )
     if plan.gpus_per_trial > gpus:
         raise ConfigError(

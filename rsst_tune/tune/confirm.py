@@ -247,15 +247,22 @@ def confirm_run(
     objectives: Sequence[Objective] = (),
     dense_cache_dir: str | None = None,
     latency_table: str | None = None,
+    workers_per_trial: int = 1,
+    cpus_per_worker: float | None = None,
+    use_gpu: bool = False,
 ) -> None:
     """Ray Tune entry point of one seed run: the sweep's trainable on `config[RUN_KEY]` (the
-    runs are a grid over whole configs, whose lists may differ in length)."""
+    runs are a grid over whole configs, whose lists may differ in length), on the sweep's
+    workers per trial."""
 
     train_trial(
         config[RUN_KEY],
         objectives=objectives,
         dense_cache_dir=dense_cache_dir,
         latency_table=latency_table,
+        workers_per_trial=workers_per_trial,
+        cpus_per_worker=cpus_per_worker,
+        use_gpu=use_gpu,
     )
 
 

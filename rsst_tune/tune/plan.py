@@ -35,6 +35,7 @@ from rsst_tune.limits import (
     MAX_RESOURCES,
     MAX_SAMPLES,
     MAX_SEED,
+    MAX_TRIAL_WORKERS,
 )
 from rsst_tune.plugins import MODULE_AT, is_object_spec, load_imports, resolve_imports
 from rsst_tune.tune.gpu_share import AUTO as AUTO_SHARE
@@ -57,6 +58,9 @@ DEFAULT_GRACE = {"moasha": 1, "asha": 0}
 DEFAULT_REDUCTION_FACTOR = 2
 WANDB_MODES = ("off", "offline", "online")
 DEFAULT_STORAGE = "experiments"
+# With --workers-per-trial N > 1 a trial's own process only starts its workers and reports
+# their states: it holds this much CPU, and the workers hold the per-trial resources each.
+DRIVER_CPUS = 0.1
 # --keep-checkpoints: which state checkpoints of a trial stay on disk (`tune.run.retention`)
 KEEP_CHECKPOINTS = ("best", "last", "all")
 
@@ -75,6 +79,9 @@ class SweepOptions:
     max_concurrent: int | None = None
     cpus_per_trial: float | None = None
     gpus_per_trial: float | str = 0.0  # or "auto": a probe sizes it (`tune.gpu_share`)
+    # --workers-per-trial N: each trial on N data-parallel workers (`rsst_tune.workers`);
+    # --cpus-per-trial and --gpus-per-trial are then per worker
+    workers_per_trial: int = 1
     time_budget: float | None = None  # seconds
     epoch_budget: int | None = None  # --epoch-budget B: no trial starts once B trial-epochs
     storage: str = DEFAULT_STORAGE
@@ -177,6 +184,9 @@ class SweepPlan:
     # --gpus-per-trial auto: {"auto": True} until the sweep's start sizes it, then also the
     # probe's numbers (`tune.gpu_share.ShareProbe.to_dict`) or why there was none; {}: given
     gpu_share: dict[str, Any] = field(default_factory=dict)
+    # data-parallel workers per trial (1: the trial's own process); with more, the CPUs and
+    # GPUs per trial are each worker's and the trial itself holds only `DRIVER_CPUS`
+    workers_per_trial: int = 1
     # --macs-budget: a proposal whose last state exceeds this fraction of the dense MACs
     # (analytic, before training) is told to Optuna as infeasible and never runs
     macs_budget: float | None = None
@@ -210,10 +220,11 @@ class SweepPlan:
 
     @property
     def dense_cache_dir(self) -> str | None:
-        """Where shared dense states live: the experiment directory (not with URI storage)."""
+        """Where shared dense states live: the experiment directory (not with URI storage,
+        nor with several workers per trial: each such trial trains its own state 0)."""
         return (
             None
-            if self.is_uri or not self.share_dense
+            if self.is_uri or not self.share_dense or self.workers_per_trial > 1
             else str(Path(self.local_dir) / "dense_cache")
         )
 
@@ -333,6 +344,7 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
             f"--gpus-per-trial must be a finite number in [0, {MAX_RESOURCES:g}] or auto, "
             f"got {opts.gpus_per_trial!r}"
         )
+    workers = _check_workers_per_trial(opts, base)
     if opts.time_budget is not None:
         _check_positive(time_budget=opts.time_budget)
     epoch_budget = _check_epoch_budget(opts.epoch_budget)
@@ -364,6 +376,7 @@ def resolve_plan(opts: SweepOptions) -> SweepPlan:
         max_concurrent=None if max_concurrent is None else int(max_concurrent),
         cpus_per_trial=float(cpus),
         gpus_per_trial=0.0 if auto_gpus else float(opts.gpus_per_trial),
+        workers_per_trial=workers,
         gpu_share={"auto": True} if auto_gpus else {},
         time_budget_s=opts.time_budget,
         epoch_budget=epoch_budget,
@@ -780,6 +793,34 @@ def _check_option_types(opts: SweepOptions) -> None:
         raise ConfigError(f"share_dense must be true or false, got {opts.share_dense!r}")
 
 
+def _check_workers_per_trial(opts: SweepOptions, base: Mapping[str, Any]) -> int:
+    """`--workers-per-trial N`: an integer in [1, MAX_TRIAL_WORKERS]; with N > 1 each worker
+    takes a whole GPU or none (`--gpus-per-trial` 1 or 0, not auto), the base batch size is
+    divisible by N and the data is resident (streamed data is not split across workers)."""
+    n = opts.workers_per_trial
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_TRIAL_WORKERS:
+        raise ConfigError(
+            f"--workers-per-trial must be an integer in [1, {MAX_TRIAL_WORKERS}], got {n!r}"
+        )
+    if n == 1:
+        return 1
+    if opts.gpus_per_trial not in (0, 1):
+        raise ConfigError(
+            f"--workers-per-trial {n} takes --gpus-per-trial per worker: 1 (one GPU each, "
+            f"nccl) or 0 (CPU, gloo), got {opts.gpus_per_trial!r}"
+        )
+    from rsst_tune.workers import check_divisible
+
+    check_divisible(int(base["batch_size"]), n)
+    if base.get("data_placement") not in (None, "auto", "device"):
+        raise ConfigError(
+            f"--workers-per-trial {n} needs the data resident on the device (data_placement "
+            f"device); streamed data is not split across workers yet, got data_placement "
+            f"{base['data_placement']}"
+        )
+    return n
+
+
 def _check_positive(**values: float) -> None:
     for name, value in values.items():
         if value is None or not value > 0 or not math.isfinite(value):  # NaN fails too
@@ -916,15 +957,25 @@ def describe_plan(plan: SweepPlan) -> str:
             f"confirm     the top {plan.confirm} tickets of each budget re-run with 2 more "
             "seeds; chosen by the mean over seeds"
         )
-    concurrent = plan.max_concurrent or "as resources allow"
+    concurrent = plan.max_concurrent or (
+        "the cluster's GPUs (or CPUs) / the workers' (set at the start)"
+        if plan.workers_per_trial > 1
+        else "as resources allow"
+    )
     gpus = (
         "a GPU share sized at the start (--gpus-per-trial auto: one short probe of the trial "
         "on a GPU; none in the cluster: 0)"
         if plan.gpu_share.get("auto") and "share" not in plan.gpu_share
         else f"{plan.gpus_per_trial:g} GPU"
     )
+    per = (
+        f"{plan.workers_per_trial} workers x ({plan.cpus_per_trial:g} CPU, {gpus}) + a "
+        f"{DRIVER_CPUS:g} CPU driver per trial (DDP; each trial trains its own state 0)"
+        if plan.workers_per_trial > 1
+        else f"{plan.cpus_per_trial:g} CPU, {gpus} per trial"
+    )
     lines.append(
-        f"resources   {plan.cpus_per_trial:g} CPU, {gpus} per trial; "
+        f"resources   {per}; "
         f"at most {concurrent} at once"
         + (f"; time budget {plan.time_budget_s:g}s" if plan.time_budget_s else "")
         + (

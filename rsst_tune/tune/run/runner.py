@@ -14,6 +14,7 @@ released; `--resume` first settles what a killed driver left behind (`_recover`)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -97,9 +98,11 @@ def _execute(
                 try:
                     if not resume:
                         plan, said = resolve_share(plan)  # --gpus-per-trial auto
-                        if said:
-                            _say(show, said)
-                            log.info("%s", said)
+                        plan, said_too = workers_concurrency(plan)
+                        for line in (said, said_too):
+                            if line:
+                                _say(show, line)
+                                log.info("%s", line)
                         fileio.write_text(local / PLAN_FILE, plan.to_json() + "\n")
                         if plan.sweep_file:
                             fileio.write_text(local / SWEEP_FILE, plan.sweep_file)
@@ -271,6 +274,40 @@ def _recover(plan: SweepPlan) -> None:
         log.warning("%s", recounted)
 
 
+def workers_concurrency(plan: SweepPlan) -> tuple[SweepPlan, str]:
+    """With `--workers-per-trial N`: at most as many trials at once as the cluster's GPUs
+    (CPUs, for CPU workers) hold trials' workers, at least 1, whatever `--max-concurrent` or
+    the preset asked for. More would start trials whose Ray Train runs wait for resources
+    that other waiting runs hold (two such runs on 2 CPUs waited for each other for good).
+    Returns the plan and a line saying what was chosen ("" with one worker per trial)."""
+    if plan.workers_per_trial <= 1:
+        return plan, ""
+    import ray
+
+    from rsst_tune.tune.plan import DRIVER_CPUS
+
+    have = ray.cluster_resources()
+    n = plan.workers_per_trial
+    if plan.gpus_per_trial > 0:
+        what, total, per = "GPUs", float(have.get("GPU", 0.0)), n * plan.gpus_per_trial
+    else:  # each trial's driver holds a little CPU beside its workers
+        what, total = "CPUs", float(have.get("CPU", 0.0))
+        per = n * plan.cpus_per_trial + DRIVER_CPUS
+    fits = max(1, int(total // per))
+    k = min(fits, plan.max_concurrent or fits)
+    said = (
+        f"workers: {n} per trial; at most {k} trial(s) at once (the cluster's {total:g} "
+        f"{what} / {per:g} per trial"
+        + (
+            f"; lowered from --max-concurrent {plan.max_concurrent}"
+            if k < (plan.max_concurrent or 0)
+            else ""
+        )
+        + ")"
+    )
+    return dataclasses.replace(plan, max_concurrent=k), said
+
+
 def _sign(plan: SweepPlan) -> None:
     """Sign the pickles Ray wrote in the experiment directory (`trust.sign_all`), so that
     `--resume` unpickles them; with URI storage they are not checked."""
@@ -354,7 +391,9 @@ def _new_tuner(plan: SweepPlan, trainable: Any, context: SweepContext, *, show: 
     if plan.epoch_budget is not None:  # ... or of the full-length trials the budget buys
         from rsst_tune.tune.search.epoch_budget import full_trials
 
-        planned = min(planned, full_trials(plan.epoch_budget, plan.base_config))
+        planned = min(
+            planned, full_trials(plan.epoch_budget, plan.base_config, plan.workers_per_trial)
+        )
     searcher = PruningAwareOptunaSearch(
         functools.partial(space.sample, fixed=plan.fixed, base=plan.base_config),
         metric=keys if len(keys) > 1 else keys[0],
@@ -376,8 +415,9 @@ def _new_tuner(plan: SweepPlan, trainable: Any, context: SweepContext, *, show: 
         from rsst_tune.tune.search.epoch_budget import EpochBudget
 
         search_alg = EpochBudget(
-            search_alg, plan.epoch_budget, plan.base_config, plan.experiment_dir
-        )
+            search_alg, plan.epoch_budget, plan.base_config, plan.experiment_dir,
+            workers=plan.workers_per_trial,
+        )  # fmt: skip
     scheduler = SCHEDULERS.get(plan.scheduler)(plan.scheduler_spec())
     callbacks: list[Any] = [
         RetryPolicy(context),  # only infrastructure failures are retried

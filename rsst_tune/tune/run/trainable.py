@@ -35,7 +35,7 @@ from rsst_tune.experiment.objectives import objective_metrics
 from rsst_tune.experiment.records import Objective
 from rsst_tune.logfile import log_to_file
 from rsst_tune.results import StateResult
-from rsst_tune.tune.plan import SweepPlan
+from rsst_tune.tune.plan import DRIVER_CPUS, SweepPlan
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,17 @@ def train_trial(
     objectives: Sequence[Objective] = (),
     dense_cache_dir: str | None = None,
     latency_table: str | None = None,
+    workers_per_trial: int = 1,
+    cpus_per_worker: float | None = None,
+    use_gpu: bool = False,
 ) -> None:
     """Ray Tune entry point (wrapped with `tune.with_parameters(..., objectives=...)`); with
-    `latency_table`, every state's `latency_ms` is predicted from it."""
+    `latency_table`, every state's `latency_ms` is predicted from it.
+
+    `workers_per_trial` > 1: the trial runs on that many Ray Train workers
+    (`rsst_tune.workers`: DDP, `cpus_per_worker` CPUs and, with `use_gpu`, one GPU each) in
+    this trial's scratch directory, and rank 0's states are reported here as they finish,
+    each with its checkpoint (the shared dense cache is not used)."""
     import dataclasses
 
     from ray import tune
@@ -64,6 +72,13 @@ def train_trial(
     context = tune.get_context()
     table = LatencyTable.load(latency_table) if latency_table else None
     with _scratch_dir() as scratch, _trial_log(scratch / TRIAL_LOG):
+        if workers_per_trial > 1:
+            run = _WorkersRun(cfg, scratch, objectives, table, t_start)
+            _on_workers(
+                run, tune.get_checkpoint(), workers_per_trial,
+                cpus_per_worker=cpus_per_worker, use_gpu=use_gpu,
+            )  # fmt: skip
+            return
         loop = _start_loop(cfg, scratch, tune.get_checkpoint(), dense_cache_dir)
         resumed_from = loop.next_state
         setup_s = time.perf_counter() - t_start
@@ -99,6 +114,107 @@ def train_trial(
             with _state_checkpoint(scratch, result.state, cfg, loop.results) as ckpt_dir:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
             _drop_older_states(scratch, result.state)
+
+
+class _WorkersRun:
+    """One trial on several workers, as the trainable reports it: what every report needs,
+    and the states reported so far."""
+
+    def __init__(
+        self,
+        cfg: TrialConfig,
+        scratch: Path,
+        objectives: Sequence[Objective],
+        table: Any,
+        t_start: float,
+    ) -> None:
+        self.cfg, self.scratch, self.objectives, self.table = cfg, scratch, objectives, table
+        self.t_start = t_start
+        self.resumed_from = 0
+        self.setup_s = 0.0
+        self.states: list[StateResult] = []
+
+    def report(self, result: StateResult) -> None:
+        """One state rank 0 finished, reported to Tune with its checkpoint (rank 0 wrote
+        `results.json` and the state's checkpoint before recording the state)."""
+        import dataclasses
+
+        from ray import tune
+
+        if not self.states:
+            self.setup_s = time.perf_counter() - self.t_start  # setup and the first state
+        rows = json.loads((self.scratch / "results.json").read_text())
+        results = [StateResult.from_dict(r) for r in rows if r["state"] <= result.state]
+        if self.table is not None:
+            result = dataclasses.replace(result, latency_ms=self.table.predict_result_ms(result))
+        self.states = [*(r for r in self.states if r.state < result.state), result]
+        cfg = self.cfg
+        extras = dict(
+            zip(EXTRA_KEYS, (cfg.pruning_times, self.resumed_from, self.setup_s), strict=True)
+        )
+        metrics = {
+            **result.to_dict(),
+            **extras,
+            **objective_metrics(self.objectives, _with_latency(results, self.states)),
+        }
+        with _state_checkpoint(self.scratch, result.state, cfg, results) as ckpt_dir:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
+        _drop_states_before(self.scratch, result.state)
+
+
+def _on_workers(
+    run: _WorkersRun,
+    checkpoint: Any,
+    workers: int,
+    *,
+    cpus_per_worker: float | None,
+    use_gpu: bool,
+) -> None:
+    """The trial on `workers` Ray Train workers in its scratch directory (from `checkpoint`'s
+    state when Ray restarted the trial); each state rank 0 finishes is reported."""
+    from rsst_tune.checkpoint import THETA0_FILE, latest_state_file, state_of
+    from rsst_tune.run import worker_entry
+    from rsst_tune.workers import check_divisible, launch_workers
+
+    cfg, scratch = run.cfg, run.scratch
+    check_divisible(cfg.batch_size, workers)
+    if checkpoint is not None:
+        with checkpoint.as_directory() as src:
+            src_path = Path(src)
+            state = latest_state_file(src_path)
+            if state is None or not (src_path / THETA0_FILE).exists():
+                raise RuntimeError(f"trial checkpoint {src} holds no state_XX.pt / {THETA0_FILE}")
+            shutil.copy2(src_path / THETA0_FILE, scratch / THETA0_FILE)
+            shutil.copy2(state, scratch / state.name)
+            if (src_path / TRIAL_LOG).exists():  # keep one log across restarts
+                with (scratch / TRIAL_LOG).open("a") as out:
+                    out.write((src_path / TRIAL_LOG).read_text())
+            run.resumed_from = (state_of(state) or 0) + 1
+    log.info(
+        "trial on %d workers: %s %s on %s/%s, states %d..%d", workers, cfg.method, cfg.target,
+        cfg.model, cfg.dataset, run.resumed_from, cfg.pruning_times - 1,
+    )  # fmt: skip
+    launch_workers(
+        worker_entry,
+        cfg,
+        scratch,
+        workers,
+        resume=checkpoint is not None,
+        use_gpu=use_gpu,
+        on_state=run.report,
+        log_path=scratch / TRIAL_LOG,
+        cpus_per_worker=cpus_per_worker,
+    )
+
+
+def _drop_states_before(scratch: Path, state: int) -> None:
+    """State checkpoints older than `state` (rank 0 may have written a later one already)."""
+    from rsst_tune.checkpoint import state_files, state_of
+
+    for path in state_files(scratch):
+        index = state_of(path)
+        if index is not None and index < state:
+            path.unlink(missing_ok=True)
 
 
 def _start_loop(
@@ -208,7 +324,16 @@ def trainable_for(plan: SweepPlan, entry: Any = None) -> Any:
     if plan.worker_imports:
         fn = _importing(fn, plan.worker_imports)
     resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
-    extra = {"latency_table": plan.latency_table_path} if plan.latency_table_path else {}
+    extra: dict[str, Any] = (
+        {"latency_table": plan.latency_table_path} if plan.latency_table_path else {}
+    )
+    if plan.workers_per_trial > 1:  # the workers hold the resources; the trial, its driver
+        resources = {"cpu": DRIVER_CPUS, "gpu": 0.0}
+        extra.update(
+            workers_per_trial=plan.workers_per_trial,
+            cpus_per_worker=plan.cpus_per_trial,
+            use_gpu=plan.gpus_per_trial > 0,
+        )
     return tune.with_resources(
         tune.with_parameters(
             fn, objectives=plan.objectives, dense_cache_dir=plan.dense_cache_dir, **extra

@@ -1,8 +1,10 @@
 """`--epoch-budget B`: a sweep that starts no trial once B trial-epochs are spent or committed.
 
 A trial-epoch is one epoch of one trial (a state 0 loaded from the shared dense cache costs
-0: each state's `epochs_trained` is what counts). `EpochBudget` wraps the sweep's searcher (as
-Ray's `ConcurrencyLimiter` does) and, before each new trial, adds
+0: each state's `epochs_trained` is what counts); a trial on N data-parallel workers
+(`--workers-per-trial N`) costs N per epoch: the budget counts device-epochs. `EpochBudget`
+wraps the sweep's searcher (as Ray's `ConcurrencyLimiter` does) and, before each new trial,
+adds
 
 * the epochs spent: `epochs_trained` of every pruning state reported so far, and
 * the epochs committed: for each running trial, the epochs of its states not yet reported
@@ -38,18 +40,19 @@ from rsst_tune.experiment.reader import load_experiment
 log = logging.getLogger(__name__)
 
 
-def state_costs(config: Mapping[str, Any]) -> dict[int, int]:
-    """State -> the most epochs a trial of `config` (a full TrialConfig dict) trains in it."""
+def state_costs(config: Mapping[str, Any], workers: int = 1) -> dict[int, int]:
+    """State -> the most device-epochs a trial of `config` (a full TrialConfig dict) on
+    `workers` workers trains in it (its epochs x workers)."""
     cfg = TrialConfig.from_dict(dict(config))
-    return {s: cfg.state_epochs(s) for s in range(cfg.pruning_times)}
+    return {s: cfg.state_epochs(s) * workers for s in range(cfg.pruning_times)}
 
 
-def full_trials(budget: int, base_config: Mapping[str, Any]) -> int:
+def full_trials(budget: int, base_config: Mapping[str, Any], workers: int = 1) -> int:
     """How many trials of `base_config` the budget buys when each runs every state: its
     pruned states' epochs per trial (state 0 is shared through the dense cache), at least 1.
     What TPE's random start-up is sized by under a budget (`samplers.tpe_startup`): an
     early-stopping sweep admits more, shorter trials, which should not buy more random ones."""
-    per_trial = sum(e for s, e in state_costs(base_config).items() if s > 0)
+    per_trial = sum(e for s, e in state_costs(base_config, workers).items() if s > 0)
     return max(1, int(budget) // max(1, per_trial))
 
 
@@ -63,6 +66,7 @@ class EpochBudget(Searcher):
         budget: int,
         base_config: Mapping[str, Any],
         experiment_dir: str | None = None,
+        workers: int = 1,
     ) -> None:
         if int(budget) < 1:
             raise ValueError(f"an epoch budget must be a positive number of epochs, got {budget}")
@@ -70,6 +74,7 @@ class EpochBudget(Searcher):
         self.budget = int(budget)
         self._base = dict(base_config)
         self._experiment_dir = experiment_dir
+        self.workers = workers  # a trial's epoch costs this many device-epochs
         self._spent: dict[tuple[str, int], int] = {}  # (trial, state) -> epochs trained
         self._left: dict[str, dict[int, int]] = {}  # running trial -> {state: epochs, at most}
         self._recount = False
@@ -89,7 +94,8 @@ class EpochBudget(Searcher):
         if not result or "state" not in result:
             return
         state = int(result["state"])
-        self._spent[(trial_id, state)] = int(result.get("epochs_trained", 0) or 0)
+        epochs = int(result.get("epochs_trained", 0) or 0)
+        self._spent[(trial_id, state)] = epochs * self.workers
         left = self._left.get(trial_id)
         if left is not None:
             for s in [s for s in left if s <= state]:
@@ -106,9 +112,9 @@ class EpochBudget(Searcher):
         for trial in load_experiment(self._experiment_dir).trials:
             reported = {s.state: int(s.epochs_trained) for s in trial.states}
             for state, epochs in reported.items():
-                self._spent[(trial.trial_id, state)] = epochs
+                self._spent[(trial.trial_id, state)] = epochs * self.workers
             if trial.status == "running":  # Ray resumes it: what it has left is committed
-                costs = state_costs({**self._base, **trial.config})
+                costs = state_costs({**self._base, **trial.config}, self.workers)
                 last = max(reported, default=-1)
                 self._left[trial.trial_id] = {s: e for s, e in costs.items() if s > last}
         log.info(
@@ -144,7 +150,7 @@ class EpochBudget(Searcher):
             return finished  # type: ignore[no-any-return]
         config: Any = self.searcher.suggest(trial_id)
         if isinstance(config, dict):
-            self._left[trial_id] = state_costs({**self._base, **config})
+            self._left[trial_id] = state_costs({**self._base, **config}, self.workers)
         return config  # type: ignore[no-any-return]
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
