@@ -342,9 +342,23 @@ class PruneLoop:
 
         Returns the training stats and whether this trial trained it."""
         assert self.dense_cache is not None
-        payload, trained_here = self.dense_cache.get_or_train(
-            dense_key(self.setup.numerics_cfg), functools.partial(self._train_and_pack, train)
+        key, pack = (
+            dense_key(self.setup.numerics_cfg),
+            functools.partial(self._train_and_pack, train),
         )
+        if self.shard is not None:  # rank 0 asks the cache; the others follow its decision
+            shared, trained_here = self.shard.dense_state(self.dense_cache, key, pack)
+            if self.shard.rank != 0:  # its weights come from rank 0 after the state (_run_state)
+                theta_r, steps, loss = self.shard.broadcast_object(None)
+                if theta_r is not None:
+                    self.theta_r = mk.to_device(theta_r, self.device)
+                if trained_here and self._dense_stats is not None:
+                    return self._dense_stats, True
+                return TrainStats(steps, loss, 0.0), trained_here
+            payload = shared
+            assert payload is not None
+        else:
+            payload, trained_here = self.dense_cache.get_or_train(key, pack)
         if not trained_here:
             loss = float(payload["train_loss"])
             if not math.isfinite(loss):  # written by an rsst-tune that did not check
@@ -352,6 +366,11 @@ class PruneLoop:
             self.model.load_state_dict(payload["model"])
             if payload["theta_r"] is not None:
                 self.theta_r = mk.to_device(payload["theta_r"], self.device)
+        if self.shard is not None:  # rank 0's θr and stats for the others
+            theta_r = mk.to_cpu(self.theta_r) if self.theta_r else None
+            self.shard.broadcast_object(
+                (theta_r, int(payload["steps"]), float(payload["train_loss"]))
+            )
         if trained_here and self._dense_stats is not None:
             return self._dense_stats, True  # with its utilisation
         return TrainStats(int(payload["steps"]), float(payload["train_loss"]), 0.0), trained_here

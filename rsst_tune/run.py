@@ -26,6 +26,7 @@ from rsst_tune import checkpoint as ckpt
 from rsst_tune import fileio
 from rsst_tune.config import ALIASES, TrialConfig
 from rsst_tune.data import DataBundle
+from rsst_tune.dense_cache import DenseCache
 from rsst_tune.device import describe_device
 from rsst_tune.errors import (
     CommandFailed,
@@ -331,8 +332,8 @@ def worker_entry(conf: dict[str, Any]) -> None:
         import ray.train.torch
 
         torch.cuda.set_device(ray.train.torch.get_device())
-    shard = Shard(rank, world, str(dist.get_backend()))
     out_dir = Path(conf["out_dir"])
+    shard = Shard(rank, world, str(dist.get_backend()), signal_dir=out_dir, launch=conf["launch"])
     cfg = None if conf["config"] is None else TrialConfig.from_dict(conf["config"])
     with contextlib.ExitStack() as stack:
         if rank == 0 and conf["log"]:
@@ -340,7 +341,10 @@ def worker_entry(conf: dict[str, Any]) -> None:
         if conf["resume"]:
             loop = PruneLoop.resume(out_dir, cfg, data=conf["data"], shard=shard)
         else:
-            loop = PruneLoop(cfg or TrialConfig(), out_dir, data=conf["data"], shard=shard)
+            cache = DenseCache(conf["dense_cache"]) if conf.get("dense_cache") else None
+            loop = PruneLoop(
+                cfg or TrialConfig(), out_dir, data=conf["data"], shard=shard, dense_cache=cache
+            )
             if rank == 0:
                 _clear_for_run(out_dir, loop.cfg)
         if rank == 0:

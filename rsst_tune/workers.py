@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from rsst_tune import fileio
 from rsst_tune.config import TrialConfig
 from rsst_tune.errors import ConfigError, TrialDiverged
 
@@ -53,6 +55,8 @@ HANDOFF_FILE = "workers.json"
 STORAGE_DIR = "ray_train"
 """Ray Train's own storage, inside the run's directory."""
 POLL_S = 0.5
+DENSE_SIGNAL = "dense_state0_"
+"""Rank 0's decision about the shared dense state 0: `dense_state0_<launch>.json`."""
 
 
 def check_workers(workers: object) -> int:
@@ -94,6 +98,10 @@ class Shard:
     world: int
     backend: str
     forward: Callable[[Tensor], Tensor] | None = None  # the DDP-wrapped model (`prepare`)
+    # where rank 0 tells the others what it decided about the shared dense state 0: a file
+    # named for this launch in the run directory (`dense_state`); None: no shared cache
+    signal_dir: Path | None = None
+    launch: str = ""
     records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
@@ -108,8 +116,48 @@ class Shard:
 
     def check(self, cfg: TrialConfig, dense_cache: DenseCache | None) -> None:
         check_divisible(cfg.batch_size, self.world)
-        if dense_cache is not None:
-            raise ConfigError("the shared dense cache is not used with several workers")
+        if dense_cache is not None and self.signal_dir is None:
+            raise ConfigError("the shared dense cache needs the run's directory (signal_dir)")
+
+    def dense_state(
+        self,
+        cache: DenseCache,
+        key: str,
+        train: Callable[[Callable[[], None] | None], dict[str, Any]],
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """State 0 from the shared dense cache, on every worker: rank 0 asks the cache (it
+        may wait there while another trial trains the same state 0, for as long as that
+        takes) and writes what it decided to a file of this launch; the other ranks poll for
+        that file, so no collective waits meanwhile (a collective would time out). Then all
+        ranks train together (`train(heartbeat)`, rank 0 touching the cache's lock), or none
+        does and rank 0 holds the cached payload (the loop then broadcasts rank 0's weights).
+        Returns (the payload: rank 0's, None elsewhere; whether this trial trained it)."""
+        assert self.signal_dir is not None
+        flag = self.signal_dir / f"{DENSE_SIGNAL}{self.launch}.json"
+        if self.rank == 0:
+
+            def lead(heartbeat: Callable[[], None]) -> dict[str, Any]:
+                _write_json(flag, {"train": True})
+                return train(heartbeat)
+
+            payload, here = cache.get_or_train(key, lead)
+            if not here:
+                _write_json(flag, {"train": False})
+            return payload, here
+        while not flag.is_file():
+            time.sleep(POLL_S)
+        here = bool(json.loads(flag.read_text())["train"])
+        if here:
+            train(None)
+        return None, here
+
+    def broadcast_object(self, value: Any) -> Any:
+        """Rank 0's `value` (any picklable object) on every worker."""
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def build(
         self,
@@ -237,12 +285,14 @@ def launch_workers(
     log_path: Path | None = None,
     data: DataBundle | None = None,
     cpus_per_worker: float | None = None,
+    dense_cache_dir: str | None = None,
 ) -> None:
     """Run the trial in `run_dir` (a fresh one, or `resume` its last state checkpoint) on
     `workers` Ray Train workers, each calling `entry(conf)` (`rsst_tune.run.worker_entry`),
     one GPU each with `use_gpu` (nccl, else gloo) and `cpus_per_worker` CPUs each (default
     Ray Train's 1); wait for them, calling `on_state` in this thread as rank 0 finishes each
-    state; rank 0 appends its log lines to `log_path`. No checks of the directory:
+    state; rank 0 appends its log lines to `log_path`; a fresh run shares state 0 through
+    the dense cache in `dense_cache_dir` (`Shard.dense_state`). No checks of the directory:
     `rsst_tune.run.run_workers` makes them for a run, a sweep's trainable owns its scratch
     directory."""
     launch = uuid.uuid4().hex
@@ -254,6 +304,7 @@ def launch_workers(
         "cuda": use_gpu,
         "log": None if log_path is None else str(log_path),
         "launch": launch,
+        "dense_cache": dense_cache_dir,
     }
     resources = None
     if cpus_per_worker is not None:
@@ -346,6 +397,11 @@ def _original(err: BaseException) -> BaseException:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """`data` as JSON at `path`, written whole (a reader never sees half a file)."""
+    fileio.write_text(path, json.dumps(data))
 
 
 class _Poller:

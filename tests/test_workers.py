@@ -297,11 +297,11 @@ def test_workers_per_trial_is_checked_in_one_line() -> None:
         plan(workers_per_trial=2, data_placement="stream")
     two = plan(workers_per_trial=2, cpus_per_trial=0.5)
     assert two.workers_per_trial == 2 and two.cpus_per_trial == 0.5
-    assert two.dense_cache_dir is None  # each trial on workers trains its own state 0
-    assert "2 workers x (0.5 CPU, 0 GPU) + a 0.1 CPU driver per trial" in describe_plan(two)
+    assert two.dense_cache_dir is not None  # state 0 is shared whatever the workers
+    assert "2 workers x (0.5 CPU, 0 GPU) + a 0.1 CPU driver per trial (DDP)" in describe_plan(two)
     assert "workers-per-trial: 2" in two.sweep_file
     assert type(two).from_json(two.to_json()).workers_per_trial == 2  # what --resume reads
-    assert plan().workers_per_trial == 1 and plan().dense_cache_dir is not None
+    assert plan().workers_per_trial == 1
 
 
 def test_the_cli_takes_workers_per_trial() -> None:
@@ -318,9 +318,11 @@ def test_a_sweep_on_two_workers_per_trial_stops_trials_and_leaves_no_worker(
     local_ray: None, tmp_path: Path
 ) -> None:
     """A smoke sweep whose trials each run on 2 gloo workers (0.5 CPU each, so one trial at
-    a time on this 2-CPU Ray): every state reported ran on both workers, MO-ASHA stopped
-    trials between states, seed confirmation re-ran the best tickets on 2 workers, and once
-    the sweep is over no placement group and no Train worker process is left."""
+    a time on this 2-CPU Ray): every state reported ran on both workers, the shared dense
+    state 0 was trained once (the smoke preset pins the recipe: every trial has the same),
+    MO-ASHA stopped trials between states, seed confirmation re-ran the best tickets on 2
+    workers, and once the sweep is over no placement group and no Train worker process is
+    left."""
     import psutil
     import ray
     from ray.util import placement_group_table
@@ -340,6 +342,10 @@ def test_a_sweep_on_two_workers_per_trial_stops_trials_and_leaves_no_worker(
     states = [s for t in exp.trials for s in t.states]
     assert states and all(s.world_size == 2 and s.device == "cpu x2 (gloo)" for s in states)
     assert not [t.error for t in exp.trials if t.status == "error"]
+    trained = [t.states[0].epochs_trained for t in exp.trials if t.states]
+    assert sorted(trained) == [0] * (len(trained) - 1) + [1], trained  # one trial trained it
+    dense = {(t.states[0].val_acc, t.states[0].train_loss) for t in exp.trials if t.states}
+    assert len(dense) == 1  # and every trial started from it
     summary = stop_summary(exp)
     assert summary is not None and summary.stopped >= 1, summary
     assert "cpu x2 (gloo)" in (tmp_path / "w2" / "report.md").read_text()

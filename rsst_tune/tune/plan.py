@@ -220,11 +220,10 @@ class SweepPlan:
 
     @property
     def dense_cache_dir(self) -> str | None:
-        """Where shared dense states live: the experiment directory (not with URI storage,
-        nor with several workers per trial: each such trial trains its own state 0)."""
+        """Where shared dense states live: the experiment directory (not with URI storage)."""
         return (
             None
-            if self.is_uri or not self.share_dense or self.workers_per_trial > 1
+            if self.is_uri or not self.share_dense
             else str(Path(self.local_dir) / "dense_cache")
         )
 
@@ -970,7 +969,7 @@ def describe_plan(plan: SweepPlan) -> str:
     )
     per = (
         f"{plan.workers_per_trial} workers x ({plan.cpus_per_trial:g} CPU, {gpus}) + a "
-        f"{DRIVER_CPUS:g} CPU driver per trial (DDP; each trial trains its own state 0)"
+        f"{DRIVER_CPUS:g} CPU driver per trial (DDP)"
         if plan.workers_per_trial > 1
         else f"{plan.cpus_per_trial:g} CPU, {gpus} per trial"
     )

@@ -60,7 +60,8 @@ def train_trial(
     `workers_per_trial` > 1: the trial runs on that many Ray Train workers
     (`rsst_tune.workers`: DDP, `cpus_per_worker` CPUs and, with `use_gpu`, one GPU each) in
     this trial's scratch directory, and rank 0's states are reported here as they finish,
-    each with its checkpoint (the shared dense cache is not used)."""
+    each with its checkpoint; a fresh trial shares state 0 through the dense cache as one
+    on a single worker does."""
     import dataclasses
 
     from ray import tune
@@ -76,7 +77,7 @@ def train_trial(
             run = _WorkersRun(cfg, scratch, objectives, table, t_start)
             _on_workers(
                 run, tune.get_checkpoint(), workers_per_trial,
-                cpus_per_worker=cpus_per_worker, use_gpu=use_gpu,
+                cpus_per_worker=cpus_per_worker, use_gpu=use_gpu, dense_cache_dir=dense_cache_dir,
             )  # fmt: skip
             return
         loop = _start_loop(cfg, scratch, tune.get_checkpoint(), dense_cache_dir)
@@ -169,9 +170,11 @@ def _on_workers(
     *,
     cpus_per_worker: float | None,
     use_gpu: bool,
+    dense_cache_dir: str | None,
 ) -> None:
     """The trial on `workers` Ray Train workers in its scratch directory (from `checkpoint`'s
-    state when Ray restarted the trial); each state rank 0 finishes is reported."""
+    state when Ray restarted the trial, else sharing state 0 through `dense_cache_dir`);
+    each state rank 0 finishes is reported."""
     from rsst_tune.checkpoint import THETA0_FILE, latest_state_file, state_of
     from rsst_tune.run import worker_entry
     from rsst_tune.workers import check_divisible, launch_workers
@@ -204,6 +207,7 @@ def _on_workers(
         on_state=run.report,
         log_path=scratch / TRIAL_LOG,
         cpus_per_worker=cpus_per_worker,
+        dense_cache_dir=dense_cache_dir if checkpoint is None else None,
     )
 
 
