@@ -956,11 +956,13 @@ def describe_plan(plan: SweepPlan) -> str:
             f"confirm     the top {plan.confirm} tickets of each budget re-run with 2 more "
             "seeds; chosen by the mean over seeds"
         )
-    concurrent = plan.max_concurrent or (
-        "the cluster's GPUs (or CPUs) / the workers' (set at the start)"
-        if plan.workers_per_trial > 1
-        else "as resources allow"
-    )
+    concurrent: int | str = plan.max_concurrent or "as resources allow"
+    if plan.workers_per_trial > 1:  # `runner.workers_concurrency` sets it at the start
+        concurrent = (
+            f"{concurrent} (fewer if the cluster's GPUs, or CPUs, hold fewer trials' workers)"
+            if plan.max_concurrent
+            else "the cluster's GPUs (or CPUs) / a trial's workers'"
+        )
     gpus = (
         "a GPU share sized at the start (--gpus-per-trial auto: one short probe of the trial "
         "on a GPU; none in the cluster: 0)"
