@@ -62,7 +62,6 @@ def train_trial(
     this trial's scratch directory, and rank 0's states are reported here as they finish,
     each with its checkpoint; a fresh trial shares state 0 through the dense cache as one
     on a single worker does."""
-    import dataclasses
 
     from ray import tune
 
@@ -70,56 +69,35 @@ def train_trial(
 
     t_start = time.perf_counter()
     cfg = TrialConfig.from_dict(config)  # the boundary: nothing below sees the dict
-    context = tune.get_context()
     table = LatencyTable.load(latency_table) if latency_table else None
     with _scratch_dir() as scratch, _trial_log(scratch / TRIAL_LOG):
+        reporter = _Reporter(cfg, scratch, objectives, table, t_start)
         if workers_per_trial > 1:
-            run = _WorkersRun(cfg, scratch, objectives, table, t_start)
             _on_workers(
-                run, tune.get_checkpoint(), workers_per_trial,
+                reporter, tune.get_checkpoint(), workers_per_trial,
                 cpus_per_worker=cpus_per_worker, use_gpu=use_gpu, dense_cache_dir=dense_cache_dir,
             )  # fmt: skip
             return
         loop = _start_loop(cfg, scratch, tune.get_checkpoint(), dense_cache_dir)
-        resumed_from = loop.next_state
-        setup_s = time.perf_counter() - t_start
+        reporter.resumed_from = loop.next_state
+        reporter.setup_s = time.perf_counter() - t_start
         log.info(
             "trial %s: %s %s on %s/%s, states %d..%d",
-            context.get_trial_id(),
+            tune.get_context().get_trial_id(),
             cfg.method,
             cfg.target,
             cfg.model,
             cfg.dataset,
-            resumed_from,
+            reporter.resumed_from,
             cfg.pruning_times - 1,
         )
-        states: list[StateResult] = []
         for result in loop.states():
-            if table is not None:
-                result = dataclasses.replace(result, latency_ms=table.predict_result_ms(result))
-            states = [*(r for r in states if r.state < result.state), result]
-            extras = dict(zip(EXTRA_KEYS, (cfg.pruning_times, resumed_from, setup_s), strict=True))
-            metrics = {
-                **result.to_dict(),
-                **extras,
-                **objective_metrics(objectives, _with_latency(loop.results, states)),
-            }
-            log.info(
-                "trial %s: state %d val_acc %.4f macs_frac %.3f (%.1fs)",
-                context.get_trial_id(),
-                result.state,
-                result.val_acc,
-                result.macs_frac,
-                result.wall_time_s,
-            )
-            with _state_checkpoint(scratch, result.state, cfg, loop.results) as ckpt_dir:
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
-            _drop_older_states(scratch, result.state)
+            reporter.report(result, loop.results)
 
 
-class _WorkersRun:
-    """One trial on several workers, as the trainable reports it: what every report needs,
-    and the states reported so far."""
+class _Reporter:
+    """Reports a trial's states to Tune, each with its checkpoint, and keeps what every
+    report needs: where this run of the trial started, its setup time, the states so far."""
 
     def __init__(
         self,
@@ -132,20 +110,18 @@ class _WorkersRun:
         self.cfg, self.scratch, self.objectives, self.table = cfg, scratch, objectives, table
         self.t_start = t_start
         self.resumed_from = 0
-        self.setup_s = 0.0
+        self.setup_s: float | None = None  # None: until the first report (several workers)
         self.states: list[StateResult] = []
 
-    def report(self, result: StateResult) -> None:
-        """One state rank 0 finished, reported to Tune with its checkpoint (rank 0 wrote
-        `results.json` and the state's checkpoint before recording the state)."""
+    def report(self, result: StateResult, results: Sequence[StateResult]) -> None:
+        """One finished state (`results`: the run's states so far, this one included), with
+        its latency predicted when the sweep has a table."""
         import dataclasses
 
         from ray import tune
 
-        if not self.states:
+        if self.setup_s is None:
             self.setup_s = time.perf_counter() - self.t_start  # setup and the first state
-        rows = json.loads((self.scratch / "results.json").read_text())
-        results = [StateResult.from_dict(r) for r in rows if r["state"] <= result.state]
         if self.table is not None:
             result = dataclasses.replace(result, latency_ms=self.table.predict_result_ms(result))
         self.states = [*(r for r in self.states if r.state < result.state), result]
@@ -158,13 +134,27 @@ class _WorkersRun:
             **extras,
             **objective_metrics(self.objectives, _with_latency(results, self.states)),
         }
+        log.info(
+            "trial %s: state %d val_acc %.4f macs_frac %.3f (%.1fs)",
+            tune.get_context().get_trial_id(),
+            result.state,
+            result.val_acc,
+            result.macs_frac,
+            result.wall_time_s,
+        )
         with _state_checkpoint(self.scratch, result.state, cfg, results) as ckpt_dir:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
         _drop_states_before(self.scratch, result.state)
 
+    def report_rank0(self, result: StateResult) -> None:
+        """One state rank 0 of the workers finished (it wrote `results.json` and the state's
+        checkpoint before recording the state)."""
+        rows = json.loads((self.scratch / "results.json").read_text())
+        self.report(result, [StateResult.from_dict(r) for r in rows if r["state"] <= result.state])
+
 
 def _on_workers(
-    run: _WorkersRun,
+    run: _Reporter,
     checkpoint: Any,
     workers: int,
     *,
@@ -175,24 +165,15 @@ def _on_workers(
     """The trial on `workers` Ray Train workers in its scratch directory (from `checkpoint`'s
     state when Ray restarted the trial, else sharing state 0 through `dense_cache_dir`);
     each state rank 0 finishes is reported."""
-    from rsst_tune.checkpoint import THETA0_FILE, latest_state_file, state_of
+    from rsst_tune.checkpoint import state_of
     from rsst_tune.run import worker_entry
     from rsst_tune.workers import check_divisible, launch_workers
 
     cfg, scratch = run.cfg, run.scratch
     check_divisible(cfg.batch_size, workers)
     if checkpoint is not None:
-        with checkpoint.as_directory() as src:
-            src_path = Path(src)
-            state = latest_state_file(src_path)
-            if state is None or not (src_path / THETA0_FILE).exists():
-                raise RuntimeError(f"trial checkpoint {src} holds no state_XX.pt / {THETA0_FILE}")
-            shutil.copy2(src_path / THETA0_FILE, scratch / THETA0_FILE)
-            shutil.copy2(state, scratch / state.name)
-            if (src_path / TRIAL_LOG).exists():  # keep one log across restarts
-                with (scratch / TRIAL_LOG).open("a") as out:
-                    out.write((src_path / TRIAL_LOG).read_text())
-            run.resumed_from = (state_of(state) or 0) + 1
+        state = _restore_scratch(checkpoint, scratch)
+        run.resumed_from = (state_of(state) or 0) + 1
     log.info(
         "trial on %d workers: %s %s on %s/%s, states %d..%d", workers, cfg.method, cfg.target,
         cfg.model, cfg.dataset, run.resumed_from, cfg.pruning_times - 1,
@@ -204,7 +185,7 @@ def _on_workers(
         workers,
         resume=checkpoint is not None,
         use_gpu=use_gpu,
-        on_state=run.report,
+        on_state=run.report_rank0,
         log_path=scratch / TRIAL_LOG,
         cpus_per_worker=cpus_per_worker,
         dense_cache_dir=dense_cache_dir if checkpoint is None else None,
@@ -212,7 +193,8 @@ def _on_workers(
 
 
 def _drop_states_before(scratch: Path, state: int) -> None:
-    """State checkpoints older than `state` (rank 0 may have written a later one already)."""
+    """The state checkpoints older than `state` (a later one stays: rank 0 of several workers
+    may have written it already)."""
     from rsst_tune.checkpoint import state_files, state_of
 
     for path in state_files(scratch):
@@ -221,17 +203,11 @@ def _drop_states_before(scratch: Path, state: int) -> None:
             path.unlink(missing_ok=True)
 
 
-def _start_loop(
-    cfg: TrialConfig, scratch: Path, checkpoint: Any, dense_cache_dir: str | None
-) -> Any:
+def _restore_scratch(checkpoint: Any, scratch: Path) -> Path:
+    """Ray's trial checkpoint copied into `scratch` (θ0, the last state checkpoint, the
+    trial's log so far, to which this run appends); returns the state file."""
     from rsst_tune.checkpoint import THETA0_FILE, latest_state_file
-    from rsst_tune.dense_cache import DenseCache
-    from rsst_tune.loop import PruneLoop
-    from rsst_tune.numerics import NumericsCache
 
-    if checkpoint is None:
-        cache = DenseCache(dense_cache_dir) if dense_cache_dir else None
-        return PruneLoop(cfg, scratch, dense_cache=cache)
     with checkpoint.as_directory() as src:
         src_path = Path(src)
         state = latest_state_file(src_path)
@@ -242,6 +218,20 @@ def _start_loop(
         if (src_path / TRIAL_LOG).exists():  # keep one log across restarts
             with (scratch / TRIAL_LOG).open("a") as out:
                 out.write((src_path / TRIAL_LOG).read_text())
+    return state
+
+
+def _start_loop(
+    cfg: TrialConfig, scratch: Path, checkpoint: Any, dense_cache_dir: str | None
+) -> Any:
+    from rsst_tune.dense_cache import DenseCache
+    from rsst_tune.loop import PruneLoop
+    from rsst_tune.numerics import NumericsCache
+
+    if checkpoint is None:
+        cache = DenseCache(dense_cache_dir) if dense_cache_dir else None
+        return PruneLoop(cfg, scratch, dense_cache=cache)
+    state = _restore_scratch(checkpoint, scratch)
     # amp/compile auto reads the sweep's probed choice instead of probing again
     numerics_cache = NumericsCache(dense_cache_dir) if dense_cache_dir else None
     loop = PruneLoop.resume(scratch, cfg, numerics_cache=numerics_cache)
@@ -267,15 +257,6 @@ def _state_checkpoint(
             json.dumps([r.to_dict() for r in results], indent=2) + "\n"
         )
         yield out
-
-
-def _drop_older_states(scratch: Path, state: int) -> None:
-    from rsst_tune.checkpoint import state_file, state_files
-
-    keep = state_file(state)
-    for path in state_files(scratch):
-        if path.name != keep:
-            path.unlink(missing_ok=True)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
