@@ -1011,3 +1011,57 @@ def test_the_reaper_kills_the_clusters_processes_and_what_they_fork_while_dying(
         with contextlib.suppress(OSError):
             os.killpg(forker.pid, 9)
         forker.wait()
+
+
+_RAYLET = """
+import subprocess, sys, time
+time.sleep(0.5)  # after the reaper started, as an agent the raylet starts late
+agent = subprocess.Popen(["sleep", "600"], start_new_session=True)
+print(agent.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_reaper_kills_the_orphaned_unmarked_children_of_the_clusters_processes() -> None:
+    from rsst_tune.tune.run.ray_setup import _REAPER, _with_start_times
+
+    # As the raylet: started by the driver, it starts agents that carry no RAY_RAYLET_PID and
+    # that outlive it (reparented) when the driver's death takes the raylet down.
+    raylet = subprocess.Popen([sys.executable, "-c", _RAYLET], stdout=subprocess.PIPE, text=True)
+    bystander = subprocess.Popen(["sleep", "600"])
+    agent_pid = 0
+    try:
+        reaper = subprocess.Popen(
+            [sys.executable, "-c", _REAPER, str(raylet.pid), *_with_start_times([raylet.pid])],
+            stdin=subprocess.PIPE,
+        )
+        assert raylet.stdout is not None
+        agent_pid = int(raylet.stdout.readline())
+        time.sleep(4.5)  # two of the reaper's looks for children
+        raylet.kill()
+        raylet.wait()
+        assert Path(f"/proc/{agent_pid}").exists(), "the agent should outlive its parent"
+        assert reaper.stdin is not None
+        reaper.stdin.close()  # what the driver's death does
+        assert reaper.wait(timeout=60) == 0
+        deadline = time.monotonic() + 10
+        while _alive(agent_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(agent_pid), "the raylet's agent outlived the reaper"
+        assert bystander.poll() is None, "the reaper killed a process not of the cluster"
+    finally:
+        for p in (raylet, bystander):
+            p.kill()
+            p.wait()
+        if agent_pid and _alive(agent_pid):
+            os.kill(agent_pid, 9)
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, killed and not yet reaped by init, counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except OSError:
+        return False

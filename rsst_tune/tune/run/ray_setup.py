@@ -13,8 +13,10 @@ When the driver of a local cluster is killed (SIGKILL), the kernel ends Ray's GC
 with it (Ray's fate sharing) but not the raylet's agents, which wait about a minute for the
 dead GCS. `start_reaper` starts a small process that waits for the driver's end and then
 kills the cluster's processes that remain: those the driver started (GCS, raylet, dashboard,
-monitors; known by pid and start time) and those of its raylet (found by their `RAY_RAYLET_PID`),
-looking again until two looks in a row find none (a process may fork while it is killed).
+monitors; known by pid and start time), their children (the raylet's agents, which carry no
+mark: the reaper learns them by parent every 2 s while the cluster lives) and the raylet's
+workers (found by their `RAY_RAYLET_PID`), looking again until two looks in a row find none (a
+process may fork while it is killed).
 
 A local cluster is kept on 127.0.0.1 by `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, which
 `prepare_ray_env(None)` forces in this process's environment (Ray reads it when it is imported
@@ -139,19 +141,48 @@ def check_address(address: str, timeout: float = 3.0) -> None:
 
 # ---------------------------------------------------------------------- reaper
 _REAPER = r"""
-import os, signal, sys, time
+import os, select, signal, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 mark = ("RAY_RAYLET_PID=" + sys.argv[1]).encode()
 started = dict(a.split(":") for a in sys.argv[2:])  # the cluster's own: pid -> start time
-if sys.stdin.buffer.read().strip() == b"bye":
-    sys.exit(0)
+parents = frozenset(started)
 me, uid = os.getpid(), os.getuid()
 
 
-def start_time(name):  # None for a zombie: it is dead already
+def stat(name):  # (ppid, start time), start time None for a zombie: it is dead already
     with open("/proc/" + name + "/stat") as fh:
         fields = fh.read().rpartition(")")[2].split()
-    return None if fields[0] in ("Z", "X") else fields[19]
+    return fields[1], None if fields[0] in ("Z", "X") else fields[19]
+
+
+def start_time(name):
+    return stat(name)[1]
+
+
+def adopt():
+    # The raylet's agents (dashboard agent, runtime env agent) carry no mark, and once the
+    # raylet is dead their parent is gone too: learn them by parent while the cluster lives.
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or name in started:
+            continue
+        try:
+            ppid, t = stat(name)
+        except (OSError, IndexError):
+            continue
+        if ppid in parents and t is not None:
+            started[name] = t
+    for name, t in list(started.items()):  # forget the dead (a worker churns): pids are reused
+        try:
+            if name not in parents and start_time(name) != t:
+                del started[name]
+        except (OSError, IndexError):
+            del started[name]
+
+
+while not select.select([sys.stdin], [], [], 2.0)[0]:
+    adopt()
+if sys.stdin.buffer.read().strip() == b"bye":
+    sys.exit(0)
 
 
 def marked():
