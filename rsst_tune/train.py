@@ -357,7 +357,7 @@ def evaluate(
     if data.world > 1:
         counts = all_reduce_sum(torch.stack([correct, torch.tensor(n, device=device)]))
         correct, n = counts[0], int(counts[1])
-        if n != len(data):
+        if n > len(data) or (n != len(data) and not data.drops_unreadable):
             raise RuntimeError(f"the workers evaluated {n} of {len(data)} images")
     return float(correct) / max(n, 1)
 

@@ -5,10 +5,11 @@ workers=N)` (docs/engine.md "Several workers"; the contract is docs/methods.md's
 on CPU, nccl on CUDA; a local Ray on 127.0.0.1 unless one is running) and waits for them.
 Each worker runs the trial's `PruneLoop` with a `Shard`, its place among the workers:
 
-* `batch_size` is the global batch: every worker draws the same permutation of the resident
-  training split and trains on its slice of each batch under DistributedDataParallel (a
-  partial last batch is split as evenly as it goes and each worker's loss weighted by its
-  share, so the averaged gradient is the global batch's);
+* `batch_size` is the global batch: every worker draws the same permutation of the training
+  split (resident, or a streamed image folder) and trains on its slice of each batch under
+  DistributedDataParallel (a partial last batch is split as evenly as it goes and each
+  worker's loss weighted by its share, so the averaged gradient is the global batch's); a
+  streamed worker reads only the files of its slice, with the crops one process would draw;
 * every score, prune decision, mask, T and λ is computed on every worker from identical
   weights and the same (unsharded) scoring batches, then rank 0's are broadcast; the
   digests of the masks each worker decided and holds are recorded per state;
@@ -190,19 +191,12 @@ class Shard:
         return self.prepare(setup)
 
     def prepare(self, setup: TrialSetup) -> TrialSetup:
-        """The setup with shard views of the resident splits and the model under DDP (the
-        loop evaluates and scores with the plain model); torch.compile is not used."""
+        """The setup with this worker's shards of the splits (resident or streamed) and the
+        model under DDP (the loop evaluates and scores with the plain model); torch.compile
+        is not used."""
         from torch.nn.parallel import DistributedDataParallel
 
-        from rsst_tune.data import DeviceData
-
         splits = (setup.train_data, setup.val_data, setup.test_data)
-        if setup.placement != "device" or not all(isinstance(s, DeviceData) for s in splits):
-            raise ConfigError(
-                f"workers {self.world} needs the data resident on the device (data_placement "
-                f"device); streamed image folders and WebDataset shards are not split across "
-                f"workers yet (data placement {setup.placement})"
-            )
         if setup.compile_mode is not None:
             log.warning("torch.compile is not used with several workers: eager DDP")
         device = setup.device

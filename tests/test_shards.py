@@ -47,15 +47,16 @@ def write_shards(
     start: int = 0,
     classes: int = 3,
     solid: bool = True,
+    first: int = 0,
 ) -> dict[int, int]:
-    """``folder/PREFIX-00k.tar``; sample i is ``{i:06d}.png`` (``.jpg`` for odd i when not
-    ``solid``) with ``{i:06d}.cls``. Solid images have red = i % 256 and green = 40 * label,
-    so a batch says which samples it holds. Returns sample -> label."""
+    """``folder/PREFIX-00k.tar`` (k from ``first``); sample i is ``{i:06d}.png`` (``.jpg``
+    for odd i when not ``solid``) with ``{i:06d}.cls``. Solid images have red = i % 256 and
+    green = 40 * label, so a batch says which samples it holds. Returns sample -> label."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(start)
     labels: dict[int, int] = {}
     i = start
-    for s in range(shards):
+    for s in range(first, first + shards):
         with tarfile.open(folder / f"{prefix}-{s:03d}.tar", "w") as tar:
             for _ in range(per_shard):
                 label = i % classes
@@ -239,6 +240,31 @@ def test_nodes_read_disjoint_halves(shards: Path) -> None:
         parts.append({i for x, _ in epoch(data, make_generator(5, "cpu")) for i in ids(data, x)})
     assert not parts[0] & parts[1] and parts[0] | parts[1] == set(range(60))
     assert {len(p) for p in parts} == {20, 40}  # whole shards: one node two, the other one
+
+
+def test_ddp_workers_take_the_same_number_of_full_steps_and_split_evaluation(
+    shards: Path,
+) -> None:
+    """Shards of one trial's data-parallel workers: each reads its own shards (3 over 2
+    workers: 40 and 20 samples) and serves exactly the split's full global batches (60 // 8
+    = 7) of its share (4 images), the one with fewer samples reading its shard again; their
+    evaluation parts cover the split once; the scoring view is the whole split."""
+    whole = train_data(shards, workers=1)
+    parts = [whole.shard(r, 2) for r in range(2)]
+    assert [(p.rank, p.world, p.world_size) for p in parts] == [(0, 2, 2), (1, 2, 2)]
+    assert [p.num_train_batches(8) for p in parts] == [7, 7]
+    read = [epoch(p, make_generator(5, "cpu")) for p in parts]
+    assert [[len(y) for _, y in r] for r in read] == [[4] * 7, [4] * 7]
+    seen = [[i for x, _ in r for i in ids(whole, x)] for r in read]
+    assert not set(seen[0]) & set(seen[1])  # disjoint shards
+    assert sorted(len(set(s)) for s in seen) == [20, 28]  # 20 samples read once, then 8 again
+    assert same(read[0], epoch(whole.shard(0, 2), make_generator(5, "cpu")))  # reproducible
+    evaluated = sorted(i for p in parts for x, _ in p.eval_batches(16) for i in ids(whole, x))
+    assert evaluated == list(range(60))
+    scoring = parts[1].unsharded()
+    assert scoring.world == 1 and scoring.workers == 0 and parts[1].unsharded() is scoring
+    with pytest.raises(ConfigError, match=r"^4 workers need at least 4 training shards .*got 3"):
+        epoch(whole.shard(3, 4), make_generator(5, "cpu"))
 
 
 def test_a_resumed_epoch_gives_the_same_batches(shards: Path) -> None:

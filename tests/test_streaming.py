@@ -454,3 +454,64 @@ def test_sweep_input_options_reach_every_trial_with_absolute_paths(
     ):
         with pytest.raises(ConfigError, match=match):
             resolve_plan(dataclasses.replace(opts, **bad))
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_stream_shards_read_their_slice_of_each_batch_with_one_processs_crops(
+    folder: Path, augment: bool
+) -> None:
+    """Several workers: each shard reads its slice of every global batch; together they are
+    one process's batch (random-resized crops included, bit for bit: the uniforms are drawn
+    for the whole batch), in its order; evaluation parts cover the split once, in order; the
+    scoring view of a shard is the whole split, read in the trial's process."""
+    bundle = load_dataset("imagefolder", data_dir=folder, img_size=16, lazy=True)
+    assert bundle.spec.crop == "resized"
+    whole = StreamData(bundle.train, bundle.spec, "cpu", workers=0)  # type: ignore[arg-type]
+    shards = [whole.shard(r, 3) for r in range(3)]
+    assert [(s.rank, s.world) for s in shards] == [(0, 3), (1, 3), (2, 3)]
+    assert len(whole) == 36 and whole.num_train_batches(15) == 3  # 36 = 2 x 15 + 6
+    ref = batches(whole.train_batches(15, make_generator(5, "cpu"), augment=augment))
+    parts = [
+        batches(s.train_batches(15, make_generator(5, "cpu"), augment=augment)) for s in shards
+    ]
+    assert [len(p) for p in parts] == [3, 3, 3]
+    for step, (x, y) in enumerate(ref):
+        assert torch.equal(torch.cat([p[step][1] for p in parts]), y)
+        assert torch.equal(torch.cat([p[step][0] for p in parts]), x)
+        assert [len(p[step][1]) for p in parts] == [s.local_share(15, step)[0] for s in shards]
+    covered = [(x, y) for s in shards for x, y in s.eval_batches(6)]
+    served = batches(whole.eval_batches(100))[0]
+    assert torch.equal(torch.cat([y for _, y in covered]), served[1])
+    assert torch.equal(torch.cat([x for x, _ in covered]), served[0])
+    scoring = shards[1].unsharded()
+    assert scoring.world == 1 and scoring.workers == 0 and shards[1].unsharded() is scoring
+    assert whole.unsharded() is whole
+
+
+def test_a_stream_shard_whose_slice_is_unreadable_trains_on_its_last_slice_again(
+    tmp_path: Path,
+) -> None:
+    """Every worker of a DDP trial must take every step: a shard that could read no image of
+    its slice serves its previous slice again (and says so in a one-line ConfigError when it
+    has served none yet); a whole process skips such a batch."""
+    root = make_folder(tmp_path / "data", {"train": 4, "val": 2, "test": 2})
+    bundle = load_dataset("imagefolder", data_dir=root, img_size=16, lazy=True)
+    train = bundle.train
+    assert isinstance(train, FileSplit) and len(train) == 8
+    order = torch.randperm(8, generator=make_generator(0, "cpu")).tolist()
+    # worker 1 of 2, batch 4: its slice of batch 1 is order[6:8]; break those two files
+    for i in order[6:8]:
+        train.files[i].write_bytes(b"not an image")
+    shard = StreamData(train, bundle.spec, "cpu", workers=0).shard(1, 2)
+    got = batches(shard.train_batches(4, make_generator(0, "cpu"), augment=False))
+    assert len(got) == 2  # both steps taken
+    assert torch.equal(got[1][0], got[0][0]) and torch.equal(got[1][1], got[0][1])
+    assert shard.skipped == 2
+    whole = StreamData(train, bundle.spec, "cpu", workers=0)
+    assert len(batches(whole.train_batches(4, make_generator(0, "cpu"), augment=False))) == 2
+    # the first slice unreadable: nothing to serve instead
+    for i in order[2:4]:
+        train.files[i].write_bytes(b"not an image")
+    shard = StreamData(train, bundle.spec, "cpu", workers=0).shard(1, 2)
+    with pytest.raises(ConfigError, match=r"^worker 1 of 2: no image of its slice of a training"):
+        batches(shard.train_batches(4, make_generator(0, "cpu"), augment=False))

@@ -33,6 +33,20 @@ def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
     return torch.Generator(device=torch.device(device)).manual_seed(seed)
 
 
+def share_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """[start, stop) of worker ``rank``'s part of ``n`` items split over ``world`` workers,
+    as ``Tensor.tensor_split`` splits them: the first ``n % world`` workers one item more."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def check_rank(rank: int, world: int) -> None:
+    """A ``ValueError`` unless 0 <= ``rank`` < ``world``."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank must be in [0, {world}), got {rank}")
+
+
 class BatchTransforms:
     """What happens to a uint8 batch on the device, whichever way it got there
     (``DeviceData``: resident; ``rsst_tune.data.streaming.StreamData``: read from disk):
@@ -46,6 +60,9 @@ class BatchTransforms:
 
     rank: int = 0
     world: int = 1
+    drops_unreadable: bool = False
+    """True when images found unreadable while reading are left out (streamed data): an
+    evaluation may then count fewer than ``len(self)`` images."""
 
     def __init__(
         self, spec: DataSpec, device: torch.device | str, *, channels_last: bool = False
@@ -111,8 +128,12 @@ class BatchTransforms:
         """(images of this worker, images of all workers) in training batch ``step`` (0-based,
         within the epoch) of the global ``batch_size``."""
         total = min(batch_size, len(self) - step * batch_size)
-        base, extra = divmod(total, self.world)
-        return base + (1 if self.rank < extra else 0), total
+        lo, hi = share_bounds(total, self.rank, self.world)
+        return hi - lo, total
+
+    def eval_bounds(self) -> tuple[int, int]:
+        """[start, stop) of the examples this worker evaluates (the whole split: 0, len)."""
+        return share_bounds(len(self), self.rank, self.world)
 
     def num_batches(self, batch_size: int) -> int:
         """Batches per epoch, the last partial one included."""
@@ -246,8 +267,7 @@ class DeviceData(BatchTransforms):
         """A view (the same device tensors) serving worker ``rank`` of ``world``: training
         batches are its slice of each global batch, evaluation its contiguous part of the
         split (docs/engine.md "Several workers")."""
-        if not 0 <= rank < world:
-            raise ValueError(f"rank must be in [0, {world}), got {rank}")
+        check_rank(rank, world)
         view = copy.copy(self)
         view.rank, view.world = rank, world
         return view
@@ -289,10 +309,3 @@ class DeviceData(BatchTransforms):
         for start in range(lo, hi, batch_size):
             stop = min(start + batch_size, hi)
             yield self.serve_eval(self.x[start:stop]), self.y[start:stop]
-
-    def eval_bounds(self) -> tuple[int, int]:
-        """[start, stop) of the examples this worker evaluates (the whole split: 0, len)."""
-        n = len(self)
-        base, extra = divmod(n, self.world)
-        start = self.rank * base + min(self.rank, extra)
-        return start, start + base + (1 if self.rank < extra else 0)

@@ -38,7 +38,12 @@ shards front to back:
   (a resumed state reads them again); another number of workers reads the same samples in
   another order;
 - **evaluation** (and training without augmentation): the shards in order, each image's
-  stored square centre-cropped (``decode_image``), bit for bit the decoded placement's pixels.
+  stored square centre-cropped (``decode_image``), bit for bit the decoded placement's pixels;
+- **the workers of one DDP trial** (``shard(rank, world)``): worker r reads the shards
+  ``r::world`` of the epoch's order, ``batch_size / world`` images a step, and every worker
+  serves exactly ``len // batch_size`` steps (reading its shards again, in a new shuffle,
+  when they run out first), so that no worker waits for another in an all-reduce; each
+  evaluates the shards ``r::world`` of its split.
 
 What comes from the ``webdataset`` package (the ``wds`` extra, ``pip install
 'rsst-tune[wds]'``): ``webdataset.shardlists.expand_urls`` (brace expansion, ``::`` lists and
@@ -74,7 +79,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from rsst_tune.data.batches import BatchTransforms
+from rsst_tune.data.batches import BatchTransforms, check_rank, make_generator
 from rsst_tune.data.decode import (
     EVAL_CROP,
     RRC_DRAWS,
@@ -702,6 +707,8 @@ def _same(chunk: Any) -> Any:  # the loader's collate_fn: a worker's item is a w
 class ShardData(BatchTransforms):
     """A ``ShardSplit`` read shard by shard by DataLoader workers (see the module doc)."""
 
+    drops_unreadable = True
+
     def __init__(
         self,
         split: ShardSplit,
@@ -730,6 +737,7 @@ class ShardData(BatchTransforms):
         self._shards = sorted(self._groups)
         self._skipped: dict[int, str] = {}
         self._reported = 0
+        self._whole: ShardData | None = None  # a worker's unsharded sibling (scoring)
 
     def __len__(self) -> int:
         """Number of samples of the split (all nodes)."""
@@ -747,9 +755,35 @@ class ShardData(BatchTransforms):
         """Unreadable images found so far."""
         return len(self._skipped)
 
+    def shard(self, rank: int, world: int) -> ShardData:
+        """The split served to data-parallel worker ``rank`` of ``world`` (one trial under
+        DDP; see the module doc): a reader of its own, with the same DataLoader workers."""
+        check_rank(rank, world)
+        view = ShardData(
+            self.split, self.spec, self.device, channels_last=self.channels_last,
+            workers=self.workers, rank=rank, world_size=world, shuffle_buffer=self.buffer,
+        )  # fmt: skip
+        view.world = world
+        return view
+
+    def unsharded(self) -> ShardData:
+        """The whole split (this object when it is not a worker's shard): for a shard, a
+        reader of its own that reads in this process (the few scoring batches of a prune)."""
+        if self.world == 1:
+            return self
+        if self._whole is None:
+            self._whole = ShardData(
+                self.split, self.spec, self.device, channels_last=self.channels_last,
+                workers=0, rank=0, world_size=1, shuffle_buffer=self.buffer,
+            )  # fmt: skip
+        return self._whole
+
     def num_train_batches(self, batch_size: int) -> int:
         """Training batches per epoch on this node: exact on one node; with several, for an
-        even share of the samples (each node reads whole shards)."""
+        even share of the samples (each node reads whole shards). A worker's shard (DDP):
+        the full global batches of the split, the same count on every worker."""
+        if self.world > 1:
+            return len(self) // batch_size
         n = math.ceil(len(self) / self.world_size)
         return n // batch_size + (1 if n % batch_size > 1 else 0)
 
@@ -771,23 +805,60 @@ class ShardData(BatchTransforms):
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
         seed, shards = self.epoch_shards(generator)
         crops = augment and self.spec.crop == "resized"
-        one = _Pass(
-            self.split, self._groups, shards, seed=seed, chunk=batch_size, crop=crops,
-            flip=self.spec.flip, buffer=self.buffer,
-        )  # fmt: skip
-        for xb, yb in self._read(one, batch_size, last=2 if batch_size > 1 else 1):
-            yield (
-                (self.to_model_input(xb) if crops else self.serve_train(xb, generator, augment)),
-                yb,
+        if self.world > 1:
+            batches = self._worker_batches(seed, shards, batch_size, crops)
+        else:
+            one = _Pass(
+                self.split, self._groups, shards, seed=seed, chunk=batch_size, crop=crops,
+                flip=self.spec.flip, buffer=self.buffer,
+            )  # fmt: skip
+            batches = self._read(one, batch_size, last=2 if batch_size > 1 else 1)
+        aug = generator
+        if self.world > 1 and augment and not crops:  # draws per image: a generator per rank
+            aug = make_generator(seed + self.rank, self.device)
+        for xb, yb in batches:
+            yield (self.to_model_input(xb) if crops else self.serve_train(xb, aug, augment)), yb
+
+    def _worker_batches(
+        self, seed: int, shards: list[int], batch_size: int, crops: bool
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """A DDP worker's epoch: exactly ``num_train_batches(batch_size)`` full batches of
+        its share of the global batch, from its shards; a worker whose shards run out first
+        (shards differ in size) reads them again, in a new shuffle, until the count."""
+        if len(self._shards) < self.world:
+            raise ConfigError(
+                f"{self.world} workers need at least {self.world} training shards (one each "
+                f"at least), got {len(self._shards)} in {self.split.root}{self.split.part}"
             )
+        local = batch_size // self.world
+        count = self.num_train_batches(batch_size)
+        served, again = 0, 0
+        while served < count:
+            one = _Pass(
+                self.split, self._groups, shards, seed=_worker_seed(seed, 1000 + again),
+                chunk=local, crop=crops, flip=self.spec.flip, buffer=self.buffer,
+            )  # fmt: skip
+            before = served
+            for batch in self._read(one, local, last=local):
+                yield batch
+                served += 1
+                if served == count:
+                    break
+            if served == before:
+                raise ConfigError(
+                    f"worker {self.rank} of {self.world}: no image of its shards of "
+                    f"{self.split.root}{self.split.part} could be read (see the warnings above)"
+                )
+            again += 1
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Every sample (all nodes), normalised, centre-cropped: the shards in order (in the
         split's order with one worker; with several, their chunks in turn)."""
         if batch_size < 1:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        shards = self._shards if self.world == 1 else self._shards[self.rank :: self.world]
         one = _Pass(
-            self.split, self._groups, self._shards, seed=None, chunk=batch_size, crop=False,
+            self.split, self._groups, shards, seed=None, chunk=batch_size, crop=False,
             flip=False, buffer=1,
         )  # fmt: skip
         for xb, yb in self._read(one, batch_size, last=1):

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from rsst_tune.config import PLACEMENTS
-from rsst_tune.data.batches import BatchTransforms
+from rsst_tune.data.batches import BatchTransforms, check_rank, make_generator, share_bounds
 from rsst_tune.data.decode import (
     RRC_DRAWS,
     decode_crop,
@@ -66,7 +67,7 @@ from rsst_tune.data.decode import (
 from rsst_tune.data.gpu_crops import Box, crop_resize
 from rsst_tune.data.types import DataBundle, DataSpec, FileSplit
 from rsst_tune.errors import ConfigError
-from rsst_tune.machine import default_workers, host_memory
+from rsst_tune.machine import available_cores, default_workers, host_memory
 
 __all__ = [
     "AUTO_FRACTION",
@@ -210,8 +211,11 @@ def _read_bytes(path: Path) -> Tensor:
 class _Epoch:
     """The loader's batch sampler: the batches of the epoch being read, made one at a time
     (so memory stays that of the order, 8 bytes an image): the images of ``order`` (None:
-    in order) in batches, each training image with the uniforms of its crop from ``crops``
-    (a CPU generator seeded from the trial's generator once per epoch)."""
+    ``offset``, ``offset + 1``, ... in order) in batches, each training image with the
+    uniforms of its crop from ``crops`` (a CPU generator seeded from the trial's generator
+    once per epoch). With ``world`` > 1 each batch is the global one and this worker reads
+    its slice ``rank`` of it (the uniforms are drawn for the whole batch, so every image gets
+    the crop it gets in one process)."""
 
     def __init__(self) -> None:
         self.set(None, 0, 1, 0, None)
@@ -223,22 +227,30 @@ class _Epoch:
         batch_size: int,
         count: int,
         crops: torch.Generator | None,
+        *,
+        offset: int = 0,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         """What the next iteration reads."""
         self.order, self.n, self.batch_size = order, n, batch_size
         self.count, self.crops = count, crops
+        self.offset, self.rank, self.world = offset, rank, world
 
     def __iter__(self) -> Iterator[list[Item]]:
         for b in range(self.count):
             start, stop = b * self.batch_size, min((b + 1) * self.batch_size, self.n)
             rows = (
-                list(range(start, stop)) if self.order is None else self.order[start:stop].tolist()
+                list(range(self.offset + start, self.offset + stop))
+                if self.order is None
+                else self.order[start:stop].tolist()
             )
+            lo, hi = share_bounds(len(rows), self.rank, self.world)
             if self.crops is None:
-                yield [(i, None) for i in rows]
+                yield [(i, None) for i in rows[lo:hi]]
             else:
                 draws = torch.rand(len(rows), RRC_DRAWS, generator=self.crops).tolist()
-                yield [(i, tuple(d)) for i, d in zip(rows, draws, strict=True)]
+                yield [(i, tuple(d)) for i, d in zip(rows[lo:hi], draws[lo:hi], strict=True)]
 
     def __len__(self) -> int:
         return self.count
@@ -249,7 +261,13 @@ def _same(batch: Any) -> Any:  # the loader's collate_fn: a worker's item is a w
 
 
 class StreamData(BatchTransforms):
-    """A ``FileSplit`` read from disk batch by batch (see the module doc)."""
+    """A ``FileSplit`` read from disk batch by batch (see the module doc).
+
+    ``shard(rank, world)`` serves one of several data-parallel workers: each reads only its
+    slice of each global training batch (the same order and crops on every worker) and its
+    contiguous part of an evaluation split."""
+
+    drops_unreadable = True
 
     def __init__(
         self,
@@ -266,6 +284,7 @@ class StreamData(BatchTransforms):
         (default: on CUDA, where that is nvjpeg)."""
         super().__init__(spec, device, channels_last=channels_last)
         self.split = split
+        self._asked_workers = workers
         self.workers = default_workers() if workers is None else workers
         if decode_on_device is None:
             decode_on_device = self.device.type == "cuda"
@@ -275,6 +294,34 @@ class StreamData(BatchTransforms):
         self._reported = 0
         self._epoch = _Epoch()
         self._loader: DataLoader[_Batch] | None = None
+        self._whole: StreamData | None = None  # a shard's unsharded sibling (scoring)
+        self._last: tuple[Tensor, Tensor] | None = None  # the last training batch served
+
+    def shard(self, rank: int, world: int) -> StreamData:
+        """The same split served to worker ``rank`` of ``world`` (a new reader: its own
+        DataLoader workers; left to the default, a share of this machine's cores)."""
+        check_rank(rank, world)
+        workers = self._asked_workers
+        if workers is None:
+            workers = max(0, min(self.workers, available_cores() // world - 1))
+        view = StreamData(
+            self.split, self.spec, self.device, channels_last=self.channels_last,
+            workers=workers, decode_on_device=self.decode_on_device,
+        )  # fmt: skip
+        view.rank, view.world = rank, world
+        return view
+
+    def unsharded(self) -> StreamData:
+        """The whole split (this object when it is not a shard): for a shard, a reader of its
+        own that decodes in this process (it serves the few scoring batches of a prune)."""
+        if self.world == 1:
+            return self
+        if self._whole is None:
+            self._whole = StreamData(
+                self.split, self.spec, self.device, channels_last=self.channels_last,
+                workers=0, decode_on_device=self.decode_on_device,
+            )  # fmt: skip
+        return self._whole
 
     def __len__(self) -> int:
         """Number of images (unreadable ones included: they are found while reading)."""
@@ -308,26 +355,47 @@ class StreamData(BatchTransforms):
         if crops:
             seed = torch.randint(0, 2**62, (1,), generator=generator, device=self.device)
             crop_gen = torch.Generator().manual_seed(int(seed.item()))
-        self._epoch.set(order, n, batch_size, self.num_train_batches(batch_size), crop_gen)
-        for xb, yb in self._read():
-            if len(yb) < 2 and batch_size > 1:  # every other image unreadable: BatchNorm needs 2
+        aug = generator
+        if self.world > 1 and augment and not crops:  # draws per image: a generator per rank
+            seed = torch.randint(0, 2**62, (1,), generator=generator, device=self.device)
+            aug = make_generator(int(seed.item()) + self.rank, self.device)
+        count = self.num_train_batches(batch_size)
+        self._epoch.set(order, n, batch_size, count, crop_gen, rank=self.rank, world=self.world)
+        for xb, yb in self._read(keep_empty=self.world > 1):
+            if self.world > 1:  # every worker takes every step (DDP), whatever it could read
+                xb, yb = self._in_step(xb, yb)
+            elif len(yb) < 2 and batch_size > 1:  # all but one unreadable: BatchNorm needs 2
                 continue
-            yield (
-                (self.to_model_input(xb) if crops else self.serve_train(xb, generator, augment)),
-                yb,
+            yield (self.to_model_input(xb) if crops else self.serve_train(xb, aug, augment)), yb
+
+    def _in_step(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        """A worker's slice of a training batch; when every image of it was unreadable, the
+        last slice it served again (the workers of a DDP trial must all take each step)."""
+        if len(yb):
+            self._last = (xb, yb)
+            return xb, yb
+        if self._last is None:
+            raise ConfigError(
+                f"worker {self.rank} of {self.world}: no image of its slice of a training "
+                f"batch of {self.split.root}/{self.split.part} could be read, and it has "
+                "served none before to train on instead (see the warnings above)"
             )
+        return self._last
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """The split in order, normalised, centre-cropped, read from disk."""
         if batch_size < 1:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
-        self._epoch.set(None, len(self), batch_size, self.num_batches(batch_size), None)
+        lo, hi = self.eval_bounds()
+        count = math.ceil((hi - lo) / batch_size)
+        self._epoch.set(None, hi - lo, batch_size, count, None, offset=lo)
         for xb, yb in self._read():
             yield self.serve_eval(xb), yb
 
     # ------------------------------------------------------------------ reading
-    def _read(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """uint8 batches on the device (unreadable images dropped) of the epoch set."""
+    def _read(self, *, keep_empty: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        """uint8 batches on the device (unreadable images dropped) of the epoch set; a batch
+        left with no image is skipped, or yielded empty with ``keep_empty``."""
         if self._loader is None:
             # one loader for the life of the data: its workers persist between epochs
             self._loader = DataLoader(
@@ -344,6 +412,8 @@ class StreamData(BatchTransforms):
                 self._skipped.setdefault(batch.items[pos][0], reason)
             xb, keep = self._assemble(batch)
             if not keep:
+                if keep_empty:
+                    yield xb[:0], batch.y[:0].to(self.device)
                 continue
             yb = batch.y[keep] if len(keep) < len(batch.items) else batch.y
             yield xb, yb.to(self.device, non_blocking=True)

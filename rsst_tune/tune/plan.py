@@ -795,7 +795,7 @@ def _check_option_types(opts: SweepOptions) -> None:
 def _check_workers_per_trial(opts: SweepOptions, base: Mapping[str, Any]) -> int:
     """`--workers-per-trial N`: an integer in [1, MAX_TRIAL_WORKERS]; with N > 1 each worker
     takes a whole GPU or none (`--gpus-per-trial` 1 or 0, not auto), the base batch size is
-    divisible by N and the data is resident (streamed data is not split across workers)."""
+    divisible by N."""
     n = opts.workers_per_trial
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_TRIAL_WORKERS:
         raise ConfigError(
@@ -811,12 +811,6 @@ def _check_workers_per_trial(opts: SweepOptions, base: Mapping[str, Any]) -> int
     from rsst_tune.workers import check_divisible
 
     check_divisible(int(base["batch_size"]), n)
-    if base.get("data_placement") not in (None, "auto", "device"):
-        raise ConfigError(
-            f"--workers-per-trial {n} needs the data resident on the device (data_placement "
-            f"device); streamed data is not split across workers yet, got data_placement "
-            f"{base['data_placement']}"
-        )
     return n
 
 
