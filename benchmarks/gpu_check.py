@@ -1,7 +1,7 @@
 """`make gpu-check`: the CUDA paths, exercised and measured on one GPU, in one table.
 
     python benchmarks/gpu_check.py            # parts 1-7: 194-307 s on one H100 (docs/data.md);
-                                              # parts 8-11 not yet run on a GPU
+                                              # parts 8-12 not yet run on a GPU
     python benchmarks/gpu_check.py --json gpu_check.json
 
 Without a CUDA device it prints "gpu-check: no CUDA device; nothing measured" and exits 0 at
@@ -46,6 +46,9 @@ still run; the exit status is 1 when any part failed):
    busy >= 80 %.
 11. **Crops**: one batch of decoded JPEGs cropped, resized and flipped to 224 px in batched
    calls (`rsst_tune.data.gpu_crops`, StreamData's CUDA path) against one image at a time.
+12. **Workers**: a 2-state vit_tiny/32 trial on one NCCL Ray Train worker (the path of
+   `--workers N`, DDP included) against the same trial in one process: time and val_acc per
+   state. One GPU cannot show scaling.
 """
 
 from __future__ import annotations
@@ -614,6 +617,35 @@ def gpu_crops(table: Table) -> None:
     )
 
 
+# ----------------------------------------------------------------------------- 12. workers
+def nccl_worker(table: Table) -> None:
+    """The trial on one Ray Train worker (`rsst_tune.run.run_workers(..., 1)`: NCCL, DDP,
+    rank 0's broadcasts and reductions, the handoff to the driver) against the same trial in
+    one process, vit_tiny at 32 px, 2 states: each state's time and val_acc. One GPU shows
+    the cost of the machinery, not scaling (that needs several GPUs)."""
+    from rsst_tune.config import TrialConfig
+    from rsst_tune.data import make_synthetic
+    from rsst_tune.run import run_trial, run_workers
+
+    data = make_synthetic(sizes=(512 if DRY_RUN else 20_480, 256, 256))
+    cfg = TrialConfig(
+        model="vit_tiny", dataset="synthetic", device=DEVICE, epochs=1, pruning_times=2,
+        batch_size=16 if DRY_RUN else 256, warmup_epochs=0.0, amp=not DRY_RUN, compile=False,
+        head_ratio=0.25, mlp_ratio=0.25, threads=1 if DRY_RUN else 0,
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="gpu-check-workers-") as tmp:
+        worker = run_workers(cfg, Path(tmp) / "w1", 1, data=data)
+        alone = run_trial(cfg, Path(tmp) / "p1", data=data)
+    for a, b in zip(worker, alone, strict=True):
+        table.add(
+            "workers",
+            f"vit_tiny 32 px state {a.state}: 1 worker ({a.device}) vs 1 process",
+            f"{a.wall_time_s:.1f} vs {b.wall_time_s:.1f} s ({a.wall_time_s / b.wall_time_s:.2f}x);"
+            f" val_acc {a.val_acc:.3f} vs {b.val_acc:.3f}",
+            ok=a.world_size == 1 and (DRY_RUN or "nccl" in a.device),
+        )
+
+
 PARTS: tuple[tuple[str, Callable[[Table], None]], ...] = (
     ("tests", cuda_tests),
     ("throughput", throughput),
@@ -626,6 +658,7 @@ PARTS: tuple[tuple[str, Callable[[Table], None]], ...] = (
     ("packing", packing),
     ("utilisation", utilisation),
     ("crops", gpu_crops),
+    ("workers", nccl_worker),
 )
 
 

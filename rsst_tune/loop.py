@@ -108,11 +108,13 @@ class PruneLoop:
         `shard`: this process's place among several data-parallel workers (`rsst_tune.workers`,
         docs/engine.md "Several workers"): the loop trains under DDP on its shard of each
         global batch, reduces evaluation over the workers, takes every prune decision from
-        rank 0 and, on ranks other than 0, writes nothing. None: one process, as always."""
+        rank 0 and, on ranks other than 0, writes nothing. None: one process, as always. A
+        shard of world 1 (one Ray Train worker: `run_workers(..., 1)`, what `make gpu-check`
+        runs on one GPU) takes the same path, DDP on a single worker included."""
         check_host(cfg)  # before the data loads: threads this machine cannot run
         if numerics_cache is None and dense_cache is not None:
             numerics_cache = NumericsCache(dense_cache.root)
-        self.shard = shard if shard is not None and shard.world > 1 else None
+        self.shard = shard
         self.setup: TrialSetup
         if self.shard is None:
             self.setup = build_setup(cfg, data, numerics_cache=numerics_cache)

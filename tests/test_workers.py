@@ -268,6 +268,24 @@ def _image_folder(root: Path, per_class: int) -> Path:
 
 
 @pytest.mark.sweep
+def test_one_ray_train_worker_takes_the_workers_path_and_trains_as_one_process(
+    local_ray: None, tmp_path: Path
+) -> None:
+    """`run_workers(..., 1)`: one Ray Train worker (what `make gpu-check` runs with NCCL on
+    one GPU) goes through the whole workers path, DDP included, and trains as one process
+    does (DDP's mean over one worker is its own gradient)."""
+    from rsst_tune.run import run_workers
+
+    one = run_workers(TrialConfig.from_dict(VIT), tmp_path / "run", 1)
+    alone = run_trial(VIT)
+    assert [(r.world_size, r.device) for r in one] == [(1, "cpu x1 (gloo)")] * 2
+    assert json.loads((tmp_path / "run" / HANDOFF_FILE).read_text())["world_size"] == 1
+    for a, b in zip(one, alone, strict=True):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-5)
+        assert (a.heads, a.neurons) == (b.heads, b.neurons)
+
+
+@pytest.mark.sweep
 def test_two_workers_stream_an_image_folder_as_one_process_does(
     local_ray: None, tmp_path: Path
 ) -> None:
