@@ -320,6 +320,7 @@ def run_command(
 def worker_entry(conf: dict[str, Any]) -> None:
     """One Ray Train worker of `rsst_tune.workers.launch_workers`: the trial's loop with its
     `Shard`; rank 0 writes the run's files and the handoff file."""
+    import ray
     import ray.train
     import torch
     import torch.distributed as dist
@@ -334,6 +335,7 @@ def worker_entry(conf: dict[str, Any]) -> None:
         torch.cuda.set_device(ray.train.torch.get_device())
     out_dir = Path(conf["out_dir"])
     shard = Shard(rank, world, str(dist.get_backend()), signal_dir=out_dir, launch=conf["launch"])
+    nodes = shard.gather_nodes(ray.get_runtime_context().get_node_id())
     cfg = None if conf["config"] is None else TrialConfig.from_dict(conf["config"])
     with contextlib.ExitStack() as stack:
         if rank == 0 and conf["log"]:
@@ -349,10 +351,14 @@ def worker_entry(conf: dict[str, Any]) -> None:
                 _clear_for_run(out_dir, loop.cfg)
         if rank == 0:
             log.info(
-                "workers: %d x %s, global batch %d (%d per worker)", world,
-                loop.setup.device, loop.cfg.batch_size, loop.cfg.batch_size // world,
+                "workers: %d x %s on %d node(s), global batch %d (%d per worker)", world,
+                loop.setup.device, len(set(nodes)), loop.cfg.batch_size,
+                loop.cfg.batch_size // world,
             )  # fmt: skip
-        handoff = {"launch": conf["launch"], "world_size": world, "backend": shard.backend}
+        handoff = {
+            "launch": conf["launch"], "world_size": world, "backend": shard.backend,
+            "nodes": nodes,
+        }  # fmt: skip
         states: list[dict[str, Any]] = []
         for result in loop.states():
             if rank != 0:

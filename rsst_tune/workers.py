@@ -104,6 +104,7 @@ class Shard:
     signal_dir: Path | None = None
     launch: str = ""
     records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    nodes: list[str] = dataclasses.field(default_factory=list)  # each rank's Ray node id
 
     @property
     def ddp(self) -> Callable[[Tensor], Tensor]:
@@ -112,8 +113,18 @@ class Shard:
         return self.forward
 
     def describe(self, device_text: str) -> str:
-        """`cpu x2 (gloo)`, `cuda (NVIDIA H100 ...) x8 (nccl)`."""
-        return f"{device_text} x{self.world} ({self.backend})"
+        """`cpu x2 (gloo)`, `cuda (NVIDIA H100 ...) x8 (nccl)`, `... x16 (nccl, 2 nodes)`."""
+        n = len(set(self.nodes))
+        return f"{device_text} x{self.world} ({self.backend}{f', {n} nodes' if n > 1 else ''})"
+
+    def gather_nodes(self, node: str) -> list[str]:
+        """Every rank's `node` (its Ray node id), in rank order, kept in `nodes`."""
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world
+        dist.all_gather_object(gathered, node)
+        self.nodes = [str(g) for g in gathered]
+        return self.nodes
 
     def check(self, cfg: TrialConfig, dense_cache: DenseCache | None) -> None:
         check_divisible(cfg.batch_size, self.world)
@@ -280,13 +291,16 @@ def launch_workers(
     data: DataBundle | None = None,
     cpus_per_worker: float | None = None,
     dense_cache_dir: str | None = None,
+    span_nodes: bool = False,
 ) -> None:
     """Run the trial in `run_dir` (a fresh one, or `resume` its last state checkpoint) on
     `workers` Ray Train workers, each calling `entry(conf)` (`rsst_tune.run.worker_entry`),
     one GPU each with `use_gpu` (nccl, else gloo) and `cpus_per_worker` CPUs each (default
     Ray Train's 1); wait for them, calling `on_state` in this thread as rank 0 finishes each
     state; rank 0 appends its log lines to `log_path`; a fresh run shares state 0 through
-    the dense cache in `dense_cache_dir` (`Shard.dense_state`). No checks of the directory:
+    the dense cache in `dense_cache_dir` (`Shard.dense_state`). The workers run on one node
+    (Ray's STRICT_PACK placement), or with `span_nodes` on as few as hold them (PACK): then
+    `run_dir` must be on storage every node sees at the same path. No checks of the directory:
     `rsst_tune.run.run_workers` makes them for a run, a sweep's trainable owns its scratch
     directory."""
     launch = uuid.uuid4().hex
@@ -304,15 +318,15 @@ def launch_workers(
     if cpus_per_worker is not None:
         resources = {"CPU": cpus_per_worker, **({"GPU": 1.0} if use_gpu else {})}
     poller = _Poller(run_dir / HANDOFF_FILE, launch, on_state)
-    _fit(entry, conf, workers, use_gpu, resources, run_dir / STORAGE_DIR, launch, poller)
+    scaling = {"num_workers": workers, "use_gpu": use_gpu, "resources_per_worker": resources,
+               "placement_strategy": "PACK" if span_nodes else "STRICT_PACK"}  # fmt: skip
+    _fit(entry, conf, scaling, run_dir / STORAGE_DIR, launch, poller)
 
 
 def _fit(
     entry: Callable[[dict[str, Any]], None],
     conf: dict[str, Any],
-    workers: int,
-    use_gpu: bool,
-    resources: dict[str, float] | None,
+    scaling: dict[str, Any],
     storage: Path,
     launch: str,
     poller: _Poller,
@@ -331,10 +345,8 @@ def _fit(
         trainer = TorchTrainer(
             entry,
             train_loop_config=conf,
-            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-            scaling_config=ScalingConfig(
-                num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources
-            ),
+            torch_config=TorchConfig(backend="nccl" if scaling["use_gpu"] else "gloo"),
+            scaling_config=ScalingConfig(**scaling),
             run_config=RunConfig(name=f"workers-{launch[:12]}", storage_path=str(storage)),
         )
         failed: list[BaseException] = []

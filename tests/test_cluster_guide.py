@@ -80,3 +80,39 @@ def test_the_cluster_guide_runs_a_sweep_on_two_nodes_and_a_second_driver_resumes
     ran_on = {e["pid"] for e in _events(exp_dir) if e["event"] == "state"}
     assert ran_on & worker_pids, "no trial state ran on the worker node"
     assert ran_on - worker_pids, "no trial state ran on the head node"
+
+
+def test_a_trial_on_two_workers_spans_two_nodes_that_share_the_experiment_directory(
+    tmp_path: Path, ray_tmp: Path
+) -> None:
+    """docs/multi_gpu.md, several machines per trial: two 1-CPU nodes, trials of 2 workers at
+    0.9 CPU each, so no node holds a trial's workers: each trial runs on both nodes (Ray's
+    PACK placement, the trial's run in the experiment directory both nodes see), completes
+    every state, and leaves nothing in the experiment directory's `worker_runs/`."""
+    env = _env(ray_tmp)
+    shared = tmp_path / "shared"
+    exp_dir = shared / "span"
+    address, head = start_head("span", tmp_path, ray_tmp, env)
+    worker: Node | None = None
+    sweep: Sweep | None = None
+    try:
+        worker = start_worker("span", address, tmp_path, ray_tmp, env)
+        cmd = _sweep(shared, "span", "--states", "2", "--epochs", "1", "--num-samples", "2")
+        sweep = Sweep(
+            [*cmd, "--address", address, "--workers-per-trial", "2", "--cpus-per-trial", "0.9",
+             "--gpus-per-trial", "0", "--quiet"],
+            env, tmp_path,
+        )  # fmt: skip
+        assert sweep.finish(timeout=600) == 0, sweep.err
+    finally:
+        stop_cluster(sweep, worker, head)
+    assert not head.pids() and (worker is None or not worker.pids()), "node processes remain"
+
+    from rsst_tune.tune import load_experiment
+
+    trials = load_experiment(exp_dir).trials
+    assert [t.status for t in trials] == ["complete", "complete"], trials
+    states = [s for t in trials for s in t.states]
+    assert [s.state for t in trials for s in t.states] == [0, 1, 0, 1]
+    assert {(s.world_size, s.device) for s in states} == {(2, "cpu x2 (gloo, 2 nodes)")}
+    assert not any((exp_dir / "worker_runs").iterdir())

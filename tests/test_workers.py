@@ -397,6 +397,29 @@ def test_the_cli_takes_workers_per_trial() -> None:
 
 
 @pytest.mark.sweep
+def test_where_a_trials_workers_may_run_follows_the_storage(local_ray: None) -> None:
+    """A trial on several workers runs in the experiment directory (storage every node sees:
+    its workers may span nodes); with URI storage it stays on one node, and a trial no node
+    holds is refused in one line instead of waiting for a placement for ever."""
+    import dataclasses
+
+    from rsst_tune.tune import SweepOptions
+    from rsst_tune.tune.plan import resolve_plan
+    from rsst_tune.tune.run.runner import workers_concurrency
+
+    plan = resolve_plan(
+        SweepOptions(space="vit_head_mlp", preset="smoke", workers_per_trial=2, cpus_per_trial=0.5)
+    )
+    assert plan.workers_dir == str(Path(plan.local_dir) / "worker_runs")
+    assert resolve_plan(SweepOptions(space="vit_head_mlp", preset="smoke")).workers_dir is None
+    on_s3 = dataclasses.replace(plan, storage="s3://bucket/sweeps")
+    assert on_s3.workers_dir is None
+    assert workers_concurrency(on_s3)[0].max_concurrent == 1  # 2 x 0.5 CPU fit this node
+    with pytest.raises(ConfigError, match=r"must fit on one node \(2 x 1.5 CPUs\), and the "):
+        workers_concurrency(dataclasses.replace(on_s3, cpus_per_trial=1.5))
+
+
+@pytest.mark.sweep
 def test_a_sweep_on_two_workers_per_trial_stops_trials_and_leaves_no_worker(
     local_ray: None, tmp_path: Path
 ) -> None:

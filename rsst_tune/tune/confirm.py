@@ -250,6 +250,7 @@ def confirm_run(
     workers_per_trial: int = 1,
     cpus_per_worker: float | None = None,
     use_gpu: bool = False,
+    workers_dir: str | None = None,
 ) -> None:
     """Ray Tune entry point of one seed run: the sweep's trainable on `config[RUN_KEY]` (the
     runs are a grid over whole configs, whose lists may differ in length), on the sweep's
@@ -263,6 +264,7 @@ def confirm_run(
         workers_per_trial=workers_per_trial,
         cpus_per_worker=cpus_per_worker,
         use_gpu=use_gpu,
+        workers_dir=workers_dir,
     )
 
 

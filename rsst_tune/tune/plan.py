@@ -228,6 +228,16 @@ class SweepPlan:
         )
 
     @property
+    def workers_dir(self) -> str | None:
+        """Where a trial on several workers (`--workers-per-trial`) runs: the experiment
+        directory, which every node of a cluster sees (docs/cluster.md), so that its workers
+        may span nodes; None with URI storage (each trial's workers then stay on one node,
+        in the trial's local scratch directory)."""
+        if self.workers_per_trial <= 1 or self.is_uri:
+            return None
+        return str(Path(self.local_dir) / WORKER_RUNS_DIR)
+
+    @property
     def states(self) -> int:
         return int(self.base_config["pruning_times"])
 
@@ -268,6 +278,8 @@ class SweepPlan:
 # The smoke preset pins the digits training recipe, so all its trials share one dense state 0
 # (shared dense training) and the search spends its budget on the pruning parameters.
 SMOKE_FIXED: dict[str, Any] = {"lr": 3e-3}
+WORKER_RUNS_DIR = "worker_runs"
+"""In the experiment directory: the runs of trials on several workers, while they run."""
 SMOKE_CONFIRM = 2  # the smoke preset confirms the top 2 tickets of each budget
 
 

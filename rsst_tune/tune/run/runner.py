@@ -293,6 +293,8 @@ def workers_concurrency(plan: SweepPlan) -> tuple[SweepPlan, str]:
     else:  # each trial's driver holds a little CPU beside its workers
         what, total = "CPUs", float(have.get("CPU", 0.0))
         per = n * plan.cpus_per_trial + DRIVER_CPUS
+    if plan.workers_dir is None:  # URI storage: a trial's workers stay on one node
+        _check_one_node_holds(plan, have_key="GPU" if plan.gpus_per_trial > 0 else "CPU")
     fits = max(1, int(total // per))
     k = min(fits, plan.max_concurrent or fits)
     said = (
@@ -306,6 +308,27 @@ def workers_concurrency(plan: SweepPlan) -> tuple[SweepPlan, str]:
         + ")"
     )
     return dataclasses.replace(plan, max_concurrent=k), said
+
+
+def _check_one_node_holds(plan: SweepPlan, have_key: str) -> None:
+    """With URI storage a trial's workers run on one node (they share its local run
+    directory): a ConfigError, naming the largest node, when no node holds them (Ray would
+    wait for such a placement for ever)."""
+    import ray
+
+    n = plan.workers_per_trial
+    each = plan.gpus_per_trial if have_key == "GPU" else plan.cpus_per_trial
+    largest = max(
+        (float(node.get("Resources", {}).get(have_key, 0.0)) for node in ray.nodes()
+         if node.get("Alive")),
+        default=0.0,
+    )  # fmt: skip
+    if largest < n * each:
+        raise ConfigError(
+            f"--workers-per-trial {n} with storage {plan.storage}: a trial's workers must fit "
+            f"on one node ({n} x {each:g} {have_key}s), and the largest node has {largest:g}; "
+            "use a shared folder as --storage to let them span nodes (docs/multi_gpu.md)"
+        )
 
 
 def _sign(plan: SweepPlan) -> None:

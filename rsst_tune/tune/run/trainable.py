@@ -53,6 +53,7 @@ def train_trial(
     workers_per_trial: int = 1,
     cpus_per_worker: float | None = None,
     use_gpu: bool = False,
+    workers_dir: str | None = None,
 ) -> None:
     """Ray Tune entry point (wrapped with `tune.with_parameters(..., objectives=...)`); with
     `latency_table`, every state's `latency_ms` is predicted from it.
@@ -61,7 +62,9 @@ def train_trial(
     (`rsst_tune.workers`: DDP, `cpus_per_worker` CPUs and, with `use_gpu`, one GPU each) in
     this trial's scratch directory, and rank 0's states are reported here as they finish,
     each with its checkpoint; a fresh trial shares state 0 through the dense cache as one
-    on a single worker does."""
+    on a single worker does. With `workers_dir` (a directory every node sees) the scratch
+    directory is the trial's folder there and the workers may span nodes; without, they
+    stay on one node."""
 
     from ray import tune
 
@@ -70,12 +73,14 @@ def train_trial(
     t_start = time.perf_counter()
     cfg = TrialConfig.from_dict(config)  # the boundary: nothing below sees the dict
     table = LatencyTable.load(latency_table) if latency_table else None
-    with _scratch_dir() as scratch, _trial_log(scratch / TRIAL_LOG):
+    shared = workers_dir if workers_per_trial > 1 else None
+    with _scratch_dir(shared) as scratch, _trial_log(scratch / TRIAL_LOG):
         reporter = _Reporter(cfg, scratch, objectives, table, t_start)
         if workers_per_trial > 1:
             _on_workers(
                 reporter, tune.get_checkpoint(), workers_per_trial,
                 cpus_per_worker=cpus_per_worker, use_gpu=use_gpu, dense_cache_dir=dense_cache_dir,
+                span_nodes=shared is not None,
             )  # fmt: skip
             return
         loop = _start_loop(cfg, scratch, tune.get_checkpoint(), dense_cache_dir)
@@ -161,10 +166,12 @@ def _on_workers(
     cpus_per_worker: float | None,
     use_gpu: bool,
     dense_cache_dir: str | None,
+    span_nodes: bool,
 ) -> None:
     """The trial on `workers` Ray Train workers in its scratch directory (from `checkpoint`'s
     state when Ray restarted the trial, else sharing state 0 through `dense_cache_dir`);
-    each state rank 0 finishes is reported."""
+    each state rank 0 finishes is reported. `span_nodes`: the workers may run on several
+    nodes (the scratch directory is on storage they all see)."""
     from rsst_tune.checkpoint import state_of
     from rsst_tune.run import worker_entry
     from rsst_tune.workers import check_divisible, launch_workers
@@ -189,6 +196,7 @@ def _on_workers(
         log_path=scratch / TRIAL_LOG,
         cpus_per_worker=cpus_per_worker,
         dense_cache_dir=dense_cache_dir if checkpoint is None else None,
+        span_nodes=span_nodes,
     )
 
 
@@ -267,8 +275,18 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 @contextlib.contextmanager
-def _scratch_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="rsst_trial_"))
+def _scratch_dir(shared: str | None = None) -> Iterator[Path]:
+    """The trial's working directory, removed at its end: a local temporary one, or with
+    `shared` the trial's folder there (emptied first: a run of the trial that died on a lost
+    node may have left it)."""
+    if shared is None:
+        path = Path(tempfile.mkdtemp(prefix="rsst_trial_"))
+    else:
+        from ray import tune
+
+        path = Path(shared) / trial_dirname(str(tune.get_context().get_trial_id()))
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
     try:
         yield path
     finally:
@@ -318,6 +336,7 @@ def trainable_for(plan: SweepPlan, entry: Any = None) -> Any:
             workers_per_trial=plan.workers_per_trial,
             cpus_per_worker=plan.cpus_per_trial,
             use_gpu=plan.gpus_per_trial > 0,
+            workers_dir=plan.workers_dir,
         )
     return tune.with_resources(
         tune.with_parameters(
