@@ -47,8 +47,9 @@ still run; the exit status is 1 when any part failed):
 11. **Crops**: one batch of decoded JPEGs cropped, resized and flipped to 224 px in batched
    calls (`rsst_tune.data.gpu_crops`, StreamData's CUDA path) against one image at a time.
 12. **Workers**: a 2-state vit_tiny/32 trial on one NCCL Ray Train worker (the path of
-   `--workers N`, DDP included) against the same trial in one process: time and val_acc per
-   state. One GPU cannot show scaling.
+   `--workers N`, DDP included) against the same trial in one process, bf16 eager and with
+   the DDP module compiled with CUDA graphs: time and val_acc per state. One GPU cannot show
+   scaling.
 """
 
 from __future__ import annotations
@@ -628,22 +629,26 @@ def nccl_worker(table: Table) -> None:
     from rsst_tune.run import run_trial, run_workers
 
     data = make_synthetic(sizes=(512 if DRY_RUN else 20_480, 256, 256))
-    cfg = TrialConfig(
+    base = TrialConfig(
         model="vit_tiny", dataset="synthetic", device=DEVICE, epochs=1, pruning_times=2,
         batch_size=16 if DRY_RUN else 256, warmup_epochs=0.0, amp=not DRY_RUN, compile=False,
         head_ratio=0.25, mlp_ratio=0.25, threads=1 if DRY_RUN else 0,
     )  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="gpu-check-workers-") as tmp:
-        worker = run_workers(cfg, Path(tmp) / "w1", 1, data=data)
-        alone = run_trial(cfg, Path(tmp) / "p1", data=data)
-    for a, b in zip(worker, alone, strict=True):
-        table.add(
-            "workers",
-            f"vit_tiny 32 px state {a.state}: 1 worker ({a.device}) vs 1 process",
-            f"{a.wall_time_s:.1f} vs {b.wall_time_s:.1f} s ({a.wall_time_s / b.wall_time_s:.2f}x);"
-            f" val_acc {a.val_acc:.3f} vs {b.val_acc:.3f}",
-            ok=a.world_size == 1 and (DRY_RUN or "nccl" in a.device),
-        )
+    # eager, then the DDP module compiled with CUDA graphs (asked for: auto never compiles DDP)
+    graphs = base.replace(compile=True, compile_mode="reduce-overhead")
+    for label, cfg in (("eager", base), ("CUDA graphs", graphs)):
+        with tempfile.TemporaryDirectory(prefix="gpu-check-workers-") as tmp:
+            worker = run_workers(cfg, Path(tmp) / "w1", 1, data=data)
+            alone = run_trial(cfg, Path(tmp) / "p1", data=data)
+        for a, b in zip(worker, alone, strict=True):
+            table.add(
+                "workers",
+                f"vit_tiny 32 px {label} state {a.state}: 1 worker ({a.device}) vs 1 process",
+                f"{a.wall_time_s:.1f} vs {b.wall_time_s:.1f} s "
+                f"({a.wall_time_s / b.wall_time_s:.2f}x); val_acc {a.val_acc:.3f} vs "
+                f"{b.val_acc:.3f}; {a.numerics}",
+                ok=a.world_size == 1 and (DRY_RUN or "nccl" in a.device),
+            )
 
 
 PARTS: tuple[tuple[str, Callable[[Table], None]], ...] = (

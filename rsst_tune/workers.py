@@ -182,8 +182,9 @@ class Shard:
         from rsst_tune.device import resolve_device
         from rsst_tune.trial_setup import build_setup
 
+        asked = cfg.compile is True  # compile given, not auto's choice
         if not (cfg.numerics_auto and resolve_device(cfg.device).type == "cuda"):
-            return self.prepare(build_setup(cfg, data, numerics_cache=numerics_cache))
+            return self.prepare(build_setup(cfg, data, numerics_cache=numerics_cache), asked)
         import torch.distributed as dist
 
         choice: list[Any] = [None]
@@ -199,20 +200,26 @@ class Shard:
                 amp, comp, mode = choice[0]
                 fixed = cfg.replace(amp=amp, compile=comp, compile_mode=mode)
             setup = build_setup(fixed, data, numerics_cache=numerics_cache)
-        return self.prepare(setup)
+        return self.prepare(setup, asked)
 
-    def prepare(self, setup: TrialSetup) -> TrialSetup:
+    def prepare(self, setup: TrialSetup, compile_asked: bool = False) -> TrialSetup:
         """The setup with this worker's shards of the splits (resident or streamed) and the
-        model under DDP (the loop evaluates and scores with the plain model); torch.compile
-        is not used."""
+        model under DDP (the loop evaluates and scores with the plain model). The DDP model
+        is compiled (`torch.compile` of the DDP module, in the setup's mode) only when the
+        config asked for compile itself (`compile_asked`): auto's probe times one process,
+        not DDP, so its choice of compile is not applied to the workers."""
         from torch.nn.parallel import DistributedDataParallel
 
+        from rsst_tune.device import compile_forward
+
         splits = (setup.train_data, setup.val_data, setup.test_data)
-        if setup.compile_mode is not None:
-            log.warning("torch.compile is not used with several workers: eager DDP")
         device = setup.device
         ids = [device] if device.type == "cuda" else None
-        self.forward = DistributedDataParallel(setup.model, device_ids=ids)
+        ddp = DistributedDataParallel(setup.model, device_ids=ids)
+        mode = setup.compile_mode if compile_asked else None
+        if setup.compile_mode is not None and mode is None:
+            log.warning("amp/compile auto chose torch.compile for one process: eager DDP here")
+        self.forward = ddp if mode is None else compile_forward(ddp, mode)
         train, val, test = (s.shard(self.rank, self.world) for s in splits)  # type: ignore[attr-defined]
         return dataclasses.replace(
             setup,
@@ -220,7 +227,7 @@ class Shard:
             val_data=val,
             test_data=test,
             forward=setup.model,
-            compile_mode=None,
+            compile_mode=mode,
         )
 
     # ------------------------------------------------------------------ agreement
