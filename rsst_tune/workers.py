@@ -221,6 +221,10 @@ class Shard:
             log.warning("amp/compile auto chose torch.compile for one process: eager DDP here")
         self.forward = ddp if mode is None else compile_forward(ddp, mode)
         train, val, test = (s.shard(self.rank, self.world) for s in splits)  # type: ignore[attr-defined]
+        for split in splits:  # a streamed split's loader (build_setup read from it) stops
+            close = getattr(split, "close", None)
+            if close is not None:
+                close()
         return dataclasses.replace(
             setup,
             train_data=train,
@@ -321,13 +325,16 @@ def launch_workers(
         "launch": launch,
         "dense_cache": dense_cache_dir,
     }
-    resources = None
-    if cpus_per_worker is not None:
-        resources = {"CPU": cpus_per_worker, **({"GPU": 1.0} if use_gpu else {})}
     poller = _Poller(run_dir / HANDOFF_FILE, launch, on_state)
-    scaling = {"num_workers": workers, "use_gpu": use_gpu, "resources_per_worker": resources,
-               "placement_strategy": "PACK" if span_nodes else "STRICT_PACK"}  # fmt: skip
-    _fit(entry, conf, scaling, run_dir / STORAGE_DIR, launch, poller)
+    scaling = {
+        "num_workers": workers, "use_gpu": use_gpu,
+        "resources_per_worker": {
+            "CPU": 1.0 if cpus_per_worker is None else cpus_per_worker,
+            **({"GPU": 1.0} if use_gpu else {}),
+        },
+        "placement_strategy": "PACK" if span_nodes else "STRICT_PACK",
+    }  # fmt: skip
+    _fit(entry, conf, scaling, run_dir / STORAGE_DIR, launch, poller, pin=not span_nodes)
 
 
 def _fit(
@@ -337,9 +344,12 @@ def _fit(
     storage: Path,
     launch: str,
     poller: _Poller,
+    *,
+    pin: bool,
 ) -> None:
     """Start the workers (Ray first, when none runs here) and wait for them; `trainer.fit()`
-    runs in a thread so that `poller` calls `on_state` in this one, as states finish."""
+    runs in a thread so that `poller` calls `on_state` in this one, as states finish. `pin`:
+    the workers run on this process's node (they share its local run directory)."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -349,6 +359,8 @@ def _fit(
     import ray
 
     try:
+        if pin:
+            scaling = _pinned(scaling)
         trainer = TorchTrainer(
             entry,
             train_loop_config=conf,
@@ -376,6 +388,30 @@ def _fit(
     finally:
         if started:
             ray.shutdown()
+
+
+def _pinned(scaling: dict[str, Any]) -> dict[str, Any]:
+    """`scaling` with each worker asking for a sliver of this process's node's own resource
+    (`node:<ip>`), so that the workers run here; a ConfigError when this node cannot hold
+    them at all (Ray would wait for that placement for ever)."""
+    import ray
+
+    me = ray.get_runtime_context().get_node_id()
+    node = next((n for n in ray.nodes() if n.get("NodeID") == me), None)
+    if node is None:
+        return scaling
+    have: dict[str, float] = node.get("Resources", {})
+    n, each = int(scaling["num_workers"]), dict(scaling["resources_per_worker"])
+    for kind, amount in each.items():
+        if float(have.get(kind, 0.0)) < n * amount:
+            raise ConfigError(
+                f"{n} workers need {n * amount:g} {kind}s on this machine (they share its "
+                f"run directory), and it has {float(have.get(kind, 0.0)):g}"
+            )
+    name = next((k for k in have if k.startswith("node:") and k != "node:__internal_head__"), None)
+    if name is not None:
+        each[name] = min(0.001, 0.5 / n)
+    return {**scaling, "resources_per_worker": each}
 
 
 def _worker_error(exc: Exception) -> Exception:

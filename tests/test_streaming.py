@@ -513,5 +513,5 @@ def test_a_stream_shard_whose_slice_is_unreadable_trains_on_its_last_slice_again
     for i in order[2:4]:
         train.files[i].write_bytes(b"not an image")
     shard = StreamData(train, bundle.spec, "cpu", workers=0).shard(1, 2)
-    with pytest.raises(ConfigError, match=r"^worker 1 of 2: no image of its slice of a training"):
+    with pytest.raises(ConfigError, match=r"^worker 1 of 2: too few images of its slice of a "):
         batches(shard.train_batches(4, make_generator(0, "cpu"), augment=False))

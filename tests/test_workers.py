@@ -203,6 +203,19 @@ def test_what_the_workers_refuse_comes_back_in_one_line(local_ray: None, tmp_pat
 
 
 @pytest.mark.sweep
+def test_more_workers_than_this_machine_holds_are_refused_in_one_line(
+    local_ray: None, tmp_path: Path
+) -> None:
+    """`rsst-tune run --workers N` keeps its workers on this machine (they share its run
+    directory): asking for more than it holds is refused at once, not a wait for ever."""
+    with pytest.raises(ConfigError) as err:
+        run_trial({**CFG, "batch_size": 63}, tmp_path / "run", workers=3)
+    assert str(err.value) == (
+        "3 workers need 3 CPUs on this machine (they share its run directory), and it has 2"
+    )
+
+
+@pytest.mark.sweep
 def test_the_workers_hold_equal_masks_at_every_state(
     two_workers: tuple[Path, list[StateResult], list[StateResult]],
 ) -> None:
@@ -415,7 +428,7 @@ def test_where_a_trials_workers_may_run_follows_the_storage(local_ray: None) -> 
     on_s3 = dataclasses.replace(plan, storage="s3://bucket/sweeps")
     assert on_s3.workers_dir is None
     assert workers_concurrency(on_s3)[0].max_concurrent == 1  # 2 x 0.5 CPU fit this node
-    with pytest.raises(ConfigError, match=r"must fit on one node \(2 x 1.5 CPUs\), and the "):
+    with pytest.raises(ConfigError, match=r"must fit on one node \(2 x 1.5 CPUs, on the node of"):
         workers_concurrency(dataclasses.replace(on_s3, cpus_per_trial=1.5))
 
 

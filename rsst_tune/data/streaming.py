@@ -297,6 +297,11 @@ class StreamData(BatchTransforms):
         self._whole: StreamData | None = None  # a shard's unsharded sibling (scoring)
         self._last: tuple[Tensor, Tensor] | None = None  # the last training batch served
 
+    def close(self) -> None:
+        """Let go of the DataLoader and its persistent worker processes (they stop when it
+        is freed); the next read starts new ones."""
+        self._loader = None
+
     def shard(self, rank: int, world: int) -> StreamData:
         """The same split served to worker ``rank`` of ``world`` (a new reader: its own
         DataLoader workers; left to the default, a share of this machine's cores)."""
@@ -361,24 +366,25 @@ class StreamData(BatchTransforms):
             aug = make_generator(int(seed.item()) + self.rank, self.device)
         count = self.num_train_batches(batch_size)
         self._epoch.set(order, n, batch_size, count, crop_gen, rank=self.rank, world=self.world)
-        for xb, yb in self._read(keep_empty=self.world > 1):
+        for step, (xb, yb) in enumerate(self._read(keep_empty=self.world > 1)):
             if self.world > 1:  # every worker takes every step (DDP), whatever it could read
-                xb, yb = self._in_step(xb, yb)
+                xb, yb = self._in_step(xb, yb, min(2, self.local_share(batch_size, step)[0]))
             elif len(yb) < 2 and batch_size > 1:  # all but one unreadable: BatchNorm needs 2
                 continue
             yield (self.to_model_input(xb) if crops else self.serve_train(xb, aug, augment)), yb
 
-    def _in_step(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
-        """A worker's slice of a training batch; when every image of it was unreadable, the
-        last slice it served again (the workers of a DDP trial must all take each step)."""
-        if len(yb):
+    def _in_step(self, xb: Tensor, yb: Tensor, least: int) -> tuple[Tensor, Tensor]:
+        """A worker's slice of a training batch; when fewer than `least` of its images could
+        be read (BatchNorm needs 2), the last slice it served again (the workers of a DDP
+        trial must all take each step)."""
+        if len(yb) >= least:
             self._last = (xb, yb)
             return xb, yb
         if self._last is None:
             raise ConfigError(
-                f"worker {self.rank} of {self.world}: no image of its slice of a training "
-                f"batch of {self.split.root}/{self.split.part} could be read, and it has "
-                "served none before to train on instead (see the warnings above)"
+                f"worker {self.rank} of {self.world}: too few images of its slice of a "
+                f"training batch of {self.split.root}/{self.split.part} could be read, and it "
+                "has served none before to train on instead (see the warnings above)"
             )
         return self._last
 

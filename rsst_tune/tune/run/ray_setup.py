@@ -145,7 +145,7 @@ import os, select, signal, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 mark = ("RAY_RAYLET_PID=" + sys.argv[1]).encode()
 started = dict(a.split(":") for a in sys.argv[2:])  # the cluster's own: pid -> start time
-parents = frozenset(started)
+parents = dict(started)
 me, uid = os.getpid(), os.getuid()
 
 
@@ -161,16 +161,24 @@ def start_time(name):
 
 def adopt():
     # The raylet's agents (dashboard agent, runtime env agent) carry no mark, and once the
-    # raylet is dead their parent is gone too: learn them by parent while the cluster lives.
+    # raylet is dead their parent is gone too: learn them by parent while the cluster lives
+    # (a parent still the one started: its pid not reused; a child of this user).
+    alive = set()
+    for name in parents:
+        try:
+            if start_time(name) == parents[name]:
+                alive.add(name)
+        except (OSError, IndexError):
+            continue
     for name in os.listdir("/proc"):
         if not name.isdigit() or name in started:
             continue
         try:
             ppid, t = stat(name)
+            if ppid in alive and t is not None and os.stat("/proc/" + name).st_uid == uid:
+                started[name] = t
         except (OSError, IndexError):
             continue
-        if ppid in parents and t is not None:
-            started[name] = t
     for name, t in list(started.items()):  # forget the dead (a worker churns): pids are reused
         try:
             if name not in parents and start_time(name) != t:
@@ -179,6 +187,7 @@ def adopt():
             del started[name]
 
 
+adopt()
 while not select.select([sys.stdin], [], [], 2.0)[0]:
     adopt()
 if sys.stdin.buffer.read().strip() == b"bye":

@@ -275,60 +275,71 @@ def _recover(plan: SweepPlan) -> None:
 
 
 def workers_concurrency(plan: SweepPlan) -> tuple[SweepPlan, str]:
-    """With `--workers-per-trial N`: at most as many trials at once as the cluster's GPUs
-    (CPUs, for CPU workers) hold trials' workers, at least 1, whatever `--max-concurrent` or
-    the preset asked for. More would start trials whose Ray Train runs wait for resources
-    that other waiting runs hold (two such runs on 2 CPUs waited for each other for good).
-    Returns the plan and a line saying what was chosen ("" with one worker per trial)."""
+    """With `--workers-per-trial N`: at most as many trials at once as the cluster holds
+    trials' workers, at least 1, whatever `--max-concurrent` or the preset asked for. More
+    would start trials whose Ray Train runs wait for resources that other waiting runs hold
+    (two such runs on 2 CPUs waited for each other for good). With shared storage a trial's
+    workers may span nodes: the cluster's GPUs (CPUs, for CPU workers) over a trial's. With
+    URI storage they run on the node of the trial's driver (`_fits_per_node`). Returns the
+    plan and a line saying what was chosen ("" with one worker per trial)."""
     if plan.workers_per_trial <= 1:
         return plan, ""
     import ray
 
     from rsst_tune.tune.plan import DRIVER_CPUS
 
-    have = ray.cluster_resources()
     n = plan.workers_per_trial
-    if plan.gpus_per_trial > 0:
-        what, total, per = "GPUs", float(have.get("GPU", 0.0)), n * plan.gpus_per_trial
-    else:  # each trial's driver holds a little CPU beside its workers
-        what, total = "CPUs", float(have.get("CPU", 0.0))
-        per = n * plan.cpus_per_trial + DRIVER_CPUS
-    if plan.workers_dir is None:  # URI storage: a trial's workers stay on one node
-        _check_one_node_holds(plan, have_key="GPU" if plan.gpus_per_trial > 0 else "CPU")
-    fits = max(1, int(total // per))
+    if plan.workers_dir is None:
+        fits = _fits_per_node(plan)
+        basis = f"trials whose {n} workers fit on one node, summed over the nodes: {fits}"
+    else:
+        have = ray.cluster_resources()
+        if plan.gpus_per_trial > 0:
+            what, total, per = "GPUs", float(have.get("GPU", 0.0)), n * plan.gpus_per_trial
+        else:  # each trial's driver holds a little CPU beside its workers
+            what, total = "CPUs", float(have.get("CPU", 0.0))
+            per = n * plan.cpus_per_trial + DRIVER_CPUS
+        fits = max(1, int(total // per))
+        basis = f"the cluster's {total:g} {what} / {per:g} per trial"
     k = min(fits, plan.max_concurrent or fits)
+    lowered = k < (plan.max_concurrent or 0)
     said = (
-        f"workers: {n} per trial; at most {k} trial(s) at once (the cluster's {total:g} "
-        f"{what} / {per:g} per trial"
-        + (
-            f"; lowered from --max-concurrent {plan.max_concurrent}"
-            if k < (plan.max_concurrent or 0)
-            else ""
-        )
+        f"workers: {n} per trial; at most {k} trial(s) at once ({basis}"
+        + (f"; lowered from --max-concurrent {plan.max_concurrent}" if lowered else "")
         + ")"
     )
     return dataclasses.replace(plan, max_concurrent=k), said
 
 
-def _check_one_node_holds(plan: SweepPlan, have_key: str) -> None:
-    """With URI storage a trial's workers run on one node (they share its local run
-    directory): a ConfigError, naming the largest node, when no node holds them (Ray would
-    wait for such a placement for ever)."""
+def _fits_per_node(plan: SweepPlan) -> int:
+    """With URI storage a trial's workers run on the node of its driver (they share its
+    local run directory), and Tune may start a driver on any node: every node must hold a
+    driver and its workers, else a ConfigError naming what the smallest lacks (Ray would
+    wait for such a placement for ever). Returns the trials the nodes hold at once."""
     import ray
 
+    from rsst_tune.tune.plan import DRIVER_CPUS
+
     n = plan.workers_per_trial
-    each = plan.gpus_per_trial if have_key == "GPU" else plan.cpus_per_trial
-    largest = max(
-        (float(node.get("Resources", {}).get(have_key, 0.0)) for node in ray.nodes()
-         if node.get("Alive")),
-        default=0.0,
-    )  # fmt: skip
-    if largest < n * each:
-        raise ConfigError(
-            f"--workers-per-trial {n} with storage {plan.storage}: a trial's workers must fit "
-            f"on one node ({n} x {each:g} {have_key}s), and the largest node has {largest:g}; "
-            "use a shared folder as --storage to let them span nodes (docs/multi_gpu.md)"
-        )
+    need = {"CPU": n * plan.cpus_per_trial + DRIVER_CPUS}
+    if plan.gpus_per_trial > 0:
+        need["GPU"] = n * plan.gpus_per_trial
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    total = 0
+    for res in nodes:
+        fits = min(int(float(res.get(k, 0.0)) // v) for k, v in need.items())
+        for kind, amount in need.items():
+            have = float(res.get(kind, 0.0))
+            if have < amount:
+                each = plan.gpus_per_trial if kind == "GPU" else plan.cpus_per_trial
+                raise ConfigError(
+                    f"--workers-per-trial {n} with storage {plan.storage}: a trial's workers "
+                    f"must fit on one node ({n} x {each:g} {kind}s, on the node of its "
+                    f"driver), and a node has {have:g}; use a shared folder as --storage to "
+                    "let them span nodes (docs/multi_gpu.md)"
+                )
+        total += fits
+    return max(1, total)
 
 
 def _sign(plan: SweepPlan) -> None:

@@ -277,16 +277,20 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 @contextlib.contextmanager
 def _scratch_dir(shared: str | None = None) -> Iterator[Path]:
     """The trial's working directory, removed at its end: a local temporary one, or with
-    `shared` the trial's folder there (emptied first: a run of the trial that died on a lost
-    node may have left it)."""
+    `shared` a new folder of this run of the trial there (`<trial>-<random>`; the folders of
+    its earlier runs, which a lost node may have left, are removed first, as far as they
+    can be)."""
     if shared is None:
         path = Path(tempfile.mkdtemp(prefix="rsst_trial_"))
     else:
         from ray import tune
 
-        path = Path(shared) / trial_dirname(str(tune.get_context().get_trial_id()))
-        shutil.rmtree(path, ignore_errors=True)
-        path.mkdir(parents=True)
+        name = trial_dirname(str(tune.get_context().get_trial_id()))
+        root = Path(shared)
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(f"{name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
     try:
         yield path
     finally:
