@@ -11,6 +11,12 @@ machine as much as any speed-up: with fewer free cores than workers it cannot be
     python benchmarks/bench_workers.py             # 1 vs 2 workers
     python benchmarks/bench_workers.py --workers 4
     python benchmarks/bench_workers.py --tiny      # 2 states of 1 epoch, for CI (no goal)
+    python benchmarks/bench_workers.py --stream    # a streamed image folder instead
+
+`--stream`: the same trial on a folder of random 48 px JPEGs written here (3 classes, 1,152
+training images, 96 val and test), read from disk batch by batch (`data_placement stream`,
+one DataLoader worker per process, random-resized crops to 32 px): each of the N workers
+reads only the files of its slice of each batch.
 """
 
 from __future__ import annotations
@@ -47,10 +53,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2, help="data-parallel workers (>= 2)")
     parser.add_argument("--tiny", action="store_true", help="2 states of 1 epoch (CI)")
+    parser.add_argument("--stream", action="store_true", help="a streamed image folder")
     args = parser.parse_args()
     if args.workers < 2:
         parser.error(f"--workers must be at least 2, got {args.workers}")
     cfg = {**CFG, **({"pruning_times": 2, "epochs": 1} if args.tiny else {})}
+    folder = None
+    if args.stream:
+        folder = tempfile.mkdtemp(prefix="bw-images-")
+        _write_folder(folder, per_class=96 if args.tiny else 384)
+        cfg.update(
+            dataset="imagefolder", data_dir=folder, img_size=32, data_placement="stream",
+            data_workers=1, augment=True,
+        )  # fmt: skip
     if cfg["batch_size"] % args.workers:
         parser.error(f"--workers must divide the global batch {cfg['batch_size']}")
 
@@ -77,10 +92,13 @@ def main() -> None:
         restore_ray_env(saved)
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
     n = args.workers
+    data = "a streamed folder of 48 px JPEGs" if args.stream else "digits"
     print(
-        f"resnet20 on digits, global batch {cfg['batch_size']}, {cfg['pruning_times']} states "
+        f"resnet20 on {data}, global batch {cfg['batch_size']}, {cfg['pruning_times']} states "
         f"of {cfg['epochs']} epoch(s), 1 torch thread per process, {os.cpu_count()} cores"
     )
     print(f"{'state':>5} {'1 proc s':>9} {f'{n} workers s':>12} {'ratio':>6} "
@@ -98,6 +116,24 @@ def main() -> None:
         f"one process); whole runs with setup: {one_s:.1f}s vs {many_s:.1f}s (Ray Train start "
         "included)"
     )
+
+
+def _write_folder(root: str, per_class: int) -> None:
+    """`root/{train,val,test}/cK/i.jpg`: random 48 px JPEGs, 3 classes, seeded."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for part, n in (("train", per_class), ("val", 32), ("test", 32)):
+        for k in range(3):
+            folder = Path(root) / part / f"c{k}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+                pixels[..., k] //= 4  # a class is a colour cast: something to learn
+                Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
 
 
 if __name__ == "__main__":
