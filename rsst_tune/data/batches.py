@@ -135,6 +135,19 @@ class BatchTransforms:
         """[start, stop) of the examples this worker evaluates (the whole split: 0, len)."""
         return share_bounds(len(self), self.rank, self.world)
 
+    def rank_generator(
+        self, generator: torch.Generator, seed: int | None = None
+    ) -> torch.Generator:
+        """Where this worker draws its per-image augmentation: ``generator`` in one process;
+        with several workers a generator of its own, seeded from ``seed`` (one draw from
+        ``generator`` when None) and the rank, so that ``generator`` stays in step on every
+        worker whatever its share of a batch."""
+        if self.world == 1:
+            return generator
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=self.device))
+        return make_generator(seed + self.rank, self.device)
+
     def num_batches(self, batch_size: int) -> int:
         """Batches per epoch, the last partial one included."""
         return math.ceil(len(self) / batch_size)
@@ -290,10 +303,7 @@ class DeviceData(BatchTransforms):
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
         self.check_generator(generator)
         perm = torch.randperm(len(self), generator=generator, device=self.device)
-        aug = generator
-        if self.world > 1 and augment:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=self.device))
-            aug = make_generator(seed + self.rank, self.device)
+        aug = self.rank_generator(generator) if augment else generator
         for start in range(0, self.num_train_batches(batch_size) * batch_size, batch_size):
             idx = perm[start : start + batch_size]
             if self.world > 1:

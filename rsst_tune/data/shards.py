@@ -79,7 +79,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from rsst_tune.data.batches import BatchTransforms, check_rank, make_generator
+from rsst_tune.data.batches import BatchTransforms, check_rank
 from rsst_tune.data.decode import (
     EVAL_CROP,
     RRC_DRAWS,
@@ -759,10 +759,7 @@ class ShardData(BatchTransforms):
         """The split served to data-parallel worker ``rank`` of ``world`` (one trial under
         DDP; see the module doc): a reader of its own, with the same DataLoader workers."""
         check_rank(rank, world)
-        view = ShardData(
-            self.split, self.spec, self.device, channels_last=self.channels_last,
-            workers=self.workers, rank=rank, world_size=world, shuffle_buffer=self.buffer,
-        )  # fmt: skip
+        view = self._reader(self.workers, rank, world)
         view.world = world
         return view
 
@@ -772,11 +769,16 @@ class ShardData(BatchTransforms):
         if self.world == 1:
             return self
         if self._whole is None:
-            self._whole = ShardData(
-                self.split, self.spec, self.device, channels_last=self.channels_last,
-                workers=0, rank=0, world_size=1, shuffle_buffer=self.buffer,
-            )  # fmt: skip
+            self._whole = self._reader(0, 0, 1)
         return self._whole
+
+    def _reader(self, workers: int, rank: int, world_size: int) -> ShardData:
+        """Another reader of the same split: `workers` DataLoader processes, reading the
+        shards of `rank` of `world_size`."""
+        return ShardData(
+            self.split, self.spec, self.device, channels_last=self.channels_last,
+            workers=workers, rank=rank, world_size=world_size, shuffle_buffer=self.buffer,
+        )  # fmt: skip
 
     def num_train_batches(self, batch_size: int) -> int:
         """Training batches per epoch on this node: exact on one node; with several, for an
@@ -813,9 +815,7 @@ class ShardData(BatchTransforms):
                 flip=self.spec.flip, buffer=self.buffer,
             )  # fmt: skip
             batches = self._read(one, batch_size, last=2 if batch_size > 1 else 1)
-        aug = generator
-        if self.world > 1 and augment and not crops:  # draws per image: a generator per rank
-            aug = make_generator(seed + self.rank, self.device)
+        aug = self.rank_generator(generator, seed) if augment and not crops else generator
         for xb, yb in batches:
             yield (self.to_model_input(xb) if crops else self.serve_train(xb, aug, augment)), yb
 

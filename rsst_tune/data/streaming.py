@@ -55,7 +55,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from rsst_tune.config import PLACEMENTS
-from rsst_tune.data.batches import BatchTransforms, check_rank, make_generator, share_bounds
+from rsst_tune.data.batches import BatchTransforms, check_rank, share_bounds
 from rsst_tune.data.decode import (
     RRC_DRAWS,
     decode_crop,
@@ -309,10 +309,7 @@ class StreamData(BatchTransforms):
         workers = self._asked_workers
         if workers is None:
             workers = max(0, min(self.workers, available_cores() // world - 1))
-        view = StreamData(
-            self.split, self.spec, self.device, channels_last=self.channels_last,
-            workers=workers, decode_on_device=self.decode_on_device,
-        )  # fmt: skip
+        view = self._reader(workers)
         view.rank, view.world = rank, world
         return view
 
@@ -322,11 +319,15 @@ class StreamData(BatchTransforms):
         if self.world == 1:
             return self
         if self._whole is None:
-            self._whole = StreamData(
-                self.split, self.spec, self.device, channels_last=self.channels_last,
-                workers=0, decode_on_device=self.decode_on_device,
-            )  # fmt: skip
+            self._whole = self._reader(0)
         return self._whole
+
+    def _reader(self, workers: int) -> StreamData:
+        """Another reader of the same split, with `workers` DataLoader processes."""
+        return StreamData(
+            self.split, self.spec, self.device, channels_last=self.channels_last,
+            workers=workers, decode_on_device=self.decode_on_device,
+        )  # fmt: skip
 
     def __len__(self) -> int:
         """Number of images (unreadable ones included: they are found while reading)."""
@@ -360,10 +361,7 @@ class StreamData(BatchTransforms):
         if crops:
             seed = torch.randint(0, 2**62, (1,), generator=generator, device=self.device)
             crop_gen = torch.Generator().manual_seed(int(seed.item()))
-        aug = generator
-        if self.world > 1 and augment and not crops:  # draws per image: a generator per rank
-            seed = torch.randint(0, 2**62, (1,), generator=generator, device=self.device)
-            aug = make_generator(int(seed.item()) + self.rank, self.device)
+        aug = self.rank_generator(generator) if augment and not crops else generator
         count = self.num_train_batches(batch_size)
         self._epoch.set(order, n, batch_size, count, crop_gen, rank=self.rank, world=self.world)
         for step, (xb, yb) in enumerate(self._read(keep_empty=self.world > 1)):
