@@ -325,7 +325,7 @@ def worker_entry(conf: dict[str, Any]) -> None:
     import torch
     import torch.distributed as dist
 
-    from rsst_tune.workers import HANDOFF_FILE, Shard
+    from rsst_tune.workers import HANDOFF_FILE, Shard, check_cancelled, record_placement
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -334,6 +334,10 @@ def worker_entry(conf: dict[str, Any]) -> None:
 
         torch.cuda.set_device(ray.train.torch.get_device())
     out_dir = Path(conf["out_dir"])
+    if rank == 0:
+        group = ray.get_runtime_context().get_placement_group_id()
+        record_placement(out_dir, conf["launch"], group)
+    check_cancelled(out_dir, conf["launch"])
     shard = Shard(rank, world, str(dist.get_backend()), signal_dir=out_dir, launch=conf["launch"])
     nodes = shard.gather_nodes(ray.get_runtime_context().get_node_id())
     cfg = None if conf["config"] is None else TrialConfig.from_dict(conf["config"])
@@ -361,6 +365,7 @@ def worker_entry(conf: dict[str, Any]) -> None:
         }  # fmt: skip
         states: list[dict[str, Any]] = []
         for result in loop.states():
+            check_cancelled(out_dir, conf["launch"])
             if rank != 0:
                 continue
             write_results(out_dir, loop.results)

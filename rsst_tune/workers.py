@@ -58,6 +58,10 @@ STORAGE_DIR = "ray_train"
 POLL_S = 0.5
 DENSE_SIGNAL = "dense_state0_"
 """Rank 0's decision about the shared dense state 0: `dense_state0_<launch>.json`."""
+PLACEMENT = "placement_"
+"""Rank 0's record of the placement group its launch's workers run in: `placement_<launch>`."""
+CANCEL = "cancel_"
+"""The driver's word that its launch is over: `cancel_<launch>` (see `cancel_launch`)."""
 
 
 def check_workers(workers: object) -> int:
@@ -378,16 +382,65 @@ def _fit(
 
         thread = threading.Thread(target=fit, name="rsst-workers-fit", daemon=True)
         thread.start()
-        while thread.is_alive():
-            thread.join(POLL_S)
-            poller.poll()
+        try:
+            while thread.is_alive():
+                thread.join(POLL_S)
+                poller.poll()
+        except BaseException:  # Tune stopped the trial (SystemExit in a report), Ctrl-C, ...
+            cancel_launch(Path(conf["out_dir"]), launch)
+            raise
         poller.poll()  # the last states
         if failed:
             error = failed[0]
             raise (_worker_error(error) if isinstance(error, Exception) else error) from None
     finally:
+        (Path(conf["out_dir"]) / f"{PLACEMENT}{launch}").unlink(missing_ok=True)
         if started:
             ray.shutdown()
+
+
+def cancel_launch(run_dir: Path, launch: str) -> None:
+    """End the launch `launch` in `run_dir` now, when its driver stops waiting for it before
+    it finished (Tune stopped the trial between states, Ctrl-C, an error in `on_state`).
+
+    Tune keeps a stopped trial's process for its next trial, so the Train run would go on in
+    the background, holding its CPUs and GPUs; and when Ray ends that process instead, the
+    Train controller dies with it, and the workers' placement group, which Ray keeps for the
+    whole job, would hold them until the sweep ends. So: the launch's cancel file tells
+    workers not yet started to stop at once, and the placement group rank 0 recorded is
+    removed, which ends the running workers (Ray Train then ends the run)."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    fileio.write_text(run_dir / f"{CANCEL}{launch}", "")
+    record = run_dir / f"{PLACEMENT}{launch}"
+    if not record.exists():
+        return
+    try:
+        group = PlacementGroup(ray.PlacementGroupID(bytes.fromhex(record.read_text().strip())))
+        remove_placement_group(group)
+    except Exception as exc:  # a group already removed, a record cut short: nothing to end
+        log.debug("launch %s: placement group not removed: %s", launch[:12], exc)
+    log.info("launch %s cancelled: its workers end", launch[:12])
+
+
+def record_placement(run_dir: Path, launch: str, group: str | None) -> None:
+    """Rank 0 at its start: the placement group its workers run in, for `cancel_launch`; a
+    LaunchCancelled when the driver has already cancelled the launch (written first, so
+    that either this check or `cancel_launch` sees the other's file)."""
+    if group:
+        fileio.write_text(run_dir / f"{PLACEMENT}{launch}", group)
+    check_cancelled(run_dir, launch)
+
+
+def check_cancelled(run_dir: Path, launch: str) -> None:
+    """A LaunchCancelled when the driver has cancelled the launch `launch`."""
+    if (run_dir / f"{CANCEL}{launch}").exists():
+        raise LaunchCancelled(f"launch {launch[:12]} was cancelled by its driver")
+
+
+class LaunchCancelled(RuntimeError):
+    """A worker learnt that its launch's driver stopped waiting for it (`cancel_launch`)."""
 
 
 def _pinned(scaling: dict[str, Any]) -> dict[str, Any]:

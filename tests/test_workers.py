@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,35 @@ def two_workers(
 def one_worker() -> list[StateResult]:
     """The same run in this process (no Ray)."""
     return run_trial(CFG)
+
+
+def _train_processes(mark: str) -> list[str]:
+    """The command lines of this Ray's Train processes (they carry its RAY_TMPDIR, `mark`:
+    the machine may run other Rays); a ValueError when none of this Ray's processes is seen
+    (the check would be blind)."""
+    import psutil
+
+    titles = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if proc.environ().get("RAY_TMPDIR") == mark:
+                titles.append(" ".join(proc.info["cmdline"] or []))
+        except (psutil.Error, OSError):
+            continue
+    if not titles:
+        raise ValueError("the check should see this Ray's own processes")
+    names = ("RayTrainWorker", "TrainController")
+    return [t.split()[0] for t in titles if any(n in t for n in names)]
+
+
+def _train_processes_left(within_s: float = 20.0) -> list[str]:
+    """This Ray's Train processes still alive after `within_s` (a killed Ray actor's process
+    exits a moment later, so a process counts only if it stays)."""
+    mark = os.environ["RAY_TMPDIR"]
+    deadline = time.monotonic() + within_s
+    while (left := _train_processes(mark)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
 
 
 # ---------------------------------------------------------------------- without Ray
@@ -442,7 +472,6 @@ def test_a_sweep_on_two_workers_per_trial_stops_trials_and_leaves_no_worker(
     MO-ASHA stopped trials between states, seed confirmation re-ran the best tickets on 2
     workers, and once the sweep is over no placement group and no Train worker process is
     left."""
-    import psutil
     import ray
     from ray.util import placement_group_table
 
@@ -474,14 +503,38 @@ def test_a_sweep_on_two_workers_per_trial_stops_trials_and_leaves_no_worker(
     assert all(r["result"]["world_size"] == 2 for r in runs)
     groups = placement_group_table().values()
     assert all(g["state"] == "REMOVED" for g in groups), [g["state"] for g in groups]
-    # this Ray's processes only (they carry its RAY_TMPDIR): the machine may run other Rays
-    mark = os.environ["RAY_TMPDIR"]
-    titles = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if proc.environ().get("RAY_TMPDIR") == mark:
-                titles.append(" ".join(proc.info["cmdline"] or []))
-        except (psutil.Error, OSError):
-            continue
-    assert titles, "the check should see this Ray's own processes"
-    assert not [t for t in titles if "RayTrainWorker" in t or "TrainController" in t]
+    assert not _train_processes_left(), "a Train process outlived the sweep"
+
+
+@pytest.mark.sweep
+def test_a_launch_stopped_between_states_takes_its_workers_down(
+    local_ray: None, tmp_path: Path
+) -> None:
+    """What Tune does to a trial it stops and whose process it keeps for the next trial: the
+    report of a state raises SystemExit in the trial's thread. The launch ends with it: its
+    workers and their Train controller are gone within seconds and train no further state
+    (they used to train the remaining states in the background, holding their CPUs/GPUs)."""
+    from ray.util import placement_group_table
+
+    from rsst_tune.run import worker_entry
+    from rsst_tune.workers import launch_workers
+
+    cfg = TrialConfig.from_dict({**CFG, "pruning_times": 6, "epochs": 1})
+    out = tmp_path / "run"
+    out.mkdir()
+    seen: list[int] = []
+
+    def stop(result: StateResult) -> None:
+        seen.append(result.state)
+        raise SystemExit(0)
+
+    with pytest.raises(SystemExit):
+        launch_workers(worker_entry, cfg, out, 2, resume=False, use_gpu=False, on_state=stop)
+    assert seen == [0]
+    assert not _train_processes_left(), "the stopped launch's Train processes stayed"
+    groups = placement_group_table().values()  # the workers' CPUs are free again
+    assert all(g["state"] == "REMOVED" for g in groups), [g["state"] for g in groups]
+    done = [s["state"] for s in json.loads((out / HANDOFF_FILE).read_text())["states"]]
+    time.sleep(3)  # nothing trains on: the record does not grow
+    assert [s["state"] for s in json.loads((out / HANDOFF_FILE).read_text())["states"]] == done
+    assert done[-1] < cfg.pruning_times - 1, done
