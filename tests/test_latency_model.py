@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import random
 import shutil
 import subprocess
 import sys
@@ -77,14 +78,32 @@ def test_calibration_fits_one_factor_per_kind_to_tickets_timed_whole(
             if g.kind == kind
         )
 
-    # a machine on which a cut head saves twice what its block alone showed, a neuron half
-    fitted = _calibrated(
-        raw, groups, lambda alive: 2.0 * delta(alive, "head") + 0.5 * delta(alive, "neuron"), 10
-    )
+    # a machine on which a cut head saves twice what its block alone showed, a neuron half;
+    # the dense model, timed beside each ticket, once ran faster than in the table
+    dense_beside = iter([1.2 * raw.dense_s] * 9 + [0.8 * raw.dense_s])
+
+    def whole(alive: dict[str, int]) -> tuple[float, float]:
+        return 2.0 * delta(alive, "head") + 0.5 * delta(alive, "neuron"), next(dense_beside)
+
+    fitted = _calibrated(raw, groups, whole, 10)
+    assert fitted.dense_s == pytest.approx(0.8 * raw.dense_s)  # the fastest dense run of all
     assert fitted.scale["head"] == pytest.approx(2.0, rel=1e-6)
     assert fitted.scale["neuron"] == pytest.approx(0.5, rel=1e-6)
     assert fitted.calibration["median_error"] == pytest.approx(0.0, abs=1e-9)
     assert fitted.calibration["median_error_raw"] > 0
+
+
+def test_calibration_tickets_span_sparse_to_dense(vit_table: LatencyTable) -> None:
+    from rsst_tune.latency_model import _spread_tickets
+
+    groups = [SimpleNamespace(name=n, kind=k, num_units=vit_table.num_units[n])
+              for k, names in vit_table.order.items() for n in names]  # fmt: skip
+    tickets = _spread_tickets(groups, 10, random.Random(0))
+    kept = sorted(
+        sum(t[g.name] for g in groups) / sum(g.num_units for g in groups) for t in tickets
+    )
+    assert kept[0] < 0.2 and kept[-1] > 0.7  # not all about half, as independent widths are
+    assert all(1 <= t[g.name] <= g.num_units for t in tickets for g in groups)
 
 
 def test_a_state_result_maps_to_groups_by_kind_and_layer(vit_table: LatencyTable) -> None:
