@@ -387,7 +387,10 @@ def _fit(
                 thread.join(POLL_S)
                 poller.poll()
         except BaseException:  # Tune stopped the trial (SystemExit in a report), Ctrl-C, ...
-            cancel_launch(Path(conf["out_dir"]), launch)
+            try:
+                cancel_launch(Path(conf["out_dir"]), launch)
+            except Exception as exc:  # what ended the wait is what the caller must see
+                log.warning("launch %s could not be cancelled: %s", launch[:12], exc)
             raise
         poller.poll()  # the last states
         if failed:
