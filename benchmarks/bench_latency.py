@@ -61,7 +61,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from rsst_tune.latency_model import LatencyTable, build_latency_table, fastest_time  # noqa: E402
+from rsst_tune.latency_model import (  # noqa: E402
+    LatencyTable,
+    build_latency_table,
+    fastest_time,
+    spread_tickets,
+)
 from rsst_tune.models import create_model  # noqa: E402
 from rsst_tune.pruning.cost import CostModel  # noqa: E402
 from rsst_tune.pruning.slicing import export_model  # noqa: E402
@@ -147,19 +152,9 @@ def draw_tickets(table: LatencyTable, n: int, seed: int, *, spread: bool) -> lis
     about half of everything (the sum over 24 groups averages out), so the tickets differ by
     little more than the timing noise of a busy machine."""
     rng = random.Random(f"{seed}-{table.model}-{'spread' if spread else 'iid'}")
-    if not spread:
-        return [
-            {g: rng.randint(1, units) for g, units in table.num_units.items()} for _ in range(n)
-        ]
-    levels = [0.1 + 0.9 * i / max(1, n - 1) for i in range(n)]
-    rng.shuffle(levels)
-    return [
-        {
-            g: max(1, min(units, round(level * units * rng.uniform(0.7, 1.3))))
-            for g, units in table.num_units.items()
-        }
-        for level in levels
-    ]
+    if spread:
+        return spread_tickets(table.num_units, n, rng)
+    return [{g: rng.randint(1, units) for g, units in table.num_units.items()} for _ in range(n)]
 
 
 def snapped(alive: Mapping[str, int], groups: Mapping[str, UnitGroup], to: int) -> dict[str, int]:

@@ -380,7 +380,7 @@ def _calibrated(table: LatencyTable, groups: list[Any], whole: Any, n: int) -> L
     rows: list[list[float]] = []
     targets: list[float] = []
     denses: list[float] = []
-    for alive in _spread_tickets(groups, n, rng):
+    for alive in spread_tickets({g.name: g.num_units for g in groups}, n, rng):
         per_kind = {k: 0.0 for k in kinds}
         for g in groups:
             times = table.blocks[table.groups[g.name]]
@@ -410,18 +410,19 @@ def _calibrated(table: LatencyTable, groups: list[Any], whole: Any, n: int) -> L
     return fitted
 
 
-def _spread_tickets(groups: list[Any], n: int, rng: Any) -> list[dict[str, int]]:
-    """`n` random tickets spanning sparse to dense: ticket i keeps a level of its units
-    (evenly spaced from 10 % to 100 % over the tickets, in a shuffled order), each group that
-    level of its units times a factor of its own in [0.7, 1.3], in [1, num_units]. (Widths
-    drawn independently per group keep about half of everything in every ticket, which fits
-    the factors on one narrow band of latencies.)"""
+def spread_tickets(num_units: Mapping[str, int], n: int, rng: Any) -> list[dict[str, int]]:
+    """`n` random tickets over the groups of `num_units` (name -> units) spanning sparse to
+    dense: ticket i keeps a level of its units (evenly spaced from 10 % to 100 % over the
+    tickets, in a shuffled order), each group that level of its units times a factor of its
+    own in [0.7, 1.3], in [1, units]. (Widths drawn independently per group keep about half
+    of everything in every ticket, which fits the factors on one narrow band of latencies.)
+    `benchmarks/bench_latency.py` draws its tickets with it too."""
     levels = [0.1 + 0.9 * i / max(1, n - 1) for i in range(n)]
     rng.shuffle(levels)
     return [
         {
-            g.name: max(1, min(g.num_units, round(level * g.num_units * rng.uniform(0.7, 1.3))))
-            for g in groups
+            name: max(1, min(units, round(level * units * rng.uniform(0.7, 1.3))))
+            for name, units in num_units.items()
         }
         for level in levels
     ]

@@ -428,12 +428,11 @@ def cancel_launch(run_dir: Path, launch: str) -> None:
 
 
 def record_placement(run_dir: Path, launch: str, group: str | None) -> None:
-    """Rank 0 at its start: the placement group its workers run in, for `cancel_launch`; a
-    LaunchCancelled when the driver has already cancelled the launch (written first, so
-    that either this check or `cancel_launch` sees the other's file)."""
+    """Rank 0 at its start: the placement group its workers run in, for `cancel_launch`
+    (written before the workers' `check_cancelled`, so that either that check or
+    `cancel_launch` sees the other's file)."""
     if group:
         fileio.write_text(run_dir / f"{PLACEMENT}{launch}", group)
-    check_cancelled(run_dir, launch)
 
 
 def check_cancelled(run_dir: Path, launch: str) -> None:

@@ -94,11 +94,11 @@ def test_calibration_fits_one_factor_per_kind_to_tickets_timed_whole(
 
 
 def test_calibration_tickets_span_sparse_to_dense(vit_table: LatencyTable) -> None:
-    from rsst_tune.latency_model import _spread_tickets
+    from rsst_tune.latency_model import spread_tickets
 
     groups = [SimpleNamespace(name=n, kind=k, num_units=vit_table.num_units[n])
               for k, names in vit_table.order.items() for n in names]  # fmt: skip
-    tickets = _spread_tickets(groups, 10, random.Random(0))
+    tickets = spread_tickets({g.name: g.num_units for g in groups}, 10, random.Random(0))
     kept = sorted(
         sum(t[g.name] for g in groups) / sum(g.num_units for g in groups) for t in tickets
     )
