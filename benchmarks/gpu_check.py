@@ -294,14 +294,15 @@ def latency_model(table: Table) -> None:
     for name, size, batch in cases:
         row = bench_latency.measure(
             name, batch, tickets, 0, points, repeats, device=DEVICE, img_size=size,
-            round_to=round_to,
+            round_to=round_to, passes=1 if DRY_RUN else 2,
         )  # fmt: skip
         label = f"{name.removeprefix('timm:')} {size}px b{batch}"
         table.add(
             "latency",
             f"{label}: table vs {tickets} tickets timed whole",
             f"spearman {row.spearman:.2f}, median error {100 * row.rel_err:.1f} % "
-            f"(table built in {row.build_s:.0f} s)",
+            f"(table built in {row.build_s:.0f} s); budgets met "
+            f"{bench_latency.met_text(row.budgets)} (margin {100 * row.margin:.1f} %)",
         )
         table.add(
             "latency",

@@ -8,7 +8,9 @@ reads those records back (`rsst_tune.experiment.exports.read_export`).
     write_report(experiment, out_dir)                 # renders them
 
 The best tickets are the report's own (`rsst_tune.experiment.seeds.best_tickets`: the
-seed-confirmed choice where there is one), so what is exported is what the report shows.
+seed-confirmed choice where there is one), so what is exported is what the report shows; a
+sweep under `--latency-budget` has the ticket chosen within it exported too
+(`rsst_tune.experiment.latency_budget`).
 A sweep with a latency table (`rsst_tune.latency_model`) has its tickets timed as the table
 was: at the table's batch size too and with its torch threads, so that the report compares the
 prediction with a measurement of the same setting. Each export writes model.pt, export.json
@@ -28,6 +30,7 @@ from typing import Literal
 from rsst_tune import fileio
 from rsst_tune.experiment.experiment import Experiment
 from rsst_tune.experiment.exports import distinct_bests, export_dir
+from rsst_tune.experiment.latency_budget import best_within_latency, latency_budget
 from rsst_tune.experiment.layout import (
     EXPORT_ERROR_FILE,
     EXPORT_MODEL_FILE,
@@ -71,7 +74,7 @@ def export_best(
 
     bests = best_tickets(source) if isinstance(source, Experiment) else source
     batch_sizes, threads = _timing(source)
-    for ticket, _ in distinct_bests(bests):
+    for ticket in _to_export(source, bests):
         if ticket.checkpoint is None:
             continue
         dest = export_dir(Path(out_dir), ticket)
@@ -93,6 +96,16 @@ def export_best(
             fileio.write_text(error, reason + "\n")
         else:
             error.unlink(missing_ok=True)
+
+
+def _to_export(source: object, bests: Mapping[float | None, Ticket | None]) -> list[Ticket]:
+    """Each best ticket once, and a sweep's ticket chosen within its latency budget."""
+    tickets = [ticket for ticket, _ in distinct_bests(bests)]
+    if isinstance(source, Experiment):
+        chosen = best_within_latency(source.tickets(), latency_budget(source))
+        if chosen is not None and chosen.label not in {t.label for t in tickets}:
+            tickets.append(chosen)
+    return tickets
 
 
 DEFAULT_BATCHES = (1, 64)  # `export_checkpoint`'s

@@ -508,7 +508,9 @@ def _latency_table(args: argparse.Namespace) -> int:
             f"calibrated on {c['tickets']} tickets timed whole: factors "
             + ", ".join(f"{k} {v:.2f}" for k, v in table.scale.items())
             + f"; median error {100 * c['median_error_raw']:.1f} % -> "
-            f"{100 * c['median_error']:.1f} %"
+            f"{100 * c['median_error']:.1f} %; margin {100 * table.margin:.1f} % (the largest "
+            "under-prediction among them: a --latency-budget holds a ticket to its prediction "
+            "raised by it)"
         )
     print(out)
     return 0

@@ -18,7 +18,11 @@ when cut to the ticket's width (linear between grid widths), times a factor per 
 factors are fitted (least squares) to `calibrate` random tickets, spanning sparse to dense,
 exported and timed whole: a block timed alone misses what a cut saves around it (caches, memory
 traffic). The dense time is the fastest of all the dense model's timed runs, those beside the
-calibration tickets included. The part of the
+calibration tickets included; each calibration ticket counts as its ratio to the dense run timed
+alternately with it, so that a spell of load slowing both leaves it unchanged. `margin` is the
+largest under-prediction over the calibration tickets after the fit: a latency budget holds a
+ticket to its prediction times (1 + margin) (`upper_ms`), so that a ticket chosen under a budget
+also measures within it. The part of the
 model that is never pruned (patch embedding, norms, the head) is in the dense time and never
 changes. The report shows the export's measured time beside the prediction, and
 `benchmarks/bench_latency.py` measures the error on other random tickets.
@@ -102,6 +106,9 @@ class LatencyTable:
     # per unit kind, the factor on its blocks' changes fitted to tickets timed whole (1: none)
     scale: dict[str, float] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)  # tickets, median errors
+    # the largest under-prediction over the calibration tickets, as a fraction of the
+    # prediction: a latency budget holds a ticket to predicted * (1 + margin) (`upper_s`)
+    margin: float = 0.0
     built_s: float = 0.0
     version: int = TABLE_VERSION
 
@@ -119,6 +126,14 @@ class LatencyTable:
 
     def predict_ms(self, alive: Mapping[str, int]) -> float:
         return 1000.0 * self.predict_s(alive)
+
+    def upper_s(self, alive: Mapping[str, int]) -> float:
+        """The prediction raised by the table's `margin`: what a latency budget is held to,
+        so that a ticket chosen under a budget also measures within it."""
+        return self.predict_s(alive) * (1.0 + self.margin)
+
+    def upper_ms(self, alive: Mapping[str, int]) -> float:
+        return 1000.0 * self.upper_s(alive)
 
     def alive_from_result(self, result: Any) -> dict[str, int]:
         """A state's alive units per group, from its `<kind>_per_layer` counts."""
@@ -349,8 +364,8 @@ def _build(
         return table
 
     def whole(alive: Mapping[str, int]) -> tuple[float, float]:
-        """Measured seconds a ticket with `alive` units saves against the dense model, and
-        the dense model's fastest run beside it."""
+        """The fastest run of a ticket with `alive` units, and of the dense model timed
+        alternately with it."""
         ticket = model
         for g in groups:
             if alive[g.name] < g.num_units:
@@ -359,7 +374,7 @@ def _build(
         t_dense, t_cut = _paired_times(
             dense_run, runner(pruned, (example,)), device, repeats, min_run_s
         )
-        return min(t_cut) - min(t_dense), min(t_dense)
+        return min(t_cut), min(t_dense)
 
     return _calibrated(table, groups, whole, calibrate)
 
@@ -370,7 +385,10 @@ def _calibrated(table: LatencyTable, groups: list[Any], whole: Any, n: int) -> L
     around them (caches, memory traffic), differently for heads, neurons and filters. The
     dense time becomes the fastest of all the dense model's timed runs, the table's own and
     those beside each ticket: other work on the machine only adds time, and one spell of it
-    during a single timing would shift every prediction alike."""
+    during a single timing would shift every prediction alike. Each ticket's time counts as
+    its ratio to the dense run beside it, times that fastest dense time: a spell of load that
+    slows both alike then leaves it unchanged. `margin` is the largest under-prediction over
+    the tickets after the fit."""
     import random
 
     import numpy as np
@@ -386,10 +404,11 @@ def _calibrated(table: LatencyTable, groups: list[Any], whole: Any, n: int) -> L
             times = table.blocks[table.groups[g.name]]
             per_kind[g.kind] += times.at(alive[g.name]) - times.full
         rows.append([per_kind[k] for k in kinds])
-        saved, dense = whole(alive)
-        targets.append(saved)
+        ticket_s, dense = whole(alive)
+        targets.append(ticket_s / dense)  # a ratio until the fastest dense time is known
         denses.append(dense)
     dense_s = min([table.dense_s, *denses])
+    targets = [dense_s * (ratio - 1.0) for ratio in targets]  # seconds saved
     raw = [dense_s + sum(r) for r in rows]
     solution, *_ = np.linalg.lstsq(np.array(rows), np.array(targets), rcond=None)
     scale = {k: float(min(max(a, 0.0), 3.0)) for k, a in zip(kinds, solution, strict=True)}
@@ -398,6 +417,7 @@ def _calibrated(table: LatencyTable, groups: list[Any], whole: Any, n: int) -> L
     predicted = [
         fitted.dense_s + sum(scale[k] * v for k, v in zip(kinds, r, strict=True)) for r in rows
     ]
+    under = max((m / p - 1.0 for p, m in zip(predicted, measured, strict=True) if p > 0), default=0)
     fitted = dataclasses.replace(
         fitted,
         calibration={
@@ -405,8 +425,9 @@ def _calibrated(table: LatencyTable, groups: list[Any], whole: Any, n: int) -> L
             "median_error_raw": _median_rel_error(raw, measured),
             "median_error": _median_rel_error(predicted, measured),
         },
+        margin=max(0.0, float(under)),
     )
-    log.info("latency table calibrated on %d tickets: scale %s", n, scale)
+    log.info("latency table calibrated on %d tickets: scale %s, margin %.3f", n, scale, under)
     return fitted
 
 

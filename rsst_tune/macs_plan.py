@@ -120,9 +120,11 @@ class MacsBudget:
 
 
 class LatencyBudget:
-    """An Optuna constraint like `MacsBudget`: (predicted ms − budget) / budget at the last
-    state, from a latency table (`rsst_tune.latency_model`), for a proposal's searched fields
-    on top of `base`; with `macs_budget`, the larger of the two (both must hold)."""
+    """An Optuna constraint like `MacsBudget`: (upper ms − budget) / budget at the last
+    state, for a proposal's searched fields on top of `base`, where upper is the latency
+    table's prediction raised by its calibration margin (`LatencyTable.upper_ms`: the ticket
+    must measure within the budget, not only be predicted within it); with `macs_budget`, the
+    larger of the two (both must hold)."""
 
     def __init__(
         self,
@@ -141,6 +143,14 @@ class LatencyBudget:
         self._table = LatencyTable.load(table_path)
 
     def latency_ms(self, params: Mapping[str, Any]) -> float:
+        """The proposal's predicted latency at its last state."""
+        return float(self._table.predict_ms(self._alive(params)))
+
+    def upper_ms(self, params: Mapping[str, Any]) -> float:
+        """The predicted latency raised by the table's margin: what the budget holds."""
+        return float(self._table.upper_ms(self._alive(params)))
+
+    def _alive(self, params: Mapping[str, Any]) -> dict[str, int]:
         cfg = TrialConfig.from_dict({**self.base, **params})
         alive = None
         if cfg.method_info.structured:
@@ -152,10 +162,10 @@ class LatencyBudget:
                 "mlp_ratio(s), filter_ratio(s)) and a structured method; the space proposed "
                 f"{dict(params)}"
             )
-        return float(self._table.predict_ms(alive))
+        return alive
 
     def __call__(self, params: Mapping[str, Any]) -> float:
-        value = (self.latency_ms(params) - self.budget_ms) / self.budget_ms
+        value = (self.upper_ms(params) - self.budget_ms) / self.budget_ms
         return value if self.macs is None else max(value, self.macs(params))
 
 

@@ -814,3 +814,36 @@ def test_report_export_rows_say_why_a_ticket_has_no_export(
     assert "no checkpoint kept for this state" in md
     with pytest.raises(ValueError, match="export must be one of"):
         write_report_if_available(exported_sweep, tmp_path, export="always")
+
+
+def test_the_ticket_within_a_latency_budget_is_held_to_its_prediction_raised_by_the_margin(
+    tmp_path: Path,
+) -> None:
+    from rsst_tune.experiment.latency_budget import best_within_latency, latency_budget
+    from rsst_tune.latency_model import LatencyTable
+
+    def ticket(order: int, val: float, macs: float, ms: float) -> Ticket:
+        result = dataclasses.replace(state(order, val, val, macs), latency_ms=ms)
+        return Ticket("t", order, "complete", result, order=order)
+
+    tickets = [ticket(0, 0.95, 0.9, 9.0), ticket(1, 0.90, 0.6, 8.0), ticket(2, 0.80, 0.4, 7.0)]
+    table = LatencyTable(
+        model="vit_digits", img_size=8, batch=1, device="cpu", dtype="float32", threads=1,
+        dense_s=0.01, blocks={}, groups={}, num_units={}, margin=0.1,
+    )  # fmt: skip
+    path = table.save(tmp_path / "t.json")
+    exp = Experiment(name="e", path=str(tmp_path), space="s", objectives=(), trials=())
+    assert latency_budget(exp) is None and best_within_latency(tickets, None) is None
+    under = dataclasses.replace(exp, latency_budget_ms=9.5, latency_table=str(path))
+    budget = latency_budget(under)
+    assert budget is not None and budget.margin == pytest.approx(0.1)
+    # 9.0 ms is within 9.5 ms, but 9.0 * 1.1 = 9.9 ms is not: the most accurate ticket the
+    # budget admits is the next one
+    assert [budget.admits(t) for t in tickets] == [False, True, True]
+    assert best_within_latency(tickets, budget) is tickets[1]
+    assert budget.label() == "latency ≤ 9.5 ms"
+    # a table that cannot be read: the prediction alone is held, and the margin is unknown
+    lost = latency_budget(dataclasses.replace(under, latency_table=str(tmp_path / "gone.json")))
+    assert lost is not None and lost.margin is None
+    assert best_within_latency(tickets, lost) is tickets[0]
+    assert best_within_latency(tickets, dataclasses.replace(budget, budget_ms=1.0)) is None

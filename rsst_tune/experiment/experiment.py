@@ -37,6 +37,7 @@ class Experiment:
     sweep_file: str = ""  # its options as a sweep file (sweep.yaml; "" for older sweeps)
     latency_batch: int | None = None  # the batch `latency_ms` is predicted at (None: no table)
     latency_table: str | None = None  # the file it is predicted from (None: no table)
+    latency_budget_ms: float | None = None  # --latency-budget (None: none)
 
     # Every (trial, state) pair is a candidate *ticket*, chosen by validation accuracy; test
     # accuracy is reported beside it and never used to choose (`rsst_tune.experiment.select`).

@@ -82,6 +82,7 @@ def load_experiment(path: str | Path) -> Experiment:
         latency_batch=plan.latency_batch,
         latency_table=plan.latency_table
         or (str(exp_dir / LATENCY_TABLE_FILE) if plan.latency_batch is not None else None),
+        latency_budget_ms=plan.latency_budget_ms,
     )
 
 
@@ -104,6 +105,7 @@ class _PlanFacts:
     scheduler: str
     latency_batch: int | None = None
     latency_table: str | None = None  # a table the sweep was given (else its own, if any)
+    latency_budget_ms: float | None = None
 
 
 def _read_plan(plan_file: Path) -> _PlanFacts:
@@ -118,6 +120,7 @@ def _read_plan(plan_file: Path) -> _PlanFacts:
             scheduler=str(data.get("scheduler", "")),
             latency_batch=(data.get("latency") or {}).get("batch"),
             latency_table=(data.get("latency") or {}).get("table"),
+            latency_budget_ms=(data.get("latency") or {}).get("budget_ms"),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{plan_file} is not a readable sweep plan: {exc}") from None

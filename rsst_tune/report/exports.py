@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rsst_tune.experiment.exports import distinct_bests, read_export
+from rsst_tune.experiment.latency_budget import LatencyBudget
 from rsst_tune.experiment.layout import export_name
 from rsst_tune.experiment.select import budget_label, first_line
 from rsst_tune.experiment.tickets import Ticket
@@ -125,6 +126,22 @@ def export_blocks(bests: Mapping[float | None, Ticket | None], out_dir: Path) ->
 
 
 # ---------------------------------------------------------------------- predicted latency
+def _budget_sentence(budget: LatencyBudget) -> str:
+    margin = (
+        "its table's margin could not be read"
+        if budget.margin is None
+        else f"raised by its table's margin of {100 * budget.margin:.1f} %, the largest "
+        "under-prediction among the tickets the table was calibrated on"
+    )
+    return (
+        f" The sweep's latency budget, {budget.budget_ms:g} ms, admitted a trial when its last "
+        f"state's predicted latency, {margin}, was within it; a ticket at an earlier state may "
+        f"be over it. Best at {budget.label()}: of the tickets whose prediction so raised is "
+        "within the budget, the one the report's rule at a MACs budget chooses. Within "
+        "budget: whether the export measured within it."
+    )
+
+
 LATENCY_HEADERS = ("ticket", "best at", "val acc %", "MACs %", "predicted ms", "measured ms",
                    "error")  # fmt: skip
 
@@ -141,13 +158,21 @@ def measured_ms(record: ExportReport | str, batch: int) -> float | None:
     return lat.pruned_min_ms if lat.pruned_min_ms is not None else lat.pruned_ms
 
 
+def within_budget(measured: float | None, budget: LatencyBudget | None) -> str:
+    """The report's cell: did the export measure within the sweep's latency budget."""
+    if budget is None or measured is None:
+        return DASH
+    return "yes" if measured <= budget.budget_ms else "no"
+
+
 def latency_blocks(
     tickets: Sequence[Ticket], bests: Mapping[float | None, Ticket | None], out_dir: Path,
-    batch: int | None,
+    batch: int | None, budget: LatencyBudget | None = None, budget_best: Ticket | None = None,
 ) -> list[Block]:  # fmt: skip
     """The front by predicted latency beside the front by MACs, and each best ticket's
     predicted latency against the export's measured one (when the sweep had a latency table:
-    `StateResult.latency_ms`)."""
+    `StateResult.latency_ms`); under a latency budget, the ticket chosen within it
+    (`budget_best`) too, and whether each measured within the budget."""
     from rsst_tune.experiment.select import ticket_front
 
     if not any(t.metric("latency_ms") is not None for t in tickets):
@@ -176,7 +201,14 @@ def latency_blocks(
         Table(("ticket", "val acc %", "MACs %", "predicted ms", "on the MACs front"), rows),
     ]
     compared = []
-    for ticket, budgets in distinct_bests(bests):
+    labelled = [(t, [budget_label(b) for b in budgets]) for t, budgets in distinct_bests(bests)]
+    if budget is not None and budget_best is not None:
+        same = next((labels for t, labels in labelled if t.label == budget_best.label), None)
+        if same is None:
+            labelled.append((budget_best, [budget.label()]))
+        else:
+            same.append(budget.label())
+    for ticket, labels in labelled:
         predicted = ticket.metric("latency_ms")
         if predicted is None:
             continue
@@ -185,12 +217,13 @@ def latency_blocks(
         compared.append(
             (
                 ticket.label,
-                "; ".join(budget_label(b) for b in budgets),
+                "; ".join(labels),
                 f"{100 * (ticket.val_acc or 0):.2f}",
                 f"{100 * (ticket.macs_frac or 0):.1f}",
                 f"{predicted:.3f}",
                 DASH if measured is None else f"{measured:.3f}",
                 error,
+                *(() if budget is None else (within_budget(measured, budget),)),
             )
         )
     if compared:
@@ -200,7 +233,11 @@ def latency_blocks(
                 "at the same batch size and torch threads (the physically smaller model, timed "
                 "whole: its fastest run, as the table's timings are; a dash: not measured at "
                 "that batch). The error is (predicted - measured) / measured."
+                + ("" if budget is None else _budget_sentence(budget))
             ),
-            Table(LATENCY_HEADERS, tuple(compared)),
+            Table(
+                LATENCY_HEADERS + (() if budget is None else ("within budget",)),
+                tuple(compared),
+            ),
         ]
     return blocks

@@ -15,6 +15,7 @@ from typing import Any
 from rsst_tune import fileio
 from rsst_tune.experiment.experiment import Experiment
 from rsst_tune.experiment.exports import read_export
+from rsst_tune.experiment.latency_budget import LatencyBudget, best_within_latency, latency_budget
 from rsst_tune.experiment.layout import BEST_CONFIGS_DIR, SWEEP_LOG
 from rsst_tune.experiment.seeds import CONFIRM_RULE, EXTRA_SEEDS, SeedStats, best_choices
 from rsst_tune.experiment.select import (
@@ -88,6 +89,19 @@ def _ticket_summary(ticket: Ticket) -> dict[str, Any]:
         "test_interval": ticket.interval("test_acc"),
         "macs_frac": ticket.macs_frac,
         "params_frac": ticket.params_frac,
+    }
+
+
+def _within_latency(
+    ticket: Ticket, budget: LatencyBudget, measured: float | None
+) -> dict[str, Any]:
+    """A ticket's latency against the sweep's budget, for best_config.json."""
+    predicted = ticket.metric("latency_ms")
+    return {
+        "predicted_ms": predicted,
+        "upper_ms": None if predicted is None else budget.upper_ms(predicted),
+        "measured_ms": measured,
+        "measured_within_budget": None if measured is None else measured <= budget.budget_ms,
     }
 
 
@@ -185,6 +199,8 @@ def build_blocks(experiment: Experiment, out_dir: Path) -> tuple[list[Block], di
     choices, confirmed, bests = answer.choices, answer.confirmed, answer.bests
     headline = headline_choice(choices, tickets)
     files = write_best_configs(out_dir, bests)
+    lat_budget = latency_budget(experiment)
+    lat_best = best_within_latency(tickets, lat_budget)
     with report_logging(experiment, out_dir):
         importances = param_importances(experiment.study, experiment.objectives)
     blocks = [
@@ -193,7 +209,7 @@ def build_blocks(experiment: Experiment, out_dir: Path) -> tuple[list[Block], di
         *budget_blocks(tickets, choices, files, out_dir),
         *confirmation_blocks(confirmed, answer.k),
         *export_blocks(bests, out_dir),
-        *latency_blocks(tickets, bests, out_dir, experiment.latency_batch),
+        *latency_blocks(tickets, bests, out_dir, experiment.latency_batch, lat_budget, lat_best),
         *states_blocks(tickets, out_dir),
         *search_blocks(experiment, tickets),
         *importance_blocks(importances, out_dir),
@@ -204,11 +220,31 @@ def build_blocks(experiment: Experiment, out_dir: Path) -> tuple[list[Block], di
     if headline[1] is not None and headline[1].chosen.metric("latency_ms") is not None:
         ticket = headline[1].chosen
         batch = experiment.latency_batch or 1
+        predicted = ticket.metric("latency_ms")
+        measured = measured_ms(read_export(ticket, out_dir), batch)
         best["latency"] = {
             "batch": batch,
-            "predicted_ms": ticket.metric("latency_ms"),
-            "measured_ms": measured_ms(read_export(ticket, out_dir), batch),
+            "predicted_ms": predicted,
+            "measured_ms": measured,
         }
+        if lat_budget is not None and predicted is not None:
+            best["latency"].update(
+                _within_latency(ticket, lat_budget, measured),
+                budget_ms=lat_budget.budget_ms,
+                margin=lat_budget.margin,
+                budget_best=None
+                if lat_best is None
+                else {
+                    "trial_id": lat_best.trial_id,
+                    "state": lat_best.state,
+                    "val_acc": lat_best.val_acc,
+                    "macs_frac": lat_best.macs_frac,
+                    **_within_latency(
+                        lat_best, lat_budget, measured_ms(read_export(lat_best, out_dir), batch)
+                    ),
+                    "config": reproduce_config(lat_best),
+                },
+            )
     chosen = confirmed.get(headline[0])
     if chosen is not None and headline[1] is not None:
         best["seeds"] = _seeds_record(chosen.chosen)

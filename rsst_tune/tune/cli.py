@@ -182,8 +182,9 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_float,
         default=None,
         metavar="MS",
-        help="like --macs-budget, in predicted milliseconds per batch of --latency-batch on the "
-        "trials' device (a latency table timed before the trials): proposals over it never run",
+        help="like --macs-budget, in milliseconds per batch of --latency-batch on the trials' "
+        "device, predicted by a latency table timed before the trials and raised by its margin "
+        "(the largest under-prediction of its calibration): proposals over it never run",
     )
     what.add_argument(
         "--latency-batch",
