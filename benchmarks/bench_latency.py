@@ -318,13 +318,14 @@ def measure(
         meas[r].append(min(runs))
         pred[r].append(table.predict_ms(ticket))
         macs[r].append(cost.fractions(ticket)[2])
-    plain = [runs for (r, _, _), runs in zip(cases, times, strict=True) if r == 1]
-    first = [runs[0] for runs in plain]
-    second = [runs[1] for runs in plain] if passes > 1 else []
+    runs_r1 = [runs for (r, _, _), runs in zip(cases, times, strict=True) if r == 1]
+    first = [runs[0] for runs in runs_r1]
+    second = [runs[1] for runs in runs_r1] if passes > 1 else []
     dense_ms = min(dense_runs)
     shift = dense_ms - 1000.0 * table.dense_s
     both = pred[1] + pred[round_to]
-    upper = [p * (1 + table.margin) for p in both]  # what a sweep's budget holds
+    # what a sweep's budget holds, in the order of `both`
+    upper = [table.upper_ms(t) for k in (1, round_to) for r, t, _ in cases if r == k]
     cand = meas[1] + meas[round_to], macs[1] + macs[round_to]
     budgets = [budget_choice(f, dense_ms, upper, both, *cand) for f in BUDGET_FRACTIONS]
     plain = [budget_choice(f, dense_ms, both, both, *cand) for f in BUDGET_FRACTIONS]

@@ -42,6 +42,10 @@ class LatencyBudget:
         predicted = ticket.metric("latency_ms")
         return predicted is not None and self.upper_ms(predicted) <= self.budget_ms
 
+    def holds(self, measured_ms: float | None) -> bool | None:
+        """Whether a measured latency is within the budget (None: not measured)."""
+        return None if measured_ms is None else measured_ms <= self.budget_ms
+
     def label(self) -> str:
         return f"latency ≤ {self.budget_ms:g} ms"
 

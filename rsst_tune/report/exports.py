@@ -160,9 +160,8 @@ def measured_ms(record: ExportReport | str, batch: int) -> float | None:
 
 def within_budget(measured: float | None, budget: LatencyBudget | None) -> str:
     """The report's cell: did the export measure within the sweep's latency budget."""
-    if budget is None or measured is None:
-        return DASH
-    return "yes" if measured <= budget.budget_ms else "no"
+    held = None if budget is None else budget.holds(measured)
+    return DASH if held is None else "yes" if held else "no"
 
 
 def latency_blocks(

@@ -101,7 +101,7 @@ def _within_latency(
         "predicted_ms": predicted,
         "upper_ms": None if predicted is None else budget.upper_ms(predicted),
         "measured_ms": measured,
-        "measured_within_budget": None if measured is None else measured <= budget.budget_ms,
+        "measured_within_budget": budget.holds(measured),
     }
 
 
