@@ -49,6 +49,11 @@ benchmark reports, it does not assert).
     python benchmarks/bench_latency.py --tiny    # batch 1, 8 tickets, 1 pass, coarse tables (CI)
     python benchmarks/bench_latency.py --batch 1 8 --tickets 50 --seed 1
 
+Timings hold the process's freed memory for reuse, as the table's do
+(`rsst_tune.latency.hold_freed_memory`; until 2026-12-08 they did not, and glibc's page
+faults on each forward's large tensors made a table built after many exports up to 1.9x
+slower than the same model timed later).
+
 torch runs on 1 thread for the whole benchmark (tables and tickets alike): on a machine whose
 cores are busy with other work, intra-op threads stall each other and batch-1 timings with
 them (see bench_export.py).
@@ -74,6 +79,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
+from rsst_tune.latency import hold_freed_memory  # noqa: E402
 from rsst_tune.latency_model import (  # noqa: E402
     LatencyTable,
     build_latency_table,
@@ -395,11 +401,12 @@ def main() -> None:
 
     torch.set_num_threads(1)
     start = time.perf_counter()
+    held = "held" if hold_freed_memory() else "not held (not glibc)"
     print(
         f"CPU, torch {torch.__version__}, {torch.get_num_threads()} thread (set for the whole "
         f"benchmark, tables and tickets), {IMG_SIZE}px, {n_tickets} tickets (seed {args.seed}), "
         f"tables: max_points {max_points}, repeats {repeats}; tickets timed as the tables are, "
-        f"each its fastest over {passes} pass(es)"
+        f"each its fastest over {passes} pass(es); freed memory {held} for reuse"
     )
     rows = []
     for name in args.models:

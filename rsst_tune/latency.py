@@ -8,6 +8,13 @@ timed runs (their interquartile range) and the fastest run of each. Every run is
 before and after each timed run (and nowhere else). A run repeats the forward enough times to
 last at least `min_run_s`, so batch-1 timings are not dominated by timer noise.
 
+On the CPU every timing first calls `hold_freed_memory()`: glibc's malloc otherwise gives a
+large tensor fresh pages from the kernel on every forward (and hands freed ones back), so the
+same model's time depends on what the process allocated before: resnet20 at batch 64 timed
+95-135 ms in a fresh process and after deep copies of it, and 64-70 ms once the copies were
+freed (2026-12-08, `4e5b9f3`, 1 thread). Held, it timed 63-69 ms in all three. This is the
+steady state of a serving process that reuses its memory (or runs on jemalloc or tcmalloc).
+
 `compare_forwards` is the same measurement for any two callables that take a batch tensor,
 e.g. onnxruntime sessions (`rsst_tune.onnx_export.onnx_latency`). `Latency`, the record of one
 measurement, is plain data in `rsst_tune.export_record` (importable from here as before).
@@ -15,11 +22,15 @@ measurement, is plain data in `rsst_tune.export_record` (importable from here as
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +44,7 @@ __all__ = [
     "Latency",
     "compare_forwards",
     "compare_latency",
+    "hold_freed_memory",
     "iqr",
     "sync_device",
     "time_forward",
@@ -47,6 +59,44 @@ def iqr(values: Sequence[float]) -> float:
         return 0.0
     q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
     return q3 - q1
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+@functools.cache
+def _glibc() -> Any | None:
+    """The C library when it is glibc (it has `mallopt` and `gnu_get_libc_version`)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it (musl does not)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.mallopt.restype = ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def hold_freed_memory() -> bool:
+    """Keep the memory this process frees for its next allocations (glibc only; True when it
+    took effect, False elsewhere, where nothing changes).
+
+    Raises glibc malloc's mmap threshold (1 GiB, or its ceiling of 32 MiB on an older glibc)
+    and its trim threshold (1 GiB): a tensor freed after a forward then serves the next
+    forward's tensor, instead of each forward faulting in fresh zeroed pages from the kernel,
+    which made timings depend on the process's allocation history by up to 2x (module
+    docstring). The setting is the process's for its lifetime: it keeps the resident memory
+    near its peak, and changes no result, only how fast the CPU allocates."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    mmap = libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) or libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    trim = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    return bool(mmap and trim)
 
 
 def sync_device(device: torch.device) -> None:
@@ -121,6 +171,8 @@ def compare_forwards(
     is set: the caller chooses eval mode, inference mode, or another runtime altogether)."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    if device.type == "cpu":
+        hold_freed_memory()
     gen = torch.Generator().manual_seed(0)
     out: list[Latency] = []
     for batch in batch_sizes:

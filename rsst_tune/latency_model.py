@@ -28,7 +28,11 @@ changes. The report shows the export's measured time beside the prediction, and
 `benchmarks/bench_latency.py` measures the error on other random tickets.
 
 Every timing is the fastest of `repeats` timed runs, each at least `min_run_s` long, after a
-warm-up, in eval mode under `torch.inference_mode()` in the table's dtype. The fastest, not the
+warm-up, in eval mode under `torch.inference_mode()` in the table's dtype; on the CPU with the
+process's freed memory held for reuse (`rsst_tune.latency.hold_freed_memory`, recorded as
+`memory_held`): otherwise a forward's time depends on what the process allocated before, and
+the table's build (which exports a model per width) ran up to 1.9x slower than the same
+tickets timed later. The fastest, not the
 median: other work on the machine (another process, another core's memory traffic) only ever
 adds time to a run, so the fastest run is the closest to the model's own cost and the least
 moved by load (on this project's 2-core CI machine under load, medians gave tables whose
@@ -109,6 +113,9 @@ class LatencyTable:
     # the largest under-prediction over the calibration tickets, as a fraction of the
     # prediction: a latency budget holds a ticket to predicted * (1 + margin) (`upper_s`)
     margin: float = 0.0
+    # timed with the freed memory held (`rsst_tune.latency.hold_freed_memory`; False: another
+    # C library, a device with its own allocator, or a table from before 2026-12-08)
+    memory_held: bool = False
     built_s: float = 0.0
     version: int = TABLE_VERSION
 
@@ -293,6 +300,7 @@ def _build(
     import torch
 
     from rsst_tune.device import describe_device
+    from rsst_tune.latency import hold_freed_memory
     from rsst_tune.pruning.slicing import export_model
     from rsst_tune.pruning.structure import Structure, find_structure
 
@@ -353,6 +361,7 @@ def _build(
         dtype=dtype,
         threads=torch.get_num_threads(),
         dense_s=dense_s,
+        memory_held=device.type == "cpu" and hold_freed_memory(),
         blocks=blocks,
         groups=sig_of,
         num_units={g.name: g.num_units for g in groups},
@@ -542,7 +551,10 @@ def _zeroed(model: Any, group: Any, width: int) -> Any:
 def _timer(run: Any, device: Any, min_run_s: float) -> Any:
     """`one()`: seconds per call of `run()` over a timed run of at least `min_run_s` (after a
     warm-up: kernels chosen, caches filled)."""
-    from rsst_tune.latency import sync_device
+    from rsst_tune.latency import hold_freed_memory, sync_device
+
+    if device.type == "cpu":
+        hold_freed_memory()  # timings independent of what the process allocated before
 
     def timed(inner: int) -> float:
         sync_device(device)

@@ -58,6 +58,12 @@ def test_a_table_times_each_distinct_block_once_and_predicts_by_sums(
     assert t.predict_ms(alive) == pytest.approx(1000 * t.predict_s(alive))
     again = LatencyTable.from_json(t.to_json())
     assert again == t
+    from rsst_tune.latency import hold_freed_memory
+
+    assert t.memory_held == hold_freed_memory()  # the CPU's timings held freed memory
+    old = json.loads(t.to_json())
+    del old["memory_held"]  # a table written before the field: read, and not claimed held
+    assert LatencyTable.from_json(json.dumps(old)).memory_held is False
 
 
 def test_calibration_fits_one_factor_per_kind_to_tickets_timed_whole(
@@ -185,6 +191,43 @@ def test_timings_are_the_fastest_run_and_exports_are_timed_as_the_table_was(
     with _torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+_FREED_MEMORY = """
+import sys
+import torch
+from rsst_tune.latency import hold_freed_memory
+
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+held = hold_freed_memory() if sys.argv[1] == "hold" else None
+x = torch.ones(64 * 2**20 // 4)  # 64 MiB, every page touched
+peak = rss_mib()
+del x
+print(held, peak - rss_mib())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc (Linux)")
+def test_cpu_timings_hold_the_memory_a_forward_frees_for_the_next() -> None:
+    # without it, glibc hands a large freed tensor back to the kernel, and the next forward
+    # faults in fresh pages: timings then depend on what the process allocated before
+    def freed_mib(mode: str) -> tuple[str, float]:
+        res = subprocess.run(
+            [sys.executable, "-c", _FREED_MEMORY, mode], capture_output=True, text=True,
+            timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        held, freed = res.stdout.split()
+        return held, float(freed)
+
+    held, freed = freed_mib("hold")
+    if held == "False":
+        pytest.skip("not glibc: nothing to hold")
+    assert held == "True" and freed < 8, freed  # kept for the next allocation
+    assert freed_mib("default") == ("None", pytest.approx(64, abs=8))  # handed back
 
 
 def test_a_table_file_that_is_not_one_is_refused(tmp_path: Path) -> None:
