@@ -333,6 +333,19 @@ def test_the_latency_budget_judges_a_proposal_by_its_planned_units(tmp_path: Pat
     assert both(proposal) > 0
 
 
+def test_the_report_sets_the_dense_time_at_the_exports_beside_the_tables(
+    tmp_path: Path, vit_table: LatencyTable
+) -> None:
+    from rsst_tune.report.exports import _speed_sentence, table_dense_ms
+
+    path = vit_table.save(tmp_path / "t.json")
+    assert table_dense_ms(str(path)) == pytest.approx(1000 * vit_table.dense_s)
+    assert table_dense_ms(None) is None and table_dense_ms(str(tmp_path / "gone.json")) is None
+    text = _speed_sentence(4.0, [5.0, 4.4])  # the fastest dense run of the exports counts
+    assert "ran in 4.400 ms, and in 4.000 ms when the latency table was built (+10.0 %)" in text
+    assert _speed_sentence(None, [5.0]) == _speed_sentence(4.0, []) == ""
+
+
 # ---------------------------------------------------------------------- a real sweep
 @pytest.mark.sweep
 @pytest.mark.slow
@@ -385,6 +398,12 @@ def test_a_sweep_under_a_latency_budget_runs_only_tickets_within_it(tmp_path: Pa
     if lat["measured_ms"] is not None:  # the report says whether it held, not that it did
         assert lat["measured_within_budget"] == (lat["measured_ms"] <= budget)
     assert "within budget" in report and f"{lat['budget_ms']:g} ms" in report
+    # the machine's speed at the export beside the table's build, to read a verdict by
+    assert lat["dense_ms"]["table"] == pytest.approx(1000 * table.dense_s)
+    if lat["measured_ms"] is not None:
+        now = lat["dense_ms"]["measured"]
+        assert now is not None and now > 0
+        assert f"ran in {now:.3f} ms, and in {1000 * table.dense_s:.3f} ms when" in report
     # the ticket a user ships under the budget: the most accurate the budget admits, exported
     # and timed, with whether it measured within the budget
     chosen = lat["budget_best"]

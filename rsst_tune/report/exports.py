@@ -158,6 +158,42 @@ def measured_ms(record: ExportReport | str, batch: int) -> float | None:
     return lat.pruned_min_ms if lat.pruned_min_ms is not None else lat.pruned_ms
 
 
+def dense_measured_ms(record: ExportReport | str, batch: int) -> float | None:
+    """The dense model's fastest run timed beside the export at `batch`, or None."""
+    if isinstance(record, str):
+        return None
+    lat = next((lat for lat in record.latency if lat.batch == batch), None)
+    return None if lat is None else lat.dense_min_ms
+
+
+def table_dense_ms(path: str | None) -> float | None:
+    """The dense time in the sweep's latency table (None: no table, or unreadable)."""
+    from rsst_tune.errors import ConfigError
+    from rsst_tune.latency_model import LatencyTable
+
+    if not path:
+        return None
+    try:
+        return 1000.0 * LatencyTable.load(path).dense_s
+    except ConfigError:
+        return None
+
+
+def _speed_sentence(table_ms: float | None, dense_ms: Sequence[float]) -> str:
+    """How fast the machine ran when the exports were timed, against the table's build: a
+    change moves every measured time alike, and a budget verdict with it."""
+    if table_ms is None or not dense_ms:
+        return ""
+    now = min(dense_ms)
+    change = 100 * (now - table_ms) / table_ms
+    return (
+        f" The dense model, timed beside these exports, ran in {now:.3f} ms, and in "
+        f"{table_ms:.3f} ms when the latency table was built ({change:+.1f} %): a change in "
+        "the machine's speed between the two moves every measured latency, and every error, "
+        "by about as much."
+    )
+
+
 def within_budget(measured: float | None, budget: LatencyBudget | None) -> str:
     """The report's cell: did the export measure within the sweep's latency budget."""
     held = None if budget is None else budget.holds(measured)
@@ -167,11 +203,13 @@ def within_budget(measured: float | None, budget: LatencyBudget | None) -> str:
 def latency_blocks(
     tickets: Sequence[Ticket], bests: Mapping[float | None, Ticket | None], out_dir: Path,
     batch: int | None, budget: LatencyBudget | None = None, budget_best: Ticket | None = None,
+    table_ms: float | None = None,
 ) -> list[Block]:  # fmt: skip
     """The front by predicted latency beside the front by MACs, and each best ticket's
     predicted latency against the export's measured one (when the sweep had a latency table:
     `StateResult.latency_ms`); under a latency budget, the ticket chosen within it
-    (`budget_best`) too, and whether each measured within the budget."""
+    (`budget_best`) too, and whether each measured within the budget. `table_ms`: the
+    table's dense time, set beside the dense model's time measured with the exports."""
     from rsst_tune.experiment.select import ticket_front
 
     if not any(t.metric("latency_ms") is not None for t in tickets):
@@ -200,6 +238,7 @@ def latency_blocks(
         Table(("ticket", "val acc %", "MACs %", "predicted ms", "on the MACs front"), rows),
     ]
     compared = []
+    denses: list[float] = []
     labelled = [(t, [budget_label(b) for b in budgets]) for t, budgets in distinct_bests(bests)]
     if budget is not None and budget_best is not None:
         same = next((labels for t, labels in labelled if t.label == budget_best.label), None)
@@ -211,7 +250,10 @@ def latency_blocks(
         predicted = ticket.metric("latency_ms")
         if predicted is None:
             continue
-        measured = measured_ms(read_export(ticket, out_dir), batch or 1)
+        record = read_export(ticket, out_dir)
+        measured = measured_ms(record, batch or 1)
+        dense = dense_measured_ms(record, batch or 1)
+        denses += [] if dense is None else [dense]
         error = DASH if measured is None else f"{100 * (predicted - measured) / measured:+.1f} %"
         compared.append(
             (
@@ -233,6 +275,7 @@ def latency_blocks(
                 "whole: its fastest run, as the table's timings are; a dash: not measured at "
                 "that batch). The error is (predicted - measured) / measured."
                 + ("" if budget is None else _budget_sentence(budget))
+                + _speed_sentence(table_ms, denses)
             ),
             Table(
                 LATENCY_HEADERS + (() if budget is None else ("within budget",)),

@@ -32,7 +32,12 @@ from rsst_tune.experiment.select import (
 )
 from rsst_tune.experiment.tickets import SELECT_METRIC, Ticket, collect_tickets
 from rsst_tune.report.document import Block, Plot, to_html, to_markdown
-from rsst_tune.report.exports import latency_blocks, measured_ms
+from rsst_tune.report.exports import (
+    dense_measured_ms,
+    latency_blocks,
+    measured_ms,
+    table_dense_ms,
+)
 from rsst_tune.report.interactive import interactive_blocks, plotly_js, search_blocks
 from rsst_tune.report.sections import (
     budget_blocks,
@@ -201,6 +206,7 @@ def build_blocks(experiment: Experiment, out_dir: Path) -> tuple[list[Block], di
     files = write_best_configs(out_dir, bests)
     lat_budget = latency_budget(experiment)
     lat_best = best_within_latency(tickets, lat_budget)
+    table_ms = table_dense_ms(experiment.latency_table)
     with report_logging(experiment, out_dir):
         importances = param_importances(experiment.study, experiment.objectives)
     blocks = [
@@ -209,7 +215,9 @@ def build_blocks(experiment: Experiment, out_dir: Path) -> tuple[list[Block], di
         *budget_blocks(tickets, choices, files, out_dir),
         *confirmation_blocks(confirmed, answer.k),
         *export_blocks(bests, out_dir),
-        *latency_blocks(tickets, bests, out_dir, experiment.latency_batch, lat_budget, lat_best),
+        *latency_blocks(
+            tickets, bests, out_dir, experiment.latency_batch, lat_budget, lat_best, table_ms
+        ),
         *states_blocks(tickets, out_dir),
         *search_blocks(experiment, tickets),
         *importance_blocks(importances, out_dir),
@@ -221,11 +229,14 @@ def build_blocks(experiment: Experiment, out_dir: Path) -> tuple[list[Block], di
         ticket = headline[1].chosen
         batch = experiment.latency_batch or 1
         predicted = ticket.metric("latency_ms")
-        measured = measured_ms(read_export(ticket, out_dir), batch)
+        record = read_export(ticket, out_dir)
+        measured = measured_ms(record, batch)
         best["latency"] = {
             "batch": batch,
             "predicted_ms": predicted,
             "measured_ms": measured,
+            # the machine's speed at the export against the table's build
+            "dense_ms": {"table": table_ms, "measured": dense_measured_ms(record, batch)},
         }
         if lat_budget is not None and predicted is not None:
             best["latency"].update(
