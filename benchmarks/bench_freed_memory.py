@@ -53,6 +53,8 @@ def child(mode: str, model_name: str, batch: int, copies: int, repeats: int) -> 
     x = torch.zeros(batch, 3, 32, 32)
 
     def fastest_ms() -> float:
+        # the table's measure, written out: `latency_model.fastest_time` holds freed memory
+        # itself, which the "default" mode must not
         with torch.inference_mode():
             for _ in range(2):
                 model(x)

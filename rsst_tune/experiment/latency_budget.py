@@ -18,11 +18,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rsst_tune.errors import ConfigError
 from rsst_tune.experiment.experiment import Experiment
 from rsst_tune.experiment.select import best_at_budget
 from rsst_tune.experiment.tickets import Ticket
+
+if TYPE_CHECKING:
+    from rsst_tune.latency_model import LatencyTable
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +54,25 @@ class LatencyBudget:
         return f"latency ≤ {self.budget_ms:g} ms"
 
 
+def read_latency_table(path: str | None) -> LatencyTable | None:
+    """The sweep's latency table (None: the sweep had none, or it cannot be read: warned)."""
+    from rsst_tune.latency_model import LatencyTable
+
+    if not path:
+        return None
+    try:
+        return LatencyTable.load(path)
+    except ConfigError as exc:
+        log.warning("the sweep's latency table: %s", exc)
+        return None
+
+
 def latency_budget(experiment: Experiment) -> LatencyBudget | None:
     """The sweep's latency budget and its table's margin (None: the sweep had no budget)."""
     if experiment.latency_budget_ms is None:
         return None
-    from rsst_tune.latency_model import LatencyTable
-
-    margin = None
-    if experiment.latency_table:
-        try:
-            margin = LatencyTable.load(experiment.latency_table).margin
-        except ConfigError as exc:
-            log.warning("the sweep's latency table, for its margin: %s", exc)
+    table = read_latency_table(experiment.latency_table)
+    margin = None if table is None else table.margin
     return LatencyBudget(float(experiment.latency_budget_ms), margin)
 
 
@@ -72,4 +83,4 @@ def best_within_latency(tickets: Sequence[Ticket], budget: LatencyBudget | None)
     return best_at_budget([t for t in tickets if budget.admits(t)], None)
 
 
-__all__ = ["LatencyBudget", "best_within_latency", "latency_budget"]
+__all__ = ["LatencyBudget", "best_within_latency", "latency_budget", "read_latency_table"]

@@ -8,11 +8,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rsst_tune.experiment.exports import distinct_bests, read_export
-from rsst_tune.experiment.latency_budget import LatencyBudget
+from rsst_tune.experiment.latency_budget import LatencyBudget, read_latency_table
 from rsst_tune.experiment.layout import export_name
 from rsst_tune.experiment.select import budget_label, first_line
 from rsst_tune.experiment.tickets import Ticket
-from rsst_tune.export_record import ExportReport
+from rsst_tune.export_record import ExportReport, Latency
 from rsst_tune.report.document import Block, Heading, Para, Table
 
 DASH = "—"
@@ -146,13 +146,18 @@ LATENCY_HEADERS = ("ticket", "best at", "val acc %", "MACs %", "predicted ms", "
                    "error")  # fmt: skip
 
 
+def _latency_at(record: ExportReport | str, batch: int) -> Latency | None:
+    """The export's latency row at `batch` (its first device), or None."""
+    if isinstance(record, str):
+        return None
+    return next((lat for lat in record.latency if lat.batch == batch), None)
+
+
 def measured_ms(record: ExportReport | str, batch: int) -> float | None:
     """The export's measured pruned latency at `batch` (its first device): the fastest timed
     run, as a latency table's timings are (the median in records made before it was kept),
     or None."""
-    if isinstance(record, str):
-        return None
-    lat = next((lat for lat in record.latency if lat.batch == batch), None)
+    lat = _latency_at(record, batch)
     if lat is None:
         return None
     return lat.pruned_min_ms if lat.pruned_min_ms is not None else lat.pruned_ms
@@ -160,23 +165,14 @@ def measured_ms(record: ExportReport | str, batch: int) -> float | None:
 
 def dense_measured_ms(record: ExportReport | str, batch: int) -> float | None:
     """The dense model's fastest run timed beside the export at `batch`, or None."""
-    if isinstance(record, str):
-        return None
-    lat = next((lat for lat in record.latency if lat.batch == batch), None)
+    lat = _latency_at(record, batch)
     return None if lat is None else lat.dense_min_ms
 
 
 def table_dense_ms(path: str | None) -> float | None:
     """The dense time in the sweep's latency table (None: no table, or unreadable)."""
-    from rsst_tune.errors import ConfigError
-    from rsst_tune.latency_model import LatencyTable
-
-    if not path:
-        return None
-    try:
-        return 1000.0 * LatencyTable.load(path).dense_s
-    except ConfigError:
-        return None
+    table = read_latency_table(path)
+    return None if table is None else 1000.0 * table.dense_s
 
 
 def _speed_sentence(table_ms: float | None, dense_ms: Sequence[float]) -> str:
